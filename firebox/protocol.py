@@ -1,0 +1,422 @@
+"""The one definition of the channel between the daemon and the in-sandbox agent.
+
+Standard library only: this module is imported by the agent inside every sandbox and by the
+daemon on the host. Nothing else may define message shapes.
+
+Wire format
+-----------
+One byte stream (a socket pair in the jail, virtio-serial in a VM) carries frames::
+
+    u32 channel | u32 payload length | u16 header length | header (UTF-8 JSON) | payload
+
+All integers are big-endian. The header is a JSON object whose ``t`` field names the message
+type; readers ignore fields they do not know (so a newer peer may add fields without a version
+bump). The payload carries raw bytes (process output, file content) so data is never base64'd.
+
+Channels multiplex many operations over the one stream. Channel 0 is the control channel
+(``hello`` from the agent). Every other channel is opened by the daemon with a request message
+and closed by exactly one final message from the agent: ``result`` or ``error``.
+
+Flow control: every ``data`` frame costs the receiver one credit. A sender of a data stream
+starts with ``WINDOW`` credits and stops when it has none; the receiver returns credits with
+``credit`` frames as it consumes data. This bounds memory on both sides no matter how fast a
+process writes or how slowly an HTTP client reads.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+FRAME_HEAD = struct.Struct(">IIH")
+MAX_PAYLOAD = 1 << 20  # a data frame carries at most 1 MiB
+MAX_HEADER = (1 << 16) - 1
+CHUNK = 256 * 1024  # what senders put in one data frame
+WINDOW = 16  # data frames in flight per stream before the sender waits for credit
+
+CONTROL_CHANNEL = 0
+
+# Error codes an agent may return; the daemon maps each to one HTTP status (server/errors.py).
+ERROR_CODES = (
+    "not_found",
+    "exists",
+    "not_a_directory",
+    "is_a_directory",
+    "permission_denied",
+    "invalid",
+    "no_space",
+    "busy",
+    "unavailable",
+    "internal",
+)
+
+
+class ProtocolError(Exception):
+    """The byte stream does not follow this module: the peer is broken or hostile."""
+
+
+@dataclass(slots=True)
+class Frame:
+    channel: int
+    header: dict[str, Any]
+    payload: bytes = b""
+
+    @property
+    def type(self) -> str:
+        return str(self.header.get("t", ""))
+
+
+def encode_frame(channel: int, header: dict[str, Any], payload: bytes = b"") -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if len(head) > MAX_HEADER:
+        raise ProtocolError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return FRAME_HEAD.pack(channel, len(payload), len(head)) + head + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, take whole frames. No I/O, usable by both sides."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames: list[Frame] = []
+        while len(self._buf) >= FRAME_HEAD.size:
+            channel, plen, hlen = FRAME_HEAD.unpack_from(self._buf)
+            if plen > MAX_PAYLOAD:
+                raise ProtocolError(f"frame payload of {plen} bytes exceeds {MAX_PAYLOAD}")
+            end = FRAME_HEAD.size + hlen + plen
+            if len(self._buf) < end:
+                break
+            raw = bytes(self._buf[FRAME_HEAD.size : FRAME_HEAD.size + hlen])
+            payload = bytes(self._buf[FRAME_HEAD.size + hlen : end])
+            del self._buf[:end]
+            try:
+                header = json.loads(raw)
+            except ValueError as e:
+                raise ProtocolError(f"frame header is not JSON: {e}") from None
+            if not isinstance(header, dict):
+                raise ProtocolError("frame header is not a JSON object")
+            frames.append(Frame(channel, header, payload))
+        return frames
+
+
+# --- message shapes ---------------------------------------------------------------------------
+#
+# Each message is a dataclass; ``T`` is its wire type. ``to_header`` and ``from_header`` are the
+# only conversions, and ``from_header`` drops unknown fields so old readers accept new writers.
+
+
+@dataclass(slots=True)
+class Message:
+    T = ""
+
+    def to_header(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"t": self.T}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any]) -> Any:
+        known = {k: v for k, v in header.items() if k in cls.__dataclass_fields__}
+        try:
+            return cls(**known)
+        except TypeError as e:
+            raise ProtocolError(f"bad {cls.T!r} message: {e}") from None
+
+
+# control channel
+
+
+@dataclass(slots=True)
+class Hello(Message):
+    """First frame the agent sends, on channel 0, once it serves requests."""
+
+    T = "hello"
+    version: int = PROTOCOL_VERSION
+    agent_pid: int = 0
+    backend: str = ""
+
+
+@dataclass(slots=True)
+class Ping(Message):
+    T = "ping"
+
+
+# generic replies and stream control
+
+
+@dataclass(slots=True)
+class Result(Message):
+    """Final message of a successful request; fields depend on the request."""
+
+    T = "result"
+    value: Any = None
+
+
+@dataclass(slots=True)
+class Error(Message):
+    """Final message of a failed request."""
+
+    T = "error"
+    code: str = "internal"
+    message: str = ""
+
+
+@dataclass(slots=True)
+class Data(Message):
+    """A chunk of a byte stream; the frame payload holds the bytes. ``fd`` 1/2 for processes."""
+
+    T = "data"
+    fd: int | None = None
+
+
+@dataclass(slots=True)
+class End(Message):
+    """End of a byte stream sent towards the agent (upload or stdin on the stream)."""
+
+    T = "end"
+
+
+@dataclass(slots=True)
+class Credit(Message):
+    """The receiver consumed ``n`` data frames; the sender may send ``n`` more."""
+
+    T = "credit"
+    n: int = 1
+
+
+@dataclass(slots=True)
+class Cancel(Message):
+    """Stop the operation on this channel (kill a read, stop a watch); agent ends with error."""
+
+    T = "cancel"
+
+
+# processes
+
+
+@dataclass(slots=True)
+class ProcessStart(Message):
+    """Start a process. Exactly one of ``argv`` or ``cmd`` (run by /bin/bash -c).
+
+    Replies on the channel: ``ProcessStarted``, then ``Data`` frames (fd 1 and 2), then a final
+    ``Result`` whose value is ``ProcessExit`` fields. ``stdin=False`` closes stdin at once.
+    """
+
+    T = "process.start"
+    argv: list[str] | None = None
+    cmd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    user: str = "user"
+    stdin: bool = False
+    timeout: float | None = None  # seconds; the agent kills the process group when it expires
+    tag: str | None = None
+
+
+@dataclass(slots=True)
+class ProcessStarted(Message):
+    T = "process.started"
+    pid: int = 0
+
+
+@dataclass(slots=True)
+class ProcessExit:
+    """Value of the final ``Result`` of a process channel."""
+
+    exit_code: int
+    signal: int | None = None
+    timed_out: bool = False
+
+
+@dataclass(slots=True)
+class ProcessStdin(Message):
+    """Write the payload to a running process's stdin, or close it with ``eof``."""
+
+    T = "process.stdin"
+    pid: int = 0
+    eof: bool = False
+
+
+@dataclass(slots=True)
+class ProcessSignal(Message):
+    """Send ``signal`` (a number) to the process group of ``pid``."""
+
+    T = "process.signal"
+    pid: int = 0
+    signal: int = 9
+
+
+@dataclass(slots=True)
+class ProcessList(Message):
+    """Result value: a list of ``ProcessInfo`` dicts for processes started through the agent."""
+
+    T = "process.list"
+
+
+@dataclass(slots=True)
+class ProcessInfo:
+    pid: int
+    cmd: str | None
+    argv: list[str] | None
+    cwd: str | None
+    user: str
+    tag: str | None
+    env: dict[str, str]
+
+
+# files. Paths are resolved inside the sandbox against the user's home; permissions are those of
+# ``user``. A path is never interpreted on the host.
+
+
+@dataclass(slots=True)
+class FileRead(Message):
+    """Replies: ``Data`` frames with the content, then ``Result`` whose value is the size."""
+
+    T = "file.read"
+    path: str = ""
+    user: str = "user"
+
+
+@dataclass(slots=True)
+class FileWrite(Message):
+    """The daemon then sends ``Data`` frames and ``End``; the agent replies with ``Result``
+    whose value is the written file's ``EntryInfo``. Parent directories are created."""
+
+    T = "file.write"
+    path: str = ""
+    user: str = "user"
+
+
+@dataclass(slots=True)
+class FileList(Message):
+    """Result value: list of ``EntryInfo`` dicts. ``depth`` 1 lists the directory itself."""
+
+    T = "file.list"
+    path: str = ""
+    user: str = "user"
+    depth: int = 1
+
+
+@dataclass(slots=True)
+class FileStat(Message):
+    """Result value: ``EntryInfo`` dict; error ``not_found`` when it does not exist."""
+
+    T = "file.stat"
+    path: str = ""
+    user: str = "user"
+
+
+@dataclass(slots=True)
+class FileRemove(Message):
+    """Removes a file or a whole directory tree."""
+
+    T = "file.remove"
+    path: str = ""
+    user: str = "user"
+
+
+@dataclass(slots=True)
+class FileRename(Message):
+    """Result value: the new ``EntryInfo``."""
+
+    T = "file.rename"
+    old_path: str = ""
+    new_path: str = ""
+    user: str = "user"
+
+
+@dataclass(slots=True)
+class FileMakeDir(Message):
+    """Result value: true when created, false when it already existed (parents are made)."""
+
+    T = "file.mkdir"
+    path: str = ""
+    user: str = "user"
+
+
+@dataclass(slots=True)
+class WatchStart(Message):
+    """Watch a directory: ``WatchEvent`` frames follow until ``Cancel``; then ``Result``."""
+
+    T = "watch.start"
+    path: str = ""
+    user: str = "user"
+    recursive: bool = False
+
+
+@dataclass(slots=True)
+class WatchEvent(Message):
+    """``type`` is one of create, write, remove, rename, chmod; ``name`` is relative to the
+    watched directory."""
+
+    T = "watch.event"
+    type: str = ""
+    name: str = ""
+
+
+@dataclass(slots=True)
+class EntryInfo:
+    name: str
+    path: str
+    type: str  # "file" | "dir" | "symlink" | "other"
+    size: int
+    mode: int
+    permissions: str
+    owner: str
+    group: str
+    modified_time: float
+    symlink_target: str | None = None
+
+
+MESSAGES: dict[str, type[Message]] = {
+    m.T: m
+    for m in (
+        Hello,
+        Ping,
+        Result,
+        Error,
+        Data,
+        End,
+        Credit,
+        Cancel,
+        ProcessStart,
+        ProcessStarted,
+        ProcessStdin,
+        ProcessSignal,
+        ProcessList,
+        FileRead,
+        FileWrite,
+        FileList,
+        FileStat,
+        FileRemove,
+        FileRename,
+        FileMakeDir,
+        WatchStart,
+        WatchEvent,
+    )
+}
+
+
+def parse(header: dict[str, Any]) -> Message:
+    """Turn a frame header into its message; unknown types are a protocol error."""
+    cls = MESSAGES.get(str(header.get("t")))
+    if cls is None:
+        raise ProtocolError(f"unknown message type {header.get('t')!r}")
+    msg: Message = cls.from_header(header)
+    return msg
+
+
+def encode(channel: int, msg: Message, payload: bytes = b"") -> bytes:
+    return encode_frame(channel, msg.to_header(), payload)
