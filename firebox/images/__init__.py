@@ -1,0 +1,72 @@
+"""Guest images: Debian root trees for the sandboxes, built with debootstrap and cached.
+
+The tree comes from the host's own Debian release and apt mirror (``FIREBOX_APT_MIRROR``
+overrides the mirror) and is cached under ``FIREBOX_IMAGE_DIR`` (default
+``/var/lib/firebox/images``), keyed by a hash of its recipe, so a changed recipe builds anew
+and an unchanged one is found instantly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .apt_sources import host_codename, host_mirror
+from .cache import Recipe, build_cached, image_root, ready_rootfs
+from .errors import ImageBuildError
+from .rootfs import TEMPLATES, build_rootfs, get_template, make_recipe
+
+__all__ = [
+    "ImageBuildError",
+    "build_image",
+    "current_recipe",
+    "ensure_image",
+    "image_path",
+    "known_templates",
+]
+
+
+def known_templates() -> tuple[str, ...]:
+    return tuple(sorted(TEMPLATES))
+
+
+def current_recipe(template: str = "base") -> Recipe:
+    """The recipe ``template`` would be built from on this host right now."""
+    get_template(template)  # unknown name -> ValueError before touching apt config
+    codename = host_codename()
+    return make_recipe(template, codename, host_mirror(codename))
+
+
+def image_path(template: str = "base") -> Path | None:
+    """The ready rootfs for the current recipe of ``template``, or None if not built yet."""
+    return ready_rootfs(current_recipe(template), image_root())
+
+
+def build_image(
+    template: str = "base",
+    progress: Callable[[str], None] | None = None,
+    force: bool = False,
+) -> Path:
+    """Build ``template`` unless its current recipe is already cached; return the rootfs.
+
+    ``force`` builds again even if cached (the previous tree is moved aside, not deleted,
+    because running sandboxes may use it). Needs root. Raises ImageBuildError on failure.
+    """
+    recipe = current_recipe(template)
+
+    def _quiet(message: str) -> None:
+        pass
+
+    report = progress or _quiet
+    return build_cached(
+        recipe,
+        lambda target, log, prog: build_rootfs(recipe, target, log, prog),
+        root=image_root(),
+        progress=report,
+        force=force,
+    )
+
+
+def ensure_image(template: str = "base", progress: Callable[[str], None] | None = None) -> Path:
+    """The rootfs for ``template``, building it first if needed (``build_image`` without force)."""
+    return build_image(template, progress)

@@ -1,0 +1,71 @@
+"""Stage the agent's code for a sandbox to mount read-only.
+
+Inside a sandbox the agent is imported as ``firebox.agent.main`` from ``/opt/firebox/lib``,
+where ``firebox/__init__.py`` is empty (the host package's ``__init__`` pulls in the SDK and its
+dependencies, which the guest does not have) and ``firebox/protocol.py`` is the real one. Only
+the files the agent needs are staged: nothing of the daemon, its keys or its configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import firebox
+
+GUEST_LIB = "/opt/firebox/lib"
+AGENT_COMMAND = [
+    "/usr/bin/python3",
+    "-I",
+    "-S",
+    "-c",
+    f"import sys; sys.path.insert(0, {GUEST_LIB!r}); "
+    "from firebox.agent.main import main; main()",
+]
+
+_PACKAGE = Path(firebox.__file__).parent
+
+
+def _sources() -> list[tuple[Path, str]]:
+    files = [(_PACKAGE / "protocol.py", "firebox/protocol.py")]
+    for src in sorted((_PACKAGE / "agent").glob("*.py")):
+        files.append((src, f"firebox/agent/{src.name}"))
+    return files
+
+
+def stage(home: Path) -> Path:
+    """Copy the agent into ``home/agent-lib/<digest>`` (world-readable) and return that dir.
+
+    The directory name is a digest of the content, so a running sandbox keeps the code it
+    started with while a new daemon version stages its own next to it.
+    """
+    sources = _sources()
+    digest = hashlib.sha256()
+    for src, rel in sources:
+        digest.update(rel.encode() + b"\0" + src.read_bytes())
+    target = home / "agent-lib" / digest.hexdigest()[:16]
+    if (target / ".complete").exists():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for src, rel in sources:
+        dest = tmp / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    (tmp / "firebox" / "__init__.py").write_text("")
+    (tmp / ".complete").write_text("")
+    for dirpath, _dirs, names in os.walk(tmp):
+        os.chmod(dirpath, 0o755)
+        for name in names:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    # The sandbox's unprivileged host uid must traverse ``home`` (mode 0711: the key and the
+    # registry inside stay 0600) and read the staged tree.
+    os.chmod(target.parent, 0o755)
+    os.chmod(home, os.stat(home).st_mode | 0o111)
+    try:
+        tmp.rename(target)
+    except OSError:  # a concurrent stager won the race with identical content
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

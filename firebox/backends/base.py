@@ -1,0 +1,95 @@
+"""The interface every isolation backend implements.
+
+A backend turns a ``SandboxSpec`` into a running sandbox whose agent speaks ``firebox.protocol``
+over a byte stream. The running sandbox is shaped like ``subprocess.Popen`` (poll, wait,
+send_signal, kill) plus ``cleanup`` (free everything it holds on the host), as
+jupyter_client's kernel launchers are: the daemon never needs to know how isolation is done.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """What the daemon asks of a backend. Sizes are per sandbox."""
+
+    sandbox_id: str
+    template: str
+    rootfs: Path
+    memory_mb: int = 512
+    cpus: float = 1.0
+    pids: int = 256
+    disk_mb: int = 512  # cap of each writable filesystem (home, /tmp)
+    hostname: str = "sandbox"
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Whether a backend can run here, and if not, why and what to do."""
+
+    ok: bool
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class BackendError(Exception):
+    """A backend could not start or manage a sandbox; the message says what to do."""
+
+
+class RunningSandbox(abc.ABC):
+    """One live sandbox on the host, shaped like ``Popen``."""
+
+    #: the agent's channel, connected once ``start`` returns
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    @property
+    @abc.abstractmethod
+    def pid(self) -> int:
+        """Host pid of the process that holds the sandbox (bwrap, QEMU)."""
+
+    @abc.abstractmethod
+    def poll(self) -> int | None:
+        """Exit status if the sandbox has ended, else None."""
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """Wait until the sandbox ends; callers put their own deadline around it."""
+
+    @abc.abstractmethod
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    @abc.abstractmethod
+    async def cleanup(self) -> None:
+        """Kill whatever is left and free every host resource. Idempotent."""
+
+    @abc.abstractmethod
+    def limit_events(self) -> dict[str, int]:
+        """Counters of limits hit so far (``oom_kill``, ``pids_max``), to classify failures."""
+
+
+class Backend(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def availability(self) -> Availability:
+        """Probe (for real) whether this backend works on this host."""
+
+    @abc.abstractmethod
+    async def start(self, spec: SandboxSpec) -> RunningSandbox:
+        """Start a sandbox and return once its agent's channel is connected."""
+
+    async def reclaim_stale(self) -> int:
+        """Free host resources left by a daemon that died; returns how many were freed."""
+        return 0

@@ -1,0 +1,290 @@
+"""The jail backend: bubblewrap + seccomp + cgroups, sharing the host kernel.
+
+Start-up order matters and each step fails loudly:
+
+1. a cgroup with the sandbox's memory, pids and CPU limits;
+2. bwrap, run as an unprivileged host uid, creates every namespace and then blocks on
+   ``--userns-block-fd`` before anything runs inside;
+3. the daemon (root) writes the user namespace's id maps — sandbox ids 0..65535 onto the
+   unprivileged host range ``uid_base``.. — and moves bwrap and its child into the cgroup;
+4. the block is released; bwrap mounts the image read-only, applies seccomp and capability
+   drops and execs the agent, which connects over an inherited socket and says hello.
+
+Root inside a jail is therefore an unprivileged uid on the host, and nothing in the jail runs
+before it is inside its cgroup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from firebox.backends import agent_files
+from firebox.backends.base import (
+    Availability,
+    Backend,
+    BackendError,
+    RunningSandbox,
+    SandboxSpec,
+)
+from firebox.backends.jail import cgroups, seccomp
+from firebox.backends.jail.bwrap import JailFds, bwrap_argv
+
+UID_RANGE = 65536
+START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
+
+
+class JailSandbox(RunningSandbox):
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        cgroup: cgroups.CgroupSet,
+        sock: socket.socket,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self._proc = proc
+        self._cgroup = cgroup
+        self._sock = sock
+        self.reader = reader
+        self.writer = writer
+        self._stderr_tail = bytearray()
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        self._cleaned = False
+
+    async def _drain_stderr(self) -> None:
+        # Keep the last bytes of bwrap's/agent's stderr for error messages; bounded so a noisy
+        # sandbox cannot grow the daemon's memory.
+        assert self._proc.stderr is not None
+        while chunk := await self._proc.stderr.read(65536):
+            self._stderr_tail += chunk
+            del self._stderr_tail[:-8192]
+
+    @property
+    def stderr_tail(self) -> str:
+        return self._stderr_tail.decode(errors="replace")
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    def send_signal(self, sig: int) -> None:
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(sig)
+
+    def kill(self) -> None:
+        # bwrap's death takes the jail with it (--die-with-parent), but kill the whole cgroup
+        # too: it is the one handle that cannot miss a process.
+        self.send_signal(signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self._cgroup.kill_all()
+
+    async def cleanup(self) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        self.kill()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        try:
+            await asyncio.wait_for(self._proc.wait(), 5.0)
+        except TimeoutError:
+            pass
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(self._stderr_task, 1.0)
+        await asyncio.to_thread(self._cgroup.destroy)
+        self._sock.close()
+
+    def limit_events(self) -> dict[str, int]:
+        try:
+            mem = self._cgroup.memory_events()
+            return {"oom_kill": int(mem.get("oom_kill", 0)), "pids_max": self._cgroup.pids_events()}
+        except OSError:
+            return {}
+
+
+class JailBackend(Backend):
+    name = "jail"
+
+    def __init__(self, home: Path, uid_base: int = 200000) -> None:
+        self.home = home
+        self.uid_base = uid_base
+        self._agent_lib: Path | None = None
+        self._availability: Availability | None = None
+
+    # -- probing -------------------------------------------------------------------------
+
+    def availability(self) -> Availability:
+        if self._availability is None:
+            self._availability = self._probe()
+        return self._availability
+
+    def _probe(self) -> Availability:
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            return Availability(False, "bubblewrap is not installed: apt-get install bubblewrap")
+        if os.geteuid() != 0:
+            return Availability(
+                False,
+                "the jail backend needs the daemon to run as root (it maps each sandbox onto "
+                "unprivileged host uids and creates cgroups); run `firebox serve` as root",
+            )
+        host = cgroups.detect()
+        missing = [c for c in ("memory", "pids", "cpu") if c not in host.controllers]
+        if missing:
+            return Availability(
+                False,
+                f"cgroup controllers {', '.join(missing)} are not available "
+                f"(cgroup v{host.version}); {host.reason}".rstrip("; "),
+            )
+        try:
+            seccomp.compiled_filter()
+        except Exception as e:  # a broken policy file must stop the backend, loudly
+            return Availability(False, f"the seccomp policy does not compile: {e}")
+        # A real probe: an unprivileged uid creating every namespace, as a sandbox will.
+        probe = subprocess.run(
+            [bwrap, "--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "--", "/bin/true"],
+            user=self.uid_base,
+            group=self.uid_base,
+            extra_groups=[],
+            capture_output=True,
+            timeout=10,
+        )
+        if probe.returncode != 0:
+            return Availability(
+                False,
+                "bubblewrap cannot create namespaces as an unprivileged user here "
+                f"({probe.stderr.decode(errors='replace').strip()}); enable unprivileged user "
+                "namespaces (sysctl kernel.unprivileged_userns_clone=1 / "
+                "user.max_user_namespaces)",
+            )
+        return Availability(
+            True,
+            f"bubblewrap with all namespaces, seccomp and cgroup v{host.version} limits",
+            {"cgroup_version": host.version, "bwrap": bwrap},
+        )
+
+    async def reclaim_stale(self) -> int:
+        return await asyncio.to_thread(cgroups.cleanup_stale)
+
+    # -- starting ------------------------------------------------------------------------
+
+    def _lib(self) -> Path:
+        if self._agent_lib is None:
+            self._agent_lib = agent_files.stage(self.home)
+        return self._agent_lib
+
+    async def start(self, spec: SandboxSpec) -> RunningSandbox:
+        ok = self.availability()
+        if not ok.ok:
+            raise BackendError(f"the jail backend cannot run here: {ok.reason}")
+        limits = cgroups.Limits(
+            memory_bytes=spec.memory_mb * 1024 * 1024, pids=spec.pids, cpu_quota=spec.cpus
+        )
+        cgroup = await asyncio.to_thread(cgroups.create, spec.sandbox_id, limits)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        seccomp_fd = seccomp.write_filter_fd()
+        child_fds = (theirs.fileno(), seccomp_fd, info_w, block_r)
+        proc: asyncio.subprocess.Process | None = None
+        try:
+            argv = bwrap_argv(
+                spec,
+                self._lib(),
+                JailFds(agent=theirs.fileno(), seccomp=seccomp_fd, info=info_w, userns_block=block_r),
+            )
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=child_fds,
+                user=self.uid_base,
+                group=self.uid_base,
+                extra_groups=[],
+                start_new_session=True,
+            )
+            for fd in (seccomp_fd, info_w, block_r):
+                os.close(fd)
+            theirs.close()
+            seccomp_fd = info_w = block_r = -1
+            child_pid = await self._read_child_pid(info_r, proc)
+            self._map_ids(child_pid)
+            cgroup.add(proc.pid)
+            cgroup.add(child_pid)
+            os.write(block_w, b"1")
+            reader, writer = await asyncio.open_connection(sock=ours)
+        except BaseException as e:
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proc.wait(), 5)
+            await asyncio.to_thread(cgroup.destroy)
+            ours.close()
+            if isinstance(e, OSError | TimeoutError | json.JSONDecodeError):
+                raise BackendError(f"could not start the jail: {e}") from e
+            raise
+        finally:
+            for fd in (seccomp_fd, info_w, block_r, info_r, block_w):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            with contextlib.suppress(OSError):
+                theirs.close()
+        return JailSandbox(proc, cgroup, ours, reader, writer)
+
+    async def _read_child_pid(self, fd: int, proc: asyncio.subprocess.Process) -> int:
+        """bwrap writes a JSON object with ``child-pid`` to the info fd once it has forked."""
+        loop = asyncio.get_running_loop()
+        buf = b""
+        done: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            nonlocal buf
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                return
+            buf += chunk
+            if (not chunk or b"}" in buf) and not done.done():
+                done.set_result(None)
+
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, readable)
+        try:
+            await asyncio.wait_for(done, START_DEADLINE)
+        except TimeoutError:
+            raise BackendError(
+                f"bwrap did not report its child within {START_DEADLINE:.0f} s"
+            ) from None
+        finally:
+            loop.remove_reader(fd)
+        if b"}" not in buf:
+            err = b""
+            if proc.stderr is not None:
+                with contextlib.suppress(Exception):
+                    err = await asyncio.wait_for(proc.stderr.read(4096), 2)
+            raise BackendError(f"bwrap failed to start: {err.decode(errors='replace').strip()}")
+        return int(json.loads(buf[: buf.index(b"}") + 1])["child-pid"])
+
+    def _map_ids(self, child_pid: int) -> None:
+        mapping = f"0 {self.uid_base} {UID_RANGE}\n"
+        with open(f"/proc/{child_pid}/uid_map", "w") as f:
+            f.write(mapping)
+        with open(f"/proc/{child_pid}/gid_map", "w") as f:
+            f.write(mapping)

@@ -1,0 +1,118 @@
+"""The bubblewrap command line of a jail, built from a spec as an ordered containment checklist.
+
+Each step names what it protects against. bubblewrap fails loudly when a step cannot be done,
+so a jail is either fully contained or not started at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from firebox.backends.agent_files import AGENT_COMMAND, GUEST_LIB
+from firebox.backends.base import SandboxSpec
+
+# Capabilities the agent keeps inside its user namespace (they mean nothing on the host):
+# switching to the sandbox user (SETUID/SETGID), locking securebits so that nothing it starts
+# ever holds a capability (SETPCAP), signalling the user's processes (KILL), and acting as the
+# sandbox's root for the files API (CHOWN, DAC_OVERRIDE, FOWNER). Everything else is dropped.
+AGENT_CAPS = (
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_KILL",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+)
+
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class JailFds:
+    """File descriptors bwrap inherits (numbers in the child, passed with ``pass_fds``)."""
+
+    agent: int  # our socket end for the agent; dup'ed to 3 is not needed: bwrap keeps numbers
+    seccomp: int
+    info: int
+    userns_block: int
+
+
+def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds) -> list[str]:
+    disk = str(spec.disk_mb * 1024 * 1024)
+    argv = ["bwrap"]
+    # 1. Every namespace: the jail sees no host process, mount, network, IPC, hostname or
+    #    cgroup, and its user namespace maps its ids onto unprivileged host ids (written by the
+    #    daemon while bwrap waits on the block fd: see backend.py).
+    argv += [
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--userns-block-fd",
+        str(fds.userns_block),
+        "--info-fd",
+        str(fds.info),
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--hostname",
+        spec.hostname,
+    ]
+    # 2. Filesystem: the image read-only as /, fresh /proc and a minimal /dev, size-capped
+    #    tmpfs for the only writable places, the agent's code read-only. No host path else.
+    argv += [
+        "--ro-bind",
+        str(spec.rootfs),
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        disk,
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "0755",
+        "--size",
+        disk,
+        "--tmpfs",
+        "/home/user",
+        "--ro-bind",
+        str(agent_lib),
+        GUEST_LIB,
+        "--chdir",
+        "/",
+    ]
+    # 3. Process hardening: a new session (no TIOCSTI into a terminal), death with the daemon,
+    #    only the agent's capabilities, and the seccomp deny list (seccomp_policy.json).
+    argv += ["--new-session", "--die-with-parent", "--cap-drop", "ALL"]
+    for cap in AGENT_CAPS:
+        argv += ["--cap-add", cap]
+    argv += ["--seccomp", str(fds.seccomp)]
+    # 4. A clean environment: nothing of the daemon's leaks in.
+    argv += [
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        GUEST_PATH,
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "FIREBOX_AGENT_FD",
+        str(fds.agent),
+        "--setenv",
+        "FIREBOX_BACKEND",
+        "jail",
+        "--",
+        *AGENT_COMMAND,
+    ]
+    return argv

@@ -1,0 +1,163 @@
+"""The `firebox` command: thin; it parses arguments and calls the SDK, the server or the images.
+
+    firebox serve [--host H] [--port P] [--isolation auto|jail|microvm]
+    firebox image build [TEMPLATE] [--force]
+    firebox sandbox create [--template T] [--timeout S] [--metadata k=v ...]
+    firebox sandbox list [--metadata k=v ...]
+    firebox sandbox kill ID
+    firebox sandbox exec ID -- COMMAND...
+    firebox doctor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from firebox.server.config import DEFAULT_PORT, ServerConfig, default_home
+
+
+def _pairs(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"firebox: expected key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from firebox.server.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = ServerConfig(
+        home=Path(args.home), host=args.host, port=args.port, isolation=args.isolation
+    )
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from firebox import images
+
+    path = images.build_image(args.template, progress=lambda m: print(f"[image] {m}"), force=args.force)
+    print(f"[image] {args.template} ready at {path}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from firebox import images
+    from firebox.backends.select import report
+
+    ok_any = False
+    for name, verdict in report(Path(args.home), ServerConfig().uid_base).items():
+        mark = "ok " if verdict.ok else "no "
+        ok_any |= verdict.ok
+        print(f"{mark} {name:8} {verdict.reason}")
+    for template in images.TEMPLATES:
+        path = images.image_path(template)
+        state = f"built at {path}" if path else f"not built (run `firebox image build {template}`)"
+        print(f"    image {template}: {state}")
+    if not ok_any:
+        print("no isolation backend works on this host; see the reasons above")
+    return 0 if ok_any else 1
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from firebox import CommandExitException, Sandbox
+
+    if args.action == "create":
+        sbx = Sandbox.create(
+            template=args.template, timeout=args.timeout, metadata=_pairs(args.metadata)
+        )
+        print(sbx.sandbox_id)
+    elif args.action == "list":
+        for info in Sandbox.list(metadata=_pairs(args.metadata) or None):
+            print(
+                f"{info.sandbox_id}  {info.template:10} ends {info.end_at:%Y-%m-%d %H:%M:%S}  "
+                f"{json.dumps(info.metadata)}"
+            )
+    elif args.action == "kill":
+        Sandbox.connect(args.id).kill()
+    elif args.action == "exec":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            raise SystemExit("firebox: give the command after --, e.g. `exec ID -- ls -la`")
+        sbx = Sandbox.connect(args.id)
+        line = argv[0] if len(argv) == 1 else shlex.join(argv)
+        try:
+            result = sbx.commands.run(
+                line,
+                user=args.user,
+                timeout=args.timeout,
+                on_stdout=lambda s: print(s, end="", flush=True),
+                on_stderr=lambda s: print(s, end="", file=sys.stderr, flush=True),
+            )
+        except CommandExitException as e:
+            return e.exit_code
+        return result.exit_code
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="firebox", description="Sandboxes for untrusted code.")
+    p.add_argument("--home", default=str(default_home()), help="state dir (FIREBOX_HOME)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--isolation", default="auto", choices=["auto", "jail", "microvm"])
+    serve.set_defaults(func=cmd_serve)
+
+    image = sub.add_parser("image", help="guest images")
+    image_sub = image.add_subparsers(dest="action", required=True)
+    build = image_sub.add_parser("build", help="build (or reuse) a template's root filesystem")
+    build.add_argument("template", nargs="?", default="base")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.set_defaults(func=cmd_image_build)
+
+    sandbox = sub.add_parser("sandbox", help="create, list, kill sandboxes and run commands")
+    sandbox_sub = sandbox.add_subparsers(dest="action", required=True)
+    create = sandbox_sub.add_parser("create")
+    create.add_argument("--template", default="base")
+    create.add_argument("--timeout", type=int, default=300)
+    create.add_argument("--metadata", nargs="*", default=[], metavar="K=V")
+    lst = sandbox_sub.add_parser("list")
+    lst.add_argument("--metadata", nargs="*", default=[], metavar="K=V")
+    kill = sandbox_sub.add_parser("kill")
+    kill.add_argument("id")
+    exe = sandbox_sub.add_parser("exec")
+    exe.add_argument("id")
+    exe.add_argument("--user", default="user", choices=["user", "root"])
+    exe.add_argument("--timeout", type=float, default=60)
+    exe.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    sandbox.set_defaults(func=cmd_sandbox)
+
+    doctor = sub.add_parser("doctor", help="which isolation backends work here, and why not")
+    doctor.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from firebox.exceptions import FireboxException
+
+    try:
+        return int(args.func(args))
+    except FireboxException as e:
+        print(f"firebox: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

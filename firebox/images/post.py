@@ -1,0 +1,130 @@
+"""Steps applied to a fresh debootstrap tree, from the host, without chroot.
+
+Nothing inside the tree is executed: we only write files. Because this runs as host root, every
+path is checked so that a symlink inside the tree cannot redirect a write onto the host.
+
+The hash of this module's source is part of the image recipe, so editing anything here makes
+the next build produce a new image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import ImageBuildError
+
+USER = "user"
+UID = GID = 1000
+HOME = "/home/user"
+SHELL = "/bin/bash"
+HOSTNAME = "sandbox"
+AGENT_LIB = "/opt/firebox/lib"  # empty mount point; the agent code is bind-mounted here
+
+
+def source_hash() -> str:
+    """sha256 of this module's source: the post-debootstrap part of the recipe."""
+    return hashlib.sha256(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """``root/rel`` after checking that no symlink leads it out of the tree."""
+    path = root / rel.lstrip("/")
+    top = os.path.realpath(root)
+    parent = os.path.realpath(path.parent)
+    if (parent != top and not parent.startswith(top + os.sep)) or path.is_symlink():
+        raise ImageBuildError(f"refusing to write {path}: it resolves outside {root}")
+    return path
+
+
+def _append_line(path: Path, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    with os.fdopen(fd, "a") as fh:
+        fh.write(line + "\n")
+
+
+def _ensure_entry(root: Path, rel: str, line: str, id_field: int | None) -> None:
+    """Append ``line`` to a colon-separated database unless its name is present.
+
+    ``id_field`` is checked so we never give uid/gid 1000 a second name.
+    """
+    path = _inside(root, rel)
+    if not path.exists():
+        return  # e.g. no gshadow in this tree: nothing to keep consistent
+    wanted = line.split(":")
+    text = path.read_text()
+    for existing in text.splitlines():
+        fields = existing.split(":")
+        if fields[0] == wanted[0]:
+            return
+        if id_field is not None and len(fields) > id_field and fields[id_field] == wanted[id_field]:
+            raise ImageBuildError(
+                f"{rel} already has id {wanted[id_field]} as {fields[0]!r}; the sandbox user "
+                f"needs it (bump the recipe or fix the package list)"
+            )
+    if text and not text.endswith("\n"):
+        line = "\n" + line
+    _append_line(path, line)
+
+
+def add_user(root: Path) -> None:
+    _ensure_entry(root, "etc/passwd", f"{USER}:x:{UID}:{GID}::{HOME}:{SHELL}", 2)
+    _ensure_entry(root, "etc/group", f"{USER}:x:{GID}:", 2)
+    # "!" locks the password; empty last-change day keeps the file reproducible.
+    _ensure_entry(root, "etc/shadow", f"{USER}:!::0:99999:7:::", None)
+    _ensure_entry(root, "etc/gshadow", f"{USER}:!::", None)
+
+
+def make_home(root: Path) -> None:
+    home = _inside(root, HOME)
+    home.mkdir(mode=0o755, parents=True, exist_ok=True)
+    home.chmod(0o755)
+    skel = _inside(root, "etc/skel")
+    if skel.is_dir():  # what useradd -m would copy: .bashrc, .profile
+        for item in skel.iterdir():
+            dest = home / item.name
+            if item.is_file() and not item.is_symlink() and not dest.exists():
+                shutil.copy2(item, dest, follow_symlinks=False)
+                os.lchown(dest, UID, GID)
+    os.chown(home, UID, GID)
+
+
+def make_dirs(root: Path) -> None:
+    _inside(root, AGENT_LIB).mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = _inside(root, "tmp")
+    tmp.mkdir(exist_ok=True)
+    tmp.chmod(0o1777)
+
+
+def write_hostname(root: Path) -> None:
+    path = _inside(root, "etc/hostname")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(HOSTNAME + "\n")
+
+
+def clean_apt(root: Path) -> None:
+    """Drop downloaded packages and indexes: the guest never runs apt, and they are large."""
+    archives = _inside(root, "var/cache/apt/archives")
+    for deb in archives.glob("*.deb") if archives.is_dir() else ():
+        deb.unlink()
+    cache = _inside(root, "var/cache/apt")
+    for binary in cache.glob("*.bin") if cache.is_dir() else ():
+        binary.unlink()  # pkgcache.bin/srcpkgcache.bin: derived from the lists removed below
+    lists = _inside(root, "var/lib/apt/lists")
+    for item in lists.iterdir() if lists.is_dir() else ():
+        # Keep the partial/ directory and the lock file apt expects to find.
+        if item.name != "lock" and (item.is_symlink() or item.is_file()):
+            item.unlink()
+
+
+STEPS = (add_user, make_home, make_dirs, write_hostname, clean_apt)
+
+
+def apply(root: Path) -> None:
+    for step in STEPS:
+        step(root)

@@ -1,0 +1,79 @@
+"""The daemon's ASGI application: wiring only; each API resource lives in its own module."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import firebox
+from firebox import images
+from firebox.backends.select import select
+from firebox.server import commands, errors, files, sandboxes
+from firebox.server.auth import ensure_admin_key
+from firebox.server.config import ServerConfig
+from firebox.server.manager import SandboxManager
+from firebox.server.models import ErrorBody, Health
+from firebox.server.registry import Registry
+
+log = logging.getLogger("firebox.server")
+
+
+def prepare_home(config: ServerConfig) -> None:
+    # 0711: sandboxes' unprivileged host uid must traverse it to reach the staged agent code;
+    # everything secret inside (admin.key, firebox.db) is 0600.
+    config.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.home, 0o711)
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        prepare_home(config)
+        registry = Registry(config.db_path)
+        ensure_admin_key(registry, config.admin_key_path)
+        backend = select(config.isolation, config.home, config.uid_base)
+        log.warning("isolation: %s (%s)", backend.name, backend.availability().reason)
+        if config.build_image_on_start and images.image_path("base") is None:
+            log.warning("the guest image is missing; building it now (a few minutes, once)")
+            await asyncio.to_thread(images.build_image, "base", lambda m: log.warning("image: %s", m))
+        manager = SandboxManager(config, registry, backend)
+        await manager.reclaim()
+        app.state.registry = registry
+        app.state.manager = manager
+        app.state.backend = backend
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+            registry.close()
+
+    app = FastAPI(
+        title="firebox",
+        version=firebox.__version__,
+        description="Sandboxes for untrusted, LLM-generated code. See docs/API.md.",
+        lifespan=lifespan,
+        responses={
+            400: {"model": ErrorBody},
+            401: {"model": ErrorBody},
+            404: {"model": ErrorBody},
+        },
+    )
+    app.add_exception_handler(errors.ApiError, errors.api_error_handler)
+    app.add_exception_handler(RequestValidationError, errors.validation_handler)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+
+    @app.get("/health", response_model=Health, tags=["health"])
+    async def health() -> Health:
+        return Health(status="ok", version=firebox.__version__, backend=app.state.backend.name)
+
+    app.include_router(sandboxes.router)
+    app.include_router(commands.router)
+    app.include_router(files.router)
+    return app

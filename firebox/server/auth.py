@@ -1,0 +1,66 @@
+"""API keys: created, stored hashed, checked on every request.
+
+Keys carry 256 random bits, so a plain SHA-256 of the key is a safe lookup value (there is
+nothing to brute-force); the plain key is shown once and, for the admin key, written to a
+0600 file for the local SDK and CLI to find.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from fastapi import Request
+
+from firebox.server.errors import ApiError
+from firebox.server.registry import KeyRecord, Registry
+
+KEY_PREFIX = "fbx_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key(registry: Registry, name: str, admin: bool = False) -> str:
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    registry.add_key("key_" + secrets.token_hex(8), name, hash_key(key), admin)
+    return key
+
+
+def ensure_admin_key(registry: Registry, path: Path) -> str:
+    """Reuse the admin key stored at ``path`` if the registry knows it, else make a new one."""
+    if path.exists():
+        key = path.read_text().strip()
+        record = registry.key_by_hash(hash_key(key))
+        if record is not None and record.admin:
+            return key
+    key = new_key(registry, "admin", admin=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    tmp.replace(path)
+    return key
+
+
+def authenticate(request: Request) -> KeyRecord:
+    """FastAPI dependency: the caller's key record, or 401."""
+    key = request.headers.get("x-api-key")
+    if key is None:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+    if not key:
+        raise ApiError(
+            "unauthenticated",
+            "no API key: send it in the X-API-Key header (the local admin key is in "
+            "$FIREBOX_HOME/admin.key)",
+        )
+    registry: Registry = request.app.state.registry
+    record = registry.key_by_hash(hash_key(key))
+    if record is None:
+        raise ApiError("unauthenticated", "unknown API key: check FIREBOX_API_KEY")
+    return record

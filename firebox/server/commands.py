@@ -1,0 +1,174 @@
+"""Commands: run (streamed as NDJSON), list, stdin, signal, kill."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import signal as signals
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+
+from firebox import protocol
+from firebox.server.agent_client import AgentError, AgentGone, ProcessStream
+from firebox.server.deps import Sandbox
+from firebox.server.errors import AGENT_CODES, ApiError
+from firebox.server.manager import LiveSandbox
+from firebox.server.models import ProcessInfo, RunCommand, SendSignal, SendStdin
+
+router = APIRouter(tags=["commands"])
+
+
+def agent_error(e: AgentError | AgentGone, sbx: LiveSandbox) -> ApiError:
+    """The one translation of agent failures into API errors."""
+    if isinstance(e, AgentGone):
+        return ApiError(
+            "sandbox_error", f"sandbox {sbx.id} stopped answering ({e}); create a new one"
+        )
+    return ApiError(AGENT_CODES.get(e.code, "sandbox_error"), e.message)
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def classify_exit(
+    sbx: LiveSandbox, exit: protocol.ProcessExit, before: dict[str, int]
+) -> tuple[str | None, str | None]:
+    """Name the limit that ended a command, if any: the caller gets a reason, not just 137."""
+    if exit.timed_out:
+        return "timeout", "the command was killed at its timeout; pass a larger timeout"
+    after = sbx.running.limit_events()
+    if exit.signal == signals.SIGKILL and after.get("oom_kill", 0) > before.get("oom_kill", 0):
+        return "memory_limit", (
+            f"the command was killed: the sandbox reached its memory limit of "
+            f"{sbx.spec.memory_mb} MB"
+        )
+    if after.get("pids_max", 0) > before.get("pids_max", 0):
+        return None, (
+            f"the sandbox hit its limit of {sbx.spec.pids} processes; some forks failed"
+        )
+    return None, None
+
+
+async def _stream(sbx: LiveSandbox, proc: ProcessStream, before: dict[str, int]) -> AsyncIterator[bytes]:
+    yield _line({"type": "start", "pid": proc.pid})
+    decoders = {
+        "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+        "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
+    }
+    finished = False
+    try:
+        try:
+            async for fd, data in proc:
+                text = decoders[fd].decode(data)
+                if text:
+                    yield _line({"type": fd, "data": text})
+        except (AgentError, AgentGone) as e:
+            err = agent_error(e, sbx)
+            finished = True
+            yield _line({"type": "end", "exit_code": -1, "error": err.code, "message": err.message})
+            return
+        for fd, dec in decoders.items():
+            if tail := dec.decode(b"", final=True):
+                yield _line({"type": fd, "data": tail})
+        exit = proc.exit
+        assert exit is not None
+        error, message = classify_exit(sbx, exit, before)
+        finished = True
+        yield _line(
+            {"type": "end", "exit_code": exit.exit_code, "error": error, "message": message}
+        )
+    finally:
+        if not finished:
+            # The client went away: the command runs on (as a background process would) and can
+            # be killed by pid; we only stop reading its output.
+            with contextlib.suppress(Exception):
+                await proc.detach()
+
+
+@router.post(
+    "/sandboxes/{sandbox_id}/commands",
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
+    if (body.cmd is None) == (body.argv is None):
+        raise ApiError("invalid_argument", "give exactly one of `cmd` (a shell line) or `argv`")
+    keep_stdin = body.stdin or body.stdin_data is not None
+    req = protocol.ProcessStart(
+        argv=body.argv,
+        cmd=body.cmd,
+        env={**sbx.envs, **body.envs},
+        cwd=body.cwd,
+        user=body.user,
+        stdin=keep_stdin,
+        timeout=body.timeout or None,
+        tag=body.tag,
+    )
+    before = sbx.running.limit_events()
+    try:
+        proc = await sbx.agent.start_process(req)
+        if body.stdin_data is not None:
+            await sbx.agent.send_stdin(proc.pid, body.stdin_data.encode(), eof=not body.stdin)
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+    return StreamingResponse(_stream(sbx, proc, before), media_type="application/x-ndjson")
+
+
+@router.get("/sandboxes/{sandbox_id}/commands", response_model=list[ProcessInfo])
+async def list_commands(sbx: Sandbox) -> list[ProcessInfo]:
+    try:
+        procs = await sbx.agent.list_processes()
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+    return [
+        ProcessInfo(
+            pid=p["pid"], cmd=p.get("cmd"), argv=p.get("argv"), cwd=p.get("cwd"),
+            user=p.get("user", "user"), tag=p.get("tag"), envs=p.get("env", {}),
+        )
+        for p in procs
+    ]
+
+
+@router.post("/sandboxes/{sandbox_id}/commands/{pid}/stdin", status_code=204)
+async def send_stdin(pid: int, body: SendStdin, sbx: Sandbox) -> Response:
+    try:
+        await sbx.agent.send_stdin(pid, body.data.encode(), eof=body.eof)
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+    return Response(status_code=204)
+
+
+def parse_signal(value: str | int) -> int:
+    if isinstance(value, int) or value.isdigit():
+        num = int(value)
+        if num in {s.value for s in signals.Signals}:
+            return num
+    else:
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        with contextlib.suppress(KeyError):
+            return int(signals.Signals[name])
+    raise ApiError("invalid_argument", f"unknown signal {value!r}; use a name like SIGTERM")
+
+
+@router.post("/sandboxes/{sandbox_id}/commands/{pid}/signal", status_code=204)
+async def signal_command(pid: int, body: SendSignal, sbx: Sandbox) -> Response:
+    sig = parse_signal(body.signal)
+    try:
+        await sbx.agent.signal(pid, sig)
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+    return Response(status_code=204)
+
+
+@router.delete("/sandboxes/{sandbox_id}/commands/{pid}", status_code=204)
+async def kill_command(pid: int, sbx: Sandbox) -> Response:
+    try:
+        await sbx.agent.signal(pid, signals.SIGKILL)
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+    return Response(status_code=204)

@@ -1,0 +1,28 @@
+"""Shared request dependencies: the manager, the caller, the caller's sandbox."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from firebox.server.auth import authenticate
+from firebox.server.manager import LiveSandbox, SandboxManager
+from firebox.server.registry import KeyRecord
+
+Caller = Annotated[KeyRecord, Depends(authenticate)]
+
+
+def manager(request: Request) -> SandboxManager:
+    mgr: SandboxManager = request.app.state.manager
+    return mgr
+
+
+Manager = Annotated[SandboxManager, Depends(manager)]
+
+
+def sandbox(sandbox_id: str, caller: Caller, mgr: Manager) -> LiveSandbox:
+    return mgr.get(caller.id, sandbox_id)
+
+
+Sandbox = Annotated[LiveSandbox, Depends(sandbox)]

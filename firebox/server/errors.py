@@ -1,0 +1,80 @@
+"""Every error the API returns: one exception type, one JSON shape, one table of statuses.
+
+The body is always ``{"error": {"code": ..., "message": ...}}``; messages say what happened and
+what to do. Agent error codes (``firebox.protocol.ERROR_CODES``) map onto API codes here.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+STATUS = {
+    "invalid_argument": 400,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "rate_limited": 429,
+    "internal": 500,
+    "sandbox_error": 502,
+    "unavailable": 503,
+    "timeout": 504,
+    "no_space": 507,
+}
+
+# agent code → API code
+AGENT_CODES = {
+    "not_found": "not_found",
+    "exists": "conflict",
+    "not_a_directory": "conflict",
+    "is_a_directory": "conflict",
+    "permission_denied": "forbidden",
+    "invalid": "invalid_argument",
+    "no_space": "no_space",
+    "busy": "conflict",
+    "unavailable": "unavailable",
+    "internal": "sandbox_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        assert code in STATUS, code
+        self.code = code
+        self.message = message
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.code]
+
+
+def body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(body(exc.code, exc.message), status_code=exc.status)
+
+
+async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg')}")
+    msg = "invalid request: " + "; ".join(parts) + " (see GET /openapi.json for the shapes)"
+    return JSONResponse(body("invalid_argument", msg), status_code=400)
+
+
+async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "invalid_argument"}.get(exc.status_code, "invalid_argument")
+    if exc.status_code >= 500:
+        code = "internal"
+    return JSONResponse(body(code, str(exc.detail)), status_code=exc.status_code)

@@ -1,0 +1,152 @@
+"""Files: streamed download and upload, list, stat, remove, rename, mkdir, watchers.
+
+Paths are passed to the agent untouched and interpreted inside the sandbox, where the host's
+filesystem does not exist: ``..``, absolute paths and symlinks all resolve within the sandbox's
+own mount namespace. The daemon only rejects what cannot be a path at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from firebox import protocol
+from firebox.server.agent_client import AgentError, AgentGone
+from firebox.server.commands import agent_error
+from firebox.server.deps import Manager, Sandbox
+from firebox.server.errors import ApiError
+from firebox.server.manager import LiveSandbox, iso
+from firebox.server.models import (
+    CreateWatcher,
+    EntryInfo,
+    FilesystemEvent,
+    MadeDir,
+    MakeDir,
+    RenameFile,
+    WatcherCreated,
+)
+
+router = APIRouter(tags=["files"])
+User = Literal["user", "root"]
+PathQuery = Query(min_length=1, max_length=4096, description="path inside the sandbox")
+
+
+def check_path(path: str) -> str:
+    if "\0" in path:
+        raise ApiError("invalid_argument", "a path cannot contain a NUL byte")
+    return path
+
+
+def entry(raw: dict[str, Any]) -> EntryInfo:
+    return EntryInfo(**{**raw, "modified_time": iso(float(raw["modified_time"]))})
+
+
+async def _call(sbx: LiveSandbox, coro: Any) -> Any:
+    try:
+        return await coro
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+
+
+@router.get(
+    "/sandboxes/{sandbox_id}/files",
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def download(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> StreamingResponse:
+    chunks = sbx.agent.read_file(check_path(path), user).__aiter__()
+    # Take the first chunk before answering, so a missing file is a 404, not a broken 200.
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        first = b""
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+
+    async def body() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return StreamingResponse(body(), media_type="application/octet-stream")
+
+
+@router.put("/sandboxes/{sandbox_id}/files", response_model=EntryInfo)
+async def upload(
+    request: Request, sbx: Sandbox, path: str = PathQuery, user: User = "user"
+) -> EntryInfo:
+    # request.stream() hands the body over as it arrives: a large upload is never held whole.
+    raw = await _call(sbx, sbx.agent.write_file(check_path(path), user, request.stream()))
+    return entry(raw)
+
+
+@router.get("/sandboxes/{sandbox_id}/files/list", response_model=list[EntryInfo])
+async def list_dir(
+    sbx: Sandbox, path: str = PathQuery, depth: int = Query(1, ge=1, le=64), user: User = "user"
+) -> list[EntryInfo]:
+
+
+    raw = await _call(sbx, sbx.agent.call(protocol.FileList(path=check_path(path), user=user, depth=depth)))
+    return [entry(e) for e in raw]
+
+
+@router.get("/sandboxes/{sandbox_id}/files/stat", response_model=EntryInfo)
+async def stat(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> EntryInfo:
+
+
+    return entry(await _call(sbx, sbx.agent.call(protocol.FileStat(path=check_path(path), user=user))))
+
+
+@router.delete("/sandboxes/{sandbox_id}/files", status_code=204)
+async def remove(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> Response:
+
+
+    await _call(sbx, sbx.agent.call(protocol.FileRemove(path=check_path(path), user=user)))
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/files/rename", response_model=EntryInfo)
+async def rename(body: RenameFile, sbx: Sandbox) -> EntryInfo:
+
+
+    msg = protocol.FileRename(
+        old_path=check_path(body.old_path), new_path=check_path(body.new_path), user=body.user
+    )
+    return entry(await _call(sbx, sbx.agent.call(msg)))
+
+
+@router.post("/sandboxes/{sandbox_id}/files/mkdir", response_model=MadeDir)
+async def make_dir(body: MakeDir, sbx: Sandbox) -> MadeDir:
+
+
+    created = await _call(sbx, sbx.agent.call(protocol.FileMakeDir(path=check_path(body.path), user=body.user)))
+    return MadeDir(created=bool(created))
+
+
+@router.post("/sandboxes/{sandbox_id}/watchers", status_code=201, response_model=WatcherCreated)
+async def create_watcher(body: CreateWatcher, sbx: Sandbox, mgr: Manager) -> WatcherCreated:
+    watcher = await _call(
+        sbx, mgr.add_watcher(sbx, check_path(body.path), body.user, body.recursive)
+    )
+    return WatcherCreated(watcher_id=watcher.id)
+
+
+@router.get(
+    "/sandboxes/{sandbox_id}/watchers/{watcher_id}/events", response_model=list[FilesystemEvent]
+)
+async def watcher_events(watcher_id: str, sbx: Sandbox) -> list[FilesystemEvent]:
+    watcher = sbx.watchers.get(watcher_id)
+    if watcher is None:
+        raise ApiError("not_found", f"no watcher {watcher_id} in sandbox {sbx.id}")
+    events = [FilesystemEvent(**e) for e in watcher.events]
+    watcher.events.clear()
+    return events
+
+
+@router.delete("/sandboxes/{sandbox_id}/watchers/{watcher_id}", status_code=204)
+async def delete_watcher(watcher_id: str, sbx: Sandbox, mgr: Manager) -> Response:
+    await mgr.remove_watcher(sbx, watcher_id)
+    return Response(status_code=204)

@@ -1,0 +1,263 @@
+"""Live sandboxes: create, find (per owner), time out, end, reclaim.
+
+The manager owns every running sandbox's backend handle and agent client. A sandbox ends for
+one of four reasons — killed by its owner, timed out, its process died, the daemon stopped — and
+every path goes through ``_end``, which frees everything exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from firebox import images, protocol
+from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
+from firebox.server.agent_client import AgentClient, AgentGone
+from firebox.server.config import ServerConfig
+from firebox.server.errors import ApiError
+from firebox.server.registry import Registry
+
+log = logging.getLogger("firebox.manager")
+
+START_DEADLINE = 20.0  # seconds for a backend to hand over a connected agent
+HELLO_DEADLINE = 10.0
+WATCH_EVENTS_MAX = 10_000  # per watcher, oldest dropped: a busy directory cannot grow memory
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(eq=False)
+class Watcher:
+    id: str
+    task: asyncio.Task[None] | None = None
+    events: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=WATCH_EVENTS_MAX))
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class LiveSandbox:
+    id: str
+    owner: str
+    template: str
+    backend: str
+    metadata: dict[str, str]
+    envs: dict[str, str]
+    started_at: float
+    end_at: float
+    spec: SandboxSpec
+    running: RunningSandbox
+    agent: AgentClient
+    timer: asyncio.TimerHandle | None = None
+    monitor: asyncio.Task[None] | None = None
+    watchers: dict[str, Watcher] = field(default_factory=dict)
+    ended: bool = False
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "sandbox_id": self.id,
+            "template": self.template,
+            "metadata": self.metadata,
+            "started_at": iso(self.started_at),
+            "end_at": iso(self.end_at),
+            "state": "running",
+            "backend": self.backend,
+            "cpu_count": self.spec.cpus,
+            "memory_mb": self.spec.memory_mb,
+        }
+
+
+class SandboxManager:
+    def __init__(self, config: ServerConfig, registry: Registry, backend: Backend) -> None:
+        self.config = config
+        self.registry = registry
+        self.backend = backend
+        self._live: dict[str, LiveSandbox] = {}
+
+    # -- lifecycle of the daemon ----------------------------------------------------------
+
+    async def reclaim(self) -> None:
+        """Sandboxes of a previous daemon died with it (--die-with-parent): record that and
+        free whatever host resources they left."""
+        for sandbox_id in self.registry.running_ids():
+            self.registry.mark_ended(sandbox_id, "daemon restarted")
+        freed = await self.backend.reclaim_stale()
+        if freed:
+            log.warning("reclaimed %d sandbox resources left by a previous daemon", freed)
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(
+            *(self._end(s, "daemon stopped") for s in list(self._live.values())),
+            return_exceptions=True,
+        )
+
+    # -- the API's operations -------------------------------------------------------------
+
+    async def create(
+        self,
+        owner: str,
+        template: str,
+        timeout: int | None,
+        metadata: dict[str, str],
+        envs: dict[str, str],
+    ) -> LiveSandbox:
+        rootfs = images.image_path(template)
+        if rootfs is None:
+            raise ApiError(
+                "invalid_argument",
+                f"template {template!r} is not built on this host; known templates: "
+                f"{', '.join(images.TEMPLATES)} (build with `firebox image build {template}`)",
+            )
+        sandbox_id = "sbx_" + secrets.token_hex(8)
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            template=template,
+            rootfs=rootfs,
+            memory_mb=self.config.memory_mb,
+            cpus=self.config.cpus,
+            pids=self.config.pids,
+            disk_mb=self.config.disk_mb,
+        )
+        try:
+            running = await asyncio.wait_for(self.backend.start(spec), START_DEADLINE)
+        except TimeoutError:
+            raise ApiError("timeout", f"the sandbox did not start in {START_DEADLINE:.0f} s") from None
+        except BackendError as e:
+            raise ApiError("unavailable", str(e)) from None
+        agent = AgentClient(running.reader, running.writer)
+        try:
+            await agent.wait_hello(HELLO_DEADLINE)
+        except (AgentGone, TimeoutError, protocol.ProtocolError) as e:
+            await agent.close()
+            await running.cleanup()
+            raise ApiError("sandbox_error", f"the sandbox's agent did not start: {e}") from None
+        now = time.time()
+        timeout = timeout or self.config.default_timeout
+        live = LiveSandbox(
+            id=sandbox_id,
+            owner=owner,
+            template=template,
+            backend=self.backend.name,
+            metadata=dict(metadata),
+            envs=dict(envs),
+            started_at=now,
+            end_at=now + timeout,
+            spec=spec,
+            running=running,
+            agent=agent,
+        )
+        self._live[sandbox_id] = live
+        self.registry.add_sandbox(
+            sandbox_id, owner, template, live.backend, live.metadata, now, live.end_at
+        )
+        self._schedule(live)
+        live.monitor = asyncio.create_task(self._monitor(live))
+        return live
+
+    def get(self, owner: str, sandbox_id: str) -> LiveSandbox:
+        live = self._live.get(sandbox_id)
+        # Another key's sandbox is indistinguishable from a missing one: no existence oracle.
+        if live is None or live.owner != owner or live.ended:
+            raise ApiError(
+                "not_found",
+                f"sandbox {sandbox_id} is not running (it ended, timed out, or belongs to "
+                "another key); create a new one",
+            )
+        return live
+
+    def list(self, owner: str, metadata: dict[str, str]) -> list[LiveSandbox]:
+        return [
+            s
+            for s in self._live.values()
+            if s.owner == owner
+            and not s.ended
+            and all(s.metadata.get(k) == v for k, v in metadata.items())
+        ]
+
+    def set_timeout(self, owner: str, sandbox_id: str, timeout: int) -> None:
+        live = self.get(owner, sandbox_id)
+        live.end_at = time.time() + timeout
+        self.registry.set_end_at(live.id, live.end_at)
+        self._schedule(live)
+
+    async def kill(self, owner: str, sandbox_id: str) -> None:
+        await self._end(self.get(owner, sandbox_id), "killed")
+
+    def count(self) -> int:
+        return len(self._live)
+
+    # -- watchers (files.watch_dir) --------------------------------------------------------
+
+    async def add_watcher(self, live: LiveSandbox, path: str, user: str, recursive: bool) -> Watcher:
+        watch = await live.agent.watch(path, user, recursive)
+        watcher = Watcher(id="w_" + secrets.token_hex(6))
+
+        async def pump() -> None:
+            try:
+                async for event in watch:
+                    watcher.events.append({"type": event.type, "name": event.name})
+            except AgentGone as e:
+                watcher.error = str(e)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watch.cancel()
+
+        watcher.task = asyncio.create_task(pump())
+        live.watchers[watcher.id] = watcher
+        return watcher
+
+    async def remove_watcher(self, live: LiveSandbox, watcher_id: str) -> None:
+        watcher = live.watchers.pop(watcher_id, None)
+        if watcher is None:
+            raise ApiError("not_found", f"no watcher {watcher_id} in sandbox {live.id}")
+        await _cancel(watcher.task)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _schedule(self, live: LiveSandbox) -> None:
+        if live.timer is not None:
+            live.timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, live.end_at - time.time())
+        live.timer = loop.call_later(
+            delay, lambda: asyncio.ensure_future(self._end(live, "timeout"))
+        )
+
+    async def _monitor(self, live: LiveSandbox) -> None:
+        await live.running.wait()
+        if not live.ended:
+            log.warning("sandbox %s ended on its own: %s", live.id, live.running.limit_events())
+            await self._end(live, "exited")
+
+    async def _end(self, live: LiveSandbox, reason: str) -> None:
+        if live.ended:
+            return
+        live.ended = True
+        self._live.pop(live.id, None)
+        if live.timer is not None:
+            live.timer.cancel()
+        for watcher in live.watchers.values():
+            await _cancel(watcher.task)
+        live.watchers.clear()
+        await live.agent.close()
+        await live.running.cleanup()
+        if live.monitor is not None and live.monitor is not asyncio.current_task():
+            await _cancel(live.monitor)
+        self.registry.mark_ended(live.id, reason)
+        log.info("sandbox %s ended: %s", live.id, reason)
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(task, 5)

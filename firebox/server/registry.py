@@ -1,0 +1,109 @@
+"""The SQLite registry: API keys (hashed) and every sandbox's record.
+
+Live state (processes, channels) is in memory in ``manager.py``; the registry is what survives
+a daemon restart, so that the next daemon can tell which sandboxes it must reclaim.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    admin INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL REFERENCES keys(id),
+    template TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    end_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    ended_at REAL,
+    end_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS sandboxes_owner_state ON sandboxes(owner, state);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    name: str
+    admin: bool
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        path.chmod(0o600)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # The registry is a record, not the source of truth for live sandboxes: losing the
+            # last transactions on power loss is acceptable, a fsync per create is not.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # keys
+
+    def add_key(self, key_id: str, name: str, key_hash: str, admin: bool) -> None:
+        self._exec(
+            "INSERT INTO keys (id, name, hash, admin, created_at) VALUES (?, ?, ?, ?, ?)",
+            (key_id, name, key_hash, int(admin), time.time()),
+        )
+
+    def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        rows = self._exec("SELECT id, name, admin FROM keys WHERE hash = ?", (key_hash,))
+        return KeyRecord(rows[0][0], rows[0][1], bool(rows[0][2])) if rows else None
+
+    # sandboxes
+
+    def add_sandbox(
+        self,
+        sandbox_id: str,
+        owner: str,
+        template: str,
+        backend: str,
+        metadata: dict[str, str],
+        started_at: float,
+        end_at: float,
+    ) -> None:
+        self._exec(
+            "INSERT INTO sandboxes (id, owner, template, backend, metadata, started_at, end_at,"
+            " state) VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
+            (sandbox_id, owner, template, backend, json.dumps(metadata), started_at, end_at),
+        )
+
+    def set_end_at(self, sandbox_id: str, end_at: float) -> None:
+        self._exec("UPDATE sandboxes SET end_at = ? WHERE id = ?", (end_at, sandbox_id))
+
+    def mark_ended(self, sandbox_id: str, reason: str) -> None:
+        self._exec(
+            "UPDATE sandboxes SET state = 'ended', ended_at = ?, end_reason = ? WHERE id = ?",
+            (time.time(), reason, sandbox_id),
+        )
+
+    def running_ids(self) -> list[str]:
+        return [r[0] for r in self._exec("SELECT id FROM sandboxes WHERE state = 'running'")]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
