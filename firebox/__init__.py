@@ -1,3 +1,65 @@
-"""firebox: run untrusted, LLM-generated code in isolated sandboxes on your own host."""
+"""firebox: run untrusted, LLM-generated code in isolated sandboxes on your own host.
+
+``Sandbox`` is the sync API and ``AsyncSandbox`` the async one; they have the same methods.
+Names follow E2B's Python SDK, so E2B code moves over by changing its imports.
+"""
+
+from firebox._async import AsyncCommandHandle, AsyncSandbox, AsyncWatchHandle
+from firebox._core.models import (
+    CommandResult,
+    EntryInfo,
+    FilesystemEvent,
+    FilesystemEventType,
+    FileType,
+    ProcessInfo,
+    SandboxInfo,
+    WriteEntry,
+)
+from firebox._sync import CommandHandle, Sandbox, WatchHandle
+from firebox.exceptions import (
+    AuthenticationException,
+    CommandExitException,
+    ConflictException,
+    FireboxException,
+    InvalidArgumentException,
+    NotEnoughSpaceException,
+    NotFoundException,
+    PermissionDeniedException,
+    RateLimitException,
+    SandboxException,
+    TimeoutException,
+    TooLargeException,
+    UnavailableException,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AsyncCommandHandle",
+    "AsyncSandbox",
+    "AsyncWatchHandle",
+    "AuthenticationException",
+    "CommandExitException",
+    "CommandHandle",
+    "CommandResult",
+    "ConflictException",
+    "EntryInfo",
+    "FileType",
+    "FilesystemEvent",
+    "FilesystemEventType",
+    "FireboxException",
+    "InvalidArgumentException",
+    "NotEnoughSpaceException",
+    "NotFoundException",
+    "PermissionDeniedException",
+    "ProcessInfo",
+    "RateLimitException",
+    "Sandbox",
+    "SandboxException",
+    "SandboxInfo",
+    "TimeoutException",
+    "TooLargeException",
+    "UnavailableException",
+    "WatchHandle",
+    "WriteEntry",
+]

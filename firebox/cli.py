@@ -1,12 +1,12 @@
 """The `firebox` command: thin; it parses arguments and calls the SDK, the server or the images.
 
-    firebox serve [--host H] [--port P] [--isolation auto|jail|microvm]
-    firebox image build [TEMPLATE] [--force]
-    firebox sandbox create [--template T] [--timeout S] [--metadata k=v ...]
-    firebox sandbox list [--metadata k=v ...]
-    firebox sandbox kill ID
-    firebox sandbox exec ID -- COMMAND...
-    firebox doctor
+firebox serve [--host H] [--port P] [--isolation auto|jail|microvm]
+firebox image build [TEMPLATE] [--force]
+firebox sandbox create [--template T] [--timeout S] [--metadata k=v ...]
+firebox sandbox list [--metadata k=v ...]
+firebox sandbox kill ID
+firebox sandbox exec ID -- COMMAND...
+firebox doctor
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_image_build(args: argparse.Namespace) -> int:
     from firebox import images
 
-    path = images.build_image(args.template, progress=lambda m: print(f"[image] {m}"), force=args.force)
+    path = images.build_image(
+        args.template, progress=lambda m: print(f"[image] {m}"), force=args.force
+    )
     print(f"[image] {args.template} ready at {path}")
     return 0
 
@@ -63,7 +65,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         mark = "ok " if verdict.ok else "no "
         ok_any |= verdict.ok
         print(f"{mark} {name:8} {verdict.reason}")
-    for template in images.TEMPLATES:
+    for template in images.known_templates():
         path = images.image_path(template)
         state = f"built at {path}" if path else f"not built (run `firebox image build {template}`)"
         print(f"    image {template}: {state}")

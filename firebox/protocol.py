@@ -7,7 +7,7 @@ Wire format
 -----------
 One byte stream (a socket pair in the jail, virtio-serial in a VM) carries frames::
 
-    u32 channel | u32 payload length | u16 header length | header (UTF-8 JSON) | payload
+    u32 channel | u32 payload length | u32 header length | header (UTF-8 JSON) | payload
 
 All integers are big-endian. The header is a JSON object whose ``t`` field names the message
 type; readers ignore fields they do not know (so a newer peer may add fields without a version
@@ -17,10 +17,11 @@ Channels multiplex many operations over the one stream. Channel 0 is the control
 (``hello`` from the agent). Every other channel is opened by the daemon with a request message
 and closed by exactly one final message from the agent: ``result`` or ``error``.
 
-Flow control: every ``data`` frame costs the receiver one credit. A sender of a data stream
-starts with ``WINDOW`` credits and stops when it has none; the receiver returns credits with
-``credit`` frames as it consumes data. This bounds memory on both sides no matter how fast a
-process writes or how slowly an HTTP client reads.
+Flow control: every ``data`` and ``watch.event`` frame costs the receiver one credit. A sender
+of such a stream starts with ``WINDOW`` credits and stops when it has none; the receiver returns
+credits with ``credit`` frames as it consumes them. This bounds memory on both sides no matter
+how fast a process writes, how busy a watched directory is or how slowly an HTTP client reads;
+a peer that sends beyond its credit is broken or hostile.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 
-FRAME_HEAD = struct.Struct(">IIH")
+FRAME_HEAD = struct.Struct(">III")
 MAX_PAYLOAD = 1 << 20  # a data frame carries at most 1 MiB
-MAX_HEADER = (1 << 16) - 1
+# Headers carry whole requests and results: a long ``cmd`` script, a deep file listing. 8 MiB
+# bounds what one frame can make a reader allocate while leaving room for both.
+MAX_HEADER = 8 << 20
 CHUNK = 256 * 1024  # what senders put in one data frame
 WINDOW = 16  # data frames in flight per stream before the sender waits for credit
 
@@ -79,6 +82,30 @@ def encode_frame(channel: int, header: dict[str, Any], payload: bytes = b"") -> 
     return FRAME_HEAD.pack(channel, len(payload), len(head)) + head + payload
 
 
+def decode_head(head: bytes | bytearray) -> tuple[int, int, int]:
+    """(channel, payload length, header length) of a frame's first ``FRAME_HEAD.size`` bytes.
+
+    For readers that read a frame in parts (head, then header, then payload) instead of
+    feeding a ``FrameDecoder``; the limits are checked before anything is allocated.
+    """
+    channel, plen, hlen = FRAME_HEAD.unpack_from(head)
+    if plen > MAX_PAYLOAD:
+        raise ProtocolError(f"frame payload of {plen} bytes exceeds {MAX_PAYLOAD}")
+    if hlen > MAX_HEADER:
+        raise ProtocolError(f"frame header of {hlen} bytes exceeds {MAX_HEADER}")
+    return channel, plen, hlen
+
+
+def decode_header(raw: bytes | bytearray) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+    except ValueError as e:
+        raise ProtocolError(f"frame header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not a JSON object")
+    return header
+
+
 class FrameDecoder:
     """Incremental decoder: feed bytes, take whole frames. No I/O, usable by both sides."""
 
@@ -89,21 +116,13 @@ class FrameDecoder:
         self._buf += data
         frames: list[Frame] = []
         while len(self._buf) >= FRAME_HEAD.size:
-            channel, plen, hlen = FRAME_HEAD.unpack_from(self._buf)
-            if plen > MAX_PAYLOAD:
-                raise ProtocolError(f"frame payload of {plen} bytes exceeds {MAX_PAYLOAD}")
+            channel, plen, hlen = decode_head(self._buf)
             end = FRAME_HEAD.size + hlen + plen
             if len(self._buf) < end:
                 break
-            raw = bytes(self._buf[FRAME_HEAD.size : FRAME_HEAD.size + hlen])
+            header = decode_header(self._buf[FRAME_HEAD.size : FRAME_HEAD.size + hlen])
             payload = bytes(self._buf[FRAME_HEAD.size + hlen : end])
             del self._buf[:end]
-            try:
-                header = json.loads(raw)
-            except ValueError as e:
-                raise ProtocolError(f"frame header is not JSON: {e}") from None
-            if not isinstance(header, dict):
-                raise ProtocolError("frame header is not a JSON object")
             frames.append(Frame(channel, header, payload))
         return frames
 
@@ -183,7 +202,8 @@ class Data(Message):
 
 @dataclass(slots=True)
 class End(Message):
-    """End of a byte stream sent towards the agent (upload or stdin on the stream)."""
+    """End of a byte stream sent towards the agent (a ``file.write`` upload). Process stdin
+    goes by ``process.stdin`` requests instead."""
 
     T = "end"
 
@@ -198,7 +218,11 @@ class Credit(Message):
 
 @dataclass(slots=True)
 class Cancel(Message):
-    """Stop the operation on this channel (kill a read, stop a watch); agent ends with error."""
+    """Stop the operation on this channel; the agent at once ends the channel with
+    ``Result(value=None)`` (unless its final message was already on the way) and sends nothing
+    more on it. A read stops, a watch stops, an upload is dropped (the target is untouched),
+    and a process is *detached*: its output is discarded but it runs on until it exits or is
+    signalled (the daemon cancels when its client went away)."""
 
     T = "cancel"
 
@@ -348,7 +372,10 @@ class FileMakeDir(Message):
 
 @dataclass(slots=True)
 class WatchStart(Message):
-    """Watch a directory: ``WatchEvent`` frames follow until ``Cancel``; then ``Result``."""
+    """Watch a directory: ``WatchStarted``, then ``WatchEvent`` frames (each costs a credit)
+    until ``Cancel``; then ``Result``. Errors (missing directory) come as ``Error`` instead of
+    ``WatchStarted``; a watch that falls so far behind that the kernel dropped events ends with
+    ``Error`` code ``busy``."""
 
     T = "watch.start"
     path: str = ""
@@ -357,9 +384,18 @@ class WatchStart(Message):
 
 
 @dataclass(slots=True)
+class WatchStarted(Message):
+    """First reply to ``WatchStart``: the watch is in place, so changes made from now on are
+    reported (a caller can watch, then act, without a race)."""
+
+    T = "watch.started"
+
+
+@dataclass(slots=True)
 class WatchEvent(Message):
     """``type`` is one of create, write, remove, rename, chmod; ``name`` is relative to the
-    watched directory."""
+    watched directory. ``write`` means a file opened for writing was closed (one event per
+    write session, not one per ``write()`` call); a rename reports the old and the new name."""
 
     T = "watch.event"
     type: str = ""
@@ -404,6 +440,7 @@ MESSAGES: dict[str, type[Message]] = {
         FileRename,
         FileMakeDir,
         WatchStart,
+        WatchStarted,
         WatchEvent,
     )
 }

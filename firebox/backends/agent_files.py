@@ -21,8 +21,7 @@ AGENT_COMMAND = [
     "-I",
     "-S",
     "-c",
-    f"import sys; sys.path.insert(0, {GUEST_LIB!r}); "
-    "from firebox.agent.main import main; main()",
+    f"import sys; sys.path.insert(0, {GUEST_LIB!r}); from firebox.agent.main import main; main()",
 ]
 
 _PACKAGE = Path(firebox.__file__).parent
@@ -35,8 +34,11 @@ def _sources() -> list[tuple[Path, str]]:
     return files
 
 
-def stage(home: Path) -> Path:
-    """Copy the agent into ``home/agent-lib/<digest>`` (world-readable) and return that dir.
+def stage(root: Path) -> Path:
+    """Copy the agent into ``root/agent-lib/<digest>`` (world-readable) and return that dir.
+
+    ``root`` must be reachable by the sandboxes' unprivileged host uid, as the image cache is
+    (bubblewrap resolves bind sources with that uid's permissions).
 
     The directory name is a digest of the content, so a running sandbox keeps the code it
     started with while a new daemon version stages its own next to it.
@@ -45,7 +47,7 @@ def stage(home: Path) -> Path:
     digest = hashlib.sha256()
     for src, rel in sources:
         digest.update(rel.encode() + b"\0" + src.read_bytes())
-    target = home / "agent-lib" / digest.hexdigest()[:16]
+    target = root / "agent-lib" / digest.hexdigest()[:16]
     if (target / ".complete").exists():
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -60,10 +62,7 @@ def stage(home: Path) -> Path:
         os.chmod(dirpath, 0o755)
         for name in names:
             os.chmod(os.path.join(dirpath, name), 0o644)
-    # The sandbox's unprivileged host uid must traverse ``home`` (mode 0711: the key and the
-    # registry inside stay 0600) and read the staged tree.
     os.chmod(target.parent, 0o755)
-    os.chmod(home, os.stat(home).st_mode | 0o111)
     try:
         tmp.rename(target)
     except OSError:  # a concurrent stager won the race with identical content

@@ -25,7 +25,7 @@ class SandboxSpec:
     memory_mb: int = 512
     cpus: float = 1.0
     pids: int = 256
-    disk_mb: int = 512  # cap of each writable filesystem (home, /tmp)
+    disk_mb: int = 256  # cap of each writable filesystem (home, /tmp)
     hostname: str = "sandbox"
 
 
@@ -73,6 +73,10 @@ class RunningSandbox(abc.ABC):
     @abc.abstractmethod
     async def cleanup(self) -> None:
         """Kill whatever is left and free every host resource. Idempotent."""
+
+    def diagnostics(self) -> str:
+        """What the sandbox's host side said on the way (e.g. bwrap's errors), for messages."""
+        return ""
 
     @abc.abstractmethod
     def limit_events(self) -> dict[str, int]:

@@ -26,8 +26,9 @@ log = logging.getLogger("firebox.server")
 
 
 def prepare_home(config: ServerConfig) -> None:
-    # 0711: sandboxes' unprivileged host uid must traverse it to reach the staged agent code;
-    # everything secret inside (admin.key, firebox.db) is 0600.
+    # 0711: by default the image cache lives inside (/var/lib/firebox/images) and sandboxes'
+    # unprivileged host uid must traverse to it; the secrets here (admin.key, firebox.db) are
+    # 0600 and the directory cannot be listed.
     config.home.mkdir(parents=True, exist_ok=True)
     os.chmod(config.home, 0o711)
 
@@ -42,7 +43,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         log.warning("isolation: %s (%s)", backend.name, backend.availability().reason)
         if config.build_image_on_start and images.image_path("base") is None:
             log.warning("the guest image is missing; building it now (a few minutes, once)")
-            await asyncio.to_thread(images.build_image, "base", lambda m: log.warning("image: %s", m))
+            await asyncio.to_thread(
+                images.build_image, "base", lambda m: log.warning("image: %s", m)
+            )
         manager = SandboxManager(config, registry, backend)
         await manager.reclaim()
         app.state.registry = registry
@@ -68,6 +71,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_exception_handler(errors.ApiError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+    app.add_exception_handler(Exception, errors.unexpected_handler)
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> Health:

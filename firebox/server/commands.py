@@ -48,13 +48,13 @@ def classify_exit(
             f"{sbx.spec.memory_mb} MB"
         )
     if after.get("pids_max", 0) > before.get("pids_max", 0):
-        return None, (
-            f"the sandbox hit its limit of {sbx.spec.pids} processes; some forks failed"
-        )
+        return None, (f"the sandbox hit its limit of {sbx.spec.pids} processes; some forks failed")
     return None, None
 
 
-async def _stream(sbx: LiveSandbox, proc: ProcessStream, before: dict[str, int]) -> AsyncIterator[bytes]:
+async def _stream(
+    sbx: LiveSandbox, proc: ProcessStream, before: dict[str, int]
+) -> AsyncIterator[bytes]:
     yield _line({"type": "start", "pid": proc.pid})
     decoders = {
         "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
@@ -126,8 +126,13 @@ async def list_commands(sbx: Sandbox) -> list[ProcessInfo]:
         raise agent_error(e, sbx) from None
     return [
         ProcessInfo(
-            pid=p["pid"], cmd=p.get("cmd"), argv=p.get("argv"), cwd=p.get("cwd"),
-            user=p.get("user", "user"), tag=p.get("tag"), envs=p.get("env", {}),
+            pid=p["pid"],
+            cmd=p.get("cmd"),
+            argv=p.get("argv"),
+            cwd=p.get("cwd"),
+            user=p.get("user", "user"),
+            tag=p.get("tag"),
+            envs=p.get("env", {}),
         )
         for p in procs
     ]

@@ -25,7 +25,7 @@ class ServerConfig:
     memory_mb: int = 512
     cpus: float = 1.0
     pids: int = 256
-    disk_mb: int = 512
+    disk_mb: int = 256  # tmpfs: counts against memory_mb too, so keep it below
     # sandbox ids 0..65535 map onto host uids uid_base.. (never 0)
     uid_base: int = 200000
     build_image_on_start: bool = True

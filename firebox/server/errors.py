@@ -75,6 +75,22 @@ async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
 async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "invalid_argument"}.get(exc.status_code, "invalid_argument")
+    message = str(exc.detail)
+    if exc.status_code == 404:
+        message = "no such endpoint; the API is described at GET /openapi.json"
+    elif exc.status_code == 405:
+        message = "method not allowed on this endpoint; see GET /openapi.json"
     if exc.status_code >= 500:
         code = "internal"
-    return JSONResponse(body(code, str(exc.detail)), status_code=exc.status_code)
+    return JSONResponse(body(code, message), status_code=exc.status_code)
+
+
+async def unexpected_handler(_: Request, exc: Exception) -> JSONResponse:
+    # A bug in the daemon: still answer in the API's shape, and leave the details to the log.
+    import logging
+
+    logging.getLogger("firebox.server").exception("unexpected error", exc_info=exc)
+    return JSONResponse(
+        body("internal", f"internal error ({type(exc).__name__}); see the daemon's log"),
+        status_code=500,
+    )

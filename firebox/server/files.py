@@ -88,21 +88,22 @@ async def list_dir(
     sbx: Sandbox, path: str = PathQuery, depth: int = Query(1, ge=1, le=64), user: User = "user"
 ) -> list[EntryInfo]:
 
-
-    raw = await _call(sbx, sbx.agent.call(protocol.FileList(path=check_path(path), user=user, depth=depth)))
+    raw = await _call(
+        sbx, sbx.agent.call(protocol.FileList(path=check_path(path), user=user, depth=depth))
+    )
     return [entry(e) for e in raw]
 
 
 @router.get("/sandboxes/{sandbox_id}/files/stat", response_model=EntryInfo)
 async def stat(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> EntryInfo:
 
-
-    return entry(await _call(sbx, sbx.agent.call(protocol.FileStat(path=check_path(path), user=user))))
+    return entry(
+        await _call(sbx, sbx.agent.call(protocol.FileStat(path=check_path(path), user=user)))
+    )
 
 
 @router.delete("/sandboxes/{sandbox_id}/files", status_code=204)
 async def remove(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> Response:
-
 
     await _call(sbx, sbx.agent.call(protocol.FileRemove(path=check_path(path), user=user)))
     return Response(status_code=204)
@@ -110,7 +111,6 @@ async def remove(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> Re
 
 @router.post("/sandboxes/{sandbox_id}/files/rename", response_model=EntryInfo)
 async def rename(body: RenameFile, sbx: Sandbox) -> EntryInfo:
-
 
     msg = protocol.FileRename(
         old_path=check_path(body.old_path), new_path=check_path(body.new_path), user=body.user
@@ -121,8 +121,9 @@ async def rename(body: RenameFile, sbx: Sandbox) -> EntryInfo:
 @router.post("/sandboxes/{sandbox_id}/files/mkdir", response_model=MadeDir)
 async def make_dir(body: MakeDir, sbx: Sandbox) -> MadeDir:
 
-
-    created = await _call(sbx, sbx.agent.call(protocol.FileMakeDir(path=check_path(body.path), user=body.user)))
+    created = await _call(
+        sbx, sbx.agent.call(protocol.FileMakeDir(path=check_path(body.path), user=body.user))
+    )
     return MadeDir(created=bool(created))
 
 

@@ -109,12 +109,17 @@ class SandboxManager:
         metadata: dict[str, str],
         envs: dict[str, str],
     ) -> LiveSandbox:
+        known = images.known_templates()
+        if template not in known:
+            raise ApiError(
+                "invalid_argument", f"unknown template {template!r}; known: {', '.join(known)}"
+            )
         rootfs = images.image_path(template)
         if rootfs is None:
             raise ApiError(
-                "invalid_argument",
-                f"template {template!r} is not built on this host; known templates: "
-                f"{', '.join(images.TEMPLATES)} (build with `firebox image build {template}`)",
+                "unavailable",
+                f"template {template!r} is not built on this host yet; "
+                f"run `firebox image build {template}`",
             )
         sandbox_id = "sbx_" + secrets.token_hex(8)
         spec = SandboxSpec(
@@ -129,7 +134,9 @@ class SandboxManager:
         try:
             running = await asyncio.wait_for(self.backend.start(spec), START_DEADLINE)
         except TimeoutError:
-            raise ApiError("timeout", f"the sandbox did not start in {START_DEADLINE:.0f} s") from None
+            raise ApiError(
+                "timeout", f"the sandbox did not start in {START_DEADLINE:.0f} s"
+            ) from None
         except BackendError as e:
             raise ApiError("unavailable", str(e)) from None
         agent = AgentClient(running.reader, running.writer)
@@ -138,7 +145,11 @@ class SandboxManager:
         except (AgentGone, TimeoutError, protocol.ProtocolError) as e:
             await agent.close()
             await running.cleanup()
-            raise ApiError("sandbox_error", f"the sandbox's agent did not start: {e}") from None
+            said = running.diagnostics()
+            raise ApiError(
+                "sandbox_error",
+                f"the sandbox's agent did not start: {e}" + (f" ({said})" if said else ""),
+            ) from None
         now = time.time()
         timeout = timeout or self.config.default_timeout
         live = LiveSandbox(
@@ -196,7 +207,9 @@ class SandboxManager:
 
     # -- watchers (files.watch_dir) --------------------------------------------------------
 
-    async def add_watcher(self, live: LiveSandbox, path: str, user: str, recursive: bool) -> Watcher:
+    async def add_watcher(
+        self, live: LiveSandbox, path: str, user: str, recursive: bool
+    ) -> Watcher:
         watch = await live.agent.watch(path, user, recursive)
         watcher = Watcher(id="w_" + secrets.token_hex(6))
 

@@ -36,6 +36,7 @@ from firebox.backends.base import (
 )
 from firebox.backends.jail import cgroups, seccomp
 from firebox.backends.jail.bwrap import JailFds, bwrap_argv
+from firebox.images.cache import image_root
 
 UID_RANGE = 65536
 START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
@@ -67,9 +68,8 @@ class JailSandbox(RunningSandbox):
             self._stderr_tail += chunk
             del self._stderr_tail[:-8192]
 
-    @property
-    def stderr_tail(self) -> str:
-        return self._stderr_tail.decode(errors="replace")
+    def diagnostics(self) -> str:
+        return self._stderr_tail.decode(errors="replace").strip()
 
     @property
     def pid(self) -> int:
@@ -87,11 +87,9 @@ class JailSandbox(RunningSandbox):
                 self._proc.send_signal(sig)
 
     def kill(self) -> None:
-        # bwrap's death takes the jail with it (--die-with-parent), but kill the whole cgroup
-        # too: it is the one handle that cannot miss a process.
+        # bwrap's death takes the jail with it (--die-with-parent); cleanup() then empties the
+        # cgroup too, the one handle that cannot miss a process.
         self.send_signal(signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            self._cgroup.kill_all()
 
     async def cleanup(self) -> None:
         if self._cleaned:
@@ -100,10 +98,8 @@ class JailSandbox(RunningSandbox):
         self.kill()
         with contextlib.suppress(Exception):
             self.writer.close()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), 5.0)
-        except TimeoutError:
-            pass
         with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(self._stderr_task, 1.0)
         await asyncio.to_thread(self._cgroup.destroy)
@@ -185,7 +181,9 @@ class JailBackend(Backend):
 
     def _lib(self) -> Path:
         if self._agent_lib is None:
-            self._agent_lib = agent_files.stage(self.home)
+            # Next to the images: the sandbox uid must reach both, and the daemon's home (which
+            # holds the keys) need not be reachable at all.
+            self._agent_lib = agent_files.stage(image_root())
         return self._agent_lib
 
     async def start(self, spec: SandboxSpec) -> RunningSandbox:
@@ -206,7 +204,9 @@ class JailBackend(Backend):
             argv = bwrap_argv(
                 spec,
                 self._lib(),
-                JailFds(agent=theirs.fileno(), seccomp=seccomp_fd, info=info_w, userns_block=block_r),
+                JailFds(
+                    agent=theirs.fileno(), seccomp=seccomp_fd, info=info_w, userns_block=block_r
+                ),
             )
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -214,6 +214,10 @@ class JailBackend(Backend):
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 pass_fds=child_fds,
+                # bwrap's own processes (its pid 1 inside the jail among them) keep the
+                # environment they were started with, readable in /proc/1/environ: give them
+                # nothing of the daemon's.
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                 user=self.uid_base,
                 group=self.uid_base,
                 extra_groups=[],

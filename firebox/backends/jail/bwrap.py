@@ -85,6 +85,14 @@ def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds) -> list[str]:
         disk,
         "--tmpfs",
         "/home/user",
+        # root's home: the image's /root belongs to host root, which is unmapped (so unusable)
+        # inside; the sandbox's root gets a fresh one of its own.
+        "--perms",
+        "0700",
+        "--size",
+        disk,
+        "--tmpfs",
+        "/root",
         "--ro-bind",
         str(agent_lib),
         GUEST_LIB,

@@ -314,8 +314,12 @@ def compile_filter(policy: Sequence[Rule]) -> bytes:
         _insn(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
         _ret(SECCOMP_RET_ERRNO | errno.EPERM),
     ]
+    seen: set[str] = set()
     for rule in policy:
         for name in rule.syscalls:
+            if name in seen:  # parse_policy refuses this too; hand-built rules may not
+                raise PolicyError(f"{name!r} is in two rules; merge them")
+            seen.add(name)
             prog.extend(_syscall_block(SYSCALLS_X86_64[name], rule))
     prog.append(_ret(SECCOMP_RET_ALLOW))
     if len(prog) > BPF_MAXINSNS:
@@ -324,7 +328,7 @@ def compile_filter(policy: Sequence[Rule]) -> bytes:
 
 
 @functools.cache
-def filter_bytes() -> bytes:
+def compiled_filter() -> bytes:
     """The packaged policy, compiled once per process."""
     return compile_filter(load_policy())
 
@@ -341,7 +345,7 @@ def write_filter_fd() -> int:
             f"the jail's seccomp filter is built for x86_64 only, this host is "
             f"{platform.machine()}; add that architecture's syscall table to seccomp.py"
         )
-    data = filter_bytes()
+    data = compiled_filter()
     fd = os.memfd_create("firebox-seccomp", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view = memoryview(data)

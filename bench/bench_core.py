@@ -1,0 +1,166 @@
+"""Core benchmark: sandbox create → first command result, and command round trip.
+
+Measured side by side in one run against the two floors a jail cannot beat:
+  * bare ``python3 -c pass`` by the interpreter's real path (no version-manager shim);
+  * bare ``bwrap … python3 -c pass`` over the same root image, as the same unprivileged uid.
+
+Starts its own daemon on a free loopback port (state in a temp dir), stops it by PID at the end,
+prints medians and ratios, and writes them to bench/results/core.json.
+
+    .venv/bin/python bench/bench_core.py [--runs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from firebox import Sandbox, images  # noqa: E402
+from firebox.server.config import ServerConfig  # noqa: E402
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def start_daemon(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "FIREBOX_HOME": str(home),
+        "FIREBOX_CGROUP_PARENT": f"firebox-bench-{os.getpid()}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firebox.cli", "serve", "--port", str(port), "--isolation", "jail"],
+        env=env,
+        stdout=open(home / "daemon.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the daemon did not start; see " + str(home / "daemon.log"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    args = ap.parse_args()
+
+    rootfs = images.build_image("base")
+    python = os.path.realpath("/usr/bin/python3")
+    uid = ServerConfig().uid_base
+    bare_bwrap = [
+        "bwrap",
+        "--unshare-all",
+        "--unshare-user",
+        "--die-with-parent",
+        "--ro-bind",
+        str(rootfs),
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "pass",
+    ]
+    results: dict[str, list[float]] = {}
+    results["bare python3 -c"] = timed(
+        lambda: subprocess.run([python, "-c", "pass"], check=True), args.runs
+    )
+    results["bare bwrap python3 -c"] = timed(
+        lambda: subprocess.run(bare_bwrap, check=True, user=uid, group=uid, extra_groups=[]),
+        args.runs,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="firebox-bench-") as tmp:
+        home = Path(tmp)
+        proc, url = start_daemon(home)
+        try:
+            key = (home / "admin.key").read_text().strip()
+            os.environ["FIREBOX_URL"], os.environ["FIREBOX_API_KEY"] = url, key
+
+            def create_and_run() -> None:
+                sbx = Sandbox.create()
+                sbx.commands.run("true")
+                create_times.append(time.perf_counter())
+                sbx.kill()
+
+            # create → first result excludes the kill, which happens after the clock stops
+            create_times: list[float] = []
+            samples = []
+            for i in range(args.runs + 2):
+                start = time.perf_counter()
+                create_and_run()
+                if i >= 2:
+                    samples.append((create_times[-1] - start) * 1000)
+            results["firebox create → first command result"] = samples
+
+            with Sandbox.create() as sbx:
+                results["firebox commands.run('true') round trip"] = timed(
+                    lambda: sbx.commands.run("true"), args.runs * 3
+                )
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    print(
+        f"\nfirebox core benchmark — {platform.node()}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d')}, medians of {args.runs} runs\n"
+    )
+    for name, med in medians.items():
+        print(f"  {name:45} {med:8.2f} ms")
+    base_py = medians["bare python3 -c"]
+    base_bw = medians["bare bwrap python3 -c"]
+    create = medians["firebox create → first command result"]
+    rtt = medians["firebox commands.run('true') round trip"]
+    print(
+        f"\n  create → first result = {create / base_py:.2f}× bare python3, "
+        f"{create / base_bw:.2f}× bare bwrap   "
+        f"(target ≤ 40 ms: {'met' if create <= 40 else 'NOT met'})"
+    )
+    print(f"  round trip = {rtt:.2f} ms   (target ≤ 3 ms: {'met' if rtt <= 3 else 'NOT met'})")
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "core.json").write_text(json.dumps({"medians_ms": medians, "runs": args.runs}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

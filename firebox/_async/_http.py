@@ -1,0 +1,116 @@
+"""The one place the SDK sends HTTP: an httpx client that turns failures into firebox exceptions.
+
+Every request has a timeout: the caller's, else the configured ``request_timeout``.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from firebox._core.config import ConnectionConfig
+from firebox._core.errors import error_from_response, error_from_transport
+
+
+class AsyncApiClient:
+    """A connection pool to one daemon, authenticated with one key."""
+
+    def __init__(
+        self, config: ConnectionConfig, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.config = config
+        self._client = httpx.AsyncClient(
+            base_url=config.api_url,
+            headers=config.headers(),
+            timeout=config.request_timeout,
+            transport=transport,
+            # Each background command holds a connection while its output is unread; a capped
+            # pool would make the next call wait for one and fail with a baffling timeout.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        content: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        """Sends a request and reads the whole answer; raises the mapped error for a 4xx/5xx."""
+        try:
+            response = await self._client.request(
+                method,
+                path,
+                params=params,
+                json=json,
+                content=content,
+                headers=headers,
+                timeout=self._timeout(timeout),
+            )
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, self.config.api_url) from e
+        if response.is_error:
+            raise error_from_response(response.status_code, response.content)
+        return response
+
+    async def open_stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        content: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        """Sends a request and returns once the answer's head is in, body unread.
+
+        The caller owns the answer and must close it. An error answer is read, closed and
+        raised here, so a returned answer is always a success.
+        """
+        request = self._client.build_request(
+            method,
+            path,
+            params=params,
+            json=json,
+            content=content,
+            headers=headers,
+            timeout=self._timeout(timeout),
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, self.config.api_url) from e
+        if response.is_error:
+            try:
+                body = await response.aread()
+            except httpx.HTTPError:
+                body = b""
+            finally:
+                await response.aclose()
+            raise error_from_response(response.status_code, body)
+        return response
+
+    def _timeout(self, timeout: float | httpx.Timeout | None) -> float | httpx.Timeout:
+        return self.config.request_timeout if timeout is None else timeout
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncApiClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,235 @@
+"""``AsyncSandbox``: create, find, control and end sandboxes."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Self
+
+from firebox._async._http import AsyncApiClient
+from firebox._async.commands import AsyncCommands
+from firebox._async.files import AsyncFilesystem
+from firebox._core.config import resolve_config
+from firebox._core.dual import ClassOrInstanceMethod
+from firebox._core.models import SandboxInfo
+from firebox._core.requests import create_body, metadata_query, sandbox_path
+from firebox._core.responses import parse_list, parse_sandbox_info
+from firebox.exceptions import NotFoundException
+
+# The class-level forms of ``kill``, ``set_timeout`` and ``get_info``, which open a client for
+# the one call.
+
+
+async def _kill_by_id(
+    sandbox_id: str,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    request_timeout: float | None = None,
+) -> bool:
+    """Kills the sandbox ``sandbox_id``; False if it was already gone."""
+    async with _client(api_key, api_url, request_timeout) as api:
+        return await _delete(api, sandbox_id, None)
+
+
+async def _set_timeout_by_id(
+    sandbox_id: str,
+    timeout: int,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    request_timeout: float | None = None,
+) -> None:
+    """Kills the sandbox ``sandbox_id`` ``timeout`` seconds from now instead of when it was due."""
+    async with _client(api_key, api_url, request_timeout) as api:
+        await _post_timeout(api, sandbox_id, timeout, None)
+
+
+async def _get_info_by_id(
+    sandbox_id: str,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    request_timeout: float | None = None,
+) -> SandboxInfo:
+    """What the daemon knows of the sandbox ``sandbox_id``."""
+    async with _client(api_key, api_url, request_timeout) as api:
+        return await _fetch_info(api, sandbox_id, None)
+
+
+def _client(
+    api_key: str | None, api_url: str | None, request_timeout: float | None
+) -> AsyncApiClient:
+    return AsyncApiClient(resolve_config(api_key, api_url, request_timeout))
+
+
+async def _fetch_info(
+    api: AsyncApiClient, sandbox_id: str, request_timeout: float | None
+) -> SandboxInfo:
+    response = await api.request("GET", sandbox_path(sandbox_id), timeout=request_timeout)
+    return parse_sandbox_info(response.json())
+
+
+async def _post_timeout(
+    api: AsyncApiClient, sandbox_id: str, timeout: int, request_timeout: float | None
+) -> None:
+    await api.request(
+        "POST",
+        sandbox_path(sandbox_id, "timeout"),
+        json={"timeout": timeout},
+        timeout=request_timeout,
+    )
+
+
+async def _delete(api: AsyncApiClient, sandbox_id: str, request_timeout: float | None) -> bool:
+    try:
+        await api.request("DELETE", sandbox_path(sandbox_id), timeout=request_timeout)
+    except NotFoundException:
+        return False
+    return True
+
+
+class AsyncSandbox:
+    """An isolated machine for running untrusted code.
+
+    Get one with ``await AsyncSandbox.create()`` or ``await AsyncSandbox.connect(id)``; use it
+    as ``async with await AsyncSandbox.create() as sbx:`` to kill it when the block ends. The
+    daemon's address and key come from the arguments, else ``FIREBOX_URL`` and
+    ``FIREBOX_API_KEY``, else the local daemon and its admin key file.
+    """
+
+    def __init__(self, sandbox_id: str, api: AsyncApiClient) -> None:
+        self._sandbox_id = sandbox_id
+        self._api = api
+        self._commands = AsyncCommands(sandbox_id, api)
+        self._files = AsyncFilesystem(sandbox_id, api)
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._sandbox_id
+
+    @property
+    def commands(self) -> AsyncCommands:
+        """Run commands in the sandbox and manage running ones."""
+        return self._commands
+
+    @property
+    def files(self) -> AsyncFilesystem:
+        """Read, write, list and watch the sandbox's files."""
+        return self._files
+
+    @classmethod
+    async def create(
+        cls,
+        template: str = "base",
+        timeout: int = 300,
+        metadata: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> Self:
+        """Starts a new sandbox from ``template``.
+
+        It is killed ``timeout`` seconds from now (1 to 86400) unless ``set_timeout`` extends
+        it. ``metadata`` labels it for ``list``; ``envs`` are set for every command in it.
+        """
+        api = _client(api_key, api_url, request_timeout)
+        try:
+            response = await api.request(
+                "POST", "/sandboxes", json=create_body(template, timeout, metadata, envs)
+            )
+            info = parse_sandbox_info(response.json())
+        except BaseException:
+            await api.aclose()
+            raise
+        return cls(info.sandbox_id, api)
+
+    @classmethod
+    async def connect(
+        cls,
+        sandbox_id: str,
+        timeout: int | None = None,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> Self:
+        """Attaches to a running sandbox; with ``timeout``, also resets its timeout to that.
+
+        Raises ``NotFoundException`` if no such sandbox belongs to the API key.
+        """
+        api = _client(api_key, api_url, request_timeout)
+        try:
+            info = await _fetch_info(api, sandbox_id, None)
+            if timeout is not None:
+                await _post_timeout(api, sandbox_id, timeout, None)
+        except BaseException:
+            await api.aclose()
+            raise
+        return cls(info.sandbox_id, api)
+
+    @classmethod
+    async def list(
+        cls,
+        metadata: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        """The API key's sandboxes; with ``metadata``, only those carrying all of its pairs."""
+        async with _client(api_key, api_url, request_timeout) as api:
+            response = await api.request("GET", "/sandboxes", params=metadata_query(metadata))
+            return [parse_sandbox_info(s) for s in parse_list(response.json(), "sandboxes")]
+
+    async def _kill_self(self, request_timeout: float | None = None) -> bool:
+        """Kills the sandbox; False if it was already gone.
+
+        Also callable on the class: ``await AsyncSandbox.kill(sandbox_id)``.
+        """
+        return await _delete(self._api, self._sandbox_id, request_timeout)
+
+    async def _set_timeout_self(self, timeout: int, request_timeout: float | None = None) -> None:
+        """Kills the sandbox ``timeout`` seconds from now instead of when it was due.
+
+        Also callable on the class: ``await AsyncSandbox.set_timeout(sandbox_id, timeout)``.
+        """
+        await _post_timeout(self._api, self._sandbox_id, timeout, request_timeout)
+
+    async def _get_info_self(self, request_timeout: float | None = None) -> SandboxInfo:
+        """What the daemon knows of the sandbox: template, metadata, times, state, backend.
+
+        Also callable on the class: ``await AsyncSandbox.get_info(sandbox_id)``.
+        """
+        return await _fetch_info(self._api, self._sandbox_id, request_timeout)
+
+    # One name for both forms, as in E2B: ``sbx.kill()`` and ``AsyncSandbox.kill(sandbox_id)``.
+    kill = ClassOrInstanceMethod(_kill_by_id, _kill_self)
+    set_timeout = ClassOrInstanceMethod(_set_timeout_by_id, _set_timeout_self)
+    get_info = ClassOrInstanceMethod(_get_info_by_id, _get_info_self)
+
+    async def is_running(self, request_timeout: float | None = None) -> bool:
+        """Whether the sandbox still runs; False once it is killed or its timeout expired."""
+        try:
+            info = await self._get_info_self(request_timeout)
+        except NotFoundException:
+            return False
+        return info.state == "running"
+
+    async def aclose(self) -> None:
+        """Frees this object's connections to the daemon; the sandbox itself runs on."""
+        await self._api.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._kill_self()
+        finally:
+            await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sandbox_id={self._sandbox_id!r})"

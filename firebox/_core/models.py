@@ -1,0 +1,136 @@
+"""The SDK's value types, shared by the sync and the async API.
+
+Plain dataclasses and enums, named and shaped like E2B's so that code moves over unchanged.
+They are built from daemon answers by ``firebox._core.responses``, never by hand-parsing
+elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import IO, TypeVar
+
+T = TypeVar("T")
+
+# A callback for output or events. Its return value is ignored; in the async SDK it may also be
+# a coroutine function, whose result is awaited before the next chunk is read.
+OutputHandler = Callable[[T], object]
+
+
+@dataclass
+class SandboxInfo:
+    """A sandbox as the daemon describes it (``GET /sandboxes/{id}``)."""
+
+    sandbox_id: str
+    template: str
+    metadata: dict[str, str]
+    started_at: datetime
+    end_at: datetime  # when the sandbox's timeout expires and it is killed
+    state: str  # "running", ...
+    backend: str  # "microvm" or "jail"
+    cpu_count: int | None = None
+    memory_mb: int | None = None
+
+
+@dataclass
+class CommandResult:
+    """The outcome of a finished command."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    error: str | None = None  # why the agent could not finish the command, if it could not
+
+
+@dataclass
+class ProcessInfo:
+    """A command running in a sandbox (``commands.list()``)."""
+
+    pid: int
+    tag: str | None
+    cmd: str | None  # the shell command line; None when the command was started from argv
+    args: list[str]
+    envs: dict[str, str]
+    cwd: str | None
+    user: str | None = None
+
+
+class FileType(Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass
+class EntryInfo:
+    """A file, directory or link in a sandbox."""
+
+    name: str
+    type: FileType
+    path: str
+    size: int
+    mode: int
+    permissions: str  # "rwxr-xr-x"
+    owner: str
+    group: str
+    modified_time: datetime
+    symlink_target: str | None = None
+
+
+@dataclass
+class WriteEntry:
+    """One file for ``files.write_files``: where it goes and what it holds."""
+
+    path: str
+    data: str | bytes | IO[bytes] | IO[str]
+
+
+class FilesystemEventType(Enum):
+    CREATE = "create"
+    WRITE = "write"
+    REMOVE = "remove"
+    RENAME = "rename"
+    CHMOD = "chmod"
+
+
+@dataclass
+class FilesystemEvent:
+    """A change seen by a directory watcher; ``name`` is relative to the watched directory."""
+
+    name: str
+    type: FilesystemEventType
+
+
+@dataclass(frozen=True)
+class CommandStart:
+    """NDJSON ``start``: the command runs, as process ``pid``."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class CommandOutput:
+    """NDJSON ``stdout`` / ``stderr``: a chunk of output, UTF-8 decoded by the daemon."""
+
+    stream: str  # "stdout" or "stderr"
+    data: str
+
+
+@dataclass(frozen=True)
+class CommandEnd:
+    """NDJSON ``end``: the command is over.
+
+    ``error`` is None, "timeout", another limit the daemon names (e.g. "memory_limit"), or an API
+    error code when the agent failed (exit_code -1); ``message`` explains it.
+    """
+
+    exit_code: int
+    error: str | None = None
+    message: str | None = None
+
+
+CommandEvent = CommandStart | CommandOutput | CommandEnd

@@ -1,0 +1,126 @@
+"""Building requests: paths, bodies, query parameters and timeouts, exactly as docs/API.md has them.
+
+No I/O here; the sync and async clients only send what these functions build.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+
+from firebox.exceptions import InvalidArgumentException
+
+# Extra read time for a command stream beyond the command's own timeout: the daemon kills the
+# command when it expires and then still has to send the ``end`` event.
+STREAM_SLACK = 10.0
+
+
+def sandbox_path(sandbox_id: str, *parts: str) -> str:
+    """``/sandboxes/{id}/...`` with the id escaped, so no id can address another route."""
+    return "/".join(["/sandboxes", quote(sandbox_id, safe=""), *parts])
+
+
+def create_body(
+    template: str,
+    timeout: int,
+    metadata: Mapping[str, str] | None,
+    envs: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    return {
+        "template": template,
+        "timeout": timeout,
+        "metadata": dict(metadata or {}),
+        "envs": dict(envs or {}),
+    }
+
+
+def metadata_query(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """``GET /sandboxes`` filter: one parameter holding the pairs, themselves URL-encoded.
+
+    ``{"user": "a b", "env": "x&y"}`` becomes ``metadata=user=a+b&env=x%26y`` before httpx
+    encodes it once more as a query value, so keys and values may contain ``=`` and ``&``.
+    """
+    if not metadata:
+        return {}
+    return {"metadata": urlencode(sorted(metadata.items()))}
+
+
+def run_body(
+    cmd: str,
+    envs: Mapping[str, str] | None,
+    user: str,
+    cwd: str | None,
+    timeout: float | None,
+    stdin: bool | str | bytes | None,
+    tag: str | None,
+) -> dict[str, Any]:
+    """``POST /sandboxes/{id}/commands``. ``stdin``: True keeps it open; text is written first."""
+    keep_open = stdin is True
+    data = None if isinstance(stdin, bool) or stdin is None else as_text(stdin, "stdin")
+    return {
+        "cmd": cmd,
+        "envs": dict(envs or {}),
+        "cwd": cwd,
+        "user": user,
+        "timeout": timeout or 0,
+        "stdin": keep_open,
+        "stdin_data": data,
+        "tag": tag,
+    }
+
+
+def stdin_body(data: str | bytes, eof: bool = False) -> dict[str, Any]:
+    return {"data": as_text(data, "stdin"), "eof": eof}
+
+
+def as_text(data: str | bytes, what: str) -> str:
+    """The API carries stdin as JSON text, so bytes must be UTF-8."""
+    if isinstance(data, str):
+        return data
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidArgumentException(
+            f"{what} must be UTF-8 text ({e}); the firebox API carries stdin as text, so write "
+            "binary input to a file with files.write() and redirect it instead"
+        ) from None
+
+
+def command_timeout(timeout: float | None, request_timeout: float) -> httpx.Timeout:
+    """Timeouts for a command's NDJSON stream.
+
+    Reads may pause for as long as the command is silent, which is at most its own timeout
+    (then the daemon kills it and says so); a command without a timeout may be silent forever.
+    Connecting and sending still take ``request_timeout`` at most.
+    """
+    read = timeout + STREAM_SLACK if timeout else None
+    return httpx.Timeout(request_timeout, read=read)
+
+
+def file_params(path: str, user: str, **extra: Any) -> dict[str, Any]:
+    return {"path": path, "user": user, **extra}
+
+
+def upload_length(data: object) -> int | None:
+    """The byte length of an upload when it is known without reading it, else None (chunked).
+
+    Known for bytes and for a binary file object on a regular file, from its current position.
+    """
+    if isinstance(data, bytes | bytearray | memoryview):
+        return len(data)
+    fileno, tell = getattr(data, "fileno", None), getattr(data, "tell", None)
+    if fileno is None or tell is None or hasattr(data, "encoding"):
+        return None  # not a file, or a text file whose byte length differs from its char count
+    try:
+        st = os.fstat(fileno())
+        position = tell()
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None  # a pipe, socket or device: its size means nothing
+    return max(st.st_size - position, 0)

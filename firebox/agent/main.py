@@ -1,0 +1,144 @@
+"""The agent's entry point: open the channel, drop what must not be inherited, say hello, serve.
+
+Inside a sandbox this runs as
+``python3 -I -S -c "...; from firebox.agent.main import main; main()"`` with a ``firebox``
+package that holds only ``protocol.py`` and ``agent/``: import nothing else from firebox.
+
+The channel is an inherited, connected stream socket (fd ``FIREBOX_AGENT_FD``, default 3) or
+a device opened by path (``FIREBOX_AGENT_PATH``, virtio-serial in a VM). The main thread reads
+frames; each request runs in a thread of its own, so a slow one (a process's output, an
+upload) never holds up another. When the channel ends, the daemon is gone: every process group
+we started is killed and the agent exits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from firebox import protocol
+from firebox.agent import privs, users
+from firebox.agent.channel import Conn, Stream
+from firebox.agent.errors import Fail, from_os, log
+
+Handler = Callable[[Stream, Any, bytes], Any]
+
+# Frames that belong to an open channel; on a channel we no longer know they are late and
+# harmless (a credit for a stream that just ended), never a new request.
+_STREAM_TYPES = {"credit", "cancel", "data", "end"}
+
+
+def _handlers() -> dict[type[protocol.Message], Handler]:
+    # Imported after hello is sent: the daemon's first request is usually still on its way.
+    from firebox.agent import files, process, watch
+
+    return {
+        protocol.ProcessStart: process.start,
+        protocol.ProcessStdin: process.stdin,
+        protocol.ProcessSignal: process.kill,
+        protocol.ProcessList: process.list_,
+        protocol.FileRead: files.read,
+        protocol.FileWrite: files.write,
+        protocol.FileList: files.list_,
+        protocol.FileStat: files.stat_,
+        protocol.FileRemove: files.remove,
+        protocol.FileRename: files.rename,
+        protocol.FileMakeDir: files.make_dir,
+        protocol.WatchStart: watch.watch,
+    }
+
+
+def _run(handler: Handler, stream: Stream, msg: protocol.Message, payload: bytes) -> None:
+    """Run one request to its final message; no failure of a request ends the agent."""
+    try:
+        value = handler(stream, msg, payload)
+    except Fail as e:
+        stream.finish(protocol.Error(code=e.code, message=e.message))
+    except OSError as e:
+        f = from_os(e)
+        stream.finish(protocol.Error(code=f.code, message=f.message))
+    except Exception as e:
+        import traceback  # only on this rare path: it costs a millisecond at startup
+
+        log(f"{msg.T} failed:\n{traceback.format_exc()}")
+        stream.finish(protocol.Error(code="internal", message=f"{msg.T}: {type(e).__name__}: {e}"))
+    else:
+        stream.finish(protocol.Result(value=value))
+
+
+def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
+    from firebox.agent.workers import Workers
+
+    workers = Workers()
+    while True:
+        frame = conn.read_frame()
+        if frame is None:
+            return
+        kind = frame.type
+        stream = conn.get(frame.channel)
+        if stream is not None:
+            _route(stream, kind, frame)
+            continue
+        if frame.channel == protocol.CONTROL_CHANNEL or kind in _STREAM_TYPES:
+            continue
+        stream = conn.open(frame.channel)
+        try:
+            msg = protocol.parse(frame.header)
+        except protocol.ProtocolError as e:
+            stream.finish(protocol.Error(code="invalid", message=str(e)))
+            continue
+        if isinstance(msg, protocol.Ping):
+            stream.finish(protocol.Result())  # answered here: no thread for a round trip
+            continue
+        handler = handlers.get(type(msg))
+        if handler is None:
+            stream.finish(protocol.Error(code="invalid", message=f"{kind!r} is not a request"))
+            continue
+        workers.submit(_run, handler, stream, msg, frame.payload)
+
+
+def _route(stream: Stream, kind: str, frame: protocol.Frame) -> None:
+    if kind == "credit":
+        n = frame.header.get("n", 1)
+        if isinstance(n, int) and 0 < n <= protocol.WINDOW:
+            stream.add_credit(n)
+    elif kind == "cancel":
+        stream.cancel()
+    elif kind in ("data", "end"):
+        stream.put(protocol.parse(frame.header), frame.payload)
+    else:
+        log(f"ignoring a {kind!r} frame on busy channel {frame.channel}")
+
+
+def _open_channel() -> int:
+    path = os.environ.get("FIREBOX_AGENT_PATH")
+    if path:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = int(os.environ.get("FIREBOX_AGENT_FD", "3"))
+    os.set_inheritable(fd, False)  # nothing we start may talk to the daemon
+    return fd
+
+
+def main() -> None:
+    fd = _open_channel()
+    privs.harden()
+    os.umask(0o022)
+    users.prepare_home()
+    conn = Conn(fd)
+    conn.send(
+        protocol.CONTROL_CHANNEL,
+        protocol.Hello(agent_pid=os.getpid(), backend=os.environ.get("FIREBOX_BACKEND", "")),
+    )
+    handlers = _handlers()
+    from firebox.agent import process
+
+    process.start_reaper()
+    try:
+        serve(conn, handlers)
+    except protocol.ProtocolError as e:
+        log(f"the daemon broke the protocol, stopping: {e}")
+    finally:
+        process.kill_all()
+        # Handler threads may be blocked on credit or on a pipe; nothing is left to wait for.
+        os._exit(0)

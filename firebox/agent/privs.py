@@ -1,0 +1,174 @@
+"""The agent's privileges: what it keeps for itself and what it never hands on.
+
+The agent runs as uid 0 of the sandbox with a handful of capabilities (switch users, signal,
+act as the files API's root). ``harden`` makes sure none of that reaches what it starts: with
+the ambient set empty, the inheritable set empty and SECBIT_NOROOT locked, an exec gives no
+capability to any uid, root included. ``as_user`` lends a thread a user's filesystem identity
+so the files API checks permissions exactly as that user's own processes would.
+
+glibc has no wrappers worth importing a module for, so prctl, capget/capset and
+setfsuid/setfsgid go through ctypes. setfsuid/setfsgid are per thread (glibc does not
+broadcast them to all threads the way it does setuid), which is what lets concurrent requests
+run as different users.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from firebox.agent.errors import Fail, log
+
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+libc.prctl.restype = ctypes.c_int
+libc.setfsuid.argtypes = [ctypes.c_uint]
+libc.setfsuid.restype = ctypes.c_int
+libc.setfsgid.argtypes = [ctypes.c_uint]
+libc.setfsgid.restype = ctypes.c_int
+
+PR_GET_SECUREBITS = 27
+PR_SET_SECUREBITS = 28
+PR_GET_CHILD_SUBREAPER = 37
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+SECBIT_NOROOT = 1 << 0
+SECBIT_NOROOT_LOCKED = 1 << 1
+SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6
+SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED = 1 << 7
+SECUREBITS = (
+    SECBIT_NOROOT
+    | SECBIT_NOROOT_LOCKED
+    | SECBIT_NO_CAP_AMBIENT_RAISE
+    | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
+)
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _prctl(option: int, arg2: int = 0) -> int:
+    rc: int = libc.prctl(option, arg2, 0, 0, 0)
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return rc
+
+
+def _clear_inheritable() -> None:
+    # An inheritable capability would survive exec into a binary with matching file
+    # inheritable bits, ambient set or not.
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) < 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    if data[0].inheritable == 0 and data[1].inheritable == 0:
+        return
+    data[0].inheritable = data[1].inheritable = 0
+    if libc.capset(ctypes.byref(header), data) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def harden() -> None:
+    """Make sure nothing the agent execs holds a capability; log what could not be done.
+
+    Each step fails when not permitted (the agent run by hand as a normal user, where there is
+    nothing to drop); that is logged, never fatal, so development works outside a sandbox.
+    """
+    steps: list[tuple[str, Any]] = [
+        (
+            "clear the ambient capability set",
+            lambda: _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL),
+        ),
+        ("clear the inheritable capability set", _clear_inheritable),
+        ("lock securebits NOROOT and NO_CAP_AMBIENT_RAISE", _set_securebits),
+    ]
+    if os.getgroups() and setgroups_allowed():
+        # The files API checks access with the agent's groups plus a user's fsgid: stray
+        # supplementary groups (root's, say) would widen what a user may touch.
+        steps.append(("drop supplementary groups", lambda: os.setgroups([])))
+    for what, step in steps:
+        try:
+            step()
+        except OSError as e:
+            log(f"could not {what}: {e.strerror or e}")
+
+
+def _set_securebits() -> None:
+    current = _prctl(PR_GET_SECUREBITS)
+    if current & SECUREBITS != SECUREBITS:
+        _prctl(PR_SET_SECUREBITS, current | SECUREBITS)
+
+
+def securebits() -> int:
+    return _prctl(PR_GET_SECUREBITS)
+
+
+def is_subreaper() -> bool:
+    """True when orphans of our children are reparented to us (pid 1 or a child subreaper)."""
+    if os.getpid() == 1:
+        return True
+    flag = ctypes.c_int(0)
+    rc = libc.prctl(
+        PR_GET_CHILD_SUBREAPER, ctypes.cast(ctypes.byref(flag), ctypes.c_void_p).value, 0, 0, 0
+    )
+    return rc == 0 and flag.value != 0
+
+
+def _current_fsuid() -> int:
+    # setfsuid(-1) never succeeds, and always returns the current value: the documented way to
+    # read it (a failed change is silent, so every change is read back).
+    return int(libc.setfsuid(0xFFFFFFFF))
+
+
+def _current_fsgid() -> int:
+    return int(libc.setfsgid(0xFFFFFFFF))
+
+
+@contextmanager
+def as_user(uid: int, gid: int, name: str) -> Iterator[None]:
+    """Run the body with this thread's filesystem identity set to ``uid``/``gid``."""
+    old_uid, old_gid = _current_fsuid(), _current_fsgid()
+    if (old_uid, old_gid) == (uid, gid):
+        yield
+        return
+    libc.setfsgid(gid)
+    libc.setfsuid(uid)
+    try:
+        if _current_fsuid() != uid or _current_fsgid() != gid:
+            raise Fail(
+                "permission_denied",
+                f"the agent (uid {os.geteuid()}) may not act as user {name!r} (uid {uid}); "
+                "run it as root inside the sandbox",
+            )
+        yield
+    finally:
+        libc.setfsuid(old_uid)
+        libc.setfsgid(old_gid)
+
+
+def setgroups_allowed() -> bool:
+    """False in a user namespace whose setgroups is denied (bwrap writes "deny")."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True

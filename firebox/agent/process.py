@@ -1,0 +1,294 @@
+"""Processes the daemon starts: spawn as a user, stream output, report the exit, reap.
+
+Every process leads its own session and process group (``start_new_session``), so a signal,
+a timeout or the agent's shutdown reaches everything it forked. Users are switched by
+subprocess itself (``user=``/``group=``/``extra_groups=``), never by a ``preexec_fn``, which
+is unsafe in a threaded program.
+
+Each process has one thread that waits for it (``Popen.wait``) and two that pump its pipes into
+``data`` frames; those block on credit, so a process that writes faster than the daemon's
+client reads is stopped by its full pipe, not buffered here. When the agent is the sandbox's
+pid 1 or a child subreaper, orphans are reparented to it, and a reaper thread collects them
+without ever waiting for a pid that a Popen owns (which would lose that process's status).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+from firebox import protocol
+from firebox.agent import privs, users
+from firebox.agent.channel import Stream
+from firebox.agent.errors import Fail, from_os, log
+
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PIPE_SIZE = protocol.CHUNK  # fewer, fuller data frames from a fast writer
+KILL_GRACE = 2.0  # seconds to wait for pipes to close after a timeout kill
+
+
+class Proc:
+    def __init__(self, popen: subprocess.Popen[bytes], info: protocol.ProcessInfo) -> None:
+        self.popen = popen
+        self.info = info
+        self.stdin_lock = threading.Lock()
+
+
+_procs: dict[int, Proc] = {}
+# Held across Popen() and registration, and by the reaper before it reaps a pid: a pid is
+# either known to be a Popen's (the reaper leaves it) or not a Popen's at all.
+_spawn_lock = threading.Lock()
+_tracked: set[int] = set()
+_spawned = threading.Event()
+
+
+def _user_ids(user: users.User) -> dict[str, Any]:
+    """Popen arguments that switch to ``user``; none when we already are that user."""
+    if os.getuid() == os.geteuid() == user.uid and os.getgid() == os.getegid() == user.gid:
+        return {}
+    if os.geteuid() != 0:
+        raise Fail(
+            "permission_denied",
+            f"the agent runs as uid {os.geteuid()} and cannot start processes as {user.name!r}",
+        )
+    ids: dict[str, Any] = {"user": user.uid, "group": user.gid}
+    if privs.setgroups_allowed():
+        ids["extra_groups"] = []
+    return ids
+
+
+def _check_str_list(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+        raise Fail("invalid", f"{what} must be a non-empty list of strings")
+    return [str(a) for a in value]
+
+
+def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[str, Any] | None:
+    if (msg.argv is None) == (msg.cmd is None):
+        raise Fail("invalid", "give exactly one of argv or cmd")
+    if msg.cmd is not None:
+        if not isinstance(msg.cmd, str):
+            raise Fail("invalid", "cmd must be a string")
+        argv = ["/bin/bash", "-c", msg.cmd]
+    else:
+        argv = _check_str_list(msg.argv, "argv")
+    if not isinstance(msg.env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in msg.env.items()
+    ):
+        raise Fail("invalid", "env must map strings to strings")
+    timeout = msg.timeout
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise Fail("invalid", f"timeout must be a positive number of seconds, not {timeout!r}")
+    user = users.lookup(msg.user)
+    cwd = users.resolve(user, msg.cwd) if msg.cwd else user.home
+    # chdir happens in the child before the switch to the user: check the directory as them.
+    with privs.as_user(user.uid, user.gid, user.name):
+        try:
+            os.stat(os.path.join(cwd, "."))
+        except OSError as e:
+            raise from_os(e, f"working directory {cwd}", user.name) from None
+    env = {
+        "PATH": BASE_PATH,
+        "HOME": user.home,
+        "USER": user.name,
+        "LOGNAME": user.name,
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "PWD": cwd,
+        **msg.env,
+    }
+    info = protocol.ProcessInfo(
+        pid=0, cmd=msg.cmd, argv=msg.argv, cwd=cwd, user=user.name, tag=msg.tag, env=msg.env
+    )
+    with _spawn_lock:
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if msg.stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                **_user_ids(user),
+            )
+        except OSError as e:
+            raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None
+        _tracked.add(popen.pid)
+        info.pid = popen.pid
+        proc = Proc(popen, info)
+        _procs[popen.pid] = proc
+    _spawned.set()
+    try:
+        return _run(stream, proc, timeout)
+    finally:
+        with _spawn_lock:
+            _procs.pop(popen.pid, None)
+
+
+def _run(stream: Stream, proc: Proc, timeout: float | None) -> dict[str, Any]:
+    popen = proc.popen
+    stream.send(protocol.ProcessStarted(pid=popen.pid))
+    pumps = []
+    for fd, pipe in ((1, popen.stdout), (2, popen.stderr)):
+        assert pipe is not None
+        t = threading.Thread(target=_pump, args=(stream, fd, pipe.fileno()), daemon=True)
+        t.start()
+        pumps.append(t)
+    timed_out = threading.Event()
+    timer = None
+    if timeout is not None:
+
+        def expire() -> None:
+            timed_out.set()
+            _killpg(popen.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+    try:
+        code = popen.wait()
+        with _spawn_lock:
+            _tracked.discard(popen.pid)
+        # The result waits for both pipes to close, so it follows all the output. A child that
+        # left the process group may hold them open; after a timeout kill we stop waiting.
+        for t in pumps:
+            while t.is_alive():
+                t.join(KILL_GRACE if timed_out.is_set() else 0.5)
+                if timed_out.is_set() and t.is_alive():
+                    log(f"process {popen.pid}: output still open after the timeout kill")
+                    break
+    finally:
+        if timer is not None:
+            timer.cancel()
+        with proc.stdin_lock:
+            if popen.stdin is not None:
+                popen.stdin.close()
+    sig = -code if code < 0 else None
+    exit = protocol.ProcessExit(
+        exit_code=128 + sig if sig is not None else code, signal=sig, timed_out=timed_out.is_set()
+    )
+    return asdict(exit)
+
+
+def _pump(stream: Stream, fd: int, pipe: int) -> None:
+    # Over the system's pipe-max-size this fails: the default size works, in smaller frames.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    live = True
+    try:
+        while True:
+            data = os.read(pipe, protocol.CHUNK)
+            if not data:
+                return
+            if live:
+                # After a cancel (the daemon's client went away) keep draining, so the process
+                # never blocks on a full pipe; its output goes nowhere.
+                live = stream.send_counted(protocol.Data(fd=fd), data)
+    except OSError as e:
+        log(f"reading fd {fd} of a process failed: {e}")
+    finally:
+        os.close(pipe)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _find(pid: object) -> Proc:
+    with _spawn_lock:
+        proc = _procs.get(pid) if isinstance(pid, int) else None
+    if proc is None:
+        raise Fail("not_found", f"no process with pid {pid!r} started by the agent is running")
+    return proc
+
+
+def stdin(stream: Stream, msg: protocol.ProcessStdin, payload: bytes) -> None:
+    proc = _find(msg.pid)
+    with proc.stdin_lock:
+        pipe = proc.popen.stdin
+        if pipe is None:
+            raise Fail("invalid", f"process {msg.pid} was started without stdin (set stdin)")
+        if pipe.closed:
+            if payload:
+                raise Fail("invalid", f"stdin of process {msg.pid} is already closed")
+            return
+        fd = pipe.fileno()
+        os.set_blocking(fd, False)
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        view = memoryview(payload)
+        while view:
+            # Wait in slices: a process that never reads must not pin this thread past a
+            # cancel from the daemon (its call timed out).
+            if stream.cancelled:
+                return
+            if not poller.poll(250):
+                continue
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                pipe.close()
+                raise Fail("invalid", f"process {msg.pid} closed its stdin") from None
+        if msg.eof:
+            pipe.close()
+
+
+def kill(stream: Stream, msg: protocol.ProcessSignal, payload: bytes) -> None:
+    proc = _find(msg.pid)
+    if not isinstance(msg.signal, int) or not 0 < msg.signal < signal.NSIG:
+        raise Fail("invalid", f"{msg.signal!r} is not a signal number")
+    try:
+        os.killpg(proc.popen.pid, msg.signal)
+    except ProcessLookupError:
+        raise Fail("not_found", f"process {msg.pid} has exited") from None
+
+
+def list_(stream: Stream, msg: protocol.ProcessList, payload: bytes) -> list[dict[str, Any]]:
+    with _spawn_lock:
+        return [asdict(p.info) for p in _procs.values()]
+
+
+def kill_all() -> None:
+    """SIGKILL every process group we started: the daemon is gone, nobody will read them."""
+    with _spawn_lock:
+        pids = list(_procs)
+    for pid in pids:
+        _killpg(pid, signal.SIGKILL)
+
+
+def start_reaper() -> None:
+    if privs.is_subreaper():
+        threading.Thread(target=_reap_orphans, name="reaper", daemon=True).start()
+
+
+def _reap_orphans() -> None:
+    while True:
+        # Cleared before looking, so a spawn between "no children" and the wait still wakes us.
+        _spawned.clear()
+        try:
+            # WNOWAIT: look without reaping, so a Popen's child is left to its Popen.
+            found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            _spawned.wait()
+            continue
+        if found is None:
+            continue
+        with _spawn_lock:
+            if found.si_pid not in _tracked:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(found.si_pid, os.WNOHANG)
+                continue
+        # A Popen's zombie: its waiting thread reaps it within moments; look again after.
+        time.sleep(0.005)

@@ -1,0 +1,93 @@
+"""The files API through the real daemon into a real jail."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import pytest
+
+from firebox import FilesystemEventType, FileType, NotFoundException, Sandbox
+
+
+def test_text_and_bytes_round_trip(sandbox: Sandbox) -> None:
+    info = sandbox.files.write("notes/hello.txt", "héllo\n")
+    assert info.path == "/home/user/notes/hello.txt"
+    assert sandbox.files.read("/home/user/notes/hello.txt") == "héllo\n"
+    assert sandbox.files.read("notes/hello.txt", format="bytes") == "héllo\n".encode()
+    owner = sandbox.commands.run("stat -c %U notes/hello.txt").stdout.strip()
+    assert owner == "user"
+
+
+def test_fifty_megabyte_binary_round_trip(sandbox: Sandbox) -> None:
+    data = os.urandom(50 * 1024 * 1024)
+    sandbox.files.write("/home/user/big.bin", data)
+    assert sandbox.files.get_info("/home/user/big.bin").size == len(data)
+    digest = sandbox.commands.run("sha256sum /home/user/big.bin").stdout.split()[0]
+    assert digest == hashlib.sha256(data).hexdigest()
+    streamed = hashlib.sha256()
+    total = 0
+    for chunk in sandbox.files.read("/home/user/big.bin", format="stream"):
+        streamed.update(chunk)
+        total += len(chunk)
+    assert total == len(data) and streamed.hexdigest() == digest
+
+
+def test_list_with_depth(sandbox: Sandbox) -> None:
+    sandbox.commands.run("mkdir -p d/a/b && touch d/x d/a/y d/a/b/z")
+    names = {e.name for e in sandbox.files.list("d")}
+    assert names == {"a", "x"}
+    deep = {e.path for e in sandbox.files.list("d", depth=3)}
+    assert {"/home/user/d/a/b/z", "/home/user/d/a/y", "/home/user/d/x"} <= deep
+    kinds = {e.name: e.type for e in sandbox.files.list("d")}
+    assert kinds == {"a": FileType.DIR, "x": FileType.FILE}
+
+
+def test_exists_remove_rename_make_dir(sandbox: Sandbox) -> None:
+    assert sandbox.files.exists("nope") is False
+    assert sandbox.files.make_dir("sub/dir") is True
+    assert sandbox.files.make_dir("sub/dir") is False
+    sandbox.files.write("sub/dir/f", b"1")
+    moved = sandbox.files.rename("sub/dir/f", "sub/g")
+    assert moved.path == "/home/user/sub/g"
+    assert sandbox.files.exists("sub/g") and not sandbox.files.exists("sub/dir/f")
+    sandbox.files.remove("sub")
+    assert not sandbox.files.exists("sub")
+    with pytest.raises(NotFoundException):
+        sandbox.files.read("sub/g")
+    with pytest.raises(NotFoundException):
+        sandbox.files.get_info("sub")
+
+
+def test_watch_dir_reports_events(sandbox: Sandbox) -> None:
+    sandbox.files.make_dir("watched")
+    handle = sandbox.files.watch_dir("watched")
+    try:
+        sandbox.commands.run("echo x > watched/new.txt; echo more >> watched/new.txt")
+        sandbox.commands.run("rm watched/new.txt")
+        # the files API writes a temporary file and renames it into place (never half-written)
+        sandbox.files.write("watched/api.txt", "x")
+        wanted = {
+            ("new.txt", FilesystemEventType.CREATE),
+            ("new.txt", FilesystemEventType.WRITE),
+            ("new.txt", FilesystemEventType.REMOVE),
+            ("api.txt", FilesystemEventType.RENAME),
+        }
+        seen: set[tuple[str, FilesystemEventType]] = set()
+        deadline = time.monotonic() + 10
+        while not wanted <= seen and time.monotonic() < deadline:
+            seen |= {(e.name, e.type) for e in handle.get_new_events()}
+            time.sleep(0.05)
+        assert wanted <= seen
+    finally:
+        handle.stop()
+
+
+def test_user_permissions_apply_to_the_files_api(sandbox: Sandbox) -> None:
+    from firebox import FireboxException
+
+    with pytest.raises(FireboxException):
+        sandbox.files.write("/etc/evil", "x")  # read-only root image
+    sandbox.files.write("/tmp/root-owned", "x", user="root")
+    assert sandbox.commands.run("stat -c %u /tmp/root-owned").stdout.strip() == "0"

@@ -1,0 +1,77 @@
+"""Sandbox lifecycle through the real daemon: create, list, info, timeouts, kill, ownership."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from firebox import NotFoundException, Sandbox
+from tests.conftest import Daemon
+
+
+def test_create_info_and_context_manager(daemon: Daemon) -> None:
+    with Sandbox.create(metadata={"who": "test"}) as sbx:
+        info = sbx.get_info()
+        assert info.sandbox_id == sbx.sandbox_id
+        assert info.metadata == {"who": "test"}
+        assert info.template == "base"
+        assert sbx.is_running()
+        sandbox_id = sbx.sandbox_id
+    with pytest.raises(NotFoundException):
+        Sandbox.connect(sandbox_id).get_info()
+
+
+def test_list_filters_by_metadata(daemon: Daemon) -> None:
+    a = Sandbox.create(metadata={"app": "x", "n": "1"})
+    b = Sandbox.create(metadata={"app": "y"})
+    try:
+        ids = {s.sandbox_id for s in Sandbox.list()}
+        assert {a.sandbox_id, b.sandbox_id} <= ids
+        only_x = {s.sandbox_id for s in Sandbox.list(metadata={"app": "x"})}
+        assert a.sandbox_id in only_x and b.sandbox_id not in only_x
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_connect_reaches_the_same_sandbox(sandbox: Sandbox) -> None:
+    sandbox.files.write("marker", "here")
+    again = Sandbox.connect(sandbox.sandbox_id)
+    assert again.files.read("marker") == "here"
+
+
+def test_sandbox_dies_at_its_timeout(daemon: Daemon) -> None:
+    sbx = Sandbox.create(timeout=1)
+    deadline = time.monotonic() + 15
+    while sbx.is_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sbx.is_running()
+
+
+def test_set_timeout_extends_and_shortens(daemon: Daemon) -> None:
+    sbx = Sandbox.create(timeout=2)
+    sbx.set_timeout(60)
+    time.sleep(2.5)
+    assert sbx.is_running()
+    before = sbx.get_info().end_at
+    sbx.set_timeout(1)
+    assert sbx.get_info().end_at < before
+    deadline = time.monotonic() + 15
+    while sbx.is_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sbx.is_running()
+
+
+def test_kill_frees_the_jail_and_its_cgroup(daemon: Daemon) -> None:
+    import pathlib
+
+    sbx = Sandbox.create()
+    sandbox_id = sbx.sandbox_id
+    cgroup_dirs = list(
+        pathlib.Path("/sys/fs/cgroup").glob(f"*/{daemon.cgroup_parent}/{sandbox_id}")
+    )
+    cgroup_dirs += list(pathlib.Path("/sys/fs/cgroup").glob(f"{daemon.cgroup_parent}/{sandbox_id}"))
+    assert cgroup_dirs, "the sandbox's cgroup should exist while it runs"
+    sbx.kill()
+    assert all(not d.exists() for d in cgroup_dirs)

@@ -1,0 +1,667 @@
+"""The in-sandbox agent, run for real on this host, driven through the daemon's AgentClient.
+
+The agent runs exactly as in a sandbox (``python3 -I -S`` from a lib dir whose
+``firebox/__init__.py`` is empty, so any import beyond protocol and agent fails), on a socket
+pair. Tests run as root on the host, so requests use ``user="root"`` and absolute temp paths.
+The shared agent is started as a child subreaper, so the orphan reaper runs in every test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from firebox import protocol
+from firebox.agent import privs
+from firebox.server.agent_client import AgentClient, AgentError, AgentGone, AgentTimeout
+
+PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else shutil.which("python3")
+PACKAGE = Path(__file__).resolve().parents[2] / "firebox"
+MB = 1_000_000
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent tests run as root")
+
+
+def agent_code(lib: Path) -> str:
+    return (
+        f"import sys; sys.path.insert(0, {str(lib)!r}); from firebox.agent.main import main; main()"
+    )
+
+
+# Makes the agent a child subreaper, then execs it: the flag survives exec.
+SUBREAPER = (
+    "import ctypes, os, sys; ctypes.CDLL(None).prctl(36, 1, 0, 0, 0); "
+    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+)
+
+
+@dataclass
+class Agent:
+    proc: subprocess.Popen[bytes]
+    client: AgentClient
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def hwm_kb(self) -> int:
+        """Peak resident memory of the agent so far."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+    async def stop(self) -> None:
+        await self.client.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def agent_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the backend stages into /opt/firebox/lib: protocol.py and agent/, nothing else."""
+    lib = tmp_path_factory.mktemp("agent-lib")
+    (lib / "firebox" / "agent").mkdir(parents=True)
+    (lib / "firebox" / "__init__.py").write_text("")
+    shutil.copy(PACKAGE / "protocol.py", lib / "firebox" / "protocol.py")
+    for src in (PACKAGE / "agent").glob("*.py"):
+        shutil.copy(src, lib / "firebox" / "agent" / src.name)
+    return lib
+
+
+async def start_agent(lib: Path, subreaper: bool = True) -> Agent:
+    ours, theirs = socket.socketpair()
+    argv = [PY, "-I", "-S", "-c", agent_code(lib)]
+    if subreaper:
+        argv = [PY, "-I", "-S", "-c", SUBREAPER, *argv[1:]]
+    proc = subprocess.Popen(
+        argv,
+        pass_fds=[theirs.fileno()],
+        env={"FIREBOX_AGENT_FD": str(theirs.fileno()), "FIREBOX_BACKEND": "test"},
+    )
+    theirs.close()
+    client = await AgentClient.from_socket(ours)
+    await client.wait_hello(10)
+    return Agent(proc, client)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def agent(agent_lib: Path) -> AsyncIterator[Agent]:
+    a = await start_agent(agent_lib)
+    yield a
+    await a.stop()
+
+
+@pytest_asyncio.fixture
+async def fresh(agent_lib: Path) -> AsyncIterator[Agent]:
+    """An agent of its own, for tests that end it or measure its memory."""
+    a = await start_agent(agent_lib)
+    yield a
+    await a.stop()
+
+
+@pytest.fixture
+def client(agent: Agent) -> AgentClient:
+    return agent.client
+
+
+def sh(cmd: str, **kw: object) -> protocol.ProcessStart:
+    return protocol.ProcessStart(cmd=cmd, user="root", **kw)  # type: ignore[arg-type]
+
+
+async def run(client: AgentClient, req: protocol.ProcessStart) -> tuple[bytes, bytes, object]:
+    stream = await client.start_process(req)
+    out = {"stdout": b"", "stderr": b""}
+    async for fd, data in stream:
+        out[fd] += data
+    return out["stdout"], out["stderr"], stream.exit
+
+
+# -- startup and control ----------------------------------------------------------------------
+
+
+async def test_hello_with_the_sandbox_launch_command(agent_lib: Path) -> None:
+    t0 = time.perf_counter()
+    a = await start_agent(agent_lib, subreaper=False)
+    elapsed = time.perf_counter() - t0
+    try:
+        hello = await a.client.wait_hello(1)
+        assert hello.agent_pid == a.pid
+        assert hello.backend == "test"
+        assert hello.version == protocol.PROTOCOL_VERSION
+        assert elapsed < 2
+        # Nothing it starts holds a capability, root included (securebits NOROOT, locked).
+        out, _, _ = await run(a.client, sh("grep -E '^Cap(Inh|Eff|Prm|Amb)' /proc/self/status"))
+        lines = out.decode().splitlines()
+        assert len(lines) == 4 and all(line.endswith("0000000000000000") for line in lines), out
+    finally:
+        await a.stop()
+
+
+async def test_ping_and_unknown_requests(client: AgentClient) -> None:
+    assert await client.call(protocol.Ping()) is None
+
+    class Bogus(protocol.Message):
+        T = "bogus.thing"
+
+    with pytest.raises(AgentError) as e:
+        await client.call(Bogus())
+    assert e.value.code == "invalid"
+    with pytest.raises(AgentError) as e:
+        await client.call(protocol.Result(value=1))  # a reply is not a request
+    assert e.value.code == "invalid"
+    with pytest.raises(AgentError) as e:
+        await client.call(protocol.FileList(path="/", user="root", depth=0))
+    assert e.value.code == "invalid"
+    with pytest.raises(AgentError) as e:
+        await client.call(protocol.FileStat(path="/", user="mallory"))
+    assert e.value.code == "invalid" and "'user'" in e.value.message
+    assert await client.call(protocol.Ping()) is None  # still serving
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+async def test_output_streams_before_exit(client: AgentClient) -> None:
+    stream = await client.start_process(sh("for i in 1 2 3; do echo $i; sleep 0.15; done"))
+    assert stream.pid > 0
+    arrivals = []
+    async for fd, data in stream:
+        arrivals.append((time.monotonic(), fd, data))
+    done = time.monotonic()
+    assert b"".join(d for _, _, d in arrivals) == b"1\n2\n3\n"
+    assert done - arrivals[0][0] > 0.25  # the first line came while the loop still ran
+    assert stream.exit == protocol.ProcessExit(exit_code=0, signal=None, timed_out=False)
+
+
+async def test_exit_codes_and_stderr(client: AgentClient) -> None:
+    out, err, ex = await run(client, sh("echo out; echo err >&2; exit 7"))
+    assert (out, err) == (b"out\n", b"err\n")
+    assert ex == protocol.ProcessExit(exit_code=7)
+    _, _, ex = await run(client, sh("kill -TERM $$"))
+    assert ex == protocol.ProcessExit(exit_code=128 + 15, signal=15)
+    out, _, ex = await run(client, sh("nosuchcommand-xyz"))
+    assert ex == protocol.ProcessExit(exit_code=127)
+
+
+async def test_argv_env_cwd(client: AgentClient, tmp_path: Path) -> None:
+    out, _, _ = await run(
+        client, protocol.ProcessStart(argv=["printf", "%s|", "a b", "c"], user="root")
+    )
+    assert out == b"a b|c|"
+    req = sh('echo "$FOO|$PWD|$(pwd)|$HOME|$USER|$LANG"', env={"FOO": "bar"}, cwd=str(tmp_path))
+    out, _, _ = await run(client, req)
+    assert out.decode() == f"bar|{tmp_path}|{tmp_path}|/root|root|C.UTF-8\n"
+    out, _, _ = await run(client, sh("pwd"))
+    assert out == b"/root\n"  # the user's home by default
+
+
+async def test_stdin_then_eof(client: AgentClient) -> None:
+    stream = await client.start_process(sh("cat; echo done", stdin=True))
+    await client.send_stdin(stream.pid, b"hello\n")
+    await client.send_stdin(stream.pid, b"world\n", eof=True)
+    out = b""
+    async for _, data in stream:
+        out += data
+    assert out == b"hello\nworld\ndone\n"
+    assert stream.exit is not None and stream.exit.exit_code == 0
+    with pytest.raises(AgentError) as e:
+        await client.send_stdin(stream.pid, b"late")
+    assert e.value.code == "not_found"
+
+
+async def test_list_and_signal_a_background_process(client: AgentClient) -> None:
+    stream = await client.start_process(sh("sleep 30", tag="napper", env={"A": "1"}))
+    listed = {p["pid"]: p for p in await client.list_processes()}
+    assert listed[stream.pid]["tag"] == "napper"
+    assert listed[stream.pid]["cmd"] == "sleep 30"
+    assert listed[stream.pid]["env"] == {"A": "1"}
+    await client.signal(stream.pid, signal.SIGTERM)
+    async for _ in stream:
+        pass
+    assert stream.exit == protocol.ProcessExit(exit_code=143, signal=signal.SIGTERM)
+    assert stream.pid not in {p["pid"] for p in await client.list_processes()}
+    with pytest.raises(AgentError) as e:
+        await client.signal(stream.pid, signal.SIGTERM)
+    assert e.value.code == "not_found"
+
+
+async def test_timeout_kills_the_process_group(client: AgentClient) -> None:
+    t0 = time.monotonic()
+    out, _, ex = await run(client, sh("echo start; sleep 30 & sleep 30", timeout=0.3))
+    assert time.monotonic() - t0 < 3  # the background sleep, holding stdout, died too
+    assert out == b"start\n"
+    assert ex == protocol.ProcessExit(exit_code=137, signal=9, timed_out=True)
+
+
+async def test_start_errors(client: AgentClient, tmp_path: Path) -> None:
+    with pytest.raises(AgentError) as e:
+        await client.start_process(protocol.ProcessStart(argv=["/no/such/binary"], user="root"))
+    assert e.value.code == "not_found" and "/no/such/binary" in e.value.message
+    with pytest.raises(AgentError) as e:
+        await client.start_process(sh("true", cwd=str(tmp_path / "missing")))
+    assert e.value.code == "not_found" and "working directory" in e.value.message
+    (tmp_path / "f").write_text("")
+    with pytest.raises(AgentError) as e:
+        await client.start_process(sh("true", cwd=str(tmp_path / "f")))
+    assert e.value.code == "not_a_directory"
+    with pytest.raises(AgentError) as e:
+        await client.start_process(protocol.ProcessStart(argv=["true"], cmd="true", user="root"))
+    assert e.value.code == "invalid"
+
+
+async def test_detach_leaves_the_process_running(client: AgentClient, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    stream = await client.start_process(sh(f"yes | head -c 5000000; sleep 0.2; touch {marker}"))
+    async for _ in stream:
+        break  # read one chunk, then go away like a disconnected HTTP client
+    await stream.detach()
+    for _ in range(100):
+        if marker.exists():
+            break
+        await asyncio.sleep(0.05)
+    assert marker.exists()
+    assert await client.call(protocol.Ping()) is None
+
+
+async def test_orphans_are_reaped(agent: Agent) -> None:
+    # The subshell exits at once; its sleep is orphaned and reparented to the agent.
+    _, _, ex = await run(agent.client, sh("(sleep 0.2 >/dev/null 2>&1 &); exit 0"))
+    assert ex == protocol.ProcessExit(exit_code=0)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        kids = children(agent.pid)
+        if not kids:
+            break
+        await asyncio.sleep(0.05)
+    assert not children(agent.pid)
+    # and Popen's own children kept their exit status all along
+    _, _, ex = await run(agent.client, sh("exit 3"))
+    assert ex == protocol.ProcessExit(exit_code=3)
+
+
+def processes() -> Iterator[tuple[str, int, int]]:
+    """(state, ppid, pgrp) of every process on the host."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            yield fields[0], int(fields[1]), int(fields[2])
+
+
+def children(pid: int) -> list[str]:
+    """States of the processes (zombies included) whose parent is ``pid``."""
+    return [state for state, ppid, _ in processes() if ppid == pid]
+
+
+def group_alive(pgid: int) -> bool:
+    return any(pgrp == pgid and state != "Z" for state, _, pgrp in processes())
+
+
+async def test_channel_eof_kills_process_groups_and_ends_the_agent(fresh: Agent) -> None:
+    stream = await fresh.client.start_process(sh("sleep 60 & sleep 60"))
+    pgid = stream.pid
+    await fresh.client.close()
+    assert fresh.proc.wait(5) == 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and group_alive(pgid):
+        await asyncio.sleep(0.05)
+    assert not group_alive(pgid)
+
+
+async def test_agent_death_fails_pending_calls(fresh: Agent) -> None:
+    stream = await fresh.client.start_process(sh("sleep 30"))
+    fresh.proc.kill()
+    t0 = time.monotonic()
+    with pytest.raises(AgentGone):
+        async for _ in stream:
+            pass
+    assert time.monotonic() - t0 < 2
+    assert fresh.client.closed
+    with pytest.raises(AgentGone):
+        await fresh.client.call(protocol.Ping())
+    os.killpg(stream.pid, signal.SIGKILL)
+
+
+# -- many things at once ----------------------------------------------------------------------
+
+
+async def test_concurrent_operations(client: AgentClient, tmp_path: Path) -> None:
+    async def proc(i: int) -> bytes:
+        out, _, _ = await run(client, sh(f"sleep 0.2; echo {i}"))
+        return out
+
+    async def upload(i: int) -> int:
+        async def body() -> AsyncIterator[bytes]:
+            yield bytes([i]) * 300_000
+
+        info = await client.write_file(str(tmp_path / f"f{i}"), "root", body())
+        return int(info["size"])
+
+    t0 = time.monotonic()
+    results = await asyncio.gather(
+        *(proc(i) for i in range(6)),
+        *(upload(i) for i in range(4)),
+        *(client.call(protocol.Ping()) for _ in range(4)),
+        client.call(protocol.FileStat(path=str(tmp_path), user="root")),
+    )
+    assert time.monotonic() - t0 < 1.5  # six 0.2 s processes overlapped
+    assert results[:6] == [f"{i}\n".encode() for i in range(6)]
+    assert results[6:10] == [300_000] * 4
+    for i in range(4):
+        assert (tmp_path / f"f{i}").read_bytes() == bytes([i]) * 300_000
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+async def test_large_file_round_trip_keeps_agent_memory_flat(fresh: Agent, tmp_path: Path) -> None:
+    path = str(tmp_path / "big" / "blob.bin")
+    size = 50 * MB
+    rng = random.Random(1)
+    sent = hashlib.sha256()
+
+    async def body() -> AsyncIterator[bytes]:
+        left = size
+        while left:
+            chunk = rng.randbytes(min(left, 1 << 20))
+            sent.update(chunk)
+            left -= len(chunk)
+            yield chunk
+
+    before = fresh.hwm_kb()
+    info = await fresh.client.write_file(path, "root", body())
+    assert info["size"] == size and info["type"] == "file" and info["path"] == path
+    assert info["permissions"] == "rw-r--r--"
+    got = hashlib.sha256()
+    download = fresh.client.read_file(path, "root")
+    async for chunk in download:
+        got.update(chunk)
+    assert download.size == size
+    assert got.hexdigest() == sent.hexdigest()
+    assert fresh.hwm_kb() - before < 20_000, "the agent buffered the file"
+    assert not [p for p in os.listdir(tmp_path / "big") if p.endswith(".upload")]
+
+
+async def test_slow_reader_backpressures_process_output(fresh: Agent) -> None:
+    before = fresh.hwm_kb()
+    stream = await fresh.client.start_process(sh("head -c 50000000 /dev/zero"))
+    total = 0
+    most_queued = 0
+    async for _, data in stream:
+        total += len(data)
+        most_queued = max(most_queued, len(stream._ch.items) if stream._ch else 0)
+        await asyncio.sleep(0.001)  # a slow HTTP client
+    assert total == 50 * MB
+    assert most_queued <= protocol.WINDOW + 1
+    assert fresh.hwm_kb() - before < 20_000, "the agent buffered the output"
+
+
+async def test_read_errors_come_before_the_first_chunk(client: AgentClient, tmp_path: Path) -> None:
+    chunks = client.read_file(str(tmp_path / "missing"), "root").__aiter__()
+    with pytest.raises(AgentError) as e:
+        await chunks.__anext__()
+    assert e.value.code == "not_found" and "missing" in e.value.message
+    with pytest.raises(AgentError) as e:
+        async with client.read_file(str(tmp_path), "root"):
+            pass
+    assert e.value.code == "is_a_directory"
+    (tmp_path / "empty").write_bytes(b"")
+    assert [c async for c in client.read_file(str(tmp_path / "empty"), "root")] == []
+
+
+async def test_write_errors(client: AgentClient, tmp_path: Path) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x"
+
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(AgentError) as e:
+        await client.write_file(str(tmp_path / "dir"), "root", body())
+    assert e.value.code == "is_a_directory"
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(AgentError) as e:
+        await client.write_file(str(tmp_path / "file" / "sub"), "root", body())
+    assert e.value.code == "not_a_directory"
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise RuntimeError("the HTTP client went away")
+
+    with pytest.raises(RuntimeError):
+        await client.write_file(str(tmp_path / "file"), "root", broken())
+    for _ in range(50):  # the cancel reaches the agent asynchronously
+        if sorted(os.listdir(tmp_path)) == ["dir", "file"]:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file"]
+    assert (tmp_path / "file").read_text() == "keep"  # never half-replaced
+
+
+async def test_overwrite_keeps_mode(client: AgentClient, tmp_path: Path) -> None:
+    script = tmp_path / "run.sh"
+    script.write_text("old")
+    script.chmod(0o750)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"#!/bin/sh\n"
+
+    info = await client.write_file(str(script), "root", body())
+    assert info["mode"] == 0o750 and script.read_bytes() == b"#!/bin/sh\n"
+
+
+async def test_list_with_depth(client: AgentClient, tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "deep.txt").write_text("x")
+    (tmp_path / "top.txt").write_text("hello")
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+
+    async def names(depth: int) -> list[str]:
+        entries = await client.call(protocol.FileList(path=str(tmp_path), user="root", depth=depth))
+        return sorted(os.path.relpath(e["path"], tmp_path) for e in entries)
+
+    assert await names(1) == ["a", "link", "top.txt"]
+    assert await names(2) == ["a", "a/b", "link", "top.txt"]
+    assert await names(5) == ["a", "a/b", "a/b/deep.txt", "link", "top.txt"]  # link not entered
+    entries = await client.call(protocol.FileList(path=str(tmp_path), user="root"))
+    by_name = {e["name"]: e for e in entries}
+    assert by_name["link"]["type"] == "symlink"
+    assert by_name["link"]["symlink_target"] == str(tmp_path / "a")
+    assert by_name["a"]["type"] == "dir" and by_name["top.txt"]["size"] == 5
+    with pytest.raises(AgentError) as e:
+        await client.call(protocol.FileList(path=str(tmp_path / "top.txt"), user="root"))
+    assert e.value.code == "not_a_directory"
+
+
+async def test_stat(client: AgentClient, tmp_path: Path) -> None:
+    f = tmp_path / "f.txt"
+    f.write_text("abc")
+    f.chmod(0o640)
+    info = await client.call(protocol.FileStat(path=str(f), user="root"))
+    assert info["name"] == "f.txt" and info["type"] == "file" and info["size"] == 3
+    assert info["permissions"] == "rw-r-----" and info["mode"] == 0o640
+    assert info["owner"] == "root" and info["group"] == "root"
+    assert abs(info["modified_time"] - f.stat().st_mtime) < 1e-3
+    with pytest.raises(AgentError) as e:
+        await client.call(protocol.FileStat(path=str(tmp_path / "nope"), user="root"))
+    assert e.value.code == "not_found" and str(tmp_path / "nope") in e.value.message
+    # relative paths and ~ start at the user's home
+    home = await client.call(protocol.FileStat(path="~", user="root"))
+    assert home["path"] == "/root"
+
+
+async def test_mkdir_rename_remove(client: AgentClient, tmp_path: Path) -> None:
+    d = str(tmp_path / "x" / "y")
+    assert await client.call(protocol.FileMakeDir(path=d, user="root")) is True
+    assert await client.call(protocol.FileMakeDir(path=d, user="root")) is False
+    (tmp_path / "file").write_text("1")
+    with pytest.raises(AgentError) as e:
+        await client.call(protocol.FileMakeDir(path=str(tmp_path / "file"), user="root"))
+    assert e.value.code == "not_a_directory"
+    with pytest.raises(AgentError) as e:
+        await client.call(protocol.FileMakeDir(path=str(tmp_path / "file" / "z"), user="root"))
+    assert e.value.code == "not_a_directory"
+
+    new = str(tmp_path / "x" / "moved")
+    info = await client.call(
+        protocol.FileRename(old_path=str(tmp_path / "file"), new_path=new, user="root")
+    )
+    assert info["path"] == new and info["type"] == "file"
+    assert not (tmp_path / "file").exists()
+    with pytest.raises(AgentError) as e:
+        await client.call(
+            protocol.FileRename(old_path=str(tmp_path / "gone"), new_path=new, user="root")
+        )
+    assert e.value.code == "not_found"
+
+    await client.call(protocol.FileRemove(path=new, user="root"))
+    assert not os.path.exists(new)
+    await client.call(protocol.FileRemove(path=str(tmp_path / "x"), user="root"))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(AgentError) as e:
+        await client.call(protocol.FileRemove(path=str(tmp_path / "x"), user="root"))
+    assert e.value.code == "not_found"
+
+
+def test_as_user_checks_permissions_as_that_user(tmp_path: Path) -> None:
+    # setfsuid is per thread: switch in a thread of our own, as the agent's handlers do.
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    seen: list[object] = []
+
+    def probe() -> None:
+        with privs.as_user(65534, 65534, "nobody"):
+            try:
+                secret.read_text()
+                seen.append("read")
+            except PermissionError:
+                seen.append("denied")
+        seen.append(secret.read_text())  # root again afterwards
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    assert seen == ["denied", "root only"]
+
+
+# -- watch ------------------------------------------------------------------------------------
+
+
+async def test_watch_reports_changes(client: AgentClient, tmp_path: Path) -> None:
+    watch = await client.watch(str(tmp_path), "root", recursive=True)
+    seen: list[tuple[str, str]] = []
+
+    async def collect(until: set[tuple[str, str]]) -> None:
+        async with asyncio.timeout(5):
+            async for ev in watch:
+                seen.append((ev.type, ev.name))
+                if until <= set(seen):
+                    return
+
+    (tmp_path / "a.txt").write_text("hi")
+    (tmp_path / "a.txt").chmod(0o600)
+    (tmp_path / "a.txt").rename(tmp_path / "b.txt")
+    (tmp_path / "b.txt").unlink()
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "sub" / "deeper" / "c.txt").write_text("x")
+    await collect(
+        {
+            ("create", "a.txt"),
+            ("write", "a.txt"),
+            ("chmod", "a.txt"),
+            ("rename", "a.txt"),
+            ("rename", "b.txt"),
+            ("remove", "b.txt"),
+            ("create", "sub"),
+            ("create", "sub/deeper"),
+            ("create", "sub/deeper/c.txt"),
+        }
+    )
+    # a later file in a directory the watch found on its own
+    seen.clear()
+    (tmp_path / "sub" / "deeper" / "d.txt").write_text("y")
+    await collect({("create", "sub/deeper/d.txt"), ("write", "sub/deeper/d.txt")})
+    await watch.cancel()
+    assert await client.call(protocol.Ping()) is None
+
+
+async def test_watch_errors(client: AgentClient, tmp_path: Path) -> None:
+    with pytest.raises(AgentError) as e:
+        await client.watch(str(tmp_path / "missing"), "root", recursive=False)
+    assert e.value.code == "not_found"
+    (tmp_path / "f").write_text("")
+    with pytest.raises(AgentError) as e:
+        await client.watch(str(tmp_path / "f"), "root", recursive=False)
+    assert e.value.code == "not_a_directory"
+
+
+# -- the client against a misbehaving agent -----------------------------------------------
+
+
+@pytest.fixture
+def fake_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+async def test_client_drops_an_agent_that_ignores_credit(
+    fake_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = fake_pair
+    client = await AgentClient.from_socket(ours)
+    theirs.sendall(protocol.encode(0, protocol.Hello(agent_pid=1)))
+    await client.wait_hello(1)
+    download = client.read_file("/x", "root")
+    task = asyncio.ensure_future(download.__anext__())
+    await asyncio.sleep(0.05)
+    head = theirs.recv(65536)
+    channel = protocol.decode_head(head)[0]
+    for _ in range(protocol.WINDOW + 1):  # one frame beyond the window
+        theirs.sendall(protocol.encode(channel, protocol.Data(), b"x"))
+    assert await task == b"x"
+    for _ in range(100):
+        if client.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert client.closed
+    with pytest.raises(AgentGone):
+        async for _ in download:
+            pass
+
+
+async def test_client_times_out_and_cancels(
+    fake_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = fake_pair
+    client = await AgentClient.from_socket(ours)
+    with pytest.raises(TimeoutError):
+        await client.wait_hello(0.05)
+    with pytest.raises(AgentTimeout) as e:
+        await client.call(protocol.Ping(), timeout=0.05)
+    assert e.value.code == "unavailable"
+    await asyncio.sleep(0.05)
+    decoder = protocol.FrameDecoder()
+    kinds = [f.type for f in decoder.feed(theirs.recv(65536))]
+    assert kinds == ["ping", "cancel"]
+    await client.close()
