@@ -22,13 +22,15 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import asdict
-from typing import Any
 
 from firebox import protocol
 from firebox.agent import privs, users
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail, from_os, log
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the agent's start-up ~5 ms
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PIPE_SIZE = protocol.CHUNK  # fewer, fuller data frames from a fast writer
@@ -140,7 +142,7 @@ def _run(stream: Stream, proc: Proc, timeout: float | None) -> dict[str, Any]:
     pumps = []
     for fd, pipe in ((1, popen.stdout), (2, popen.stderr)):
         assert pipe is not None
-        t = threading.Thread(target=_pump, args=(stream, fd, pipe.fileno()), daemon=True)
+        t = threading.Thread(target=_pump, args=(stream, fd, pipe), daemon=True)
         t.start()
         pumps.append(t)
     timed_out = threading.Event()
@@ -176,17 +178,19 @@ def _run(stream: Stream, proc: Proc, timeout: float | None) -> dict[str, Any]:
     exit = protocol.ProcessExit(
         exit_code=128 + sig if sig is not None else code, signal=sig, timed_out=timed_out.is_set()
     )
-    return asdict(exit)
+    return protocol.as_dict(exit)
 
 
-def _pump(stream: Stream, fd: int, pipe: int) -> None:
+def _pump(stream: Stream, fd: int, pipe: BinaryIO) -> None:
+    raw = pipe.fileno()
     # Over the system's pipe-max-size this fails: the default size works, in smaller frames.
     with contextlib.suppress(OSError):
-        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        fcntl.fcntl(raw, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     live = True
     try:
         while True:
-            data = os.read(pipe, protocol.CHUNK)
+            # os.read returns what the pipe holds now: output is forwarded as it comes.
+            data = os.read(raw, protocol.CHUNK)
             if not data:
                 return
             if live:
@@ -196,7 +200,7 @@ def _pump(stream: Stream, fd: int, pipe: int) -> None:
     except OSError as e:
         log(f"reading fd {fd} of a process failed: {e}")
     finally:
-        os.close(pipe)
+        pipe.close()  # through its file object, which would otherwise close the number again
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -257,7 +261,7 @@ def kill(stream: Stream, msg: protocol.ProcessSignal, payload: bytes) -> None:
 
 def list_(stream: Stream, msg: protocol.ProcessList, payload: bytes) -> list[dict[str, Any]]:
     with _spawn_lock:
-        return [asdict(p.info) for p in _procs.values()]
+        return [protocol.as_dict(p.info) for p in _procs.values()]
 
 
 def kill_all() -> None:

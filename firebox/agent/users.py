@@ -8,9 +8,9 @@ the sandbox may edit it (the file is tiny, a read costs microseconds).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from firebox.agent.errors import Fail, log
+from firebox.protocol import dataclass  # the light one: see protocol.py
 
 USERS = ("user", "root")
 PASSWD = "/etc/passwd"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the agent's start-up ~5 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Workers:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +30,11 @@ from firebox import protocol
 from firebox.agent import privs
 from firebox.server.agent_client import AgentClient, AgentError, AgentGone, AgentTimeout
 
-PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else shutil.which("python3")
+PY = (
+    "/usr/bin/python3"
+    if os.path.exists("/usr/bin/python3")
+    else shutil.which("python3") or "python3"
+)
 PACKAGE = Path(__file__).resolve().parents[2] / "firebox"
 MB = 1_000_000
 
@@ -86,11 +91,12 @@ def agent_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return lib
 
 
-async def start_agent(lib: Path, subreaper: bool = True) -> Agent:
+async def start_agent(lib: Path, subreaper: bool = True, wrap: tuple[str, ...] = ()) -> Agent:
     ours, theirs = socket.socketpair()
     argv = [PY, "-I", "-S", "-c", agent_code(lib)]
     if subreaper:
         argv = [PY, "-I", "-S", "-c", SUBREAPER, *argv[1:]]
+    argv = [*wrap, *argv]
     proc = subprocess.Popen(
         argv,
         pass_fds=[theirs.fileno()],
@@ -456,6 +462,46 @@ async def test_write_errors(client: AgentClient, tmp_path: Path) -> None:
     assert (tmp_path / "file").read_text() == "keep"  # never half-replaced
 
 
+async def test_full_disk_is_no_space_and_leaves_no_temp_file(
+    agent_lib: Path, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs a private mount namespace (unshare -m) for a tiny tmpfs")
+    # A 1 MB tmpfs in a mount namespace of the agent's own.
+    wrap = (
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=1m tmpfs {disk} && exec "$@"',
+        "-",
+    )
+    a = await start_agent(agent_lib, subreaper=False, wrap=wrap)
+    try:
+        target = str(disk / "f.bin")
+        old = await a.client.write_file(target, "root", one(b"old"))
+
+        async def big() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"\0" * MB
+
+        with pytest.raises(AgentError) as e:
+            await a.client.write_file(target, "root", big())
+        assert e.value.code == "no_space" and target in e.value.message
+        entries = await a.client.call(protocol.FileList(path=str(disk), user="root"))
+        assert [x["name"] for x in entries] == ["f.bin"]  # the temp file is gone
+        assert [c async for c in a.client.read_file(target, "root")] == [b"old"]
+        assert old["size"] == 3
+    finally:
+        await a.stop()
+
+
+async def one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
 async def test_overwrite_keeps_mode(client: AgentClient, tmp_path: Path) -> None:
     script = tmp_path / "run.sh"
     script.write_text("old")
@@ -604,6 +650,15 @@ async def test_watch_reports_changes(client: AgentClient, tmp_path: Path) -> Non
     assert await client.call(protocol.Ping()) is None
 
 
+async def test_watch_ends_when_its_directory_goes(client: AgentClient, tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    watch = await client.watch(str(tmp_path / "w"), "root", recursive=False)
+    (tmp_path / "w").rmdir()
+    async with asyncio.timeout(5):
+        events = [(ev.type, ev.name) async for ev in watch]
+    assert events == []
+
+
 async def test_watch_errors(client: AgentClient, tmp_path: Path) -> None:
     with pytest.raises(AgentError) as e:
         await client.watch(str(tmp_path / "missing"), "root", recursive=False)
@@ -612,6 +667,87 @@ async def test_watch_errors(client: AgentClient, tmp_path: Path) -> None:
     with pytest.raises(AgentError) as e:
         await client.watch(str(tmp_path / "f"), "root", recursive=False)
     assert e.value.code == "not_a_directory"
+
+
+# -- acting as a non-root user ------------------------------------------------------------------
+#
+# The host has no "user" account, so these run the agent's serve loop inside this process
+# with /etc/passwd swapped for one where "user" is nobody (65534) with a home of its own.
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A temp dir others may traverse (pytest's own are root-only all the way up)."""
+    path = Path(tempfile.mkdtemp(prefix="firebox-agent-test-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest_asyncio.fixture
+async def as_nobody(
+    open_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[AgentClient, Path]]:
+    from firebox.agent import main, users
+    from firebox.agent.channel import Conn
+
+    home = open_dir / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    passwd = open_dir / "passwd"
+    passwd.write_text(
+        "root:x:0:0:root:/root:/bin/bash\nuser:x:65534:65534::" + str(home) + ":/bin/bash\n"
+    )
+    monkeypatch.setattr(users, "PASSWD", str(passwd))
+    ours, theirs = socket.socketpair()
+    server = threading.Thread(
+        target=main.serve, args=(Conn(theirs.fileno()), main._handlers()), daemon=True
+    )
+    server.start()
+    client = await AgentClient.from_socket(ours)
+    yield client, home
+    await client.close()
+    server.join(5)
+    theirs.close()
+
+
+async def test_user_processes_and_files_are_the_users(
+    as_nobody: tuple[AgentClient, Path], open_dir: Path
+) -> None:
+    client, home = as_nobody
+    req = protocol.ProcessStart(cmd="id -u; id -g; id -G; echo $HOME $USER; pwd")
+    out, _, ex = await run(client, req)
+    assert out.decode().split() == ["65534", "65534", "65534", str(home), "user", str(home)]
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"mine"
+
+    info = await client.write_file("notes/a.txt", "user", body())  # relative to the home
+    assert info["path"] == str(home / "notes" / "a.txt")
+    st = (home / "notes" / "a.txt").stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    assert (home / "notes").stat().st_uid == 65534
+
+    locked = open_dir / "locked"
+    locked.mkdir(mode=0o700)
+    (locked / "secret").write_text("root only")
+    (locked / "secret").chmod(0o600)
+    with pytest.raises(AgentError) as e:
+        await client.write_file(str(locked / "x"), "user", body())
+    assert e.value.code == "permission_denied" and "'user'" in e.value.message
+    with pytest.raises(AgentError) as e:
+        await client.call(protocol.FileList(path=str(locked)))
+    assert e.value.code == "permission_denied"
+    with pytest.raises(AgentError) as e:
+        async for _ in client.read_file(str(locked / "secret"), "user"):
+            pass
+    assert e.value.code == "permission_denied"
+    with pytest.raises(AgentError) as e:
+        await client.start_process(protocol.ProcessStart(cmd="true", cwd=str(locked)))
+    assert e.value.code == "permission_denied"
+    # root, through the same agent, still may
+    chunks = [c async for c in client.read_file(str(locked / "secret"), "root")]
+    assert chunks == [b"root only"]
 
 
 # -- the client against a misbehaving agent -----------------------------------------------

@@ -39,6 +39,7 @@ from firebox.backends.jail.bwrap import JailFds, bwrap_argv
 from firebox.images.cache import image_root
 
 UID_RANGE = 65536
+SETPRIV = "/usr/bin/setpriv"  # util-linux, essential on Debian
 START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
 
 
@@ -208,7 +209,13 @@ class JailBackend(Backend):
                     agent=theirs.fileno(), seccomp=seccomp_fd, info=info_w, userns_block=block_r
                 ),
             )
+            # setpriv drops to the unprivileged uid instead of Popen's user=/group=, which
+            # would force a full fork() of the (large) daemon; this way the spawn is a vfork.
+            drop = [SETPRIV, f"--reuid={self.uid_base}", f"--regid={self.uid_base}"]
             proc = await asyncio.create_subprocess_exec(
+                *drop,
+                "--clear-groups",
+                "--",
                 *argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -218,9 +225,6 @@ class JailBackend(Backend):
                 # environment they were started with, readable in /proc/1/environ: give them
                 # nothing of the daemon's.
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                user=self.uid_base,
-                group=self.uid_base,
-                extra_groups=[],
                 start_new_session=True,
             )
             for fd in (seccomp_fd, info_w, block_r):
