@@ -40,7 +40,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = ServerConfig(
-        home=Path(args.home), host=args.host, port=args.port, isolation=args.isolation
+        home=Path(args.home),
+        host=args.host,
+        port=args.port,
+        isolation=args.isolation,
+        pool_size=args.pool_size,
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
     return 0
@@ -119,6 +123,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--isolation", default="auto", choices=["auto", "jail", "microvm"])
+    serve.add_argument(
+        "--pool-size",
+        type=int,
+        default=ServerConfig().pool_size,
+        help="booted sandboxes kept waiting per template (0 disables the warm pool)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     image = sub.add_parser("image", help="guest images")

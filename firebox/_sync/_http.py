@@ -6,6 +6,8 @@ Every request has a timeout: the caller's, else the configured ``request_timeout
 
 from __future__ import annotations
 
+import functools
+import ssl
 from types import TracebackType
 from typing import Any
 
@@ -13,6 +15,17 @@ import httpx
 
 from firebox._core.config import ConnectionConfig
 from firebox._core.errors import error_from_response, error_from_transport
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Loading the CA store costs ~20 ms; httpx would do it for every client, even for the
+    # plain-HTTP local daemon. Do it once per process, and only for https daemons.
+    return ssl.create_default_context()
+
+
+def _verify(api_url: str) -> ssl.SSLContext | bool:
+    return _tls_context() if api_url.startswith("https:") else False
 
 
 class ApiClient:
@@ -27,6 +40,7 @@ class ApiClient:
             headers=config.headers(),
             timeout=config.request_timeout,
             transport=transport,
+            verify=_verify(config.api_url),
             # Each background command holds a connection while its output is unread; a capped
             # pool would make the next call wait for one and fail with a baffling timeout.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),

@@ -48,6 +48,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             )
         manager = SandboxManager(config, registry, backend)
         await manager.reclaim()
+        manager.start_pool(["base"])
         app.state.registry = registry
         app.state.manager = manager
         app.state.backend = backend

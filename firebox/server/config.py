@@ -29,6 +29,8 @@ class ServerConfig:
     # sandbox ids 0..65535 map onto host uids uid_base.. (never 0)
     uid_base: int = 200000
     build_image_on_start: bool = True
+    # booted sandboxes kept waiting per template, so a create is a hand-over (0: none)
+    pool_size: int = 2
 
     @property
     def db_path(self) -> Path:

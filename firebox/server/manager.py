@@ -17,17 +17,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from firebox import images, protocol
-from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
-from firebox.server.agent_client import AgentClient, AgentGone
+from firebox.backends.base import Backend, RunningSandbox, SandboxSpec
+from firebox.server.agent_client import AgentClient, AgentError, AgentGone
 from firebox.server.config import ServerConfig
 from firebox.server.errors import ApiError
+from firebox.server.pool import WarmPool, boot
 from firebox.server.registry import Registry
 
 log = logging.getLogger("firebox.manager")
 
-START_DEADLINE = 20.0  # seconds for a backend to hand over a connected agent
-HELLO_DEADLINE = 10.0
 WATCH_EVENTS_MAX = 10_000  # per watcher, oldest dropped: a busy directory cannot grow memory
 
 
@@ -80,6 +78,7 @@ class SandboxManager:
         self.config = config
         self.registry = registry
         self.backend = backend
+        self.pool = WarmPool(config, backend, config.pool_size)
         self._live: dict[str, LiveSandbox] = {}
 
     # -- lifecycle of the daemon ----------------------------------------------------------
@@ -93,7 +92,11 @@ class SandboxManager:
         if freed:
             log.warning("reclaimed %d sandbox resources left by a previous daemon", freed)
 
+    def start_pool(self, templates: list[str]) -> None:
+        self.pool.start(templates)
+
     async def shutdown(self) -> None:
+        await self.pool.close()
         await asyncio.gather(
             *(self._end(s, "daemon stopped") for s in list(self._live.values())),
             return_exceptions=True,
@@ -109,47 +112,11 @@ class SandboxManager:
         metadata: dict[str, str],
         envs: dict[str, str],
     ) -> LiveSandbox:
-        known = images.known_templates()
-        if template not in known:
-            raise ApiError(
-                "invalid_argument", f"unknown template {template!r}; known: {', '.join(known)}"
-            )
-        rootfs = images.image_path(template)
-        if rootfs is None:
-            raise ApiError(
-                "unavailable",
-                f"template {template!r} is not built on this host yet; "
-                f"run `firebox image build {template}`",
-            )
-        sandbox_id = "sbx_" + secrets.token_hex(8)
-        spec = SandboxSpec(
-            sandbox_id=sandbox_id,
-            template=template,
-            rootfs=rootfs,
-            memory_mb=self.config.memory_mb,
-            cpus=self.config.cpus,
-            pids=self.config.pids,
-            disk_mb=self.config.disk_mb,
-        )
-        try:
-            running = await asyncio.wait_for(self.backend.start(spec), START_DEADLINE)
-        except TimeoutError:
-            raise ApiError(
-                "timeout", f"the sandbox did not start in {START_DEADLINE:.0f} s"
-            ) from None
-        except BackendError as e:
-            raise ApiError("unavailable", str(e)) from None
-        agent = AgentClient(running.reader, running.writer)
-        try:
-            await agent.wait_hello(HELLO_DEADLINE)
-        except (AgentGone, TimeoutError, protocol.ProtocolError) as e:
-            await agent.close()
-            await running.cleanup()
-            said = running.diagnostics()
-            raise ApiError(
-                "sandbox_error",
-                f"the sandbox's agent did not start: {e}" + (f" ({said})" if said else ""),
-            ) from None
+        booted = await self.pool.take(template)
+        if booted is None:
+            booted = await boot(self.config, self.backend, template)
+        spec, running, agent = booted.spec, booted.running, booted.agent
+        sandbox_id = spec.sandbox_id
         now = time.time()
         timeout = timeout or self.config.default_timeout
         live = LiveSandbox(
@@ -217,7 +184,7 @@ class SandboxManager:
             try:
                 async for event in watch:
                     watcher.events.append({"type": event.type, "name": event.name})
-            except AgentGone as e:
+            except (AgentGone, AgentError) as e:  # agent gone, or the watch overflowed (busy)
                 watcher.error = str(e)
             finally:
                 with contextlib.suppress(Exception):

@@ -75,3 +75,21 @@ def test_kill_frees_the_jail_and_its_cgroup(daemon: Daemon) -> None:
     assert cgroup_dirs, "the sandbox's cgroup should exist while it runs"
     sbx.kill()
     assert all(not d.exists() for d in cgroup_dirs)
+
+
+def test_creates_beyond_the_warm_pool_are_distinct_and_work(daemon: Daemon) -> None:
+    """More concurrent creates than the pool holds: some are hand-overs, some cold boots."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(5) as ex:
+        sandboxes = list(ex.map(lambda _: Sandbox.create(), range(5)))
+    try:
+        ids = {s.sandbox_id for s in sandboxes}
+        assert len(ids) == 5
+        for i, s in enumerate(sandboxes):
+            s.files.write("/tmp/who", str(i))
+        # each is its own sandbox: none sees another's file
+        assert [s.files.read("/tmp/who") for s in sandboxes] == [str(i) for i in range(5)]
+    finally:
+        for s in sandboxes:
+            s.kill()

@@ -1,0 +1,161 @@
+"""Starting sandboxes, and keeping a few started ahead of demand (the warm pool).
+
+``boot`` is the one way a sandbox comes to life: a backend start plus the agent's hello, each
+with a deadline. The pool keeps ``size`` booted sandboxes per template so that a create is a
+hand-over; it refills in the background. A pooled sandbox belongs to nobody until taken, is
+taken at most once (a queue hands each out once), and one that dies while waiting is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from firebox import images, protocol
+from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
+from firebox.server.agent_client import AgentClient, AgentGone
+from firebox.server.config import ServerConfig
+from firebox.server.errors import ApiError
+
+log = logging.getLogger("firebox.pool")
+
+START_DEADLINE = 20.0  # seconds for a backend to hand over a connected agent
+HELLO_DEADLINE = 10.0
+RETRY_DELAY = 5.0  # after a failed refill, so a broken host is not hammered
+# A boot takes ~30 ms of CPU; right after a hand-over it would compete with the new sandbox's
+# first commands (2 cores here), so refills start a moment later.
+REFILL_DELAY = 0.25
+
+
+@dataclass(eq=False)
+class Booted:
+    spec: SandboxSpec
+    running: RunningSandbox
+    agent: AgentClient
+
+    def alive(self) -> bool:
+        return self.running.poll() is None and not self.agent.closed
+
+    async def discard(self) -> None:
+        await self.agent.close()
+        await self.running.cleanup()
+
+
+def rootfs_for(template: str) -> Path:
+    known = images.known_templates()
+    if template not in known:
+        raise ApiError(
+            "invalid_argument", f"unknown template {template!r}; known: {', '.join(known)}"
+        )
+    rootfs = images.image_path(template)
+    if rootfs is None:
+        raise ApiError(
+            "unavailable",
+            f"template {template!r} is not built on this host yet; "
+            f"run `firebox image build {template}`",
+        )
+    return rootfs
+
+
+async def boot(config: ServerConfig, backend: Backend, template: str) -> Booted:
+    spec = SandboxSpec(
+        sandbox_id="sbx_" + secrets.token_hex(8),
+        template=template,
+        rootfs=rootfs_for(template),
+        memory_mb=config.memory_mb,
+        cpus=config.cpus,
+        pids=config.pids,
+        disk_mb=config.disk_mb,
+    )
+    try:
+        running = await asyncio.wait_for(backend.start(spec), START_DEADLINE)
+    except TimeoutError:
+        raise ApiError("timeout", f"the sandbox did not start in {START_DEADLINE:.0f} s") from None
+    except BackendError as e:
+        raise ApiError("unavailable", str(e)) from None
+    agent = AgentClient(running.reader, running.writer)
+    try:
+        await agent.wait_hello(HELLO_DEADLINE)
+    except (AgentGone, TimeoutError, protocol.ProtocolError) as e:
+        await agent.close()
+        await running.cleanup()
+        said = running.diagnostics()
+        raise ApiError(
+            "sandbox_error",
+            f"the sandbox's agent did not start: {e}" + (f" ({said})" if said else ""),
+        ) from None
+    return Booted(spec, running, agent)
+
+
+class WarmPool:
+    def __init__(self, config: ServerConfig, backend: Backend, size: int) -> None:
+        self.config = config
+        self.backend = backend
+        self.size = size
+        self._ready: dict[str, asyncio.Queue[Booted]] = {}
+        self._refills: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._closed = False
+
+    def start(self, templates: list[str]) -> None:
+        if self.size <= 0:
+            return
+        for template in templates:
+            self._ready[template] = asyncio.Queue()
+            self._wake[template] = asyncio.Event()
+            self._refills[template] = asyncio.create_task(self._refill(template))
+
+    async def take(self, template: str) -> Booted | None:
+        """A live booted sandbox for ``template`` at once, or None (the caller boots one)."""
+        queue = self._ready.get(template)
+        if queue is None:
+            return None
+        while not queue.empty():
+            booted = queue.get_nowait()
+            self._wake[template].set()
+            if booted.alive():
+                return booted
+            await booted.discard()
+        return None
+
+    def waiting(self) -> int:
+        return sum(q.qsize() for q in self._ready.values())
+
+    async def _refill(self, template: str) -> None:
+        queue = self._ready[template]
+        wake = self._wake[template]
+        while not self._closed:
+            if queue.qsize() >= self.size:
+                wake.clear()
+                await wake.wait()
+                await asyncio.sleep(REFILL_DELAY)
+                continue
+            try:
+                booted = await boot(self.config, self.backend, template)
+            except ApiError as e:
+                log.warning("warm pool for %s could not start a sandbox: %s", template, e.message)
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), RETRY_DELAY)  # close() wakes us
+                continue
+            if self._closed:
+                await booted.discard()
+                return
+            queue.put_nowait(booted)
+
+    async def close(self) -> None:
+        # Let a boot in progress finish and discard its sandbox rather than cancel it halfway,
+        # which could strand a started jail; cancel only past the boot's own deadlines.
+        self._closed = True
+        for wake in self._wake.values():
+            wake.set()
+        for task in self._refills.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, START_DEADLINE + HELLO_DEADLINE + 5)
+        for queue in self._ready.values():
+            while not queue.empty():
+                await queue.get_nowait().discard()
