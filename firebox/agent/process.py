@@ -5,9 +5,10 @@ a timeout or the agent's shutdown reaches everything it forked. Users are switch
 subprocess itself (``user=``/``group=``/``extra_groups=``), never by a ``preexec_fn``, which
 is unsafe in a threaded program.
 
-Each process has one thread that waits for it (``Popen.wait``) and two that pump its pipes into
-``data`` frames; those block on credit, so a process that writes faster than the daemon's
-client reads is stopped by its full pipe, not buffered here. When the agent is the sandbox's
+Each process has one thread that pumps both its pipes into ``data`` frames and then waits for
+it (``Popen.wait``); sending blocks on credit, so a process that writes faster than the
+daemon's client reads is stopped by its full pipe, not buffered here. Timeouts share one
+thread. When the agent is the sandbox's
 pid 1 or a child subreaper, orphans are reparented to it, and a reaper thread collects them
 without ever waiting for a pid that a Popen owns (which would lose that process's status).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import heapq
 import os
 import select
 import signal
@@ -30,7 +32,7 @@ from firebox.agent.errors import Fail, from_os, log
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the agent's start-up ~5 ms
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from typing import IO, Any
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PIPE_SIZE = protocol.CHUNK  # fewer, fuller data frames from a fast writer
@@ -136,71 +138,130 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
             _procs.pop(popen.pid, None)
 
 
+class _Deadlines:
+    """One thread for every process's timeout, started on first use: a thread per command
+    would cost more than the command itself for short ones."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._cv = threading.Condition()
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, seconds: float, pgid: int) -> _Deadline:
+        entry = _Deadline(pgid)
+        with self._cv:
+            self._seq += 1
+            heapq.heappush(self._heap, (time.monotonic() + seconds, self._seq, entry))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="deadlines", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return entry
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                when, _, entry = self._heap[0]
+                if entry.cancelled:
+                    heapq.heappop(self._heap)
+                    continue
+                delay = when - time.monotonic()
+                if delay > 0:
+                    self._cv.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+            entry.fire()
+
+
+class _Deadline:
+    def __init__(self, pgid: int) -> None:
+        self.pgid = pgid
+        self.cancelled = False
+        self.fired = threading.Event()
+
+    def fire(self) -> None:
+        self.fired.set()
+        _killpg(self.pgid, signal.SIGKILL)
+
+
+_deadlines = _Deadlines()
+
+
 def _run(stream: Stream, proc: Proc, timeout: float | None) -> dict[str, Any]:
     popen = proc.popen
     stream.send(protocol.ProcessStarted(pid=popen.pid))
-    pumps = []
-    for fd, pipe in ((1, popen.stdout), (2, popen.stderr)):
-        assert pipe is not None
-        t = threading.Thread(target=_pump, args=(stream, fd, pipe), daemon=True)
-        t.start()
-        pumps.append(t)
-    timed_out = threading.Event()
-    timer = None
-    if timeout is not None:
-
-        def expire() -> None:
-            timed_out.set()
-            _killpg(popen.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, expire)
-        timer.daemon = True
-        timer.start()
+    deadline = _deadlines.add(timeout, popen.pid) if timeout is not None else None
     try:
+        # The result follows all the output: pipes first, then the exit status.
+        _pump(stream, popen, deadline)
         code = popen.wait()
         with _spawn_lock:
             _tracked.discard(popen.pid)
-        # The result waits for both pipes to close, so it follows all the output. A child that
-        # left the process group may hold them open; after a timeout kill we stop waiting.
-        for t in pumps:
-            while t.is_alive():
-                t.join(KILL_GRACE if timed_out.is_set() else 0.5)
-                if timed_out.is_set() and t.is_alive():
-                    log(f"process {popen.pid}: output still open after the timeout kill")
-                    break
     finally:
-        if timer is not None:
-            timer.cancel()
+        if deadline is not None:
+            deadline.cancelled = True
         with proc.stdin_lock:
             if popen.stdin is not None:
                 popen.stdin.close()
     sig = -code if code < 0 else None
+    timed_out = deadline is not None and deadline.fired.is_set()
     exit = protocol.ProcessExit(
-        exit_code=128 + sig if sig is not None else code, signal=sig, timed_out=timed_out.is_set()
+        exit_code=128 + sig if sig is not None else code, signal=sig, timed_out=timed_out
     )
     return protocol.as_dict(exit)
 
 
-def _pump(stream: Stream, fd: int, pipe: BinaryIO) -> None:
-    raw = pipe.fileno()
-    # Over the system's pipe-max-size this fails: the default size works, in smaller frames.
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(raw, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+def _pump(stream: Stream, popen: subprocess.Popen[bytes], deadline: _Deadline | None) -> None:
+    """Forward stdout and stderr as they come, from this one thread, until both close.
+
+    Sending blocks on credit, so a process that writes faster than the daemon's client reads
+    is stopped by its full pipe, not buffered here. After a cancel (the client went away) the
+    pipes are still drained, so the process never blocks; its output goes nowhere.
+    """
+    assert popen.stdout is not None and popen.stderr is not None
+    pipes: dict[int, tuple[int, IO[bytes]]] = {
+        popen.stdout.fileno(): (1, popen.stdout),
+        popen.stderr.fileno(): (2, popen.stderr),
+    }
+    poller = select.poll()
+    for raw in pipes:
+        # Over the system's pipe-max-size this fails: the default size works, in smaller frames.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(raw, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        poller.register(raw, select.POLLIN)
     live = True
+    grace_end: float | None = None
     try:
-        while True:
-            # os.read returns what the pipe holds now: output is forwarded as it comes.
-            data = os.read(raw, protocol.CHUNK)
-            if not data:
-                return
-            if live:
-                # After a cancel (the daemon's client went away) keep draining, so the process
-                # never blocks on a full pipe; its output goes nowhere.
-                live = stream.send_counted(protocol.Data(fd=fd), data)
-    except OSError as e:
-        log(f"reading fd {fd} of a process failed: {e}")
+        while pipes:
+            if grace_end is None and deadline is not None and deadline.fired.is_set():
+                # A child that left the process group may hold the pipes open: after a timeout
+                # kill, stop waiting for them once the grace is over.
+                grace_end = time.monotonic() + KILL_GRACE
+            wait = 500 if grace_end is None else max(0.0, grace_end - time.monotonic()) * 1000
+            events = poller.poll(wait)
+            if not events:
+                if grace_end is not None and time.monotonic() >= grace_end:
+                    log(f"process {popen.pid}: output still open after the timeout kill")
+                    return
+                continue
+            for raw, _ in events:
+                try:
+                    data = os.read(raw, protocol.CHUNK)
+                except OSError as e:
+                    log(f"reading fd {raw} of process {popen.pid} failed: {e}")
+                    data = b""
+                if not data:
+                    poller.unregister(raw)
+                    # through its file object, which would otherwise close the number again
+                    pipes.pop(raw)[1].close()
+                elif live:
+                    live = stream.send_counted(protocol.Data(fd=pipes[raw][0]), data)
     finally:
-        pipe.close()  # through its file object, which would otherwise close the number again
+        for _, pipe in pipes.values():
+            pipe.close()
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -144,20 +146,35 @@ def test_no_capabilities_for_any_command(sandbox: Sandbox) -> None:
         assert "NoNewPrivs:\t1" in out and "Seccomp:\t2" in out
 
 
-def test_root_inside_is_an_unprivileged_uid_on_the_host(sandbox: Sandbox) -> None:
-    handle = sandbox.commands.run("sleep 30", background=True, user="root")
+def _cgroup_pids(daemon: Daemon, sandbox_id: str) -> list[int]:
+    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        procs = base / daemon.cgroup_parent / sandbox_id / "cgroup.procs"
+        if procs.exists():
+            return [int(p) for p in procs.read_text().split()]
+    raise AssertionError(f"no cgroup found for {sandbox_id}")
+
+
+def _host_uid_and_name(pid: int) -> tuple[int, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(text.split("Uid:")[1].split()[0]), text.split("Name:")[1].split()[0]
+
+
+def test_root_inside_is_an_unprivileged_uid_on_the_host(sandbox: Sandbox, daemon: Daemon) -> None:
+    handle = sandbox.commands.run("exec sleep 30", background=True, user="root")
     try:
-        host_uids = set()
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                text = status.read_text()
-            except OSError:
-                continue
-            if "\nName:\tsleep" in "\n" + text and "NSpid:" in text:
-                nspid = text.split("NSpid:")[1].split("\n")[0].split()
-                if len(nspid) > 1 and int(nspid[-1]) == handle.pid:
-                    host_uids.add(int(text.split("Uid:")[1].split()[0]))
-        assert host_uids and 0 not in host_uids, host_uids
+        deadline = time.monotonic() + 10
+        seen: dict[int, tuple[int, str]] = {}
+        while time.monotonic() < deadline:
+            seen = {}
+            for pid in _cgroup_pids(daemon, sandbox.sandbox_id):
+                with contextlib.suppress(OSError):
+                    seen[pid] = _host_uid_and_name(pid)
+            if any(name == "sleep" for _, name in seen.values()):
+                break
+            time.sleep(0.05)
+        # everything in the sandbox, the root command included, runs as unprivileged host uids
+        assert any(name == "sleep" for _, name in seen.values()), seen
+        assert all(uid >= 200000 for uid, _ in seen.values()), seen
     finally:
         handle.kill()
 

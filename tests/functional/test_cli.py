@@ -1,0 +1,49 @@
+"""The `firebox` command against the real daemon."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import Daemon
+
+
+def firebox(daemon: Daemon, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FIREBOX_URL": daemon.url, "FIREBOX_API_KEY": daemon.key}
+    return subprocess.run(
+        [sys.executable, "-m", "firebox.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_sandbox_create_list_exec_kill(daemon: Daemon) -> None:
+    created = firebox(daemon, "sandbox", "create", "--metadata", "via=cli")
+    assert created.returncode == 0, created.stderr
+    sandbox_id = created.stdout.strip()
+    assert sandbox_id.startswith("sbx_")
+    listed = firebox(daemon, "sandbox", "list", "--metadata", "via=cli")
+    assert sandbox_id in listed.stdout
+    ran = firebox(daemon, "sandbox", "exec", sandbox_id, "--", "echo", "hello from", "cli")
+    assert ran.returncode == 0 and ran.stdout == "hello from cli\n"
+    failed = firebox(daemon, "sandbox", "exec", sandbox_id, "--", "sh -c 'echo oops >&2; exit 7'")
+    assert failed.returncode == 7 and "oops" in failed.stderr
+    assert firebox(daemon, "sandbox", "kill", sandbox_id).returncode == 0
+    gone = firebox(daemon, "sandbox", "exec", sandbox_id, "--", "true")
+    assert gone.returncode == 1 and "not running" in gone.stderr
+
+
+def test_doctor_says_which_backends_work(daemon: Daemon) -> None:
+    out = firebox(daemon, "--home", str(daemon.home), "doctor")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("ok ") and "jail" in line for line in lines)
+    assert any(line.startswith("no ") and "microvm" in line for line in lines)
+
+
+def test_bad_usage_is_a_clear_error(daemon: Daemon) -> None:
+    out = firebox(daemon, "sandbox", "exec", "sbx_x")
+    assert out.returncode != 0 and "give the command after --" in out.stderr
