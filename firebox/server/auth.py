@@ -46,7 +46,7 @@ def ensure_admin_key(registry: Registry, path: Path) -> str:
     return key
 
 
-def authenticate(request: Request) -> KeyRecord:
+async def authenticate(request: Request) -> KeyRecord:
     """FastAPI dependency: the caller's key record, or 401."""
     key = request.headers.get("x-api-key")
     if key is None:

@@ -35,13 +35,19 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-def classify_exit(
-    sbx: LiveSandbox, exit: protocol.ProcessExit, before: dict[str, int]
-) -> tuple[str | None, str | None]:
-    """Name the limit that ended a command, if any: the caller gets a reason, not just 137."""
+def classify_exit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | None, str | None]:
+    """Name the limit that ended a command, if any: the caller gets a reason, not just 137.
+
+    The sandbox's limit counters are read only for a failed command (a success needs no
+    reason) and compared with what the previous failure saw. With several commands failing at
+    once the first to be classified gets the reason: the sandbox did hit its limit then.
+    """
     if exit.timed_out:
         return "timeout", "the command was killed at its timeout; pass a larger timeout"
-    after = sbx.running.limit_events()
+    if exit.exit_code == 0:
+        return None, None
+    before, after = sbx.limits_seen, sbx.running.limit_events()
+    sbx.limits_seen = after
     if exit.signal == signals.SIGKILL and after.get("oom_kill", 0) > before.get("oom_kill", 0):
         return "memory_limit", (
             f"the command was killed: the sandbox reached its memory limit of "
@@ -52,9 +58,7 @@ def classify_exit(
     return None, None
 
 
-async def _stream(
-    sbx: LiveSandbox, proc: ProcessStream, before: dict[str, int]
-) -> AsyncIterator[bytes]:
+async def _stream(sbx: LiveSandbox, proc: ProcessStream) -> AsyncIterator[bytes]:
     yield _line({"type": "start", "pid": proc.pid})
     decoders = {
         "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
@@ -77,7 +81,7 @@ async def _stream(
                 yield _line({"type": fd, "data": tail})
         exit = proc.exit
         assert exit is not None
-        error, message = classify_exit(sbx, exit, before)
+        error, message = classify_exit(sbx, exit)
         finished = True
         yield _line(
             {"type": "end", "exit_code": exit.exit_code, "error": error, "message": message}
@@ -108,14 +112,13 @@ async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
         timeout=body.timeout or None,
         tag=body.tag,
     )
-    before = sbx.running.limit_events()
     try:
         proc = await sbx.agent.start_process(req)
         if body.stdin_data is not None:
             await sbx.agent.send_stdin(proc.pid, body.stdin_data.encode(), eof=not body.stdin)
     except (AgentError, AgentGone) as e:
         raise agent_error(e, sbx) from None
-    return StreamingResponse(_stream(sbx, proc, before), media_type="application/x-ndjson")
+    return StreamingResponse(_stream(sbx, proc), media_type="application/x-ndjson")
 
 
 @router.get("/sandboxes/{sandbox_id}/commands", response_model=list[ProcessInfo])

@@ -1,4 +1,8 @@
-"""Shared request dependencies: the manager, the caller, the caller's sandbox."""
+"""Shared request dependencies: the manager, the caller, the caller's sandbox.
+
+All are ``async def`` although none awaits: FastAPI runs plain ``def`` dependencies in a
+thread pool, a hop that costs more than the lookups themselves.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from firebox.server.registry import KeyRecord
 Caller = Annotated[KeyRecord, Depends(authenticate)]
 
 
-def manager(request: Request) -> SandboxManager:
+async def manager(request: Request) -> SandboxManager:
     mgr: SandboxManager = request.app.state.manager
     return mgr
 
@@ -21,7 +25,7 @@ def manager(request: Request) -> SandboxManager:
 Manager = Annotated[SandboxManager, Depends(manager)]
 
 
-def sandbox(sandbox_id: str, caller: Caller, mgr: Manager) -> LiveSandbox:
+async def sandbox(sandbox_id: str, caller: Caller, mgr: Manager) -> LiveSandbox:
     return mgr.get(caller.id, sandbox_id)
 
 

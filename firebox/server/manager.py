@@ -58,6 +58,8 @@ class LiveSandbox:
     monitor: asyncio.Task[None] | None = None
     watchers: dict[str, Watcher] = field(default_factory=dict)
     ended: bool = False
+    # limit counters (oom kills, pids.max hits) as last seen, to tell which failure hit one
+    limits_seen: dict[str, int] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         return {
