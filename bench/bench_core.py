@@ -16,22 +16,19 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from firebox import Sandbox, images  # noqa: E402
 from firebox.server.config import ServerConfig  # noqa: E402
+from firebox.testing import LocalDaemon  # noqa: E402
 
 
 def timed(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
@@ -45,74 +42,29 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
     return out
 
 
-def start_daemon(home: Path, pool_size: int) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "FIREBOX_HOME": str(home),
-        "FIREBOX_CGROUP_PARENT": f"firebox-bench-{os.getpid()}",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "firebox.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--isolation",
-            "jail",
-            "--pool-size",
-            str(pool_size),
-        ],
-        env=env,
-        stdout=open(home / "daemon.log", "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the daemon did not start; see " + str(home / "daemon.log"))
-
-
 def measure_daemon(label: str, pool_size: int, runs: int) -> dict[str, list[float]]:
     """create → first result and round trip against a daemon with the given pool size."""
     out: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="firebox-bench-") as tmp:
-        home = Path(tmp)
-        proc, url = start_daemon(home, pool_size)
-        try:
-            key = (home / "admin.key").read_text().strip()
-            os.environ["FIREBOX_URL"], os.environ["FIREBOX_API_KEY"] = url, key
-            samples = []
-            for i in range(runs + 2):
-                # paced, so that a pool has refilled: this measures a create that finds one
-                # waiting (or, with no pool, a cold start), not the pool's refill rate
-                time.sleep(0.3)
-                start = time.perf_counter()
-                sbx = Sandbox.create()
-                sbx.commands.run("true")
-                elapsed = (time.perf_counter() - start) * 1000
-                sbx.kill()
-                if i >= 2:
-                    samples.append(elapsed)
-            out[f"create → first command result ({label})"] = samples
-            if pool_size == 0:
-                with Sandbox.create() as sbx:
-                    out["commands.run('true') round trip"] = timed(
-                        lambda: sbx.commands.run("true"), runs * 3
-                    )
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    with LocalDaemon(pool_size=pool_size) as daemon:
+        os.environ.update(daemon.env())
+        samples = []
+        for i in range(runs + 2):
+            # paced, so that a pool has refilled: this measures a create that finds one
+            # waiting (or, with no pool, a cold start), not the pool's refill rate
+            time.sleep(0.3)
+            start = time.perf_counter()
+            sbx = Sandbox.create()
+            sbx.commands.run("true")
+            elapsed = (time.perf_counter() - start) * 1000
+            sbx.kill()
+            if i >= 2:
+                samples.append(elapsed)
+        out[f"create → first command result ({label})"] = samples
+        if pool_size == 0:
+            with Sandbox.create() as sbx:
+                out["commands.run('true') round trip"] = timed(
+                    lambda: sbx.commands.run("true"), runs * 3
+                )
     return out
 
 

@@ -162,8 +162,9 @@ class AgentClient:
             _raise_error(reply, msg.T)
         return reply.value
 
-    async def start_process(self, req: protocol.ProcessStart, timeout: float = 30) -> ProcessStream:
-        """Start a process; returns once the agent reports it running."""
+    async def _open_stream(self, req: Message, timeout: float) -> tuple[_Channel, Message]:
+        """Open a channel with ``req`` and take its first reply; the channel stays open for a
+        stream unless this fails."""
         ch = self._open()
         try:
             await self._send(ch.id, req)
@@ -171,6 +172,11 @@ class AgentClient:
         except BaseException:
             self._abandon(ch)
             raise
+        return ch, reply
+
+    async def start_process(self, req: protocol.ProcessStart, timeout: float = 30) -> ProcessStream:
+        """Start a process; returns once the agent reports it running."""
+        ch, reply = await self._open_stream(req, timeout)
         if not isinstance(reply, protocol.ProcessStarted) or not isinstance(reply.pid, int):
             self._abandon(ch)
             _raise_error(reply, req.T)
@@ -229,13 +235,7 @@ class AgentClient:
     async def watch(self, path: str, user: str, recursive: bool, timeout: float = 30) -> Watch:
         """Watch a directory; returns once the watch is in place (changes from now are seen)."""
         req = protocol.WatchStart(path=path, user=user, recursive=recursive)
-        ch = self._open()
-        try:
-            await self._send(ch.id, req)
-            reply, _ = await self._first(ch, req, timeout)
-        except BaseException:
-            self._abandon(ch)
-            raise
+        ch, reply = await self._open_stream(req, timeout)
         if not isinstance(reply, protocol.WatchStarted):
             self._abandon(ch)
             _raise_error(reply, req.T)

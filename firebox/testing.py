@@ -1,0 +1,109 @@
+"""Helpers for testing code that uses firebox: a real local daemon, started and stopped by PID.
+
+    with LocalDaemon() as daemon:          # a `firebox serve` on a free loopback port
+        os.environ.update(daemon.env())   # FIREBOX_URL and FIREBOX_API_KEY for the SDK
+        ...
+
+The daemon keeps its state in a temporary directory and its cgroups under a parent of its own,
+so it never touches another daemon's sandboxes. Needs root, like every jail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+START_DEADLINE = 120.0  # seconds; the first start may build the guest image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalDaemon:
+    def __init__(
+        self,
+        home: Path | None = None,
+        isolation: str = "jail",
+        pool_size: int | None = None,
+        cgroup_parent: str | None = None,
+    ) -> None:
+        self._own_home = home is None
+        self.home = home or Path(tempfile.mkdtemp(prefix="firebox-home-"))
+        self.isolation = isolation
+        self.pool_size = pool_size
+        self.cgroup_parent = cgroup_parent or f"firebox-local-{os.getpid()}-{id(self):x}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.key = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "daemon.log"
+
+    def env(self) -> dict[str, str]:
+        return {"FIREBOX_URL": self.url, "FIREBOX_API_KEY": self.key}
+
+    def start(self) -> LocalDaemon:
+        argv = [sys.executable, "-m", "firebox.cli", "serve", "--port", str(self.port)]
+        argv += ["--isolation", self.isolation]
+        if self.pool_size is not None:
+            argv += ["--pool-size", str(self.pool_size)]
+        env = {
+            **os.environ,
+            "FIREBOX_HOME": str(self.home),
+            "FIREBOX_CGROUP_PARENT": self.cgroup_parent,
+        }
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_DEADLINE
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"the daemon did not start; the end of {self.log_path}:\n"
+                    + self.log_path.read_text()[-3000:]
+                )
+            time.sleep(0.05)
+        self.key = (self.home / "admin.key").read_text().strip()
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM by PID (the daemon then ends its sandboxes), SIGKILL if it lingers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def __enter__(self) -> LocalDaemon:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._own_home:
+            shutil.rmtree(self.home, ignore_errors=True)
