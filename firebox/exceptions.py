@@ -11,6 +11,8 @@ most errors about a sandbox are a ``SandboxException``, as they are in E2B::
         │                              error (500); and the parent of:
         ├── TimeoutException           an operation or a command ran out of time (504)
         ├── NotFoundException          no such sandbox (for this key), process or path (404)
+        │   └── SandboxNotFoundException   the sandbox itself is gone (ended, timed out, or
+        │                                  another key's)
         ├── PermissionDeniedException  the key, or the sandbox user, may not do this (403)
         ├── InvalidArgumentException   a malformed request or a value out of range (400)
         │   └── TooLargeException      a request body exceeds a limit (413)
@@ -38,6 +40,7 @@ __all__ = [
     "InvalidArgumentException",
     "NotEnoughSpaceException",
     "NotFoundException",
+    "SandboxNotFoundException",
     "PermissionDeniedException",
     "RateLimitException",
     "SandboxException",
@@ -79,6 +82,11 @@ class TimeoutException(SandboxException):
 
 class NotFoundException(SandboxException):
     """No such sandbox (for this API key), process or path."""
+
+
+class SandboxNotFoundException(NotFoundException):
+    """The sandbox itself is not running (it ended, timed out, or belongs to another key), as
+    opposed to a missing path or process inside a running one."""
 
 
 class PermissionDeniedException(SandboxException):

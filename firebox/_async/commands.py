@@ -11,7 +11,7 @@ from firebox._async.command_handle import AsyncCommandHandle, read_events
 from firebox._core.models import CommandResult, CommandStart, OutputHandler, ProcessInfo
 from firebox._core.requests import command_timeout, run_body, sandbox_path, stdin_body
 from firebox._core.responses import parse_list, parse_process_info
-from firebox.exceptions import NotFoundException, SandboxException
+from firebox.exceptions import NotFoundException, SandboxException, SandboxNotFoundException
 
 
 class AsyncCommands:
@@ -120,6 +120,8 @@ class AsyncCommands:
                 sandbox_path(self._sandbox_id, "commands", str(pid)),
                 timeout=request_timeout,
             )
+        except SandboxNotFoundException:
+            raise
         except NotFoundException:
             return False
         return True

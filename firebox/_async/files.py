@@ -18,7 +18,7 @@ from firebox._core.errors import error_from_transport
 from firebox._core.models import EntryInfo, FilesystemEvent, OutputHandler, WriteEntry
 from firebox._core.requests import file_params, sandbox_path, upload_length
 from firebox._core.responses import parse_entry_info, parse_field, parse_list
-from firebox.exceptions import NotFoundException
+from firebox.exceptions import NotFoundException, SandboxNotFoundException
 
 # What ``write`` accepts. File objects and iterators are streamed, never read whole.
 WriteData = str | bytes | IO[bytes] | IO[str] | AsyncIterable[bytes]
@@ -147,6 +147,8 @@ class AsyncFilesystem:
         """Whether a file or directory exists at ``path``."""
         try:
             await self.get_info(path, user, request_timeout)
+        except SandboxNotFoundException:
+            raise
         except NotFoundException:
             return False
         return True

@@ -12,7 +12,7 @@ from firebox._sync.command_handle import CommandHandle, read_events
 from firebox._core.models import CommandResult, CommandStart, OutputHandler, ProcessInfo
 from firebox._core.requests import command_timeout, run_body, sandbox_path, stdin_body
 from firebox._core.responses import parse_list, parse_process_info
-from firebox.exceptions import NotFoundException, SandboxException
+from firebox.exceptions import NotFoundException, SandboxException, SandboxNotFoundException
 
 
 class Commands:
@@ -121,6 +121,8 @@ class Commands:
                 sandbox_path(self._sandbox_id, "commands", str(pid)),
                 timeout=request_timeout,
             )
+        except SandboxNotFoundException:
+            raise
         except NotFoundException:
             return False
         return True

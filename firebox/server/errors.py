@@ -16,6 +16,7 @@ STATUS = {
     "unauthenticated": 401,
     "forbidden": 403,
     "not_found": 404,
+    "sandbox_not_found": 404,
     "conflict": 409,
     "too_large": 413,
     "rate_limited": 429,

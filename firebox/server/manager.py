@@ -147,7 +147,7 @@ class SandboxManager:
         # Another key's sandbox is indistinguishable from a missing one: no existence oracle.
         if live is None or live.owner != owner or live.ended:
             raise ApiError(
-                "not_found",
+                "sandbox_not_found",
                 f"sandbox {sandbox_id} is not running (it ended, timed out, or belongs to "
                 "another key); create a new one",
             )

@@ -93,3 +93,16 @@ def test_creates_beyond_the_warm_pool_are_distinct_and_work(daemon: Daemon) -> N
     finally:
         for s in sandboxes:
             s.kill()
+
+
+def test_a_gone_sandbox_is_an_error_not_a_missing_file(daemon: Daemon) -> None:
+    from firebox import SandboxNotFoundException
+
+    sbx = Sandbox.create()
+    assert sbx.files.exists("/nope") is False
+    assert sbx.commands.kill(999999) is False
+    sbx.kill()
+    with pytest.raises(SandboxNotFoundException):
+        sbx.files.exists("/nope")
+    with pytest.raises(SandboxNotFoundException):
+        sbx.commands.kill(1)

@@ -30,6 +30,7 @@ PUBLIC = [
     "Sandbox",
     "SandboxException",
     "SandboxInfo",
+    "SandboxNotFoundException",
     "TimeoutException",
     "TooLargeException",
     "UnavailableException",

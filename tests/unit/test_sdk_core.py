@@ -29,6 +29,7 @@ from firebox import (
     PermissionDeniedException,
     RateLimitException,
     SandboxException,
+    SandboxNotFoundException,
     TimeoutException,
     TooLargeException,
     UnavailableException,
@@ -117,6 +118,7 @@ API_ERRORS = [
     (401, "unauthenticated", AuthenticationException),
     (403, "forbidden", PermissionDeniedException),
     (404, "not_found", NotFoundException),
+    (404, "sandbox_not_found", SandboxNotFoundException),
     (409, "conflict", ConflictException),
     (413, "too_large", TooLargeException),
     (429, "rate_limited", RateLimitException),
@@ -144,6 +146,15 @@ def test_every_api_error_code_maps_to_its_exception(
 
 def test_table_covers_exactly_the_documented_codes() -> None:
     assert set(ERROR_CODES) == {code for _, code, _ in API_ERRORS}
+
+
+def test_table_covers_exactly_the_codes_the_daemon_sends() -> None:
+    from firebox.server.errors import STATUS
+
+    assert set(ERROR_CODES) == set(STATUS)
+    assert {code: STATUS[code] for _, code, _ in API_ERRORS} == {
+        code: status for status, code, _ in API_ERRORS
+    }
 
 
 def test_code_wins_over_status() -> None:
