@@ -54,6 +54,7 @@ MAX_PAYLOAD = 1 << 20  # a data frame carries at most 1 MiB
 MAX_HEADER = 8 << 20
 CHUNK = 256 * 1024  # what senders put in one data frame
 WINDOW = 16  # data frames in flight per stream before the sender waits for credit
+STREAM_LIMIT = 1 << 20  # asyncio StreamReader buffer limit suited to CHUNK-sized frames
 
 CONTROL_CHANNEL = 0
 

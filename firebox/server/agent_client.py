@@ -41,7 +41,7 @@ __all__ = [
 MAX_MESSAGE = 4000  # characters of an agent's error message we pass on
 # Frames a channel may queue beyond its credited window: the final message, a "started".
 _UNCOUNTED_SLACK = 4
-STREAM_LIMIT = 1 << 20  # StreamReader buffer limit suited to 256 KiB data frames
+STREAM_LIMIT = protocol.STREAM_LIMIT
 
 
 class AgentError(Exception):

@@ -185,3 +185,14 @@ def test_the_root_image_is_read_only(sandbox: Sandbox) -> None:
         assert code != 0
     code, out = run(sandbox, "ls /usr/bin/evil /etc/evil", "root")
     assert code != 0
+
+
+def test_every_process_is_in_the_sandbox_cgroup_and_its_namespace_root(sandbox: Sandbox) -> None:
+    # The cgroup namespace is rooted at the sandbox's own cgroup: every process inside (the
+    # agent and bwrap's init included) sees "/" for its controllers, and nothing of the host's
+    # cgroup layout.
+    _, out = run(sandbox, "cat /proc/[0-9]*/cgroup", "root")
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        assert line.split(":", 2)[2] == "/", line

@@ -3,15 +3,18 @@
 Start-up order matters and each step fails loudly:
 
 1. a cgroup with the sandbox's memory, pids and CPU limits;
-2. bwrap, run as an unprivileged host uid, creates every namespace and then blocks on
-   ``--userns-block-fd`` before anything runs inside;
-3. the daemon (root) writes the user namespace's id maps — sandbox ids 0..65535 onto the
-   unprivileged host range ``uid_base``.. — and moves bwrap and its child into the cgroup;
+2. a gate process (``sh`` waiting on a pipe) is moved into the cgroup, then execs bwrap as an
+   unprivileged host uid: bwrap is born inside the cgroup, so everything it forks is too, and
+   the cgroup namespace it creates is rooted at the sandbox's own cgroup (the jail cannot see
+   the host's cgroup layout);
+3. bwrap creates every namespace and blocks on ``--userns-block-fd`` before anything runs
+   inside; the daemon (root) writes the user namespace's id maps — sandbox ids 0..65535 onto
+   the unprivileged host range ``uid_base``..;
 4. the block is released; bwrap mounts the image read-only, applies seccomp and capability
    drops and execs the agent, which connects over an inherited socket and says hello.
 
-Root inside a jail is therefore an unprivileged uid on the host, and nothing in the jail runs
-before it is inside its cgroup.
+Root inside a jail is therefore an unprivileged uid on the host, and nothing of the jail ever
+runs outside its cgroup.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from firebox.backends.base import (
 from firebox.backends.jail import cgroups, seccomp
 from firebox.backends.jail.bwrap import JailFds, bwrap_argv
 from firebox.images.cache import image_root
+from firebox.protocol import STREAM_LIMIT
 
 UID_RANGE = 65536
 SETPRIV = "/usr/bin/setpriv"  # util-linux, essential on Debian
@@ -209,15 +213,22 @@ class JailBackend(Backend):
                     agent=theirs.fileno(), seccomp=seccomp_fd, info=info_w, userns_block=block_r
                 ),
             )
-            # setpriv drops to the unprivileged uid instead of Popen's user=/group=, which
-            # would force a full fork() of the (large) daemon; this way the spawn is a vfork.
+            # The gate waits for a line on its stdin, swaps it for /dev/null and execs setpriv,
+            # which drops to the unprivileged uid (instead of Popen's user=/group=, which would
+            # force a full fork() of the large daemon rather than a vfork) and execs bwrap,
+            # all under one pid.
+            gate = 'read -r _ && exec "$@" </dev/null'
             drop = [SETPRIV, f"--reuid={self.uid_base}", f"--regid={self.uid_base}"]
             proc = await asyncio.create_subprocess_exec(
+                "/bin/sh",
+                "-c",
+                gate,
+                "gate",
                 *drop,
                 "--clear-groups",
                 "--",
                 *argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 pass_fds=child_fds,
@@ -231,12 +242,16 @@ class JailBackend(Backend):
                 os.close(fd)
             theirs.close()
             seccomp_fd = info_w = block_r = -1
+            # Moving a process between cgroups waits for an RCU grace period on cgroup v1
+            # (10-20 ms here): off the event loop.
+            await asyncio.to_thread(cgroup.add, proc.pid)
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
             child_pid = await self._read_child_pid(info_r, proc)
             self._map_ids(child_pid)
-            cgroup.add(proc.pid)
-            cgroup.add(child_pid)
             os.write(block_w, b"1")
-            reader, writer = await asyncio.open_connection(sock=ours)
+            reader, writer = await asyncio.open_connection(sock=ours, limit=STREAM_LIMIT)
         except BaseException as e:
             if proc is not None and proc.returncode is None:
                 proc.kill()
