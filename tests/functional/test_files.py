@@ -9,6 +9,7 @@ import time
 import pytest
 
 from firebox import FilesystemEventType, FileType, NotFoundException, Sandbox
+from tests.conftest import Daemon
 
 
 def test_text_and_bytes_round_trip(sandbox: Sandbox) -> None:
@@ -20,7 +21,15 @@ def test_text_and_bytes_round_trip(sandbox: Sandbox) -> None:
     assert owner == "user"
 
 
-def test_fifty_megabyte_binary_round_trip(sandbox: Sandbox) -> None:
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        status = f.read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def test_fifty_megabyte_binary_round_trip(sandbox: Sandbox, daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    peak_before = _peak_rss_mb(daemon.proc.pid)
     data = os.urandom(50 * 1024 * 1024)
     sandbox.files.write("/home/user/big.bin", data)
     assert sandbox.files.get_info("/home/user/big.bin").size == len(data)
@@ -32,6 +41,8 @@ def test_fifty_megabyte_binary_round_trip(sandbox: Sandbox) -> None:
         streamed.update(chunk)
         total += len(chunk)
     assert total == len(data) and streamed.hexdigest() == digest
+    # streamed through the daemon, never held whole: its peak memory barely moves
+    assert _peak_rss_mb(daemon.proc.pid) - peak_before < 30
 
 
 def test_list_with_depth(sandbox: Sandbox) -> None:
