@@ -70,6 +70,9 @@ ERROR_CODES = (
     "busy",
     "unavailable",
     "internal",
+    # set by the daemon's side of the channel, never sent by an agent:
+    "timeout",  # the agent did not answer in time
+    "too_large",  # a request does not fit in one frame
 )
 
 

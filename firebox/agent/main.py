@@ -62,6 +62,8 @@ def _run(handler: Handler, stream: Stream, msg: protocol.Message, payload: bytes
     except OSError as e:
         f = from_os(e)
         stream.finish(protocol.Error(code=f.code, message=f.message))
+    except RecursionError:  # os.makedirs and friends recurse once per path component
+        stream.finish(protocol.Error(code="invalid", message=f"{msg.T}: the path is too deep"))
     except Exception as e:
         import traceback  # only on this rare path: it costs a millisecond at startup
 

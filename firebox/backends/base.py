@@ -94,6 +94,10 @@ class Backend(abc.ABC):
     async def start(self, spec: SandboxSpec) -> RunningSandbox:
         """Start a sandbox and return once its agent's channel is connected."""
 
+    async def close(self) -> None:
+        """The daemon is stopping and every sandbox has been cleaned up: free what is shared."""
+        return None
+
     async def reclaim_stale(self) -> int:
         """Free host resources left by a daemon that died; returns how many were freed."""
         return 0

@@ -12,7 +12,7 @@ connection (``AgentGone``) rather than growing a queue or crashing a request han
 Exceptions::
 
     AgentError            the agent answered with an Error frame (.code in ERROR_CODES)
-      AgentTimeout        ... or did not answer in time (code "unavailable"; a TimeoutError)
+      AgentTimeout        ... or did not answer in time (code "timeout"; a TimeoutError)
     AgentGone             the connection is lost; every pending and later call raises it
 """
 
@@ -60,7 +60,7 @@ class AgentTimeout(AgentError, TimeoutError):
     """The agent did not answer in time; the request was cancelled on the agent's side."""
 
     def __init__(self, message: str) -> None:
-        super().__init__("unavailable", message)
+        super().__init__("timeout", message)
 
 
 class AgentGone(Exception):
@@ -302,7 +302,13 @@ class AgentClient:
         if self._gone is not None:
             raise self._gone
         try:
-            self._writer.write(protocol.encode(cid, msg, payload))
+            frame = protocol.encode(cid, msg, payload)
+        except protocol.ProtocolError as e:
+            raise AgentError(
+                "too_large", f"the request is too large for the sandbox's channel ({e})"
+            ) from None
+        try:
+            self._writer.write(frame)
             await self._writer.drain()
         except (ConnectionError, OSError, RuntimeError) as e:
             self._stop(AgentGone(f"writing to the agent failed: {e}"))

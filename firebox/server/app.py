@@ -7,9 +7,11 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import firebox
@@ -31,6 +33,27 @@ def prepare_home(config: ServerConfig) -> None:
     # 0600 and the directory cannot be listed.
     config.home.mkdir(parents=True, exist_ok=True)
     os.chmod(config.home, 0o711)
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, made to say what the daemon really does: invalid requests are 400
+    (never FastAPI's 422), and streamed answers have only their streamed media type."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for item in doc["paths"].values():
+            for op in item.values():
+                responses = op.get("responses", {})
+                responses.pop("422", None)
+                content = responses.get("200", {}).get("content", {})
+                if len(content) > 1 and content.get("application/json", {}).get("schema") == {}:
+                    del content["application/json"]
+        schemas = doc.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -63,12 +86,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         version=firebox.__version__,
         description="Sandboxes for untrusted, LLM-generated code. See docs/API.md.",
         lifespan=lifespan,
-        responses={
-            400: {"model": ErrorBody},
-            401: {"model": ErrorBody},
-            404: {"model": ErrorBody},
-        },
+        responses={status: {"model": ErrorBody} for status in sorted(set(errors.STATUS.values()))},
     )
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_exception_handler(errors.ApiError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)

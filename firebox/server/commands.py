@@ -151,7 +151,8 @@ async def send_stdin(pid: int, body: SendStdin, sbx: Sandbox) -> Response:
 
 
 def parse_signal(value: str | int) -> int:
-    if isinstance(value, int) or value.isdigit():
+    # isascii: str.isdigit() also accepts digits int() refuses ("²"); short: no 5000-digit int
+    if isinstance(value, int) or (value.isascii() and value.isdigit() and len(value) <= 3):
         num = int(value)
         if num in {s.value for s in signals.Signals}:
             return num

@@ -39,7 +39,14 @@ AGENT_CODES = {
     "busy": "conflict",
     "unavailable": "unavailable",
     "internal": "sandbox_error",
+    "timeout": "timeout",
+    "too_large": "too_large",
 }
+
+
+class StreamAborted(Exception):
+    """Ends a streamed answer that has begun: the connection is closed mid-body, so the client
+    sees a truncated answer rather than a complete-looking one. Already logged where raised."""
 
 
 class ApiError(Exception):
@@ -83,14 +90,15 @@ async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
         message = "method not allowed on this endpoint; see GET /openapi.json"
     if exc.status_code >= 500:
         code = "internal"
-    return JSONResponse(body(code, message), status_code=exc.status_code)
+    return JSONResponse(body(code, message), status_code=exc.status_code, headers=exc.headers)
 
 
 async def unexpected_handler(_: Request, exc: Exception) -> JSONResponse:
     # A bug in the daemon: still answer in the API's shape, and leave the details to the log.
     import logging
 
-    logging.getLogger("firebox.server").exception("unexpected error", exc_info=exc)
+    if not isinstance(exc, StreamAborted):
+        logging.getLogger("firebox.server").exception("unexpected error", exc_info=exc)
     return JSONResponse(
         body("internal", f"internal error ({type(exc).__name__}); see the daemon's log"),
         status_code=500,

@@ -7,17 +7,20 @@ own mount namespace. The daemon only rejects what cannot be a path at all.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from firebox import protocol
 from firebox.server.agent_client import AgentError, AgentGone
 from firebox.server.commands import agent_error
 from firebox.server.deps import Manager, Sandbox
-from firebox.server.errors import ApiError
+from firebox.server.errors import ApiError, StreamAborted
 from firebox.server.manager import LiveSandbox, iso
 from firebox.server.models import (
     CreateWatcher,
@@ -30,6 +33,11 @@ from firebox.server.models import (
 )
 
 router = APIRouter(tags=["files"])
+log = logging.getLogger("firebox.files")
+UPLOAD_IDLE_DEADLINE = 60.0
+BINARY = {"type": "string", "format": "binary"}
+
+
 User = Literal["user", "root"]
 PathQuery = Query(min_length=1, max_length=4096, description="path inside the sandbox")
 
@@ -68,19 +76,55 @@ async def download(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> 
     async def body() -> AsyncIterator[bytes]:
         if first:
             yield first
-        async for chunk in chunks:
-            yield chunk
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except (AgentError, AgentGone) as e:
+            # The answer has begun: all that is left is to end it early, which the client sees
+            # as a truncated body (its length does not add up), never as a complete file.
+            log.warning("download of %s from %s broke off: %s", path, sbx.id, e)
+            raise StreamAborted(str(e)) from None
 
     return StreamingResponse(body(), media_type="application/octet-stream")
 
 
-@router.put("/sandboxes/{sandbox_id}/files", response_model=EntryInfo)
+@router.put(
+    "/sandboxes/{sandbox_id}/files",
+    response_model=EntryInfo,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
 async def upload(
     request: Request, sbx: Sandbox, path: str = PathQuery, user: User = "user"
 ) -> EntryInfo:
     # request.stream() hands the body over as it arrives: a large upload is never held whole.
-    raw = await _call(sbx, sbx.agent.write_file(check_path(path), user, request.stream()))
+    raw = await _call(sbx, sbx.agent.write_file(check_path(path), user, _body(request)))
     return entry(raw)
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives, with an idle deadline: a client that stalls mid-upload
+    does not hold the sandbox's channel (and this request) forever. An interrupted upload
+    leaves nothing behind: the agent only renames a complete file into place."""
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), UPLOAD_IDLE_DEADLINE)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(
+                "timeout", f"the upload stalled: no data for {UPLOAD_IDLE_DEADLINE:.0f} s"
+            ) from None
+        except ClientDisconnect:
+            raise ApiError("invalid_argument", "the client went away mid-upload") from None
+        yield chunk
 
 
 @router.get("/sandboxes/{sandbox_id}/files/list", response_model=list[EntryInfo])

@@ -27,6 +27,7 @@ from firebox.server.registry import Registry
 log = logging.getLogger("firebox.manager")
 
 WATCH_EVENTS_MAX = 10_000  # per watcher, oldest dropped: a busy directory cannot grow memory
+WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
 
 
 def iso(ts: float) -> str:
@@ -103,6 +104,7 @@ class SandboxManager:
             *(self._end(s, "daemon stopped") for s in list(self._live.values())),
             return_exceptions=True,
         )
+        await self.backend.close()
 
     # -- the API's operations -------------------------------------------------------------
 
@@ -179,6 +181,12 @@ class SandboxManager:
     async def add_watcher(
         self, live: LiveSandbox, path: str, user: str, recursive: bool
     ) -> Watcher:
+        if len(live.watchers) >= WATCHERS_MAX:
+            raise ApiError(
+                "rate_limited",
+                f"sandbox {live.id} already has {WATCHERS_MAX} watchers; stop one "
+                "(DELETE /sandboxes/{id}/watchers/{watcher_id}) before adding another",
+            )
         watch = await live.agent.watch(path, user, recursive)
         watcher = Watcher(id="w_" + secrets.token_hex(6))
 

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 TemplateName = Field(default="base", pattern=r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def _clean(value: str) -> str:
+    # Everything here crosses into the sandbox (as UTF-8) or is stored and echoed back as JSON:
+    # a lone surrogate or a NUL cannot make that trip, so it is refused at the edge.
+    if "\0" in value:
+        raise ValueError("must not contain a NUL byte")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it has a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_clean)]
+Key = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
+Value = Annotated[Text, StringConstraints(max_length=4096)]
+EnvName = Annotated[Text, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^=]+$")]
+EnvValue = Annotated[Text, StringConstraints(max_length=128 * 1024)]
+Envs = Annotated[dict[EnvName, EnvValue], Field(max_length=256)]
+SandboxPath = Annotated[Text, StringConstraints(min_length=1, max_length=4096)]
 
 
 class ErrorDetail(BaseModel):
@@ -22,8 +43,8 @@ class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
     template: str = TemplateName
     timeout: int | None = Field(default=None, ge=1, le=86400, description="seconds; default 300")
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
-    envs: dict[str, str] = Field(default_factory=dict, max_length=256)
+    metadata: dict[Key, Value] = Field(default_factory=dict, max_length=64)
+    envs: Envs = Field(default_factory=dict)
 
 
 class SandboxInfo(BaseModel):
@@ -45,7 +66,7 @@ class SetTimeout(BaseModel):
 
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
+    name: Annotated[Text, StringConstraints(min_length=1, max_length=100)]
 
 
 class KeyCreated(BaseModel):
@@ -55,15 +76,19 @@ class KeyCreated(BaseModel):
 
 class RunCommand(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cmd: str | None = Field(default=None, max_length=1_000_000)
-    argv: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
-    envs: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
+    # A shell line or argv reaches the agent in one 8 MiB frame (JSON-escaped): bounded here so
+    # that a too-long one is a clear 400, not a failure on the way in.
+    cmd: Annotated[Text, StringConstraints(max_length=256 * 1024)] | None = None
+    argv: list[Annotated[Text, StringConstraints(max_length=128 * 1024)]] | None = Field(
+        default=None, min_length=1, max_length=4096
+    )
+    envs: Envs = Field(default_factory=dict)
+    cwd: SandboxPath | None = None
     user: Literal["user", "root"] = "user"
     timeout: float = Field(default=60, ge=0, le=86400, description="seconds; 0 means none")
     stdin: bool = False
-    stdin_data: str | None = None
-    tag: str | None = Field(default=None, max_length=200)
+    stdin_data: Annotated[Text, StringConstraints(max_length=64 * 1024 * 1024)] | None = None
+    tag: Annotated[Text, StringConstraints(max_length=200)] | None = None
 
 
 class ProcessInfo(BaseModel):
@@ -78,7 +103,7 @@ class ProcessInfo(BaseModel):
 
 class SendStdin(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    data: str = ""
+    data: Annotated[Text, StringConstraints(max_length=64 * 1024 * 1024)] = ""
     eof: bool = False
 
 
@@ -102,14 +127,14 @@ class EntryInfo(BaseModel):
 
 class RenameFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    old_path: str = Field(min_length=1)
-    new_path: str = Field(min_length=1)
+    old_path: SandboxPath
+    new_path: SandboxPath
     user: Literal["user", "root"] = "user"
 
 
 class MakeDir(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(min_length=1)
+    path: SandboxPath
     user: Literal["user", "root"] = "user"
 
 
@@ -119,7 +144,7 @@ class MadeDir(BaseModel):
 
 class CreateWatcher(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(min_length=1)
+    path: SandboxPath
     recursive: bool = False
     user: Literal["user", "root"] = "user"
 

@@ -795,7 +795,7 @@ async def test_client_times_out_and_cancels(
         await client.wait_hello(0.05)
     with pytest.raises(AgentTimeout) as e:
         await client.call(protocol.Ping(), timeout=0.05)
-    assert e.value.code == "unavailable"
+    assert e.value.code == "timeout"
     await asyncio.sleep(0.05)
     decoder = protocol.FrameDecoder()
     kinds = [f.type for f in decoder.feed(theirs.recv(65536))]

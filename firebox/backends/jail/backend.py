@@ -9,7 +9,9 @@ Start-up order matters and each step fails loudly:
    the host's cgroup layout);
 3. bwrap creates every namespace and blocks on ``--userns-block-fd`` before anything runs
    inside; the daemon (root) writes the user namespace's id maps — sandbox ids 0..65535 onto
-   the unprivileged host range ``uid_base``..;
+   a range of unprivileged host ids of this sandbox's own (``uid_base`` + slot × 65536), so
+   no two running sandboxes share a host uid, nor the per-uid kernel limits that go with one
+   (inotify instances, RLIMIT_NPROC, …);
 4. the block is released; bwrap mounts the image read-only, applies seccomp and capability
    drops and execs the agent, which connects over an inherited socket and says hello.
 
@@ -27,6 +29,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from firebox.backends import agent_files
@@ -43,6 +46,7 @@ from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
 
 UID_RANGE = 65536
+MAX_SLOTS = 4096  # uid ranges: uid_base + 4096 × 65536 stays far below 2^32
 SETPRIV = "/usr/bin/setpriv"  # util-linux, essential on Debian
 START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
 
@@ -55,8 +59,10 @@ class JailSandbox(RunningSandbox):
         sock: socket.socket,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        release: Callable[[], None],
     ) -> None:
         self._proc = proc
+        self._release = release  # gives the uid range back once every process is gone
         self._cgroup = cgroup
         self._sock = sock
         self.reader = reader
@@ -108,6 +114,7 @@ class JailSandbox(RunningSandbox):
         with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(self._stderr_task, 1.0)
         await asyncio.to_thread(self._cgroup.destroy)
+        self._release()
         self._sock.close()
 
     def limit_events(self) -> dict[str, int]:
@@ -124,6 +131,7 @@ class JailBackend(Backend):
     def __init__(self, home: Path, uid_base: int = 200000) -> None:
         self.home = home
         self.uid_base = uid_base
+        self._slots: set[int] = set()  # uid ranges of running sandboxes
         self._agent_lib: Path | None = None
         self._availability: Availability | None = None
 
@@ -182,6 +190,9 @@ class JailBackend(Backend):
     async def reclaim_stale(self) -> int:
         return await asyncio.to_thread(cgroups.cleanup_stale)
 
+    async def close(self) -> None:
+        await asyncio.to_thread(cgroups.remove_parent)
+
     # -- starting ------------------------------------------------------------------------
 
     def _lib(self) -> Path:
@@ -198,7 +209,13 @@ class JailBackend(Backend):
         limits = cgroups.Limits(
             memory_bytes=spec.memory_mb * 1024 * 1024, pids=spec.pids, cpu_quota=spec.cpus
         )
-        cgroup = await asyncio.to_thread(cgroups.create, spec.sandbox_id, limits)
+        slot = self._take_slot()
+        host_id = self.uid_base + slot * UID_RANGE
+        try:
+            cgroup = await asyncio.to_thread(cgroups.create, spec.sandbox_id, limits)
+        except BaseException:
+            self._slots.discard(slot)
+            raise
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
@@ -218,7 +235,7 @@ class JailBackend(Backend):
             # force a full fork() of the large daemon rather than a vfork) and execs bwrap,
             # all under one pid.
             gate = 'read -r _ && exec "$@" </dev/null'
-            drop = [SETPRIV, f"--reuid={self.uid_base}", f"--regid={self.uid_base}"]
+            drop = [SETPRIV, f"--reuid={host_id}", f"--regid={host_id}"]
             proc = await asyncio.create_subprocess_exec(
                 "/bin/sh",
                 "-c",
@@ -249,7 +266,7 @@ class JailBackend(Backend):
             proc.stdin.write(b"go\n")
             proc.stdin.close()
             child_pid = await self._read_child_pid(info_r, proc)
-            self._map_ids(child_pid)
+            self._map_ids(child_pid, host_id)
             os.write(block_w, b"1")
             reader, writer = await asyncio.open_connection(sock=ours, limit=STREAM_LIMIT)
         except BaseException as e:
@@ -258,6 +275,7 @@ class JailBackend(Backend):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(proc.wait(), 5)
             await asyncio.to_thread(cgroup.destroy)
+            self._slots.discard(slot)
             ours.close()
             if isinstance(e, OSError | TimeoutError | json.JSONDecodeError):
                 raise BackendError(f"could not start the jail: {e}") from e
@@ -269,7 +287,9 @@ class JailBackend(Backend):
                         os.close(fd)
             with contextlib.suppress(OSError):
                 theirs.close()
-        return JailSandbox(proc, cgroup, ours, reader, writer)
+        return JailSandbox(
+            proc, cgroup, ours, reader, writer, release=lambda: self._slots.discard(slot)
+        )
 
     async def _read_child_pid(self, fd: int, proc: asyncio.subprocess.Process) -> int:
         """bwrap writes a JSON object with ``child-pid`` to the info fd once it has forked."""
@@ -305,8 +325,15 @@ class JailBackend(Backend):
             raise BackendError(f"bwrap failed to start: {err.decode(errors='replace').strip()}")
         return int(json.loads(buf[: buf.index(b"}") + 1])["child-pid"])
 
-    def _map_ids(self, child_pid: int) -> None:
-        mapping = f"0 {self.uid_base} {UID_RANGE}\n"
+    def _take_slot(self) -> int:
+        for slot in range(MAX_SLOTS):
+            if slot not in self._slots:
+                self._slots.add(slot)
+                return slot
+        raise BackendError(f"all {MAX_SLOTS} uid ranges are in use: too many sandboxes at once")
+
+    def _map_ids(self, child_pid: int, host_id: int) -> None:
+        mapping = f"0 {host_id} {UID_RANGE}\n"
         with open(f"/proc/{child_pid}/uid_map", "w") as f:
             f.write(mapping)
         with open(f"/proc/{child_pid}/gid_map", "w") as f:

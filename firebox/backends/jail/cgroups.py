@@ -501,3 +501,19 @@ def cleanup_stale(
     if failures:
         raise CgroupError(errno.EBUSY, "; ".join(failures))
     return count
+
+
+def remove_parent(parent: str | None = None, host: CgroupHost | None = None) -> None:
+    """Remove ``parent`` itself once it is empty (a daemon stopping cleanly); a parent that
+    still holds sandboxes, of this daemon or another, stays."""
+    parent = _parent(parent)
+    host = host or detect()
+    if host.version is None:
+        return
+    for c in CONTROLLERS:
+        if c in host.mounts:
+            # innermost first, for a nested parent like "a/b"
+            parts = parent.split("/")
+            for depth in range(len(parts), 0, -1):
+                with contextlib.suppress(OSError):
+                    _rmdir_cgroup(host.mounts[c] / "/".join(parts[:depth]))
