@@ -125,6 +125,16 @@ def _record(cls: Any) -> Any:
     return cls
 
 
+def display(name: str) -> str:
+    """A file name as text for the wire: Linux names are bytes, and one that is not UTF-8
+    (decoded by Python with surrogate escapes) gets U+FFFD where its bad bytes were, since
+    JSON text and the API's clients need valid Unicode."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no file name decoding makes
+        return name.encode("utf-8", "replace").decode("utf-8")
+
+
 def as_dict(record: Any) -> dict[str, Any]:
     """A record's fields as a dict (shallow: values are JSON-ready already)."""
     return {name: getattr(record, name) for name in record.__dataclass_fields__}
@@ -173,6 +183,8 @@ def decode_header(raw: bytes | bytearray) -> dict[str, Any]:
         header = json.loads(raw)
     except ValueError as e:
         raise ProtocolError(f"frame header is not JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("frame header nests too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not a JSON object")
     return header

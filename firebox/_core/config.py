@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from firebox.exceptions import AuthenticationException
 
@@ -47,9 +48,20 @@ def resolve_config(
     """Builds the connection settings from arguments, then the environment, then defaults."""
     env = os.environ if env is None else env
     url = api_url or env.get("FIREBOX_URL") or DEFAULT_API_URL
-    key = api_key or env.get("FIREBOX_API_KEY") or _read_key_file(env)
+    key = api_key or env.get("FIREBOX_API_KEY") or _local_key(url, env)
     timeout = DEFAULT_REQUEST_TIMEOUT if request_timeout is None else request_timeout
     return ConnectionConfig(api_url=url.rstrip("/"), api_key=key, request_timeout=timeout)
+
+
+def _local_key(url: str, env: Mapping[str, str]) -> str:
+    # The admin key file belongs to the daemon on this host: it is never sent elsewhere.
+    host = urlsplit(url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+        raise AuthenticationException(
+            f"no API key for the firebox daemon at {url}: set FIREBOX_API_KEY (or pass "
+            "api_key=); the local admin key is only used for a daemon on this host"
+        )
+    return _read_key_file(env)
 
 
 def key_file(env: Mapping[str, str]) -> Path:

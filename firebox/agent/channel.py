@@ -132,7 +132,10 @@ class Stream:
                 log(f"cancel hook failed on channel {self.channel}: {e!r}")
         # The final reply goes from a thread of its own: the reader must never wait for the
         # write lock, which a handler may hold while the socket is full.
-        threading.Thread(target=self.finish, args=(protocol.Result(),), daemon=True).start()
+        try:
+            threading.Thread(target=self.finish, args=(protocol.Result(),), daemon=True).start()
+        except RuntimeError:  # no thread to be had (the process limit): answer from here
+            self.finish(protocol.Result())
 
     # -- called by handler threads --------------------------------------------------------
 

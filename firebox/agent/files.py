@@ -40,8 +40,8 @@ def entry_info(
         st = os.lstat(path)
     kind = _TYPES.get(stat.S_IFMT(st.st_mode), "other")
     info = protocol.EntryInfo(
-        name=os.path.basename(path) or path,
-        path=path,
+        name=protocol.display(os.path.basename(path) or path),
+        path=protocol.display(path),
         type=kind,
         size=st.st_size,
         mode=stat.S_IMODE(st.st_mode),
@@ -49,7 +49,7 @@ def entry_info(
         owner=names[0].get(st.st_uid, str(st.st_uid)),
         group=names[1].get(st.st_gid, str(st.st_gid)),
         modified_time=st.st_mtime,
-        symlink_target=os.readlink(path) if kind == "symlink" else None,
+        symlink_target=protocol.display(os.readlink(path)) if kind == "symlink" else None,
     )
     return protocol.as_dict(info)
 

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 _STREAM_TYPES = {"credit", "cancel", "data", "end"}
 
 
+# Request threads kept even when idle: they serve requests after user code has taken every pid
+# the sandbox may have (a fork bomb must not cost the owner control of the sandbox).
+WORKER_FLOOR = 4
+
+
 def _handlers() -> dict[type[protocol.Message], Handler]:
     # Imported after hello is sent: the daemon's first request is usually still on its way.
     from firebox.agent import files, process, watch
@@ -76,7 +81,8 @@ def _run(handler: Handler, stream: Stream, msg: protocol.Message, payload: bytes
 def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
     from firebox.agent.workers import Workers
 
-    workers = Workers()
+    workers = Workers(floor=WORKER_FLOOR)
+    workers.start()
     while True:
         frame = conn.read_frame()
         if frame is None:
@@ -101,7 +107,15 @@ def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
         if handler is None:
             stream.finish(protocol.Error(code="invalid", message=f"{kind!r} is not a request"))
             continue
-        workers.submit(_run, handler, stream, msg, frame.payload)
+        try:
+            workers.submit(_run, handler, stream, msg, frame.payload)
+        except RuntimeError:  # every thread busy and no pid left for another
+            stream.finish(
+                protocol.Error(
+                    code="busy",
+                    message="the sandbox is at its process limit; kill some of its processes",
+                )
+            )
 
 
 def _route(stream: Stream, kind: str, frame: protocol.Frame) -> None:
@@ -126,8 +140,17 @@ def _open_channel() -> int:
     return fd
 
 
+def _close_strays(keep: int) -> None:
+    """Close every inherited descriptor but stdio and the channel: whatever the host side
+    leaked into the spawn (an event loop that ignores close_fds, bwrap's own pipes) must not
+    sit in the agent, where a bug could hand it to user code."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+
+
 def main() -> None:
     fd = _open_channel()
+    _close_strays(fd)
     privs.harden()
     os.umask(0o022)
     users.prepare_home()

@@ -218,5 +218,5 @@ def _loop(stream: Stream, tree: _Tree, wake_r: int) -> None:
         except BlockingIOError:
             continue  # the wake-up pipe: the loop condition sees the cancel
         for kind, name in tree.handle(buf):
-            if not stream.send_counted(protocol.WatchEvent(type=kind, name=name)):
+            if not stream.send_counted(protocol.WatchEvent(type=kind, name=protocol.display(name))):
                 return

@@ -16,19 +16,29 @@ class Workers:
 
     Reusing threads saves the ~100 µs a thread start costs on every short request (a stat,
     a signal); there is no upper bound because a request may block for as long as its
-    process runs. Threads idle for a minute exit.
+    process runs. Threads idle for a minute exit, down to ``floor``: those few stay, so that
+    requests are still served after user code has taken every pid the sandbox may have.
     """
 
     IDLE = 60.0
 
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = (
+    def __init__(self, floor: int = 0) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
             queue.SimpleQueue()
         )
         self._lock = threading.Lock()
         self._idle = 0  # idle threads not yet promised a job
+        self.floor = floor
+
+    def start(self) -> None:
+        for _ in range(self.floor):
+            with self._lock:
+                self._idle += 1
+            threading.Thread(target=self._work, args=(None, ()), daemon=True).start()
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Raises RuntimeError when no thread is idle and none can start (the sandbox is at
+        its process limit): the caller answers the request with an error instead."""
         with self._lock:
             if self._idle:
                 self._idle -= 1
@@ -36,17 +46,23 @@ class Workers:
                 return
         threading.Thread(target=self._work, args=(fn, args), daemon=True).start()
 
-    def _work(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+    def _work(self, fn: Callable[..., None] | None, args: tuple[Any, ...]) -> None:
+        if fn is None:  # started idle (the floor): wait for a first job
+            job = self._jobs.get()
+            assert job is not None
+            fn, args = job
         while True:
             fn(*args)
             del fn, args  # drop the finished request's references while idle
             with self._lock:
                 self._idle += 1
             try:
-                fn, args = self._jobs.get(timeout=self.IDLE)
+                job = self._jobs.get(timeout=self.IDLE)
             except queue.Empty:
                 with self._lock:
-                    if self._idle:  # nobody promised us a job: leave
+                    if self._idle > self.floor:  # nobody promised us a job: leave
                         self._idle -= 1
                         return
-                fn, args = self._jobs.get()  # a job was promised just now: take it
+                job = self._jobs.get()  # a job was promised, or we stay as the floor
+            assert job is not None
+            fn, args = job

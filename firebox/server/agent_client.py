@@ -162,6 +162,11 @@ class AgentClient:
             _raise_error(reply, msg.T)
         return reply.value
 
+    @property
+    def open_channels(self) -> int:
+        """Requests and streams in flight: what this sandbox holds of the daemon's memory."""
+        return len(self._channels)
+
     async def _open_stream(self, req: Message, timeout: float) -> tuple[_Channel, Message]:
         """Open a channel with ``req`` and take its first reply; the channel stays open for a
         stream unless this fails."""

@@ -19,6 +19,7 @@ from firebox import images
 from firebox.backends.select import select
 from firebox.server import commands, errors, files, sandboxes
 from firebox.server.auth import ensure_admin_key
+from firebox.server.body_limit import BodyLimit
 from firebox.server.config import ServerConfig
 from firebox.server.manager import SandboxManager
 from firebox.server.models import ErrorBody, Health
@@ -89,6 +90,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         responses={status: {"model": ErrorBody} for status in sorted(set(errors.STATUS.values()))},
     )
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit)
     app.add_exception_handler(errors.ApiError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)

@@ -20,6 +20,9 @@ from firebox.server.manager import LiveSandbox
 from firebox.server.models import ProcessInfo, RunCommand, SendSignal, SendStdin
 
 router = APIRouter(tags=["commands"])
+# Streams in flight per sandbox: each may hold the agent's credit window of output (16 × 256
+# KiB) in the daemon while its client is slow to read, so their number is what bounds memory.
+CHANNELS_MAX = 64
 
 
 def agent_error(e: AgentError | AgentGone, sbx: LiveSandbox) -> ApiError:
@@ -29,6 +32,15 @@ def agent_error(e: AgentError | AgentGone, sbx: LiveSandbox) -> ApiError:
             "sandbox_error", f"sandbox {sbx.id} stopped answering ({e}); create a new one"
         )
     return ApiError(AGENT_CODES.get(e.code, "sandbox_error"), e.message)
+
+
+def ensure_capacity(sbx: LiveSandbox) -> None:
+    if sbx.agent.open_channels >= CHANNELS_MAX:
+        raise ApiError(
+            "rate_limited",
+            f"sandbox {sbx.id} has {CHANNELS_MAX} commands and transfers in flight; wait for "
+            "some to finish (or kill them) before starting more",
+        )
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -101,6 +113,7 @@ async def _stream(sbx: LiveSandbox, proc: ProcessStream) -> AsyncIterator[bytes]
 async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
     if (body.cmd is None) == (body.argv is None):
         raise ApiError("invalid_argument", "give exactly one of `cmd` (a shell line) or `argv`")
+    ensure_capacity(sbx)
     keep_stdin = body.stdin or body.stdin_data is not None
     req = protocol.ProcessStart(
         argv=body.argv,

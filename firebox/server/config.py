@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PORT = 7070
+DEFAULT_UID_BASE = 1_000_000_000
+
+
+def default_uid_base() -> int:
+    return int(os.environ.get("FIREBOX_UID_BASE", DEFAULT_UID_BASE))
 
 
 def default_home() -> Path:
@@ -26,8 +31,11 @@ class ServerConfig:
     cpus: float = 1.0
     pids: int = 256
     disk_mb: int = 256  # tmpfs: counts against memory_mb too, so keep it below
-    # sandbox ids 0..65535 map onto host uids uid_base.. (never 0)
-    uid_base: int = 200000
+    # each sandbox's ids 0..65535 map onto host ids uid_base + slot × 65536: far above the
+    # ranges hosts hand out (users, /etc/subuid), which the jail backend checks at start
+    uid_base: int = field(
+        default_factory=lambda: int(os.environ.get("FIREBOX_UID_BASE", DEFAULT_UID_BASE))
+    )
     build_image_on_start: bool = True
     # booted sandboxes kept waiting per template, so a create is a hand-over (0: none)
     pool_size: int = 2

@@ -82,7 +82,9 @@ async def validation_handler(_: Request, exc: Exception) -> JSONResponse:
 
 async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "invalid_argument"}.get(exc.status_code, "invalid_argument")
+    code = {404: "not_found", 405: "invalid_argument", 413: "too_large"}.get(
+        exc.status_code, "invalid_argument"
+    )
     message = str(exc.detail)
     if exc.status_code == 404:
         message = "no such endpoint; the API is described at GET /openapi.json"

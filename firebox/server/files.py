@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 
 from firebox import protocol
 from firebox.server.agent_client import AgentError, AgentGone
-from firebox.server.commands import agent_error
+from firebox.server.commands import agent_error, ensure_capacity
 from firebox.server.deps import Manager, Sandbox
 from firebox.server.errors import ApiError, StreamAborted
 from firebox.server.manager import LiveSandbox, iso
@@ -48,8 +48,12 @@ def check_path(path: str) -> str:
     return path
 
 
-def entry(raw: dict[str, Any]) -> EntryInfo:
-    return EntryInfo(**{**raw, "modified_time": iso(float(raw["modified_time"]))})
+def entry(raw: Any) -> EntryInfo:
+    # The agent runs inside the sandbox: its replies are checked, never trusted to be well-formed.
+    try:
+        return EntryInfo(**{**raw, "modified_time": iso(float(raw["modified_time"]))})
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise ApiError("sandbox_error", f"the sandbox's agent sent a malformed entry: {e}") from e
 
 
 async def _call(sbx: LiveSandbox, coro: Any) -> Any:
@@ -64,6 +68,7 @@ async def _call(sbx: LiveSandbox, coro: Any) -> Any:
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def download(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> StreamingResponse:
+    ensure_capacity(sbx)
     chunks = sbx.agent.read_file(check_path(path), user).__aiter__()
     # Take the first chunk before answering, so a missing file is a 404, not a broken 200.
     try:
@@ -104,6 +109,7 @@ async def upload(
     request: Request, sbx: Sandbox, path: str = PathQuery, user: User = "user"
 ) -> EntryInfo:
     # request.stream() hands the body over as it arrives: a large upload is never held whole.
+    ensure_capacity(sbx)
     raw = await _call(sbx, sbx.agent.write_file(check_path(path), user, _body(request)))
     return entry(raw)
 
@@ -135,6 +141,8 @@ async def list_dir(
     raw = await _call(
         sbx, sbx.agent.call(protocol.FileList(path=check_path(path), user=user, depth=depth))
     )
+    if not isinstance(raw, list):
+        raise ApiError("sandbox_error", "the sandbox's agent sent a malformed listing")
     return [entry(e) for e in raw]
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from firebox import protocol
 from firebox.backends.base import Backend, RunningSandbox, SandboxSpec
 from firebox.server.agent_client import AgentClient, AgentError, AgentGone
 from firebox.server.config import ServerConfig
@@ -31,6 +32,8 @@ WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
 
 
 def iso(ts: float) -> str:
+    # Clamped: sandbox code sets file times at will (touch -d, utime) and none may break a call.
+    ts = min(max(float(ts), 0.0), 253402300799.0)  # 1970-01-01 … 9999-12-31T23:59:59
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -193,7 +196,8 @@ class SandboxManager:
         async def pump() -> None:
             try:
                 async for event in watch:
-                    watcher.events.append({"type": event.type, "name": event.name})
+                    name = protocol.display(str(event.name))
+                    watcher.events.append({"type": str(event.type), "name": name})
             except (AgentGone, AgentError) as e:  # agent gone, or the watch overflowed (busy)
                 watcher.error = str(e)
             finally:
@@ -238,7 +242,10 @@ class SandboxManager:
             await _cancel(watcher.task)
         live.watchers.clear()
         await live.agent.close()
-        await live.running.cleanup()
+        try:
+            await live.running.cleanup()
+        except Exception:  # recorded as ended all the same; what is left shows in the log
+            log.exception("sandbox %s: freeing its host resources failed", live.id)
         if live.monitor is not None and live.monitor is not asyncio.current_task():
             await _cancel(live.monitor)
         self.registry.mark_ended(live.id, reason)

@@ -87,7 +87,7 @@ class RunCommand(BaseModel):
     user: Literal["user", "root"] = "user"
     timeout: float = Field(default=60, ge=0, le=86400, description="seconds; 0 means none")
     stdin: bool = False
-    stdin_data: Annotated[Text, StringConstraints(max_length=64 * 1024 * 1024)] | None = None
+    stdin_data: Annotated[Text, StringConstraints(max_length=8 * 1024 * 1024)] | None = None
     tag: Annotated[Text, StringConstraints(max_length=200)] | None = None
 
 
@@ -103,7 +103,7 @@ class ProcessInfo(BaseModel):
 
 class SendStdin(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    data: Annotated[Text, StringConstraints(max_length=64 * 1024 * 1024)] = ""
+    data: Annotated[Text, StringConstraints(max_length=8 * 1024 * 1024)] = ""
     eof: bool = False
 
 

@@ -80,9 +80,11 @@ async def boot(config: ServerConfig, backend: Backend, template: str) -> Booted:
     agent = AgentClient(running.reader, running.writer)
     try:
         await agent.wait_hello(HELLO_DEADLINE)
-    except (AgentGone, TimeoutError, protocol.ProtocolError) as e:
+    except BaseException as e:  # cancelled too: a half-started sandbox is never stranded
         await agent.close()
         await running.cleanup()
+        if not isinstance(e, AgentGone | TimeoutError | protocol.ProtocolError):
+            raise
         said = running.diagnostics()
         raise ApiError(
             "sandbox_error",

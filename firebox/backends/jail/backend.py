@@ -51,6 +51,28 @@ SETPRIV = "/usr/bin/setpriv"  # util-linux, essential on Debian
 START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
 
 
+def id_conflicts(base: int, size: int, etc: Path = Path("/etc")) -> list[str]:
+    """Where this host already hands out ids in [base, base + size): accounts and groups,
+    and the subordinate ranges of /etc/subuid and /etc/subgid (rootless containers)."""
+    end = base + size
+    found = []
+    for name in ("passwd", "group"):
+        with contextlib.suppress(OSError):
+            for line in (etc / name).read_text().splitlines():
+                fields = line.split(":")
+                if len(fields) > 2 and fields[2].isdigit() and base <= int(fields[2]) < end:
+                    found.append(f"{name}: {fields[0]} ({fields[2]})")
+    for name in ("subuid", "subgid"):
+        with contextlib.suppress(OSError):
+            for line in (etc / name).read_text().splitlines():
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                    start, count = int(fields[1]), int(fields[2])
+                    if start < end and base < start + count:
+                        found.append(f"{name}: {fields[0]} ({start}..{start + count})")
+    return found
+
+
 class JailSandbox(RunningSandbox):
     def __init__(
         self,
@@ -113,9 +135,12 @@ class JailSandbox(RunningSandbox):
             await asyncio.wait_for(self._proc.wait(), 5.0)
         with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(self._stderr_task, 1.0)
-        await asyncio.to_thread(self._cgroup.destroy)
-        self._release()
-        self._sock.close()
+        try:
+            await asyncio.to_thread(self._cgroup.destroy)
+            # only now: a cgroup that could not be emptied keeps its uid range out of use
+            self._release()
+        finally:
+            self._sock.close()
 
     def limit_events(self) -> dict[str, int]:
         try:
@@ -128,7 +153,7 @@ class JailSandbox(RunningSandbox):
 class JailBackend(Backend):
     name = "jail"
 
-    def __init__(self, home: Path, uid_base: int = 200000) -> None:
+    def __init__(self, home: Path, uid_base: int) -> None:
         self.home = home
         self.uid_base = uid_base
         self._slots: set[int] = set()  # uid ranges of running sandboxes
@@ -151,6 +176,14 @@ class JailBackend(Backend):
                 False,
                 "the jail backend needs the daemon to run as root (it maps each sandbox onto "
                 "unprivileged host uids and creates cgroups); run `firebox serve` as root",
+            )
+        clash = id_conflicts(self.uid_base, MAX_SLOTS * UID_RANGE)
+        if clash:
+            return Availability(
+                False,
+                f"the sandboxes' host ids {self.uid_base}..{self.uid_base + MAX_SLOTS * UID_RANGE}"
+                f" overlap ids this host gives out ({'; '.join(clash)}): a holder of those could "
+                "signal sandbox processes; set FIREBOX_UID_BASE to a free range",
             )
         host = cgroups.detect()
         missing = [c for c in ("memory", "pids", "cpu") if c not in host.controllers]

@@ -73,6 +73,13 @@ def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds) -> list[str]:
         "/proc",
         "--dev",
         "/dev",
+        # shared memory (multiprocessing locks, shm_open) for every user, size-capped
+        "--perms",
+        "1777",
+        "--size",
+        disk,
+        "--tmpfs",
+        "/dev/shm",
         "--perms",
         "1777",
         "--size",

@@ -1,0 +1,108 @@
+"""What sandbox code does to its own files and processes must not break the API for its owner,
+and anonymous clients must not be able to grow the daemon's memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+from firebox import CommandExitException, Sandbox
+from tests.conftest import Daemon
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("VmHWM:")[1].split()[0]) / 1024
+
+
+def test_odd_file_metadata_does_not_break_the_files_api(sandbox: Sandbox) -> None:
+    handle = sandbox.files.watch_dir("/home/user")
+    try:
+        sandbox.commands.run(
+            "python3 -c \"import os; open('far', 'w'); os.utime('far', (1e13, 1e13));"
+            " open(b'bad\\xff', 'w'); os.symlink(b'\\xfe', b'link\\xfd')\""
+        )
+        names = {e.name for e in sandbox.files.list("/home/user")}
+        assert {"far", "bad\ufffd", "link\ufffd"} <= names
+        assert sandbox.files.get_info("far").modified_time.year == 9999
+        deadline = time.monotonic() + 5
+        seen: set[str] = set()
+        while "bad\ufffd" not in seen and time.monotonic() < deadline:
+            seen |= {e.name for e in handle.get_new_events()}
+            time.sleep(0.05)
+        assert "bad\ufffd" in seen
+    finally:
+        handle.stop()
+
+
+def test_a_fork_bomb_does_not_cost_the_owner_control(sandbox: Sandbox) -> None:
+    bomb = sandbox.commands.run(
+        'python3 -c "import os, time\nwhile True:\n try:\n  os.fork() or time.sleep(60)\n'
+        ' except OSError:\n  time.sleep(0.01)"',
+        background=True,
+        timeout=120,
+    )
+    time.sleep(2)  # let it take every pid the sandbox has
+    listed = {p.pid for p in sandbox.commands.list()}
+    assert bomb.pid in listed
+    assert sandbox.commands.kill(bomb.pid) is True
+    with contextlib.suppress(CommandExitException):
+        bomb.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            assert sandbox.commands.run("echo alive").stdout == "alive\n"
+            break
+        except CommandExitException:
+            time.sleep(0.2)  # the last children are still exiting
+    else:
+        raise AssertionError("the sandbox did not recover after the bomb was killed")
+
+
+def test_shared_memory_works_for_the_user(sandbox: Sandbox) -> None:
+    r = sandbox.commands.run(
+        "python3 -c 'import multiprocessing as m; m.Lock(); print(\"ok\")'; df -k /dev/shm"
+    )
+    assert r.stdout.startswith("ok\n")
+    size_kb = int(r.stdout.splitlines()[-1].split()[1])
+    assert size_kb <= 256 * 1024
+
+
+def test_the_agent_holds_no_stray_descriptors(sandbox: Sandbox, daemon: Daemon) -> None:
+    procs = None
+    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        path = base / daemon.cgroup_parent / sandbox.sandbox_id / "cgroup.procs"
+        if path.exists():
+            procs = [int(p) for p in path.read_text().split()]
+    assert procs
+    agents = [
+        p for p in procs if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"/usr/bin/python3")
+    ]
+    assert len(agents) == 1
+    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{agents[0]}/fd"))
+    # stdio and the channel (a socket), nothing else
+    assert fds[:3] == [0, 1, 2] and len(fds) == 4, fds
+    assert os.readlink(f"/proc/{agents[0]}/fd/{fds[3]}").startswith("socket:")
+
+
+def test_anonymous_huge_bodies_are_refused_before_they_are_read(daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    before = _peak_rss_mb(daemon.proc.pid)
+    big = b'{"metadata": {"k": "' + b"x" * (200 * 1024 * 1024) + b'"}}'
+    r = httpx.post(daemon.url + "/sandboxes", content=big, timeout=60)
+    assert r.status_code == 413
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(40):
+            yield b"x" * (1024 * 1024)
+
+    try:
+        r = httpx.post(daemon.url + "/sandboxes", content=chunks(), timeout=60)
+        assert r.status_code == 413
+    except httpx.HTTPError:
+        pass  # the daemon may close the connection while the client still sends
+    assert _peak_rss_mb(daemon.proc.pid) - before < 50

@@ -1,0 +1,31 @@
+"""The jail's host id ranges must not overlap ids the host hands out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from firebox.backends.jail.backend import id_conflicts
+from firebox.protocol import display
+
+
+def test_overlaps_with_accounts_and_subordinate_ranges_are_found(tmp_path: Path) -> None:
+    (tmp_path / "passwd").write_text("root:x:0:0::/root:/bin/sh\nbig:x:1000000500:1::/:/bin/sh\n")
+    (tmp_path / "group").write_text("root:x:0:\n")
+    (tmp_path / "subuid").write_text("alice:100000:65536\nbob:999990000:20000\n")
+    (tmp_path / "subgid").write_text("alice:100000:65536\n")
+    found = id_conflicts(1_000_000_000, 65536 * 4, etc=tmp_path)
+    assert any("big" in f for f in found)
+    assert any("bob" in f for f in found)
+    assert not any("alice" in f for f in found)
+
+
+def test_no_overlap_on_a_plain_host(tmp_path: Path) -> None:
+    (tmp_path / "passwd").write_text("root:x:0:0::/root:/bin/sh\nuser:x:1000:1000::/home:/bin/sh\n")
+    (tmp_path / "subuid").write_text("user:100000:65536\n")
+    assert id_conflicts(1_000_000_000, 65536 * 4096, etc=tmp_path) == []
+
+
+def test_file_names_that_are_not_utf8_become_valid_text() -> None:
+    assert display("ok") == "ok"
+    assert display(b"bad\xff".decode("utf-8", "surrogateescape")) == "bad\ufffd"
+    assert display("\ud800") == "?"
