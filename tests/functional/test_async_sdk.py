@@ -1,0 +1,40 @@
+"""The async SDK against the real daemon: the same surface as the sync one, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from firebox import AsyncSandbox, CommandExitException, SandboxNotFoundException
+from tests.conftest import Daemon
+
+
+async def test_async_sandbox_end_to_end(daemon: Daemon) -> None:
+    async with await AsyncSandbox.create(metadata={"sdk": "async"}) as sbx:
+        assert (await sbx.get_info()).metadata == {"sdk": "async"}
+        chunks: list[str] = []
+        r = await sbx.commands.run("echo one; echo two", on_stdout=chunks.append)
+        assert r.stdout == "one\ntwo\n" and "".join(chunks) == r.stdout
+        with pytest.raises(CommandExitException):
+            await sbx.commands.run("exit 4")
+        await sbx.files.write("a/b.bin", bytes(range(256)))
+        assert await sbx.files.read("a/b.bin", format="bytes") == bytes(range(256))
+        assert [e.name for e in await sbx.files.list("a")] == ["b.bin"]
+        handle = await sbx.commands.run("cat", background=True, stdin=True)
+        await handle.send_stdin("piped\n")
+        await handle.close_stdin()
+        assert (await handle.wait()).stdout == "piped\n"
+        listed = [s.sandbox_id for s in await AsyncSandbox.list(metadata={"sdk": "async"})]
+        assert listed == [sbx.sandbox_id]
+        sandbox_id = sbx.sandbox_id
+    with pytest.raises(SandboxNotFoundException):
+        await AsyncSandbox.connect(sandbox_id)
+
+
+async def test_many_async_commands_at_once(daemon: Daemon) -> None:
+    async with await AsyncSandbox.create() as sbx:
+        results = await asyncio.gather(
+            *(sbx.commands.run(f"sleep 0.2; echo {i}") for i in range(20))
+        )
+        assert [r.stdout for r in results] == [f"{i}\n" for i in range(20)]
