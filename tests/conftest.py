@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from firebox import Sandbox
 from firebox.testing import LocalDaemon
 
 
@@ -60,12 +61,20 @@ def daemon(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Da
         d.stop()
 
 
-@pytest.fixture
-def sandbox(daemon: Daemon) -> Iterator[object]:
-    from firebox import Sandbox
-
+def _running_sandbox() -> Iterator[Sandbox]:
     sbx = Sandbox.create(timeout=120)
     try:
         yield sbx
     finally:
         sbx.kill()
+
+
+@pytest.fixture
+def sandbox(daemon: Daemon) -> Iterator[Sandbox]:
+    yield from _running_sandbox()
+
+
+@pytest.fixture
+def neighbour(daemon: Daemon) -> Iterator[Sandbox]:
+    """A second sandbox, to show that what happens in one leaves the other working."""
+    yield from _running_sandbox()

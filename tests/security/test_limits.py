@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from firebox import CommandExitException, Sandbox
 from tests.conftest import Daemon
-
-
-@pytest.fixture
-def neighbour(daemon: Daemon) -> Iterator[Sandbox]:
-    sbx = Sandbox.create(timeout=120)
-    try:
-        yield sbx
-    finally:
-        sbx.kill()
 
 
 def still_fine(sbx: Sandbox, neighbour: Sandbox, daemon: Daemon) -> None:
