@@ -53,3 +53,6 @@ def test_killed_daemon_leaves_nothing_running_and_the_next_reclaims(
         with pytest.raises(SandboxNotFoundException):
             Sandbox.connect(sbx.sandbox_id, api_key=second.key, api_url=second.url)
     assert not _cgroup_dirs(first.cgroup_parent), "a clean stop leaves no cgroup behind"
+    root = Path("/sys/fs/cgroup")
+    parents = list(root.glob(first.cgroup_parent)) + list(root.glob("*/" + first.cgroup_parent))
+    assert not parents, "nor its own parent cgroup"
