@@ -500,6 +500,102 @@ class EntryInfo:
     symlink_target: str | None = None
 
 
+# code contexts: named, stateful interpreters (python via IPython, javascript via node, bash)
+
+LANGUAGES = ("python", "javascript", "bash")
+
+
+@dataclass(slots=True)
+class ContextCreate(Message):
+    """Start a context. Result value: ``ContextInfo`` fields. ``language`` is one of
+    ``LANGUAGES``; ``cwd`` defaults to the user's home."""
+
+    T = "context.create"
+    language: str = "python"
+    cwd: str | None = None
+    user: str = "user"
+
+
+@dataclass(slots=True)
+class ContextInfo:
+    id: str
+    language: str
+    cwd: str
+
+
+@dataclass(slots=True)
+class ContextList(Message):
+    """Result value: a list of ``ContextInfo`` dicts (the default python context included)."""
+
+    T = "context.list"
+
+
+@dataclass(slots=True)
+class ContextRestart(Message):
+    """Kill the context's interpreter and start a fresh one (its state is lost)."""
+
+    T = "context.restart"
+    id: str = ""
+
+
+@dataclass(slots=True)
+class ContextRemove(Message):
+    T = "context.remove"
+    id: str = ""
+
+
+@dataclass(slots=True)
+class CodeRun(Message):
+    """Run a cell in a context (``context_id``, else the default context of ``language``,
+    else the default python context).
+
+    Replies on the channel, each costing a credit: ``Data`` frames (fd 1/2, UTF-8 text as it is
+    printed), ``CodeResult`` frames (one per display call and the cell's final value), at most
+    one ``CodeError``; then the final ``Result`` whose value is ``CodeDone`` fields. ``timeout``
+    interrupts the cell (KeyboardInterrupt for python, keeping the context's state); a cell that
+    cannot be interrupted, or whose interpreter dies (``os._exit``, out of memory), ends with
+    the context restarted and ``CodeDone.restarted`` set.
+    """
+
+    T = "code.run"
+    code: str = ""
+    context_id: str | None = None
+    language: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+
+
+@dataclass(slots=True)
+class CodeResult(Message):
+    """One rich result: ``data`` maps MIME types to content (text, or base64 for binary types
+    such as image/png), ``chart`` is the structured data of a matplotlib chart or None."""
+
+    T = "code.result"
+    data: dict[str, Any] = field(default_factory=dict)
+    is_main_result: bool = False
+    chart: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class CodeError(Message):
+    """The cell raised: ``traceback`` shows the user's code, not the agent's."""
+
+    T = "code.error"
+    name: str = ""
+    value: str = ""
+    traceback: str = ""
+
+
+@dataclass(slots=True)
+class CodeDone:
+    """Value of the final ``Result`` of a ``code.run`` channel."""
+
+    execution_count: int | None = None
+    timed_out: bool = False
+    restarted: bool = False  # the interpreter died or could not be interrupted; state is lost
+    reason: str | None = None  # why, when restarted or timed out
+
+
 MESSAGES: dict[str, type[Message]] = {
     m.T: m
     for m in (
@@ -526,6 +622,13 @@ MESSAGES: dict[str, type[Message]] = {
         WatchStart,
         WatchStarted,
         WatchEvent,
+        ContextCreate,
+        ContextList,
+        ContextRestart,
+        ContextRemove,
+        CodeRun,
+        CodeResult,
+        CodeError,
     )
 }
 

@@ -101,7 +101,9 @@ class _Channel:
 
 
 def _counted(msg: Message) -> bool:
-    return isinstance(msg, protocol.Data | protocol.WatchEvent)
+    return isinstance(
+        msg, protocol.Data | protocol.WatchEvent | protocol.CodeResult | protocol.CodeError
+    )
 
 
 def _final(msg: Message) -> bool:
