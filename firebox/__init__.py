@@ -5,6 +5,7 @@ Names follow E2B's Python SDK, so E2B code moves over by changing its imports.
 """
 
 from firebox._async import AsyncCommandHandle, AsyncSandbox, AsyncWatchHandle
+from firebox._core.code import Context, Execution, ExecutionError, Logs, OutputMessage, Result
 from firebox._core.models import (
     CommandResult,
     EntryInfo,
@@ -44,17 +45,23 @@ __all__ = [
     "CommandHandle",
     "CommandResult",
     "ConflictException",
+    "Context",
     "EntryInfo",
+    "Execution",
+    "ExecutionError",
     "FileType",
     "FilesystemEvent",
     "FilesystemEventType",
     "FireboxException",
     "InvalidArgumentException",
+    "Logs",
     "NotEnoughSpaceException",
     "NotFoundException",
+    "OutputMessage",
     "PermissionDeniedException",
     "ProcessInfo",
     "RateLimitException",
+    "Result",
     "Sandbox",
     "SandboxException",
     "SandboxInfo",

@@ -40,6 +40,7 @@ RENAMES = {
     "AsyncCommandHandle": "CommandHandle",
     "AsyncCommands": "Commands",
     "AsyncFilesystem": "Filesystem",
+    "AsyncCodeExecution": "CodeExecution",
     "AsyncWatchHandle": "WatchHandle",
     "AsyncApiClient": "ApiClient",
     "_async": "_sync",

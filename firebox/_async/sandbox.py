@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Self
 
 from firebox._async._http import AsyncApiClient
+from firebox._async.code import AsyncCodeExecution
 from firebox._async.commands import AsyncCommands
 from firebox._async.files import AsyncFilesystem
 from firebox._core.config import resolve_config
@@ -87,7 +88,7 @@ async def _delete(api: AsyncApiClient, sandbox_id: str, request_timeout: float |
     return True
 
 
-class AsyncSandbox:
+class AsyncSandbox(AsyncCodeExecution):
     """An isolated machine for running untrusted code.
 
     Get one with ``await AsyncSandbox.create()`` or ``await AsyncSandbox.connect(id)``; use it

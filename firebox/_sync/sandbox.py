@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Self
 
 from firebox._sync._http import ApiClient
+from firebox._sync.code import CodeExecution
 from firebox._sync.commands import Commands
 from firebox._sync.files import Filesystem
 from firebox._core.config import resolve_config
@@ -88,7 +89,7 @@ def _delete(api: ApiClient, sandbox_id: str, request_timeout: float | None) -> b
     return True
 
 
-class Sandbox:
+class Sandbox(CodeExecution):
     """An isolated machine for running untrusted code.
 
     Get one with ``Sandbox.create()`` or ``Sandbox.connect(id)``; use it

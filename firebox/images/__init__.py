@@ -14,9 +14,10 @@ from pathlib import Path
 from .apt_sources import host_codename, host_mirror
 from .cache import Recipe, build_cached, image_root, ready_rootfs
 from .errors import ImageBuildError
-from .rootfs import TEMPLATES, build_rootfs, get_template, make_recipe
+from .rootfs import DEFAULT_TEMPLATE, TEMPLATES, build_rootfs, get_template, make_recipe
 
 __all__ = [
+    "DEFAULT_TEMPLATE",
     "ImageBuildError",
     "build_image",
     "current_recipe",
@@ -30,20 +31,20 @@ def known_templates() -> tuple[str, ...]:
     return tuple(sorted(TEMPLATES))
 
 
-def current_recipe(template: str = "base") -> Recipe:
+def current_recipe(template: str = DEFAULT_TEMPLATE) -> Recipe:
     """The recipe ``template`` would be built from on this host right now."""
     get_template(template)  # unknown name -> ValueError before touching apt config
     codename = host_codename()
     return make_recipe(template, codename, host_mirror(codename))
 
 
-def image_path(template: str = "base") -> Path | None:
+def image_path(template: str = DEFAULT_TEMPLATE) -> Path | None:
     """The ready rootfs for the current recipe of ``template``, or None if not built yet."""
     return ready_rootfs(current_recipe(template), image_root())
 
 
 def build_image(
-    template: str = "base",
+    template: str = DEFAULT_TEMPLATE,
     progress: Callable[[str], None] | None = None,
     force: bool = False,
 ) -> Path:
@@ -67,6 +68,8 @@ def build_image(
     )
 
 
-def ensure_image(template: str = "base", progress: Callable[[str], None] | None = None) -> Path:
+def ensure_image(
+    template: str = DEFAULT_TEMPLATE, progress: Callable[[str], None] | None = None
+) -> Path:
     """The rootfs for ``template``, building it first if needed (``build_image`` without force)."""
     return build_image(template, progress)

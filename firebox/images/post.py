@@ -100,11 +100,31 @@ def make_dirs(root: Path) -> None:
     tmp.chmod(0o1777)
 
 
-def write_hostname(root: Path) -> None:
-    path = _inside(root, "etc/hostname")
+def _write_file(root: Path, rel: str, text: str) -> None:
+    """Replace ``root/rel`` with ``text`` (mode 0644), never following a symlink."""
+    path = _inside(root, rel)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as fh:
-        fh.write(HOSTNAME + "\n")
+        os.fchmod(fh.fileno(), 0o644)  # an existing file keeps its mode otherwise
+        fh.write(text)
+
+
+def write_hostname(root: Path) -> None:
+    _write_file(root, "etc/hostname", HOSTNAME + "\n")
+
+
+# Debian's python3-matplotlib reads /etc/matplotlibrc on top of the built-in defaults and
+# ships it with "backend: TkAgg"; a sandbox has no display, so select the file renderer.
+# Harmless in templates without matplotlib (nothing reads it).
+MATPLOTLIBRC = """\
+# Written by firebox: sandboxes have no display, so render with the non-interactive Agg
+# backend. Every other setting keeps matplotlib's default.
+backend: Agg
+"""
+
+
+def write_matplotlibrc(root: Path) -> None:
+    _write_file(root, "etc/matplotlibrc", MATPLOTLIBRC)
 
 
 def clean_apt(root: Path) -> None:
@@ -122,7 +142,7 @@ def clean_apt(root: Path) -> None:
             item.unlink()
 
 
-STEPS = (add_user, make_home, make_dirs, write_hostname, clean_apt)
+STEPS = (add_user, make_home, make_dirs, write_hostname, write_matplotlibrc, clean_apt)
 
 
 def apply(root: Path) -> None:

@@ -32,11 +32,29 @@ class Template:
     packages: tuple[str, ...]  # on top of the variant's own package set
     variant: str = "minbase"
 
+    def plus(self, name: str, packages: tuple[str, ...]) -> Template:
+        """A template with this one's packages and variant, and ``packages`` on top."""
+        return Template(name, (*self.packages, *packages), self.variant)
 
-# The one place the package lists live.
-TEMPLATES: dict[str, Template] = {
-    "base": Template("base", ("python3", "ca-certificates", "procps")),
-}
+
+# The one place the package lists live. Every template is built by the same recipe
+# (debootstrap --include, then the post steps); they differ only in these lists. Packages
+# come from the host's Debian release, so versions are whatever that release ships.
+_BASE = Template("base", ("python3", "ca-certificates", "procps"))
+_PYTHON = _BASE.plus(
+    "python",
+    (
+        "ipython3",
+        "python3-numpy",
+        "python3-pandas",
+        "python3-matplotlib",
+        "fonts-dejavu-core",  # matplotlib's default font; already a dependency, kept explicit
+        "nodejs",
+    ),
+)
+TEMPLATES: dict[str, Template] = {t.name: t for t in (_BASE, _PYTHON)}
+# The template sandboxes run code in unless asked for another one.
+DEFAULT_TEMPLATE = _PYTHON.name
 
 
 def get_template(name: str) -> Template:

@@ -189,6 +189,16 @@ class AgentClient:
             _raise_error(reply, req.T)
         return ProcessStream(self, ch, reply.pid)
 
+    async def run_code(self, req: protocol.CodeRun) -> CodeStream:
+        """Start a cell; its output, results and end come through the returned stream."""
+        ch = self._open()
+        try:
+            await self._send(ch.id, req)
+        except BaseException:
+            self._abandon(ch)
+            raise
+        return CodeStream(self, ch)
+
     async def send_stdin(self, pid: int, data: bytes = b"", eof: bool = False) -> None:
         """Write to a process's stdin (in frames of at most MAX_PAYLOAD), then maybe close it."""
         step = protocol.MAX_PAYLOAD
@@ -473,6 +483,48 @@ class ProcessStream(_Reply):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._detach()
+
+
+class CodeStream(_Reply):
+    """What a cell produces, as it comes: ``async for event in stream`` yields ``("stdout" |
+    "stderr", text)``, ``("result", CodeResult)`` or ``("error", CodeError)``; afterwards
+    ``done`` holds the CodeDone. ``detach()`` stops reading (the cell runs on)."""
+
+    def __init__(self, client: AgentClient, ch: _Channel) -> None:
+        super().__init__(client, ch)
+        self.done: protocol.CodeDone | None = None
+
+    def __aiter__(self) -> CodeStream:
+        return self
+
+    async def __anext__(self) -> tuple[str, Any]:
+        item = await self._next()
+        if item is None:
+            raise StopAsyncIteration
+        msg, payload = item
+        if isinstance(msg, protocol.Data) and msg.fd in (1, 2):
+            return ("stdout" if msg.fd == 1 else "stderr"), payload.decode("utf-8", "replace")
+        if isinstance(msg, protocol.CodeResult) and isinstance(msg.data, dict):
+            return "result", msg
+        if isinstance(msg, protocol.CodeError):
+            return "error", msg
+        raise AgentError("internal", f"unexpected {msg.T!r} frame on a code stream")
+
+    def _result(self, msg: Message) -> None:
+        v = getattr(msg, "value", None)
+        if not isinstance(v, dict):
+            raise AgentError("internal", f"malformed end of a cell {v!r}")
+        count = v.get("execution_count")
+        reason = v.get("reason")
+        self.done = protocol.CodeDone(
+            execution_count=count if isinstance(count, int) else None,
+            timed_out=v.get("timed_out") is True,
+            restarted=v.get("restarted") is True,
+            reason=reason if isinstance(reason, str) else None,
+        )
+
+    async def detach(self) -> None:
         self._detach()
 
 

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import firebox
 from firebox import images
 from firebox.backends.select import select
-from firebox.server import commands, errors, files, sandboxes
+from firebox.server import code, commands, errors, files, sandboxes
 from firebox.server.auth import ensure_admin_key
 from firebox.server.body_limit import BodyLimit
 from firebox.server.config import ServerConfig
@@ -103,4 +103,5 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(sandboxes.router)
     app.include_router(commands.router)
     app.include_router(files.router)
+    app.include_router(code.router)
     return app

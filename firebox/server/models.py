@@ -162,3 +162,30 @@ class Health(BaseModel):
     status: str
     version: str
     backend: str
+
+
+Language = Literal["python", "javascript", "bash"]
+
+
+class RunCode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: Annotated[Text, StringConstraints(max_length=256 * 1024)]
+    language: Language | None = None
+    context_id: Annotated[Text, StringConstraints(max_length=100)] | None = None
+    envs: Envs = Field(default_factory=dict)
+    timeout: float | None = Field(
+        default=None, ge=0, le=86400, description="seconds; the cell is interrupted at it"
+    )
+
+
+class CreateContext(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    language: Language = "python"
+    cwd: SandboxPath | None = None
+    user: Literal["user", "root"] = "user"
+
+
+class ContextInfo(BaseModel):
+    id: str
+    language: str
+    cwd: str

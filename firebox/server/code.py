@@ -1,0 +1,141 @@
+"""Code execution: run a cell in a stateful context (streamed as NDJSON), and manage contexts.
+
+The stream of ``POST /sandboxes/{id}/code``, one JSON object per line::
+
+    {"type": "stdout", "text": "..."}               printed while the cell runs
+    {"type": "stderr", "text": "..."}
+    {"type": "result", "data": {"text/plain": ..., "image/png": <base64>, ...},
+     "is_main_result": false, "chart": {...} | null}
+    {"type": "error", "name": "...", "value": "...", "traceback": "..."}
+    {"type": "end", "execution_count": 3, "timed_out": false, "restarted": false,
+     "reason": null}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+
+from firebox import protocol
+from firebox.server.agent_client import AgentError, AgentGone, CodeStream
+from firebox.server.commands import agent_error, ensure_capacity
+from firebox.server.deps import Sandbox
+from firebox.server.errors import ApiError
+from firebox.server.manager import LiveSandbox
+from firebox.server.models import ContextInfo, CreateContext, RunCode
+
+router = APIRouter(tags=["code"])
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _event(kind: str, value: Any) -> dict[str, Any]:
+    if kind in ("stdout", "stderr"):
+        return {"type": kind, "text": value}
+    if kind == "result":
+        return {
+            "type": "result",
+            "data": value.data,
+            "is_main_result": bool(value.is_main_result),
+            "chart": value.chart if isinstance(value.chart, dict) else None,
+        }
+    return {
+        "type": "error",
+        "name": str(value.name),
+        "value": str(value.value),
+        "traceback": str(value.traceback),
+    }
+
+
+async def _stream(
+    sbx: LiveSandbox, cell: CodeStream, first: tuple[str, Any] | None
+) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        try:
+            if first is not None:
+                yield _line(_event(*first))
+                async for kind, value in cell:
+                    yield _line(_event(kind, value))
+        except (AgentError, AgentGone) as e:
+            err = agent_error(e, sbx)
+            finished = True
+            yield _line({"type": "end", "error": err.code, "message": err.message})
+            return
+        done = cell.done or protocol.CodeDone()
+        finished = True
+        yield _line({"type": "end", **protocol.as_dict(done)})
+    finally:
+        if not finished:  # the client went away: the cell runs on, its output goes nowhere
+            with contextlib.suppress(Exception):
+                await cell.detach()
+
+
+@router.post(
+    "/sandboxes/{sandbox_id}/code",
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def run_code(body: RunCode, sbx: Sandbox) -> StreamingResponse:
+    ensure_capacity(sbx)
+    req = protocol.CodeRun(
+        code=body.code,
+        context_id=body.context_id,
+        language=body.language,
+        env={**sbx.envs, **body.envs},
+        timeout=body.timeout or None,
+    )
+    try:
+        cell = await sbx.agent.run_code(req)
+        # The first event before answering: an unknown context is a 404, not a broken 200.
+        first = await anext(cell, None)
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+    return StreamingResponse(_stream(sbx, cell, first), media_type="application/x-ndjson")
+
+
+async def _call(sbx: LiveSandbox, msg: protocol.Message) -> Any:
+    try:
+        return await sbx.agent.call(msg)
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+
+
+def _context(raw: Any) -> ContextInfo:
+    # the agent's replies are checked, never trusted to be well-formed
+    try:
+        return ContextInfo(**raw)
+    except (TypeError, ValueError) as e:
+        raise ApiError("sandbox_error", f"the sandbox's agent sent a malformed context: {e}") from e
+
+
+@router.post("/sandboxes/{sandbox_id}/contexts", status_code=201, response_model=ContextInfo)
+async def create_context(body: CreateContext, sbx: Sandbox) -> ContextInfo:
+    msg = protocol.ContextCreate(language=body.language, cwd=body.cwd, user=body.user)
+    return _context(await _call(sbx, msg))
+
+
+@router.get("/sandboxes/{sandbox_id}/contexts", response_model=list[ContextInfo])
+async def list_contexts(sbx: Sandbox) -> list[ContextInfo]:
+    raw = await _call(sbx, protocol.ContextList())
+    if not isinstance(raw, list):
+        raise ApiError("sandbox_error", "the sandbox's agent sent a malformed context list")
+    return [_context(c) for c in raw]
+
+
+@router.post("/sandboxes/{sandbox_id}/contexts/{context_id}/restart", status_code=204)
+async def restart_context(context_id: str, sbx: Sandbox) -> Response:
+    await _call(sbx, protocol.ContextRestart(id=context_id))
+    return Response(status_code=204)
+
+
+@router.delete("/sandboxes/{sandbox_id}/contexts/{context_id}", status_code=204)
+async def remove_context(context_id: str, sbx: Sandbox) -> Response:
+    await _call(sbx, protocol.ContextRemove(id=context_id))
+    return Response(status_code=204)
