@@ -73,7 +73,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
 
-    rootfs = images.build_image("base")
+    rootfs = images.build_image(images.DEFAULT_TEMPLATE)
     python = os.path.realpath("/usr/bin/python3")
     uid = ServerConfig().uid_base
     bare_bwrap = [

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from firebox.images import DEFAULT_TEMPLATE
 from firebox.server.config import DEFAULT_PORT, ServerConfig, default_home
 
 
@@ -134,14 +135,14 @@ def parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", help="guest images")
     image_sub = image.add_subparsers(dest="action", required=True)
     build = image_sub.add_parser("build", help="build (or reuse) a template's root filesystem")
-    build.add_argument("template", nargs="?", default="base")
+    build.add_argument("template", nargs="?", default=DEFAULT_TEMPLATE)
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.set_defaults(func=cmd_image_build)
 
     sandbox = sub.add_parser("sandbox", help="create, list, kill sandboxes and run commands")
     sandbox_sub = sandbox.add_subparsers(dest="action", required=True)
     create = sandbox_sub.add_parser("create")
-    create.add_argument("--template", default="base")
+    create.add_argument("--template", default=DEFAULT_TEMPLATE)
     create.add_argument("--timeout", type=int, default=300)
     create.add_argument("--metadata", nargs="*", default=[], metavar="K=V")
     lst = sandbox_sub.add_parser("list")

@@ -37,7 +37,9 @@ class Daemon(LocalDaemon):
 def image() -> Path:
     from firebox import images
 
-    return images.build_image("base", progress=lambda m: print(f"[image] {m}", file=sys.stderr))
+    return images.build_image(
+        images.DEFAULT_TEMPLATE, progress=lambda m: print(f"[image] {m}", file=sys.stderr)
+    )
 
 
 @pytest.fixture(scope="session")

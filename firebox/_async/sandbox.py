@@ -120,7 +120,7 @@ class AsyncSandbox(AsyncCodeExecution):
     @classmethod
     async def create(
         cls,
-        template: str = "base",
+        template: str = "python",
         timeout: int = 300,
         metadata: Mapping[str, str] | None = None,
         envs: Mapping[str, str] | None = None,

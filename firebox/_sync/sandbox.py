@@ -121,7 +121,7 @@ class Sandbox(CodeExecution):
     @classmethod
     def create(
         cls,
-        template: str = "base",
+        template: str = "python",
         timeout: int = 300,
         metadata: Mapping[str, str] | None = None,
         envs: Mapping[str, str] | None = None,

@@ -65,14 +65,16 @@ def create_app(config: ServerConfig) -> FastAPI:
         ensure_admin_key(registry, config.admin_key_path)
         backend = select(config.isolation, config.home, config.uid_base)
         log.warning("isolation: %s (%s)", backend.name, backend.availability().reason)
-        if config.build_image_on_start and images.image_path("base") is None:
+        if config.build_image_on_start and images.image_path(images.DEFAULT_TEMPLATE) is None:
             log.warning("the guest image is missing; building it now (a few minutes, once)")
             await asyncio.to_thread(
-                images.build_image, "base", lambda m: log.warning("image: %s", m)
+                images.build_image,
+                images.DEFAULT_TEMPLATE,
+                lambda m: log.warning("image: %s", m),
             )
         manager = SandboxManager(config, registry, backend)
         await manager.reclaim()
-        manager.start_pool(["base"])
+        manager.start_pool([images.DEFAULT_TEMPLATE])
         app.state.registry = registry
         app.state.manager = manager
         app.state.backend = backend

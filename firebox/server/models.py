@@ -6,7 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-TemplateName = Field(default="base", pattern=r"^[a-z][a-z0-9-]{0,62}$")
+from firebox.images import DEFAULT_TEMPLATE
+
+TemplateName = Field(default=DEFAULT_TEMPLATE, pattern=r"^[a-z][a-z0-9-]{0,62}$")
 
 
 def _clean(value: str) -> str:

@@ -15,7 +15,7 @@ def test_create_info_and_context_manager(daemon: Daemon) -> None:
         info = sbx.get_info()
         assert info.sandbox_id == sbx.sandbox_id
         assert info.metadata == {"who": "test"}
-        assert info.template == "base"
+        assert info.template == "python"
         assert sbx.is_running()
         sandbox_id = sbx.sandbox_id
     with pytest.raises(NotFoundException):

@@ -204,10 +204,50 @@ def test_post_hash_is_the_source_of_the_post_steps() -> None:
 
 
 def test_unknown_template_lists_known() -> None:
-    with pytest.raises(ValueError, match="known templates: base"):
+    with pytest.raises(ValueError, match="known templates: base, python"):
         images.image_path("nope")
-    with pytest.raises(ValueError, match="base"):
+    with pytest.raises(ValueError, match="base, python"):
         images.build_image("nope")
+
+
+PYTHON_EXTRAS = {
+    "ipython3",
+    "python3-numpy",
+    "python3-pandas",
+    "python3-matplotlib",
+    "fonts-dejavu-core",
+    "nodejs",
+}
+
+
+def test_python_template_is_base_plus_extras() -> None:
+    assert images.known_templates() == ("base", "python")
+    assert images.DEFAULT_TEMPLATE == "python"
+    base = rootfs.make_recipe("base", "bookworm", MIRROR)
+    python = rootfs.make_recipe("python", "bookworm", MIRROR)
+    assert set(python.packages) == set(base.packages) | PYTHON_EXTRAS
+    assert not PYTHON_EXTRAS & set(base.packages)  # base stays small
+    assert python.packages == tuple(sorted(python.packages))
+    # One recipe: same release, mirror, variant and post steps; only the lists differ.
+    assert dataclasses.replace(python, template="base", packages=base.packages) == base
+
+
+def test_templates_have_distinct_keys_and_names() -> None:
+    recipes = [rootfs.make_recipe(t, "bookworm", MIRROR) for t in images.known_templates()]
+    assert len({r.key for r in recipes}) == len(recipes)
+    assert [r.name.split("-")[0] for r in recipes] == list(images.known_templates())
+    # Even with identical package lists the name is part of the key: no shared cache entry.
+    same = [dataclasses.replace(r, packages=("python3",)) for r in recipes]
+    assert len({r.key for r in same}) == len(same)
+
+
+def test_python_template_debootstrap_includes_extras() -> None:
+    recipe = rootfs.make_recipe("python", "bookworm", MIRROR)
+    cmd = rootfs.debootstrap_command(recipe, Path("/t"))
+    included = set(cmd[2].removeprefix("--include=").split(","))
+    assert cmd[:2] == ["debootstrap", "--variant=minbase"] and cmd[2].startswith("--include=")
+    assert included == {"python3", "ca-certificates", "procps"} | PYTHON_EXTRAS
+    assert cmd[3:] == ["bookworm", "/t", MIRROR]
 
 
 def test_debootstrap_command() -> None:
@@ -437,6 +477,9 @@ def test_post_steps_on_a_fake_tree(tmp_path: Path) -> None:
     assert (home / ".bashrc").stat().st_uid == 1000
     assert (root / "opt/firebox/lib").is_dir() and not any((root / "opt/firebox/lib").iterdir())
     assert (root / "etc/hostname").read_text() == "sandbox\n"
+    rc = root / "etc/matplotlibrc"
+    assert "backend: Agg" in rc.read_text().splitlines()
+    assert oct(rc.stat().st_mode & 0o7777) == "0o644"
     assert oct((root / "tmp").stat().st_mode & 0o7777) == "0o1777"
     assert not (root / "var/cache/apt/archives/x.deb").exists()
     assert sorted(p.name for p in (root / "var/lib/apt/lists").iterdir()) == ["lock", "partial"]
@@ -450,6 +493,30 @@ def test_post_steps_refuse_symlink_escape(tmp_path: Path) -> None:
     (root / "etc/hostname").symlink_to(outside)
     with pytest.raises(ImageBuildError, match="outside"):
         post.write_hostname(root)
+    assert outside.read_text() == "host\n"
+
+
+def test_matplotlibrc_replaces_debians_interactive_backend(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    rc = root / "etc/matplotlibrc"
+    rc.write_text("## comments\nbackend: TkAgg\n" + "#x: y\n" * 1000)  # as Debian ships it
+    rc.chmod(0o600)
+    post.write_matplotlibrc(root)
+    lines = rc.read_text().splitlines()
+    active = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert active == ["backend: Agg"]
+    assert oct(rc.stat().st_mode & 0o7777) == "0o644"
+
+
+def test_matplotlibrc_refuses_symlink_escape(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    outside = tmp_path / "host-file"
+    outside.write_text("host\n")
+    (root / "etc/matplotlibrc").symlink_to(outside)
+    with pytest.raises(ImageBuildError, match="outside"):
+        post.write_matplotlibrc(root)
     assert outside.read_text() == "host\n"
 
 
