@@ -6,6 +6,7 @@ firebox sandbox create [--template T] [--timeout S] [--metadata k=v ...]
 firebox sandbox list [--metadata k=v ...]
 firebox sandbox kill ID
 firebox sandbox exec ID -- COMMAND...
+firebox run (--code CODE | FILE) [--language L] [--sandbox ID] [--out DIR] [--timeout S]
 firebox doctor
 """
 
@@ -115,6 +116,56 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {"png": "png", "jpeg": "jpg", "svg": "svg", "pdf": "pdf"}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a cell: text results and output to the terminal, image results to files."""
+    import base64
+
+    from firebox import Sandbox
+
+    if (args.code is None) == (args.file is None):
+        raise SystemExit("firebox: give either --code '...' or a file to run")
+    code = args.code if args.code is not None else Path(args.file).read_text()
+    language = args.language
+    if language is None and args.file is not None:
+        language = {".js": "javascript", ".sh": "bash"}.get(Path(args.file).suffix, "python")
+    sbx = Sandbox.connect(args.sandbox) if args.sandbox else Sandbox.create()
+    try:
+        execution = sbx.run_code(
+            code,
+            language=language,
+            timeout=args.timeout,
+            on_stdout=lambda m: print(m.line, end="", flush=True),
+            on_stderr=lambda m: print(m.line, end="", file=sys.stderr, flush=True),
+        )
+    finally:
+        if not args.sandbox:
+            sbx.kill()
+    out = Path(args.out)
+    for i, result in enumerate(execution.results):
+        saved = False
+        for form, suffix in IMAGE_SUFFIXES.items():
+            data = getattr(result, form)
+            if data is None:
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"result-{execution.execution_count or 0}-{i}.{suffix}"
+            path.write_bytes(data.encode() if form == "svg" else base64.b64decode(data))
+            print(f"[{form} written to {path}]")
+            saved = True
+        if result.chart is not None:
+            print(json.dumps(result.chart, indent=2, default=str))
+        if not saved and result.text is not None:
+            print(result.text)
+    if execution.error is not None:
+        error = execution.error
+        print(error.traceback or f"{error.name}: {error.value}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="firebox", description="Sandboxes for untrusted code.")
     p.add_argument("--home", default=str(default_home()), help="state dir (FIREBOX_HOME)")
@@ -155,6 +206,15 @@ def parser() -> argparse.ArgumentParser:
     exe.add_argument("--timeout", type=float, default=60)
     exe.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     sandbox.set_defaults(func=cmd_sandbox)
+
+    run = sub.add_parser("run", help="run code in a sandbox (a new one unless --sandbox)")
+    run.add_argument("file", nargs="?", help="a file of code (.py, .js, .sh)")
+    run.add_argument("--code", help="the code itself")
+    run.add_argument("--language", choices=["python", "javascript", "bash"])
+    run.add_argument("--sandbox", help="run in this running sandbox instead of a new one")
+    run.add_argument("--out", default=".", help="where image results are written")
+    run.add_argument("--timeout", type=float, default=60)
+    run.set_defaults(func=cmd_run)
 
     doctor = sub.add_parser("doctor", help="which isolation backends work here, and why not")
     doctor.set_defaults(func=cmd_doctor)

@@ -40,7 +40,7 @@ WORKER_FLOOR = 4
 
 def _handlers() -> dict[type[protocol.Message], Handler]:
     # Imported after hello is sent: the daemon's first request is usually still on its way.
-    from firebox.agent import files, process, watch
+    from firebox.agent import contexts, files, process, watch
 
     return {
         protocol.ProcessStart: process.start,
@@ -55,6 +55,11 @@ def _handlers() -> dict[type[protocol.Message], Handler]:
         protocol.FileRename: files.rename,
         protocol.FileMakeDir: files.make_dir,
         protocol.WatchStart: watch.watch,
+        protocol.ContextCreate: contexts.create,
+        protocol.ContextList: contexts.list_,
+        protocol.ContextRestart: contexts.restart,
+        protocol.ContextRemove: contexts.remove,
+        protocol.CodeRun: contexts.run,
     }
 
 
@@ -160,14 +165,17 @@ def main() -> None:
         protocol.Hello(agent_pid=os.getpid(), backend=os.environ.get("FIREBOX_BACKEND", "")),
     )
     handlers = _handlers()
-    from firebox.agent import process
+    from firebox.agent import contexts, process
 
     process.start_reaper()
+    # IPython takes ~0.25 s of CPU to start: do it now, off the first run_code's path.
+    contexts.prestart()
     try:
         serve(conn, handlers)
     except protocol.ProtocolError as e:
         log(f"the daemon broke the protocol, stopping: {e}")
     finally:
         process.kill_all()
+        contexts.kill_all()
         # Handler threads may be blocked on credit or on a pipe; nothing is left to wait for.
         os._exit(0)

@@ -54,7 +54,7 @@ _tracked: set[int] = set()
 _spawned = threading.Event()
 
 
-def _user_ids(user: users.User) -> dict[str, Any]:
+def user_ids(user: users.User) -> dict[str, Any]:
     """Popen arguments that switch to ``user``; none when we already are that user."""
     if os.getuid() == os.geteuid() == user.uid and os.getgid() == os.getegid() == user.gid:
         return {}
@@ -67,6 +67,47 @@ def _user_ids(user: users.User) -> dict[str, Any]:
     if privs.setgroups_allowed():
         ids["extra_groups"] = []
     return ids
+
+
+def workdir(user: users.User, path: str | None) -> str:
+    """The absolute working directory for ``path`` (default: the user's home), checked as the
+    user: chdir happens in the child before it switches to them, so the check must not."""
+    cwd = users.resolve(user, path) if path else user.home
+    with privs.as_user(user.uid, user.gid, user.name):
+        try:
+            os.stat(os.path.join(cwd, "."))
+        except OSError as e:
+            raise from_os(e, f"working directory {cwd}", user.name) from None
+    return cwd
+
+
+def base_env(user: users.User, cwd: str) -> dict[str, str]:
+    """The environment everything started for ``user`` begins with: nothing of the agent's."""
+    return {
+        "PATH": BASE_PATH,
+        "HOME": user.home,
+        "USER": user.name,
+        "LOGNAME": user.name,
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "PWD": cwd,
+    }
+
+
+def spawn(argv: list[str], user: users.User, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a process as ``user`` in a session of its own, known to the orphan reaper (which
+    must leave its exit status to us). Callers ``popen.wait()`` and then ``forget`` it."""
+    with _spawn_lock:
+        child = subprocess.Popen(argv, start_new_session=True, **popen, **user_ids(user))
+        _tracked.add(child.pid)
+    _spawned.set()
+    return child
+
+
+def forget(pid: int) -> None:
+    """``pid`` (spawned above) was waited for: the reaper may see that pid again, reused."""
+    with _spawn_lock:
+        _tracked.discard(pid)
 
 
 def _check_str_list(value: object, what: str) -> list[str]:
@@ -92,23 +133,8 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise Fail("invalid", f"timeout must be a positive number of seconds, not {timeout!r}")
     user = users.lookup(msg.user)
-    cwd = users.resolve(user, msg.cwd) if msg.cwd else user.home
-    # chdir happens in the child before the switch to the user: check the directory as them.
-    with privs.as_user(user.uid, user.gid, user.name):
-        try:
-            os.stat(os.path.join(cwd, "."))
-        except OSError as e:
-            raise from_os(e, f"working directory {cwd}", user.name) from None
-    env = {
-        "PATH": BASE_PATH,
-        "HOME": user.home,
-        "USER": user.name,
-        "LOGNAME": user.name,
-        "SHELL": "/bin/bash",
-        "LANG": "C.UTF-8",
-        "PWD": cwd,
-        **msg.env,
-    }
+    cwd = workdir(user, msg.cwd)
+    env = {**base_env(user, cwd), **msg.env}
     info = protocol.ProcessInfo(
         pid=0, cmd=msg.cmd, argv=msg.argv, cwd=cwd, user=user.name, tag=msg.tag, env=msg.env
     )
@@ -122,7 +148,7 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
-                **_user_ids(user),
+                **user_ids(user),
             )
         except OSError as e:
             raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None

@@ -489,7 +489,8 @@ class ProcessStream(_Reply):
 class CodeStream(_Reply):
     """What a cell produces, as it comes: ``async for event in stream`` yields ``("stdout" |
     "stderr", text)``, ``("result", CodeResult)`` or ``("error", CodeError)``; afterwards
-    ``done`` holds the CodeDone. ``detach()`` stops reading (the cell runs on)."""
+    ``done`` holds the CodeDone. ``detach()`` stops reading and interrupts the cell (an
+    abandoned endless loop must not hold its context)."""
 
     def __init__(self, client: AgentClient, ch: _Channel) -> None:
         super().__init__(client, ch)

@@ -73,7 +73,7 @@ async def _stream(
         finished = True
         yield _line({"type": "end", **protocol.as_dict(done)})
     finally:
-        if not finished:  # the client went away: the cell runs on, its output goes nowhere
+        if not finished:  # the client went away: the agent interrupts the cell
             with contextlib.suppress(Exception):
                 await cell.detach()
 

@@ -79,14 +79,21 @@ def test_the_agent_holds_no_stray_descriptors(sandbox: Sandbox, daemon: Daemon) 
         if path.exists():
             procs = [int(p) for p in path.read_text().split()]
     assert procs
+    cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in procs}
     agents = [
-        p for p in procs if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"/usr/bin/python3")
+        p
+        for p, cmd in cmdlines.items()
+        if cmd.startswith(b"/usr/bin/python3") and b"firebox.agent.main" in cmd
     ]
     assert len(agents) == 1
     fds = sorted(int(fd) for fd in os.listdir(f"/proc/{agents[0]}/fd"))
-    # stdio and the channel (a socket), nothing else
-    assert fds[:3] == [0, 1, 2] and len(fds) == 4, fds
-    assert os.readlink(f"/proc/{agents[0]}/fd/{fds[3]}").startswith("socket:")
+    kinds = [os.readlink(f"/proc/{agents[0]}/fd/{fd}").split(":")[0] for fd in fds[3:]]
+    # stdio and the channel (a socket); then per code-context interpreter (the default python
+    # one is started at once) its pidfd and four pipes: commands, messages, stdout, stderr
+    assert fds[:3] == [0, 1, 2] and kinds.count("socket") == 1, kinds
+    interpreters = kinds.count("anon_inode")
+    assert interpreters <= 1 and kinds.count("pipe") == 4 * interpreters, kinds
+    assert len(kinds) == 1 + 5 * interpreters, kinds
 
 
 def test_anonymous_huge_bodies_are_refused_before_they_are_read(daemon: Daemon) -> None:

@@ -1,0 +1,332 @@
+"""Code contexts: named, stateful interpreters (python, javascript, bash) and ``code.run``.
+
+A context is an id, a language, a user and a working directory, and at most one live
+``Interpreter`` (interpreter.py) holding its state. Each language has a default context whose
+id is the language's name ("python", "javascript", "bash"), made on first use; the python one
+is started in the background as soon as the agent has said hello (``prestart``), so the first
+``run_code`` of a sandbox does not wait for IPython's start-up.
+
+A context runs one cell at a time; a second ``code.run`` waits its turn (as a notebook queues
+cells). A cell ends in one of these ways (``CodeDone`` fields in brackets):
+
+- it finishes; an error it raised is its one ``CodeError``;
+- its ``timeout`` passes: SIGINT, as a terminal's ^C (``timed_out``). The cell's error is then
+  named ``TimeoutError``; the context and its variables are kept. If the cell has not stopped
+  ``GRACE`` seconds later, the interpreter is killed and started afresh (``restarted``);
+- its interpreter dies (``os._exit``, the OOM killer, ``exit`` in bash): ``InterpreterDied``
+  (``restarted``); a fresh interpreter is started at once, in the background;
+- ``context.restart`` or ``context.remove`` ends it: ``ContextRestarted`` (``restarted``), or
+  an ``Error`` ``not_found`` for a removed context;
+- the daemon cancels the channel (its client went away): the cell is interrupted as on a
+  timeout, since nobody is left to wait for it and it would hold the context.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from firebox import protocol
+from firebox.agent import bash_worker, process, users
+from firebox.agent.cell import Cell
+from firebox.agent.channel import Stream
+from firebox.agent.errors import Fail, log
+from firebox.agent.interpreter import Interpreter
+
+TYPE_CHECKING = False  # not typing's: see main.py
+if TYPE_CHECKING:
+    from typing import Any
+
+GRACE = 2.0  # seconds a cell gets to stop after SIGINT before its interpreter is killed
+FIRST_NUDGE = 0.02  # seconds after SIGINT until bash is asked to report the interrupted cell
+NUDGE = 0.25  # ... and between the next asks, should it have dropped one
+ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript"}
+ALIASES.update(sh="bash", shell="bash")
+RESTARTED = "the context was restarted by request"
+
+
+class Context:
+    def __init__(self, cid: str, language: str, user: users.User, cwd: str) -> None:
+        self.id = cid
+        self.language = language
+        self.user = user
+        self.cwd = cwd
+        self.interp: Interpreter | None = None
+        # Held by a running cell and by (re)starts: one thing at a time per interpreter.
+        self.lock = threading.Lock()
+        self.removed = False
+
+    def info(self) -> dict[str, Any]:
+        return protocol.as_dict(protocol.ContextInfo(self.id, self.language, self.cwd))
+
+    def ensure(self) -> Interpreter:
+        """The live interpreter, started if there is none (call with ``lock`` held)."""
+        interp = self.interp
+        if interp is None or interp.dead is not None:
+            # An interpreter that died between cells is replaced here, when next needed.
+            interp = Interpreter.spawn(self.language, self.user, self.cwd)
+            self.interp = interp
+        return interp
+
+    def restart_soon(self) -> None:
+        """Start a fresh interpreter in the background, so the next cell does not wait."""
+
+        def start() -> None:
+            with self.lock:
+                if self.removed:
+                    return
+                try:
+                    self.ensure()
+                except Fail as e:
+                    log(f"could not restart code context {self.id}: {e.message}")
+
+        threading.Thread(target=start, name=f"restart-{self.id}", daemon=True).start()
+
+    def acquire(self, stream: Stream) -> None:
+        """Wait for the cell ahead of us; give up if the daemon cancels or the context goes."""
+        while not self.lock.acquire(timeout=0.2):
+            if stream.cancelled:
+                raise Fail("invalid", "cancelled while waiting for the cell ahead")
+            if self.removed:
+                raise _removed(self.id)
+        if self.removed:
+            self.lock.release()
+            raise _removed(self.id)
+
+
+_contexts: dict[str, Context] = {}
+_registry = threading.Lock()
+
+
+def _removed(cid: str) -> Fail:
+    return Fail("not_found", f"code context {cid!r} was removed")
+
+
+def _language(value: object) -> str:
+    if isinstance(value, str):
+        value = ALIASES.get(value.lower(), value.lower())
+    if value not in protocol.LANGUAGES:
+        raise Fail(
+            "invalid",
+            f"unknown language {value!r}: a code context runs "
+            f"{', '.join(protocol.LANGUAGES[:-1])} or {protocol.LANGUAGES[-1]}",
+        )
+    return str(value)
+
+
+def _default(language: str) -> Context:
+    """The language's default context (id = its name), made on first use."""
+    with _registry:
+        ctx = _contexts.get(language)
+        if ctx is None:
+            user = users.lookup("user")
+            ctx = Context(language, language, user, user.home)
+            _contexts[language] = ctx
+        return ctx
+
+
+def _find(cid: object) -> Context:
+    if not isinstance(cid, str) or not cid:
+        raise Fail("invalid", "a code context id is required")
+    with _registry:
+        ctx = _contexts.get(cid)
+    if ctx is None:
+        if cid in protocol.LANGUAGES:
+            return _default(cid)
+        raise Fail(
+            "not_found",
+            f"no code context {cid!r} in this sandbox (the defaults are "
+            f"{', '.join(protocol.LANGUAGES)}; list the others with context.list)",
+        )
+    return ctx
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def create(stream: Stream, msg: protocol.ContextCreate, payload: bytes) -> dict[str, Any]:
+    language = _language(msg.language)
+    user = users.lookup(msg.user)
+    if msg.cwd is not None and not isinstance(msg.cwd, str):
+        raise Fail("invalid", "cwd must be a path")
+    cwd = process.workdir(user, msg.cwd)
+    ctx = Context(os.urandom(16).hex(), language, user, cwd)
+    with ctx.lock:
+        ctx.ensure()  # a context that cannot run says so now, not at its first cell
+    with _registry:
+        _contexts[ctx.id] = ctx
+    return ctx.info()
+
+
+def list_(stream: Stream, msg: protocol.ContextList, payload: bytes) -> list[dict[str, Any]]:
+    with _registry:
+        return [ctx.info() for ctx in _contexts.values()]
+
+
+def restart(stream: Stream, msg: protocol.ContextRestart, payload: bytes) -> dict[str, Any]:
+    ctx = _find(msg.id)
+    interp = ctx.interp
+    if interp is not None:
+        # Not waiting for the lock first: restarting is how a user unsticks a hung cell.
+        interp.kill(RESTARTED)
+    ctx.acquire(stream)
+    try:
+        if ctx.interp is interp:  # else one started since we killed: fresh already
+            ctx.interp = None
+        ctx.ensure()
+    finally:
+        ctx.lock.release()
+    return ctx.info()
+
+
+def remove(stream: Stream, msg: protocol.ContextRemove, payload: bytes) -> None:
+    ctx = _find(msg.id)
+    with _registry:
+        _contexts.pop(ctx.id, None)
+    ctx.removed = True
+    if ctx.interp is not None:
+        ctx.interp.kill("the context was removed")
+
+
+def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]:
+    code, env, timeout = _check_run(msg)
+    if msg.context_id is not None:
+        ctx = _find(msg.context_id)
+        if msg.language is not None and _language(msg.language) != ctx.language:
+            raise Fail(
+                "invalid",
+                f"code context {ctx.id!r} runs {ctx.language}, not {_language(msg.language)}",
+            )
+    else:
+        ctx = _default(_language(msg.language or "python"))
+    if ctx.language == "bash":
+        if "\0" in code:
+            raise Fail("invalid", "bash code cannot contain NUL characters")
+        bad = [name for name in env if not bash_worker.NAME.match(name)]
+        if bad:
+            raise Fail("invalid", f"{bad[0]!r} is not a name bash can export")
+    ctx.acquire(stream)
+    try:
+        interp = ctx.ensure()
+        cell = Cell(stream, interp.next_seq())
+        cell.timeout = timeout
+        stream.on_cancel(cell.cancel)
+        interp.start(cell, code, env)
+        _wait(cell, interp, timeout)
+    finally:
+        ctx.lock.release()
+    return _outcome(ctx, cell)
+
+
+def _check_run(msg: protocol.CodeRun) -> tuple[str, dict[str, str], float | None]:
+    if not isinstance(msg.code, str):
+        raise Fail("invalid", "code must be a string")
+    env = msg.env if msg.env is not None else {}
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+        for k, v in env.items()
+    ):
+        raise Fail("invalid", "env must map variable names to strings")
+    timeout = msg.timeout
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise Fail("invalid", f"timeout must be a positive number of seconds, not {timeout!r}")
+    return msg.code, env, timeout
+
+
+def _wait(cell: Cell, interp: Interpreter, timeout: float | None) -> None:
+    """Until the cell ends: on timeout (or cancel) interrupt it, and after GRACE kill it."""
+    end = None if timeout is None else time.monotonic() + timeout
+    with cell.cond:
+        while not cell.finished and not cell.cancelled:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                cell.timed_out = True
+                break
+            cell.cond.wait(left)
+        if cell.finished:
+            return
+    interp.interrupt()
+    give_up = time.monotonic() + GRACE
+    pause = FIRST_NUDGE
+    while True:
+        with cell.cond:
+            left = give_up - time.monotonic()
+            if cell.wait_finished(min(pause, left)):
+                return
+        if left <= pause:
+            break
+        interp.nudge(cell)  # outside the lock: a write to a busy shell may block a while
+        pause = NUDGE
+    if cell.timed_out:
+        why = f"the cell did not stop within {GRACE:g} s of being interrupted at its timeout"
+    else:
+        why = f"the cell did not stop within {GRACE:g} s of being interrupted (cancelled)"
+    interp.kill(why)
+    with cell.cond:
+        cell.wait_finished(None)
+
+
+def _outcome(ctx: Context, cell: Cell) -> dict[str, Any]:
+    done = protocol.CodeDone(execution_count=cell.count, timed_out=cell.timed_out)
+    if cell.died is not None:
+        if ctx.removed:
+            raise Fail("not_found", f"code context {ctx.id!r} was removed while the cell ran")
+        done.restarted = True
+        done.execution_count = None
+        if cell.killed and cell.died == RESTARTED:
+            name, reason = "ContextRestarted", cell.died
+        elif cell.killed and cell.timed_out:
+            name = "TimeoutError"
+            reason = f"{cell.died}; the context was restarted and its state is lost"
+        else:
+            name = "InterpreterDied"
+            reason = (
+                f"{cell.died} while running the cell; "
+                "the context was restarted and its state is lost"
+            )
+            reason = reason[0].upper() + reason[1:]
+        done.reason = reason
+        cell.send_error(name, reason)
+        if name != "ContextRestarted":  # else the restart request starts the new one
+            ctx.restart_soon()
+    elif cell.timed_out:
+        done.reason = cell.timeout_message()
+        if not cell.error_sent:  # it ended at the very moment of the interrupt
+            cell.send_error("TimeoutError", cell.timeout_message())
+    elif ctx.language == "bash" and cell.status:
+        cell.send_error(
+            "ExitCode",
+            str(cell.status),
+            f"the cell's last command exited with status {cell.status}",
+        )
+    return protocol.as_dict(done)
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+def prestart() -> None:
+    """Start the default python context's interpreter in the background (after hello)."""
+
+    def start() -> None:
+        try:
+            ctx = _default("python")
+            with ctx.lock:
+                ctx.ensure()
+        except Fail as e:  # the first run_code reports it to the user
+            log(f"the default python context did not start: {e.message}")
+
+    if os.environ.get("FIREBOX_PRESTART", "1") != "0":
+        threading.Thread(target=start, name="prestart", daemon=True).start()
+
+
+def kill_all() -> None:
+    """The daemon is gone: end every interpreter (each leads a session of its own)."""
+    with _registry:
+        contexts = list(_contexts.values())
+    for ctx in contexts:
+        if ctx.interp is not None:
+            ctx.interp.kill("the agent is stopping")

@@ -1,0 +1,408 @@
+"""One interpreter process of a code context.
+
+``Interpreter.spawn`` starts a worker (python_worker.py, the node program of js_worker.py, or
+bash as bash_worker.py drives it) as the sandbox user, in a session of its own, with three
+pipes to us (see wire.py): commands in, messages out, and its stdout/stderr. One pump thread
+per interpreter reads all of them and a pidfd: messages and output go to the ``Cell`` that is
+running (nothing runs between cells, so what arrives then is dropped), and the pidfd says
+the moment the process is gone, whoever else still holds its pipes.
+
+Output is forwarded as it comes (cell.py), with flow control all the way: a daemon that reads
+slowly stops the pump, then the worker's pipe, then the cell's prints.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+
+from firebox import protocol
+from firebox.agent import bash_worker, js_worker, process, users, wire
+from firebox.agent.cell import Cell, clean, text
+from firebox.agent.errors import Fail, from_os, log
+
+TYPE_CHECKING = False  # not typing's: see main.py
+if TYPE_CHECKING:
+    from typing import Any
+
+START_TIMEOUT = 60.0  # seconds for a worker to say ready (IPython under emulation is slow)
+OOM_SCORE_ADJ = "500"  # of 1000: interpreters go first when the sandbox is out of memory
+FLUSH_READS = 16  # pipe reads (of up to CHUNK) taken at the end of a cell
+
+# Each interpreter is found by path, overridable for development outside an image (a venv's
+# python with IPython, say) through the agent's environment, which only the backend sets.
+PYTHON = os.environ.get("FIREBOX_PYTHON", "/usr/bin/python3")
+NODE = os.environ.get("FIREBOX_NODE") or next(
+    (p for p in ("/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs") if os.path.exists(p)),
+    "/usr/bin/node",
+)
+BASH = os.environ.get("FIREBOX_BASH", "/bin/bash")
+
+# The python worker is imported from the agent's own directory, found from this module: in a
+# sandbox /opt/firebox/lib (read-only, world-readable).
+LIB = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYTHON_BOOT = (
+    "import sys; sys.path.append(sys.argv[1]); "
+    "from firebox.agent.python_worker import main; main(sys.argv[1:])"
+)
+TITLES = {"python": "the python interpreter", "javascript": "node", "bash": "bash"}
+MISSING = {
+    "python": "python contexts need {path} with IPython in the sandbox image",
+    "javascript": "javascript contexts need node ({path}) in the sandbox image",
+    "bash": "bash contexts need {path} in the sandbox image",
+}
+
+
+class Interpreter:
+    """A worker process; ``cell`` is the cell it runs, if any."""
+
+    def __init__(
+        self,
+        language: str,
+        popen: subprocess.Popen[bytes],
+        commands: int,
+        messages: int,
+        msg_fd_in_child: int,
+    ) -> None:
+        self.language = language
+        self.popen = popen
+        self.pid: int = popen.pid
+        self._commands = commands  # our write end (bash: its stdin); -1 once closed
+        # Held to write or close it, so a write never lands on a reused descriptor number.
+        self._wlock = threading.Lock()
+        self._messages = messages
+        self._msg_fd = msg_fd_in_child  # bash writes ``done`` there
+        self._lock = threading.Lock()
+        self.cell: Cell | None = None
+        self.seq = 0
+        self.ready = threading.Event()
+        self.fatal: str | None = None
+        self.dead: str | None = None  # why it ended, once it has
+        self.kill_reason: str | None = None
+
+    # -- starting -------------------------------------------------------------------------
+
+    @classmethod
+    def spawn(cls, language: str, user: users.User, cwd: str) -> Interpreter:
+        """Start a worker and wait until it is ready; Fail("unavailable") with the reason if
+        it cannot start."""
+        cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
+        msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
+        env = process.base_env(user, cwd)
+        stdin: int = subprocess.DEVNULL
+        if language == "python":
+            argv = [PYTHON, "-c", PYTHON_BOOT, LIB, str(cmd_r), str(msg_w)]
+            env["MPLBACKEND"] = "Agg"  # no display in a sandbox; inherited by its children
+            keep: tuple[int, ...] = (cmd_r, msg_w)
+            path = PYTHON
+        elif language == "javascript":
+            # The program fits in the pipe's buffer: written whole before node starts.
+            program_r, program_w = os.pipe2(os.O_CLOEXEC)
+            os.write(program_w, js_worker.PROGRAM.encode())
+            os.close(program_w)
+            argv = js_worker.argv(NODE, program_r, cmd_r, msg_w)
+            keep = (program_r, cmd_r, msg_w)
+            path = NODE
+        else:
+            argv = bash_worker.argv(BASH)
+            stdin = cmd_r  # an interactive shell reads its commands on stdin
+            keep = (msg_w,)
+            path = BASH
+        try:
+            popen = process.spawn(
+                argv,
+                user,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=keep,
+                cwd=cwd,
+                env=env,
+            )
+        except OSError as e:
+            for fd in {cmd_r, cmd_w, msg_r, msg_w, *keep}:
+                os.close(fd)
+            if e.filename == cwd:  # removed since it was checked
+                raise from_os(e, f"working directory {cwd}", user.name) from None
+            if isinstance(e, FileNotFoundError):
+                raise Fail("unavailable", MISSING[language].format(path=path)) from None
+            raise Fail("unavailable", f"cannot start {path}: {e.strerror or e}") from None
+        for fd in {cmd_r, msg_w, *keep}:  # the child's ends (msg_w's number is the child's too)
+            os.close(fd)
+        # When the sandbox runs out of memory the kernel kills the biggest process: make that
+        # the interpreter (and what it starts) rather than the agent, which must live on to
+        # report it and start a fresh one.
+        with contextlib.suppress(OSError), open(f"/proc/{popen.pid}/oom_score_adj", "w") as f:
+            f.write(OOM_SCORE_ADJ)
+        interp = cls(language, popen, cmd_w, msg_r, msg_w)
+        threading.Thread(target=interp._pump, name=f"code-{popen.pid}", daemon=True).start()
+        if language == "bash":
+            interp._write(bash_worker.setup(msg_w))
+        if not interp.ready.wait(START_TIMEOUT) or interp.dead is not None:
+            if interp.dead is None:
+                interp.kill(f"it did not start within {START_TIMEOUT:g} s")
+            reason = interp.fatal or interp.dead or f"{TITLES[language]} did not start"
+            raise Fail("unavailable", f"cannot start a {language} context: {reason}")
+        return interp
+
+    # -- running --------------------------------------------------------------------------
+
+    def start(self, cell: Cell, code: str, env: dict[str, str]) -> None:
+        """Hand ``cell`` to the worker; its outcome arrives through ``cell``."""
+        with self._lock:
+            if self.dead is not None:
+                cell.die(self.dead, by_agent=self.kill_reason is not None)
+                return
+            self.cell = cell
+        if self.language == "bash":
+            line = bash_worker.run(cell.seq, code, env, self._msg_fd)
+        else:
+            request = {"k": wire.RUN, "seq": cell.seq, "code": code, "env": env}
+            line = wire.encode(request)
+        self._write(line)  # a dead worker's broken pipe shows up as its death, via the pump
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def interrupt(self) -> None:
+        """SIGINT to the whole session, as a terminal's ^C: the worker and the cell's children."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGINT)
+
+    def nudge(self, cell: Cell) -> None:
+        """After an interrupt: bash drops the rest of the cell's line, ``done`` included."""
+        if self.language == "bash":
+            self._write(bash_worker.recover(cell.seq))
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL the session; the pump reports the death with ``reason``."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        with self._wlock:
+            try:
+                while view and self._commands >= 0:
+                    view = view[os.write(self._commands, view) :]
+            except OSError:
+                pass  # the worker is gone or going: the pump reports it
+
+    def _close_commands(self) -> None:
+        # Only once the process is gone: a write blocked on its full pipe has failed by then.
+        with self._wlock:
+            if self._commands >= 0:
+                os.close(self._commands)
+                self._commands = -1
+
+    # -- the pump thread ------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        popen = self.popen
+        assert popen.stdout is not None and popen.stderr is not None
+        out, err = popen.stdout.fileno(), popen.stderr.fileno()
+        pipes = {self._messages: 0, out: 1, err: 2}
+        decoders = {1: _decoder(), 2: _decoder(), 0: None}
+        poller = select.poll()
+        for fd in pipes:
+            os.set_blocking(fd, False)
+            poller.register(fd, select.POLLIN)
+        try:
+            pidfd = os.pidfd_open(self.pid)
+            poller.register(pidfd, select.POLLIN)
+        except OSError:  # an old kernel: look at the process every so often
+            pidfd = -1
+        lines = _Lines()
+        exited = False
+        orphaned: float | None = None  # when the message pipe closed with the process alive
+        try:
+            while not exited:
+                wait = None if pidfd >= 0 else 250
+                if orphaned is not None:
+                    wait = 100
+                    # Usually it is exiting (os._exit closes the pipe first); one that lives
+                    # on without its channel can never report a cell again.
+                    if time.monotonic() - orphaned > 1.0:
+                        self.kill(f"{TITLES[self.language]} closed its channel to the agent")
+                events = poller.poll(wait)
+                if pidfd < 0 and popen.poll() is not None:
+                    exited = True
+                for fd, _ in events:
+                    if fd == pidfd:
+                        exited = True
+                    elif fd in pipes and not self._read(fd, pipes, decoders, lines):
+                        poller.unregister(fd)
+                        if pipes.pop(fd) == 0:
+                            orphaned = time.monotonic()
+            # Gone: take what its pipes still hold (without waiting for a child that kept
+            # them), then report.
+            for fd in list(pipes):
+                while fd in pipes and self._read(fd, pipes, decoders, lines, final=True):
+                    pass
+        except Exception:  # a bug here must still end the cell and the process
+            import traceback
+
+            log(f"code context pump failed:\n{traceback.format_exc()}")
+            self.kill("the agent lost track of it")
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+            os.close(self._messages)
+            popen.stdout.close()
+            popen.stderr.close()
+            code = popen.wait()
+            process.forget(self.pid)
+            self._close_commands()
+            self._died(code)
+
+    def _read(
+        self,
+        fd: int,
+        pipes: dict[int, int],
+        decoders: dict[int, Any],
+        lines: _Lines,
+        final: bool = False,
+    ) -> bool:
+        """Forward what ``fd`` holds now; False at its end (or, when ``final``, once empty)."""
+        try:
+            data = os.read(fd, protocol.CHUNK)
+        except BlockingIOError:
+            return not final
+        except OSError as e:
+            log(f"reading from a code context failed: {e}")
+            data = b""
+        kind = pipes[fd]
+        if not data:
+            if final:
+                pipes.pop(fd, None)
+            return False
+        if kind == 0:
+            for line in lines.feed(data):
+                self._message(line, pipes, decoders)
+        else:
+            decoded = decoders[kind].decode(data)
+            cell = self.cell
+            if decoded and cell is not None:
+                cell.output(kind, decoded)
+        return True
+
+    def _flush_output(self, pipes: dict[int, int], decoders: dict[int, Any]) -> None:
+        """Before a cell ends: what its child processes wrote is already in the pipes. Read
+        a bounded amount: a background process writing on and on must not hold the cell."""
+        for fd, kind in list(pipes.items()):
+            if kind == 0:
+                continue
+            for _ in range(FLUSH_READS):
+                try:
+                    data = os.read(fd, protocol.CHUNK)
+                except OSError:  # BlockingIOError: nothing more for now
+                    break
+                if not data:
+                    break
+                decoded = decoders[kind].decode(data)
+                if decoded and self.cell is not None:
+                    self.cell.output(kind, decoded)
+
+    def _message(self, line: bytes | None, pipes: dict[int, int], decoders: dict[int, Any]) -> None:
+        cell = self.cell
+        if line is None:  # a line over MAX_LINE was dropped
+            if cell is not None:
+                cell.output(2, f"firebox: output over {wire.MAX_LINE >> 20} MiB was dropped\n")
+            return
+        message = wire.decode(line)
+        if message is None:
+            return
+        kind = message["k"]
+        if kind == wire.READY:
+            self.ready.set()
+        elif kind == wire.FATAL:
+            self.fatal = text(message.get("message"), 4000)
+        elif cell is None:
+            return  # between cells: nobody to tell
+        elif kind == wire.STREAM:
+            fd, printed = message.get("fd"), message.get("text")
+            if fd in (1, 2) and isinstance(printed, str):
+                cell.output(fd, clean(printed))
+        elif kind == wire.RESULT:
+            data, chart = message.get("data"), message.get("chart")
+            if isinstance(data, dict) and data:
+                chart = clean(chart) if isinstance(chart, dict) else None
+                cell.result(clean(data), message.get("main") is True, chart, len(line))
+        elif kind == wire.ERROR:
+            cell.error(
+                text(message.get("name"), 200) or "Error",
+                text(message.get("value")),
+                text(message.get("traceback")),
+            )
+        elif kind == wire.DONE and message.get("seq") == cell.seq:
+            self._flush_output(pipes, decoders)
+            count, status = message.get("count"), message.get("status")
+            with self._lock:
+                self.cell = None
+            cell.finish(
+                count if isinstance(count, int) else None,
+                status if isinstance(status, int) else None,
+            )
+
+    def _died(self, code: int) -> None:
+        """Tell the cell (and the context) why the process ended: the reason we killed it, or
+        how it ended by itself."""
+        title = TITLES[self.language]
+        if self.kill_reason is not None:
+            reason = self.kill_reason
+        elif code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            reason = f"{title} was killed by {name}"
+            if code == -signal.SIGKILL:
+                reason += " (most likely the sandbox ran out of memory)"
+        else:
+            reason = f"{title} exited with status {code}"
+        with self._lock:
+            self.dead = reason
+            cell, self.cell = self.cell, None
+        self.ready.set()  # wakes a spawn still waiting for it
+        if cell is not None:
+            cell.die(reason, by_agent=self.kill_reason is not None)
+
+
+def _decoder() -> Any:
+    # Output arrives in arbitrary pieces: a character split between two reads stays whole.
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+class _Lines:
+    """Splits the message pipe into lines, dropping (as None) any longer than MAX_LINE."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        start = len(self._buf)  # only new bytes can hold the next newline: a long line
+        self._buf += data  # arriving in pieces is scanned once, not once per piece
+        while True:
+            end = self._buf.find(b"\n", start)
+            if end < 0:
+                if len(self._buf) > wire.MAX_LINE:
+                    self._buf.clear()
+                    if not self._skipping:
+                        self._skipping = True
+                        out.append(None)
+                return out
+            line = bytes(self._buf[:end])
+            del self._buf[: end + 1]
+            start = 0
+            if self._skipping:
+                self._skipping = False
+            else:
+                out.append(line)

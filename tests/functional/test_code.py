@@ -1,0 +1,129 @@
+"""run_code through the real daemon into a real jail on the `python` template."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from firebox import Sandbox
+from tests.conftest import Daemon
+
+
+@pytest.fixture(scope="module")
+def sbx(daemon: Daemon) -> Iterator[Sandbox]:
+    s = Sandbox.create(template="python", timeout=600)
+    try:
+        yield s
+    finally:
+        s.kill()
+
+
+def test_state_persists_across_cells(sbx: Sandbox) -> None:
+    sbx.run_code("x = 41")
+    ex = sbx.run_code("x += 1; x")
+    assert ex.error is None and ex.text == "42"
+    assert ex.execution_count is not None
+
+
+def test_two_contexts_are_independent(sbx: Sandbox) -> None:
+    a = sbx.create_code_context()
+    b = sbx.create_code_context()
+    sbx.run_code("v = 'a'", context=a)
+    sbx.run_code("v = 'b'", context=b)
+    assert sbx.run_code("v", context=a).text == "'a'"
+    assert sbx.run_code("v", context=b).text == "'b'"
+    assert {a.id, b.id} <= {c.id for c in sbx.list_code_contexts()}
+    sbx.remove_code_context(b)
+    assert b.id not in {c.id for c in sbx.list_code_contexts()}
+
+
+def test_stdout_streams_before_the_cell_ends(sbx: Sandbox) -> None:
+    seen: list[tuple[float, str]] = []
+    start = time.monotonic()
+    ex = sbx.run_code(
+        "import time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.3)",
+        on_stdout=lambda m: seen.append((time.monotonic() - start, m.line)),
+    )
+    assert "".join(ex.logs.stdout) == "tick 0\ntick 1\ntick 2\n"
+    assert seen and seen[0][0] < 0.6  # the first line came long before the ~0.9 s cell ended
+
+
+def test_dataframe_gives_html_and_text(sbx: Sandbox) -> None:
+    ex = sbx.run_code("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': [3, 4]})")
+    main = [r for r in ex.results if r.is_main_result]
+    assert main and main[0].html and "<table" in main[0].html and main[0].text
+    assert "html" in main[0].formats() and "text" in main[0].formats()
+
+
+CHARTS = {
+    "line": "plt.plot([1, 2, 3], [4, 5, 7], label='price')\nplt.title('T')\nplt.xlabel('day')"
+    "\nplt.ylabel('usd')\nplt.legend()\nplt.show()",
+    "bar": "plt.bar(['a', 'b'], [3, 5])\nplt.title('B')\nplt.show()",
+    "scatter": "plt.scatter([1, 2], [3, 4])\nplt.show()",
+    "pie": "plt.pie([1, 3], labels=['x', 'y'])\nplt.show()",
+}
+
+
+@pytest.mark.parametrize("kind", list(CHARTS))
+def test_each_chart_kind_gives_png_and_data(sbx: Sandbox, kind: str) -> None:
+    ex = sbx.run_code("import matplotlib.pyplot as plt\n" + CHARTS[kind])
+    assert ex.error is None, ex.error
+    pngs = [r for r in ex.results if r.png]
+    assert len(pngs) == 1
+    assert base64.b64decode(pngs[0].png or "").startswith(b"\x89PNG")
+    chart = pngs[0].chart
+    assert chart is not None and chart["type"] == kind
+    assert chart.get("elements")
+
+
+def test_line_chart_data_is_what_was_plotted(sbx: Sandbox) -> None:
+    ex = sbx.run_code("import matplotlib.pyplot as plt\n" + CHARTS["line"])
+    chart = next(r.chart for r in ex.results if r.chart)
+    assert chart["title"] == "T" and chart["x_label"] == "day" and chart["y_label"] == "usd"
+    line = chart["elements"][0]
+    assert line["label"] == "price"
+    assert [list(p) for p in line["points"]] == [[1, 4], [2, 5], [3, 7]]
+
+
+def test_errors_carry_name_value_and_the_users_traceback(sbx: Sandbox) -> None:
+    ex = sbx.run_code("def f():\n    return 1 / 0\nf()")
+    assert ex.error is not None
+    assert ex.error.name == "ZeroDivisionError"
+    assert "division by zero" in ex.error.value
+    assert "return 1 / 0" in ex.error.traceback
+    assert "firebox" not in ex.error.traceback  # the agent's frames are not shown
+
+
+def test_timeout_interrupts_and_keeps_state(sbx: Sandbox) -> None:
+    sbx.run_code("kept = 7")
+    ex = sbx.run_code("while True:\n    pass", timeout=1)
+    assert ex.error is not None and ex.error.name == "TimeoutError"
+    assert sbx.run_code("kept").text == "7"
+
+
+def test_a_dying_interpreter_is_reported_and_restarted(sbx: Sandbox) -> None:
+    ctx = sbx.create_code_context()
+    sbx.run_code("y = 1", context=ctx)
+    ex = sbx.run_code("import os; os._exit(1)", context=ctx)
+    assert ex.error is not None
+    after = sbx.run_code("1 + 1", context=ctx)
+    assert after.error is None and after.text == "2"
+    gone = sbx.run_code("y", context=ctx)
+    assert gone.error is not None and gone.error.name == "NameError"
+
+
+def test_javascript_state_persists(sbx: Sandbox) -> None:
+    sbx.run_code("let n = 40; const add = (a) => a + 2;", language="javascript")
+    ex = sbx.run_code("console.log('hi'); add(n)", language="javascript")
+    assert ex.logs.stdout == ["hi\n"] and ex.text == "42"
+    ex = sbx.run_code("await Promise.resolve(n + 1)", language="javascript")
+    assert ex.text == "41"
+
+
+def test_bash_state_persists(sbx: Sandbox) -> None:
+    sbx.run_code("cd /tmp && export GREETING=hello", language="bash")
+    ex = sbx.run_code("pwd; echo $GREETING", language="bash")
+    assert "".join(ex.logs.stdout) == "/tmp\nhello\n"
