@@ -1,4 +1,4 @@
-"""Core benchmark: sandbox create → first command result, and command round trip.
+"""Core benchmark: sandbox create → first command / run_code result, and round trips.
 
 Measured side by side in one run against the two floors a jail cannot beat:
   * bare ``python3 -c pass`` by the interpreter's real path (no version-manager shim);
@@ -42,28 +42,42 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
     return out
 
 
+def first_result(runs: int, first: Callable[[Sandbox], object], pace: float) -> list[float]:
+    """Medians of create → ``first(sbx)`` done; the kill happens after the clock stops."""
+    samples = []
+    for i in range(runs + 2):
+        # paced, so that a pool has refilled (and its sandboxes' IPython pre-started): this
+        # measures a create that finds one waiting, or with no pool a cold start
+        time.sleep(pace)
+        start = time.perf_counter()
+        sbx = Sandbox.create()
+        first(sbx)
+        elapsed = (time.perf_counter() - start) * 1000
+        sbx.kill()
+        if i >= 2:
+            samples.append(elapsed)
+    return samples
+
+
 def measure_daemon(label: str, pool_size: int, runs: int) -> dict[str, list[float]]:
-    """create → first result and round trip against a daemon with the given pool size."""
+    """create → first result and round trips against a daemon with the given pool size."""
     out: dict[str, list[float]] = {}
     with LocalDaemon(pool_size=pool_size) as daemon:
         os.environ.update(daemon.env())
-        samples = []
-        for i in range(runs + 2):
-            # paced, so that a pool has refilled: this measures a create that finds one
-            # waiting (or, with no pool, a cold start), not the pool's refill rate
-            time.sleep(0.3)
-            start = time.perf_counter()
-            sbx = Sandbox.create()
-            sbx.commands.run("true")
-            elapsed = (time.perf_counter() - start) * 1000
-            sbx.kill()
-            if i >= 2:
-                samples.append(elapsed)
-        out[f"create → first command result ({label})"] = samples
+        out[f"create → first command result ({label})"] = first_result(
+            runs, lambda sbx: sbx.commands.run("true"), 0.5
+        )
+        out[f"create → first run_code result ({label})"] = first_result(
+            runs, lambda sbx: sbx.run_code("1 + 1"), 1.0
+        )
         if pool_size == 0:
             with Sandbox.create() as sbx:
                 out["commands.run('true') round trip"] = timed(
                     lambda: sbx.commands.run("true"), runs * 3
+                )
+                sbx.run_code("x = 0")
+                out["run_code('x += 1') round trip"] = timed(
+                    lambda: sbx.run_code("x += 1"), runs * 3
                 )
     return out
 
@@ -117,15 +131,17 @@ def main() -> int:
     base_py = medians["bare python3 -c"]
     base_bw = medians["bare bwrap python3 -c"]
     print()
-    for label in ("warm pool", "no pool"):
-        create = medians[f"create → first command result ({label})"]
-        print(
-            f"  create → first result, {label}: {create / base_py:.2f}× bare python3, "
-            f"{create / base_bw:.2f}× bare bwrap (target ≤ 40 ms: "
-            f"{'met' if create <= 40 else 'NOT met'})"
-        )
-    rtt = medians["commands.run('true') round trip"]
-    print(f"  round trip: {rtt:.2f} ms (target ≤ 3 ms: {'met' if rtt <= 3 else 'NOT met'})")
+    for what in ("command", "run_code"):
+        for label in ("warm pool", "no pool"):
+            create = medians[f"create → first {what} result ({label})"]
+            print(
+                f"  create → first {what} result, {label}: {create / base_py:.2f}× bare "
+                f"python3, {create / base_bw:.2f}× bare bwrap (target ≤ 40 ms: "
+                f"{'met' if create <= 40 else 'NOT met'})"
+            )
+    for name in ("commands.run('true') round trip", "run_code('x += 1') round trip"):
+        rtt = medians[name]
+        print(f"  {name}: {rtt:.2f} ms (target ≤ 3 ms: {'met' if rtt <= 3 else 'NOT met'})")
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "core.json").write_text(json.dumps({"medians_ms": medians, "runs": args.runs}, indent=2))

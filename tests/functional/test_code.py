@@ -127,3 +127,12 @@ def test_bash_state_persists(sbx: Sandbox) -> None:
     sbx.run_code("cd /tmp && export GREETING=hello", language="bash")
     ex = sbx.run_code("pwd; echo $GREETING", language="bash")
     assert "".join(ex.logs.stdout) == "/tmp\nhello\n"
+
+
+def test_a_cell_that_exhausts_memory_is_reported_and_the_context_restarts(sbx: Sandbox) -> None:
+    ctx = sbx.create_code_context()
+    ex = sbx.run_code("b = bytearray(2 * 1024**3)", context=ctx, timeout=60)
+    assert ex.error is not None
+    assert "memory" in (ex.error.value + ex.error.name).lower()
+    assert sbx.run_code("1 + 1", context=ctx).text == "2"
+    assert sbx.commands.run("echo alive").stdout == "alive\n"  # the sandbox itself lives on
