@@ -136,3 +136,62 @@ def test_a_cell_that_exhausts_memory_is_reported_and_the_context_restarts(sbx: S
     assert "memory" in (ex.error.value + ex.error.name).lower()
     assert sbx.run_code("1 + 1", context=ctx).text == "2"
     assert sbx.commands.run("echo alive").stdout == "alive\n"  # the sandbox itself lives on
+
+
+def test_bar_scatter_and_pie_data_is_what_was_plotted(sbx: Sandbox) -> None:
+    def chart_of(kind: str) -> dict:
+        ex = sbx.run_code("import matplotlib.pyplot as plt\n" + CHARTS[kind])
+        return next(r.chart for r in ex.results if r.chart)
+
+    bar = chart_of("bar")
+    assert bar["title"] == "B"
+    assert [(e["group"], e["value"]) for e in bar["elements"]] == [("a", 3), ("b", 5)]
+    scatter = chart_of("scatter")
+    assert [list(p) for p in scatter["elements"][0]["points"]] == [[1, 3], [2, 4]]
+    pie = chart_of("pie")
+    assert [e["label"] for e in pie["elements"]] == ["x", "y"]
+    fractions = [round(e["fraction"], 2) for e in pie["elements"]]
+    assert fractions == [0.25, 0.75]
+
+
+def test_restarting_a_context_clears_its_state(sbx: Sandbox) -> None:
+    ctx = sbx.create_code_context()
+    sbx.run_code("z = 3", context=ctx)
+    sbx.restart_code_context(ctx)
+    assert sbx.run_code("z", context=ctx).error.name == "NameError"  # type: ignore[union-attr]
+
+
+def test_results_display_themselves_in_jupyter(sbx: Sandbox) -> None:
+    ex = sbx.run_code("import pandas as pd\npd.DataFrame({'a': [1]})")
+    main = next(r for r in ex.results if r.is_main_result)
+    assert main._repr_html_() == main.html and "<table" in (main.html or "")
+
+
+async def test_async_run_code(daemon: Daemon) -> None:
+    from firebox import AsyncSandbox
+
+    async with await AsyncSandbox.create() as s:
+        await s.run_code("a = 20")
+        seen: list[str] = []
+        ex = await s.run_code("print('hi'); a * 2 + 2", on_stdout=lambda m: seen.append(m.line))
+        assert ex.text == "42" and seen == ["hi\n"]
+
+
+def test_cli_run_prints_text_and_writes_images(daemon: Daemon, tmp_path) -> None:  # noqa: ANN001
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **daemon.env()}
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()\n6 * 7"
+    out = subprocess.run(
+        [sys.executable, "-m", "firebox.cli", "run", "--code", code, "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "42" in out.stdout.splitlines()
+    pngs = list(tmp_path.glob("*.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes().startswith(b"\x89PNG")
