@@ -17,11 +17,12 @@ Channels multiplex many operations over the one stream. Channel 0 is the control
 (``hello`` from the agent). Every other channel is opened by the daemon with a request message
 and closed by exactly one final message from the agent: ``result`` or ``error``.
 
-Flow control: every ``data`` and ``watch.event`` frame costs the receiver one credit. A sender
-of such a stream starts with ``WINDOW`` credits and stops when it has none; the receiver returns
-credits with ``credit`` frames as it consumes them. This bounds memory on both sides no matter
-how fast a process writes, how busy a watched directory is or how slowly an HTTP client reads;
-a peer that sends beyond its credit is broken or hostile.
+Flow control: every ``data``, ``watch.event``, ``code.result`` and ``code.error`` frame costs
+the receiver one credit. A sender of such a stream starts with ``WINDOW`` credits and stops
+when it has none; the receiver returns credits with ``credit`` frames as it consumes them.
+This bounds memory on both sides no matter how fast a process writes, how busy a watched
+directory is or how slowly an HTTP client reads; a peer that sends beyond its credit is broken
+or hostile.
 """
 
 from __future__ import annotations
