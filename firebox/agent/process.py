@@ -138,25 +138,22 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
     info = protocol.ProcessInfo(
         pid=0, cmd=msg.cmd, argv=msg.argv, cwd=cwd, user=user.name, tag=msg.tag, env=msg.env
     )
+    try:
+        popen = spawn(
+            argv,
+            user,
+            stdin=subprocess.PIPE if msg.stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+        )
+    except OSError as e:
+        raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None
+    info.pid = popen.pid
+    proc = Proc(popen, info)
     with _spawn_lock:
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE if msg.stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                **user_ids(user),
-            )
-        except OSError as e:
-            raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None
-        _tracked.add(popen.pid)
-        info.pid = popen.pid
-        proc = Proc(popen, info)
         _procs[popen.pid] = proc
-    _spawned.set()
     try:
         return _run(stream, proc, timeout)
     finally:
@@ -224,8 +221,7 @@ def _run(stream: Stream, proc: Proc, timeout: float | None) -> dict[str, Any]:
         # The result follows all the output: pipes first, then the exit status.
         _pump(stream, popen, deadline)
         code = popen.wait()
-        with _spawn_lock:
-            _tracked.discard(popen.pid)
+        forget(popen.pid)
     finally:
         if deadline is not None:
             deadline.cancelled = True
