@@ -21,6 +21,18 @@ if TYPE_CHECKING:
     from typing import Any
 
 TEXT_CHUNK = protocol.CHUNK // 4  # characters per Data frame: at most CHUNK bytes of UTF-8
+ERROR_VALUE_MAX = 256 * 1024  # characters; ×6 for JSON escapes stays well inside MAX_HEADER
+ERROR_TRACEBACK_MAX = 512 * 1024
+
+
+def _cut(value: str, limit: int) -> str:
+    if len(value) <= limit:
+        return value
+    return (
+        value[: limit // 2]
+        + f"\n… ({len(value) - limit} characters left out) …\n"
+        + value[-limit // 2 :]
+    )
 
 
 def clean(value: Any) -> Any:
@@ -73,7 +85,9 @@ class Cell:
     ) -> None:
         """``size``: of the worker's message, about what the frame's header will be."""
         msg = protocol.CodeResult(data=data, is_main_result=main, chart=chart)
-        if size > protocol.MAX_HEADER // 2:
+        # JSON escapes non-ASCII text, up to 6 bytes a character: check the exact size only
+        # when it may matter (encoding a big PNG twice costs)
+        if size > protocol.MAX_HEADER // 6:
             try:  # the exact size only when it may matter: encoding a big PNG twice costs
                 protocol.encode(self.stream.channel, msg)
             except protocol.ProtocolError:
@@ -92,7 +106,14 @@ class Cell:
             # The interrupt surfaces as the language's own (KeyboardInterrupt, an interrupted
             # script, status 130); say what happened in the words of the API.
             name, value = "TimeoutError", self.timeout_message()
-        self._send(protocol.CodeError(name=name, value=value, traceback=traceback))
+        # bounded so that the frame fits even when every character needs a JSON escape
+        self._send(
+            protocol.CodeError(
+                name=name[:1000],
+                value=_cut(value, ERROR_VALUE_MAX),
+                traceback=_cut(traceback, ERROR_TRACEBACK_MAX),
+            )
+        )
 
     def timeout_message(self) -> str:
         return (
@@ -124,7 +145,14 @@ class Cell:
     def send_error(self, name: str, value: str, traceback: str = "") -> None:
         if not self.error_sent:
             self.error_sent = True
-            self._send(protocol.CodeError(name=name, value=value, traceback=traceback))
+            # bounded so that the frame fits even when every character needs a JSON escape
+        self._send(
+            protocol.CodeError(
+                name=name[:1000],
+                value=_cut(value, ERROR_VALUE_MAX),
+                traceback=_cut(traceback, ERROR_TRACEBACK_MAX),
+            )
+        )
 
     def _send(self, msg: protocol.Message, payload: bytes = b"") -> None:
         if self._live:

@@ -83,17 +83,27 @@ class Context:
 
         threading.Thread(target=start, name=f"restart-{self.id}", daemon=True).start()
 
-    def acquire(self, stream: Stream) -> None:
-        """Wait for the cell ahead of us; give up if the daemon cancels or the context goes."""
+    def acquire(self, stream: Stream, deadline: float | None) -> None:
+        """Wait for the cell ahead of us; give up if the daemon cancels, the context goes, or
+        the cell's own timeout (which counts the wait) runs out first."""
         while not self.lock.acquire(timeout=0.2):
             if stream.cancelled:
                 raise Fail("invalid", "cancelled while waiting for the cell ahead")
             if self.removed:
                 raise _removed(self.id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Fail(
+                    "busy",
+                    f"code context {self.id!r} was still running an earlier cell when this "
+                    "one's timeout ran out; wait for it, interrupt it (restart the context) "
+                    "or use another context",
+                )
         if self.removed:
             self.lock.release()
             raise _removed(self.id)
 
+
+RESTART_WAIT = 20.0  # seconds a restart waits for the killed cell to let go of its context
 
 _contexts: dict[str, Context] = {}
 _registry = threading.Lock()
@@ -170,7 +180,7 @@ def restart(stream: Stream, msg: protocol.ContextRestart, payload: bytes) -> dic
     if interp is not None:
         # Not waiting for the lock first: restarting is how a user unsticks a hung cell.
         interp.kill(RESTARTED)
-    ctx.acquire(stream)
+    ctx.acquire(stream, time.monotonic() + RESTART_WAIT)
     try:
         if ctx.interp is interp:  # else one started since we killed: fresh already
             ctx.interp = None
@@ -206,8 +216,11 @@ def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]
         bad = [name for name in env if not bash_worker.NAME.match(name)]
         if bad:
             raise Fail("invalid", f"{bad[0]!r} is not a name bash can export")
-    ctx.acquire(stream)
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    ctx.acquire(stream, deadline)
     try:
+        if deadline is not None:  # the time spent queued behind another cell counts
+            timeout = max(0.001, deadline - time.monotonic())
         interp = ctx.ensure()
         cell = Cell(stream, interp.next_seq())
         cell.timeout = timeout

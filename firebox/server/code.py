@@ -13,6 +13,7 @@ The stream of ``POST /sandboxes/{id}/code``, one JSON object per line::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from firebox.server.manager import LiveSandbox
 from firebox.server.models import ContextInfo, CreateContext, RunCode
 
 router = APIRouter(tags=["code"])
+FIRST_EVENT_WAIT = 0.5  # seconds
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -55,11 +57,12 @@ def _event(kind: str, value: Any) -> dict[str, Any]:
 
 
 async def _stream(
-    sbx: LiveSandbox, cell: CodeStream, first: tuple[str, Any] | None
+    sbx: LiveSandbox, cell: CodeStream, pending: asyncio.Future[tuple[str, Any] | None]
 ) -> AsyncIterator[bytes]:
     finished = False
     try:
         try:
+            first = await pending
             if first is not None:
                 yield _line(_event(*first))
                 async for kind, value in cell:
@@ -74,6 +77,7 @@ async def _stream(
         yield _line({"type": "end", **protocol.as_dict(done)})
     finally:
         if not finished:  # the client went away: the agent interrupts the cell
+            pending.cancel()
             with contextlib.suppress(Exception):
                 await cell.detach()
 
@@ -93,11 +97,16 @@ async def run_code(body: RunCode, sbx: Sandbox) -> StreamingResponse:
     )
     try:
         cell = await sbx.agent.run_code(req)
-        # The first event before answering: an unknown context is a 404, not a broken 200.
-        first = await anext(cell, None)
     except (AgentError, AgentGone) as e:
         raise agent_error(e, sbx) from None
-    return StreamingResponse(_stream(sbx, cell, first), media_type="application/x-ndjson")
+    # Wait briefly for the first event before answering, so that a request the agent refuses
+    # at once (an unknown context, say) is a 4xx rather than a broken 200. Not longer: a cell
+    # may be silent for minutes, and only an answer that has begun notices its client leave.
+    pending = asyncio.ensure_future(anext(cell, None))
+    await asyncio.wait({pending}, timeout=FIRST_EVENT_WAIT)
+    if pending.done() and isinstance(pending.exception(), AgentError | AgentGone):
+        raise agent_error(pending.exception(), sbx) from None  # type: ignore[arg-type]
+    return StreamingResponse(_stream(sbx, cell, pending), media_type="application/x-ndjson")
 
 
 async def _call(sbx: LiveSandbox, msg: protocol.Message) -> Any:

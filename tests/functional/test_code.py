@@ -195,3 +195,28 @@ def test_cli_run_prints_text_and_writes_images(daemon: Daemon, tmp_path) -> None
     assert "42" in out.stdout.splitlines()
     pngs = list(tmp_path.glob("*.png"))
     assert len(pngs) == 1 and pngs[0].read_bytes().startswith(b"\x89PNG")
+
+
+def test_huge_non_ascii_results_and_errors_keep_the_context(sbx: Sandbox) -> None:
+    ctx = sbx.create_code_context()
+    sbx.run_code("kept = 5", context=ctx)
+    big = sbx.run_code("'é' * 2_000_000", context=ctx, timeout=60)
+    assert big.error is None and big.results  # a result (or a note that it was left out)
+    err = sbx.run_code("raise ValueError('é' * 800_000)", context=ctx, timeout=60)
+    assert err.error is not None and err.error.name == "ValueError"
+    assert len(err.error.value) < 800_000
+    assert sbx.run_code("kept", context=ctx).text == "5"
+
+
+def test_time_queued_behind_another_cell_counts_against_the_timeout(sbx: Sandbox) -> None:
+    import threading
+
+    ctx = sbx.create_code_context()
+    first = threading.Thread(target=lambda: sbx.run_code("import time; time.sleep(6)", context=ctx))
+    first.start()
+    time.sleep(0.5)
+    start = time.monotonic()
+    ex = sbx.run_code("1", context=ctx, timeout=1)
+    assert time.monotonic() - start < 4
+    assert ex.error is not None
+    first.join(30)
