@@ -74,6 +74,11 @@ class Interpreter:
         self.popen = popen
         self.pid: int = popen.pid
         self._commands = commands  # our write end (bash: its stdin); -1 once closed
+        # Written to in slices, never blocking: a worker that stops reading (busy with an
+        # earlier cell's leftover work, or gone with a child holding the pipe) must not hold
+        # a cell past its timeout, nor the lock a restart needs.
+        os.set_blocking(commands, False)
+        self._exited = False  # set by the pump as soon as the process is gone
         # Held to write or close it, so a write never lands on a reused descriptor number.
         self._wlock = threading.Lock()
         self._messages = messages
@@ -165,7 +170,13 @@ class Interpreter:
         else:
             request = {"k": wire.RUN, "seq": cell.seq, "code": code, "env": env}
             line = wire.encode(request)
-        self._write(line)  # a dead worker's broken pipe shows up as its death, via the pump
+        deadline = time.monotonic() + cell.timeout if cell.timeout is not None else None
+        # a dead worker's broken pipe shows up as its death, via the pump
+        if not self._write(line, deadline):
+            self.kill(
+                "it did not take the cell within the cell's timeout (still busy with an "
+                "earlier cell's leftover work); its state is lost"
+            )
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -188,14 +199,25 @@ class Interpreter:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, deadline: float | None = None) -> bool:
+        """Whether all of ``data`` went out before ``deadline``; gives up early when the
+        worker is gone or being killed (the pump then reports it)."""
         view = memoryview(data)
         with self._wlock:
-            try:
-                while view and self._commands >= 0:
+            while view and self._commands >= 0:
+                if self._exited or self.kill_reason is not None:
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                try:
                     view = view[os.write(self._commands, view) :]
-            except OSError:
-                pass  # the worker is gone or going: the pump reports it
+                except BlockingIOError:
+                    poller = select.poll()
+                    poller.register(self._commands, select.POLLOUT)
+                    poller.poll(200)
+                except OSError:
+                    return True  # the worker is gone or going: the pump reports it
+        return True
 
     def _close_commands(self) -> None:
         # Only once the process is gone: a write blocked on its full pipe has failed by then.
@@ -243,6 +265,7 @@ class Interpreter:
                         poller.unregister(fd)
                         if pipes.pop(fd) == 0:
                             orphaned = time.monotonic()
+            self._exited = True  # a write blocked on its pipe gives up now
             # Gone: take what its pipes still hold (without waiting for a child that kept
             # them), then report.
             for fd in list(pipes):

@@ -220,3 +220,19 @@ def test_time_queued_behind_another_cell_counts_against_the_timeout(sbx: Sandbox
     assert time.monotonic() - start < 4
     assert ex.error is not None
     first.join(30)
+
+
+def test_a_worker_that_stops_reading_cannot_hold_a_cell_past_its_timeout(sbx: Sandbox) -> None:
+    ctx = sbx.create_code_context(language="javascript")
+    # the cell returns at once, then node's event loop is blocked for 20 s
+    sbx.run_code(
+        "setTimeout(() => { const end = Date.now() + 20000; while (Date.now() < end) {} }, 200); 1",
+        context=ctx,
+    )
+    time.sleep(0.5)
+    start = time.monotonic()
+    big = "let filler = 0;\n" + "filler += 1;\n" * 20000  # larger than a pipe's buffer
+    ex = sbx.run_code(big, context=ctx, timeout=2)
+    assert time.monotonic() - start < 8
+    assert ex.error is not None
+    assert sbx.run_code("1 + 1", context=ctx).text == "2"  # restarted, usable again
