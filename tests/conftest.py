@@ -32,6 +32,20 @@ class Daemon(LocalDaemon):
             r.raise_for_status()
             return str(r.json()["key"])
 
+    def peak_rss_mb(self) -> float:
+        """The daemon process's peak resident memory (VmHWM) so far."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+    def sandbox_pids(self, sandbox_id: str) -> list[int]:
+        """Host pids of every process of a sandbox, read from its cgroup (v1 pids, or v2)."""
+        for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+            procs = base / self.cgroup_parent / sandbox_id / "cgroup.procs"
+            if procs.exists():
+                return [int(p) for p in procs.read_text().split()]
+        raise AssertionError(f"no cgroup found for {sandbox_id}")
+
 
 @pytest.fixture(scope="session")
 def image() -> Path:

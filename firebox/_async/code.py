@@ -16,6 +16,7 @@ from firebox._core.code import (
     ExecutionError,
     OutputMessage,
     Result,
+    context_id,
     end_error,
     output_message,
     parse_code_event,
@@ -70,7 +71,7 @@ class AsyncCodeExecution:
         body: dict[str, Any] = {
             "code": code,
             "language": language,
-            "context_id": context.id if isinstance(context, Context) else context,
+            "context_id": context_id(context) if context is not None else None,
             "envs": dict(envs or {}),
             "timeout": timeout,
         }
@@ -145,19 +146,17 @@ class AsyncCodeExecution:
         self, context: Context | str, request_timeout: float | None = None
     ) -> None:
         """Start the context's interpreter afresh: its variables are gone."""
-        context_id = context.id if isinstance(context, Context) else context
         await self._api.request(
             "POST",
-            sandbox_path(self._sandbox_id, "contexts", context_id, "restart"),
+            sandbox_path(self._sandbox_id, "contexts", context_id(context), "restart"),
             timeout=request_timeout,
         )
 
     async def remove_code_context(
         self, context: Context | str, request_timeout: float | None = None
     ) -> None:
-        context_id = context.id if isinstance(context, Context) else context
         await self._api.request(
             "DELETE",
-            sandbox_path(self._sandbox_id, "contexts", context_id),
+            sandbox_path(self._sandbox_id, "contexts", context_id(context)),
             timeout=request_timeout,
         )

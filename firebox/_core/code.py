@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from firebox._core.responses import _unexpected
+from firebox._core.responses import _unexpected, ndjson_value
 
 # MIME type → Result attribute; the order is the order of ``formats()``
 MIME_FIELDS = {
@@ -143,6 +143,10 @@ class Context:
     cwd: str
 
 
+def context_id(context: Context | str) -> str:
+    return context.id if isinstance(context, Context) else context
+
+
 def parse_context(obj: Any) -> Context:
     if not isinstance(obj, dict) or not all(
         isinstance(obj.get(k), str) for k in ("id", "language", "cwd")
@@ -179,12 +183,9 @@ def _maybe_json(text: str) -> Any:
 def parse_code_event(line: str) -> dict[str, Any] | None:
     """One NDJSON line of a code stream; None for an empty line or an unknown event type
     (a newer daemon may add some)."""
-    if not line.strip():
+    event = ndjson_value(line, "code stream")
+    if event is None:
         return None
-    try:
-        event = json.loads(line)
-    except ValueError:
-        raise _unexpected(f"a code event that is not JSON: {line!r:.200}") from None
     if not isinstance(event, dict):
         raise _unexpected(f"a code event that is not an object: {line!r:.200}")
     if event.get("type") not in ("stdout", "stderr", "result", "error", "end"):

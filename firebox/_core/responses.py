@@ -124,14 +124,21 @@ def parse_fs_events(obj: Any) -> list[FilesystemEvent]:
     return events
 
 
-def parse_command_event(line: str) -> CommandEvent | None:
-    """One NDJSON line of a command stream; None for blank lines and unknown event types."""
+def ndjson_value(line: str, what: str) -> Any:
+    """The JSON value of one line of a streamed answer; None for a blank line."""
     if not line.strip():
         return None
     try:
-        obj = json.loads(line)
+        return json.loads(line)
     except ValueError:
-        raise _unexpected(f"a command stream line is not JSON: {line!r:.200}") from None
+        raise _unexpected(f"a {what} line is not JSON: {line!r:.200}") from None
+
+
+def parse_command_event(line: str) -> CommandEvent | None:
+    """One NDJSON line of a command stream; None for blank lines and unknown event types."""
+    obj = ndjson_value(line, "command stream")
+    if obj is None:
+        return None
     r = _Reader(obj, "command event")
     kind = r.get("type", str)
     if kind == "start":

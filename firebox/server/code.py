@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +23,7 @@ from fastapi.responses import StreamingResponse
 
 from firebox import protocol
 from firebox.server.agent_client import AgentError, AgentGone, CodeStream
-from firebox.server.commands import agent_error, ensure_capacity
+from firebox.server.commands import agent_call, agent_error, ensure_capacity, ndjson_line
 from firebox.server.deps import Sandbox
 from firebox.server.errors import ApiError
 from firebox.server.manager import LiveSandbox
@@ -32,10 +31,6 @@ from firebox.server.models import ContextInfo, CreateContext, RunCode
 
 router = APIRouter(tags=["code"])
 FIRST_EVENT_WAIT = 0.5  # seconds
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def _event(kind: str, value: Any) -> dict[str, Any]:
@@ -64,17 +59,17 @@ async def _stream(
         try:
             first = await pending
             if first is not None:
-                yield _line(_event(*first))
+                yield ndjson_line(_event(*first))
                 async for kind, value in cell:
-                    yield _line(_event(kind, value))
+                    yield ndjson_line(_event(kind, value))
         except (AgentError, AgentGone) as e:
             err = agent_error(e, sbx)
             finished = True
-            yield _line({"type": "end", "error": err.code, "message": err.message})
+            yield ndjson_line({"type": "end", "error": err.code, "message": err.message})
             return
         done = cell.done or protocol.CodeDone()
         finished = True
-        yield _line({"type": "end", **protocol.as_dict(done)})
+        yield ndjson_line({"type": "end", **protocol.as_dict(done)})
     finally:
         if not finished:  # the client went away: the agent interrupts the cell
             pending.cancel()
@@ -95,10 +90,7 @@ async def run_code(body: RunCode, sbx: Sandbox) -> StreamingResponse:
         env={**sbx.envs, **body.envs},
         timeout=body.timeout or None,
     )
-    try:
-        cell = await sbx.agent.run_code(req)
-    except (AgentError, AgentGone) as e:
-        raise agent_error(e, sbx) from None
+    cell = await agent_call(sbx, sbx.agent.run_code(req))
     # Wait briefly for the first event before answering, so that a request the agent refuses
     # at once (an unknown context, say) is a 4xx rather than a broken 200. Not longer: a cell
     # may be silent for minutes, and only an answer that has begun notices its client leave.
@@ -107,13 +99,6 @@ async def run_code(body: RunCode, sbx: Sandbox) -> StreamingResponse:
     if pending.done() and isinstance(pending.exception(), AgentError | AgentGone):
         raise agent_error(pending.exception(), sbx) from None  # type: ignore[arg-type]
     return StreamingResponse(_stream(sbx, cell, pending), media_type="application/x-ndjson")
-
-
-async def _call(sbx: LiveSandbox, msg: protocol.Message) -> Any:
-    try:
-        return await sbx.agent.call(msg)
-    except (AgentError, AgentGone) as e:
-        raise agent_error(e, sbx) from None
 
 
 def _context(raw: Any) -> ContextInfo:
@@ -127,12 +112,12 @@ def _context(raw: Any) -> ContextInfo:
 @router.post("/sandboxes/{sandbox_id}/contexts", status_code=201, response_model=ContextInfo)
 async def create_context(body: CreateContext, sbx: Sandbox) -> ContextInfo:
     msg = protocol.ContextCreate(language=body.language, cwd=body.cwd, user=body.user)
-    return _context(await _call(sbx, msg))
+    return _context(await agent_call(sbx, sbx.agent.call(msg)))
 
 
 @router.get("/sandboxes/{sandbox_id}/contexts", response_model=list[ContextInfo])
 async def list_contexts(sbx: Sandbox) -> list[ContextInfo]:
-    raw = await _call(sbx, protocol.ContextList())
+    raw = await agent_call(sbx, sbx.agent.call(protocol.ContextList()))
     if not isinstance(raw, list):
         raise ApiError("sandbox_error", "the sandbox's agent sent a malformed context list")
     return [_context(c) for c in raw]
@@ -140,11 +125,11 @@ async def list_contexts(sbx: Sandbox) -> list[ContextInfo]:
 
 @router.post("/sandboxes/{sandbox_id}/contexts/{context_id}/restart", status_code=204)
 async def restart_context(context_id: str, sbx: Sandbox) -> Response:
-    await _call(sbx, protocol.ContextRestart(id=context_id))
+    await agent_call(sbx, sbx.agent.call(protocol.ContextRestart(id=context_id)))
     return Response(status_code=204)
 
 
 @router.delete("/sandboxes/{sandbox_id}/contexts/{context_id}", status_code=204)
 async def remove_context(context_id: str, sbx: Sandbox) -> Response:
-    await _call(sbx, protocol.ContextRemove(id=context_id))
+    await agent_call(sbx, sbx.agent.call(protocol.ContextRemove(id=context_id)))
     return Response(status_code=204)

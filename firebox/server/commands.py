@@ -6,8 +6,8 @@ import codecs
 import contextlib
 import json
 import signal as signals
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
@@ -24,6 +24,8 @@ router = APIRouter(tags=["commands"])
 # KiB) in the daemon while its client is slow to read, so their number is what bounds memory.
 CHANNELS_MAX = 64
 
+T = TypeVar("T")
+
 
 def agent_error(e: AgentError | AgentGone, sbx: LiveSandbox) -> ApiError:
     """The one translation of agent failures into API errors."""
@@ -34,6 +36,19 @@ def agent_error(e: AgentError | AgentGone, sbx: LiveSandbox) -> ApiError:
     return ApiError(AGENT_CODES.get(e.code, "sandbox_error"), e.message)
 
 
+async def agent_call(sbx: LiveSandbox, operation: Awaitable[T]) -> T:
+    """Await an operation on the sandbox's agent; its failures become API errors."""
+    try:
+        return await operation
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+
+
+def ndjson_line(obj: dict[str, Any]) -> bytes:
+    """One line of a streamed answer (commands, code)."""
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
 def ensure_capacity(sbx: LiveSandbox) -> None:
     if sbx.agent.open_channels >= CHANNELS_MAX:
         raise ApiError(
@@ -41,10 +56,6 @@ def ensure_capacity(sbx: LiveSandbox) -> None:
             f"sandbox {sbx.id} has {CHANNELS_MAX} commands and transfers in flight; wait for "
             "some to finish (or kill them) before starting more",
         )
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def classify_exit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | None, str | None]:
@@ -71,7 +82,7 @@ def classify_exit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | N
 
 
 async def _stream(sbx: LiveSandbox, proc: ProcessStream) -> AsyncIterator[bytes]:
-    yield _line({"type": "start", "pid": proc.pid})
+    yield ndjson_line({"type": "start", "pid": proc.pid})
     decoders = {
         "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
         "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
@@ -82,20 +93,22 @@ async def _stream(sbx: LiveSandbox, proc: ProcessStream) -> AsyncIterator[bytes]
             async for fd, data in proc:
                 text = decoders[fd].decode(data)
                 if text:
-                    yield _line({"type": fd, "data": text})
+                    yield ndjson_line({"type": fd, "data": text})
         except (AgentError, AgentGone) as e:
             err = agent_error(e, sbx)
             finished = True
-            yield _line({"type": "end", "exit_code": -1, "error": err.code, "message": err.message})
+            yield ndjson_line(
+                {"type": "end", "exit_code": -1, "error": err.code, "message": err.message}
+            )
             return
         for fd, dec in decoders.items():
             if tail := dec.decode(b"", final=True):
-                yield _line({"type": fd, "data": tail})
+                yield ndjson_line({"type": fd, "data": tail})
         exit = proc.exit
         assert exit is not None
         error, message = classify_exit(sbx, exit)
         finished = True
-        yield _line(
+        yield ndjson_line(
             {"type": "end", "exit_code": exit.exit_code, "error": error, "message": message}
         )
     finally:
@@ -136,10 +149,7 @@ async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
 
 @router.get("/sandboxes/{sandbox_id}/commands", response_model=list[ProcessInfo])
 async def list_commands(sbx: Sandbox) -> list[ProcessInfo]:
-    try:
-        procs = await sbx.agent.list_processes()
-    except (AgentError, AgentGone) as e:
-        raise agent_error(e, sbx) from None
+    procs = await agent_call(sbx, sbx.agent.list_processes())
     return [
         ProcessInfo(
             pid=p["pid"],
@@ -156,10 +166,7 @@ async def list_commands(sbx: Sandbox) -> list[ProcessInfo]:
 
 @router.post("/sandboxes/{sandbox_id}/commands/{pid}/stdin", status_code=204)
 async def send_stdin(pid: int, body: SendStdin, sbx: Sandbox) -> Response:
-    try:
-        await sbx.agent.send_stdin(pid, body.data.encode(), eof=body.eof)
-    except (AgentError, AgentGone) as e:
-        raise agent_error(e, sbx) from None
+    await agent_call(sbx, sbx.agent.send_stdin(pid, body.data.encode(), eof=body.eof))
     return Response(status_code=204)
 
 
@@ -179,18 +186,11 @@ def parse_signal(value: str | int) -> int:
 
 @router.post("/sandboxes/{sandbox_id}/commands/{pid}/signal", status_code=204)
 async def signal_command(pid: int, body: SendSignal, sbx: Sandbox) -> Response:
-    sig = parse_signal(body.signal)
-    try:
-        await sbx.agent.signal(pid, sig)
-    except (AgentError, AgentGone) as e:
-        raise agent_error(e, sbx) from None
+    await agent_call(sbx, sbx.agent.signal(pid, parse_signal(body.signal)))
     return Response(status_code=204)
 
 
 @router.delete("/sandboxes/{sandbox_id}/commands/{pid}", status_code=204)
 async def kill_command(pid: int, sbx: Sandbox) -> Response:
-    try:
-        await sbx.agent.signal(pid, signals.SIGKILL)
-    except (AgentError, AgentGone) as e:
-        raise agent_error(e, sbx) from None
+    await agent_call(sbx, sbx.agent.signal(pid, signals.SIGKILL))
     return Response(status_code=204)

@@ -18,10 +18,10 @@ from starlette.requests import ClientDisconnect
 
 from firebox import protocol
 from firebox.server.agent_client import AgentError, AgentGone
-from firebox.server.commands import agent_error, ensure_capacity
+from firebox.server.commands import agent_call, agent_error, ensure_capacity
 from firebox.server.deps import Manager, Sandbox
 from firebox.server.errors import ApiError, StreamAborted
-from firebox.server.manager import LiveSandbox, iso
+from firebox.server.manager import iso
 from firebox.server.models import (
     CreateWatcher,
     EntryInfo,
@@ -54,13 +54,6 @@ def entry(raw: Any) -> EntryInfo:
         return EntryInfo(**{**raw, "modified_time": iso(float(raw["modified_time"]))})
     except (TypeError, ValueError, KeyError, OverflowError) as e:
         raise ApiError("sandbox_error", f"the sandbox's agent sent a malformed entry: {e}") from e
-
-
-async def _call(sbx: LiveSandbox, coro: Any) -> Any:
-    try:
-        return await coro
-    except (AgentError, AgentGone) as e:
-        raise agent_error(e, sbx) from None
 
 
 @router.get(
@@ -110,7 +103,7 @@ async def upload(
 ) -> EntryInfo:
     # request.stream() hands the body over as it arrives: a large upload is never held whole.
     ensure_capacity(sbx)
-    raw = await _call(sbx, sbx.agent.write_file(check_path(path), user, _body(request)))
+    raw = await agent_call(sbx, sbx.agent.write_file(check_path(path), user, _body(request)))
     return entry(raw)
 
 
@@ -138,7 +131,7 @@ async def list_dir(
     sbx: Sandbox, path: str = PathQuery, depth: int = Query(1, ge=1, le=64), user: User = "user"
 ) -> list[EntryInfo]:
 
-    raw = await _call(
+    raw = await agent_call(
         sbx, sbx.agent.call(protocol.FileList(path=check_path(path), user=user, depth=depth))
     )
     if not isinstance(raw, list):
@@ -150,14 +143,14 @@ async def list_dir(
 async def stat(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> EntryInfo:
 
     return entry(
-        await _call(sbx, sbx.agent.call(protocol.FileStat(path=check_path(path), user=user)))
+        await agent_call(sbx, sbx.agent.call(protocol.FileStat(path=check_path(path), user=user)))
     )
 
 
 @router.delete("/sandboxes/{sandbox_id}/files", status_code=204)
 async def remove(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> Response:
 
-    await _call(sbx, sbx.agent.call(protocol.FileRemove(path=check_path(path), user=user)))
+    await agent_call(sbx, sbx.agent.call(protocol.FileRemove(path=check_path(path), user=user)))
     return Response(status_code=204)
 
 
@@ -167,13 +160,13 @@ async def rename(body: RenameFile, sbx: Sandbox) -> EntryInfo:
     msg = protocol.FileRename(
         old_path=check_path(body.old_path), new_path=check_path(body.new_path), user=body.user
     )
-    return entry(await _call(sbx, sbx.agent.call(msg)))
+    return entry(await agent_call(sbx, sbx.agent.call(msg)))
 
 
 @router.post("/sandboxes/{sandbox_id}/files/mkdir", response_model=MadeDir)
 async def make_dir(body: MakeDir, sbx: Sandbox) -> MadeDir:
 
-    created = await _call(
+    created = await agent_call(
         sbx, sbx.agent.call(protocol.FileMakeDir(path=check_path(body.path), user=body.user))
     )
     return MadeDir(created=bool(created))
@@ -181,7 +174,7 @@ async def make_dir(body: MakeDir, sbx: Sandbox) -> MadeDir:
 
 @router.post("/sandboxes/{sandbox_id}/watchers", status_code=201, response_model=WatcherCreated)
 async def create_watcher(body: CreateWatcher, sbx: Sandbox, mgr: Manager) -> WatcherCreated:
-    watcher = await _call(
+    watcher = await agent_call(
         sbx, mgr.add_watcher(sbx, check_path(body.path), body.user, body.recursive)
     )
     return WatcherCreated(watcher_id=watcher.id)

@@ -21,15 +21,8 @@ def test_text_and_bytes_round_trip(sandbox: Sandbox) -> None:
     assert owner == "user"
 
 
-def _peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        status = f.read()
-    return int(status.split("VmHWM:")[1].split()[0]) / 1024
-
-
 def test_fifty_megabyte_binary_round_trip(sandbox: Sandbox, daemon: Daemon) -> None:
-    assert daemon.proc is not None
-    peak_before = _peak_rss_mb(daemon.proc.pid)
+    peak_before = daemon.peak_rss_mb()
     data = os.urandom(50 * 1024 * 1024)
     sandbox.files.write("/home/user/big.bin", data)
     assert sandbox.files.get_info("/home/user/big.bin").size == len(data)
@@ -42,7 +35,7 @@ def test_fifty_megabyte_binary_round_trip(sandbox: Sandbox, daemon: Daemon) -> N
         total += len(chunk)
     assert total == len(data) and streamed.hexdigest() == digest
     # streamed through the daemon, never held whole: its peak memory barely moves
-    assert _peak_rss_mb(daemon.proc.pid) - peak_before < 30
+    assert daemon.peak_rss_mb() - peak_before < 30
 
 
 def test_list_with_depth(sandbox: Sandbox) -> None:

@@ -14,11 +14,6 @@ from firebox import CommandExitException, Sandbox
 from tests.conftest import Daemon
 
 
-def _peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return int(f.read().split("VmHWM:")[1].split()[0]) / 1024
-
-
 def test_odd_file_metadata_does_not_break_the_files_api(sandbox: Sandbox) -> None:
     handle = sandbox.files.watch_dir("/home/user")
     try:
@@ -73,12 +68,7 @@ def test_shared_memory_works_for_the_user(sandbox: Sandbox) -> None:
 
 
 def test_the_agent_holds_no_stray_descriptors(sandbox: Sandbox, daemon: Daemon) -> None:
-    procs = None
-    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
-        path = base / daemon.cgroup_parent / sandbox.sandbox_id / "cgroup.procs"
-        if path.exists():
-            procs = [int(p) for p in path.read_text().split()]
-    assert procs
+    procs = daemon.sandbox_pids(sandbox.sandbox_id)
     cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in procs}
     agents = [
         p
@@ -97,8 +87,7 @@ def test_the_agent_holds_no_stray_descriptors(sandbox: Sandbox, daemon: Daemon) 
 
 
 def test_anonymous_huge_bodies_are_refused_before_they_are_read(daemon: Daemon) -> None:
-    assert daemon.proc is not None
-    before = _peak_rss_mb(daemon.proc.pid)
+    before = daemon.peak_rss_mb()
     big = b'{"metadata": {"k": "' + b"x" * (200 * 1024 * 1024) + b'"}}'
     r = httpx.post(daemon.url + "/sandboxes", content=big, timeout=60)
     assert r.status_code == 413
@@ -112,4 +101,4 @@ def test_anonymous_huge_bodies_are_refused_before_they_are_read(daemon: Daemon) 
         assert r.status_code == 413
     except httpx.HTTPError:
         pass  # the daemon may close the connection while the client still sends
-    assert _peak_rss_mb(daemon.proc.pid) - before < 50
+    assert daemon.peak_rss_mb() - before < 50

@@ -146,14 +146,6 @@ def test_no_capabilities_for_any_command(sandbox: Sandbox) -> None:
         assert "NoNewPrivs:\t1" in out and "Seccomp:\t2" in out
 
 
-def _cgroup_pids(daemon: Daemon, sandbox_id: str) -> list[int]:
-    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
-        procs = base / daemon.cgroup_parent / sandbox_id / "cgroup.procs"
-        if procs.exists():
-            return [int(p) for p in procs.read_text().split()]
-    raise AssertionError(f"no cgroup found for {sandbox_id}")
-
-
 def _host_uid_and_name(pid: int) -> tuple[int, str]:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(text.split("Uid:")[1].split()[0]), text.split("Name:")[1].split()[0]
@@ -166,7 +158,7 @@ def test_root_inside_is_an_unprivileged_uid_on_the_host(sandbox: Sandbox, daemon
         seen: dict[int, tuple[int, str]] = {}
         while time.monotonic() < deadline:
             seen = {}
-            for pid in _cgroup_pids(daemon, sandbox.sandbox_id):
+            for pid in daemon.sandbox_pids(sandbox.sandbox_id):
                 with contextlib.suppress(OSError):
                     seen[pid] = _host_uid_and_name(pid)
             if any(name == "sleep" for _, name in seen.values()):
