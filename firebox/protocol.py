@@ -257,6 +257,19 @@ class Ping(Message):
     T = "ping"
 
 
+@dataclass(slots=True)
+class Resume(Message):
+    """Daemon → agent on channel 0, first thing after a VM is restored from its template's
+    snapshot: every clone starts with the template's kernel RNG state, clock, hostname and
+    machine id, so it takes fresh ones from the host. The agent answers with a new Hello."""
+
+    T = "resume"
+    entropy: str = ""  # hex: host randomness, mixed into the guest kernel's pool, then reseed
+    time_ns: int = 0  # the host's wall clock
+    hostname: str = ""
+    machine_id: str = ""
+
+
 # generic replies and stream control
 
 
@@ -602,6 +615,7 @@ MESSAGES: dict[str, type[Message]] = {
     for m in (
         Hello,
         Ping,
+        Resume,
         Result,
         Error,
         Data,

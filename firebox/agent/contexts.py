@@ -336,6 +336,18 @@ def prestart() -> None:
         threading.Thread(target=start, name="prestart", daemon=True).start()
 
 
+def reseed() -> None:
+    """A restored VM: every idle python interpreter reseeds its generators (see resume.py)."""
+    with _registry:
+        contexts = list(_contexts.values())
+    for ctx in contexts:
+        if ctx.interp is not None and ctx.lock.acquire(timeout=1.0):
+            try:
+                ctx.interp.reseed()
+            finally:
+                ctx.lock.release()
+
+
 def kill_all() -> None:
     """The daemon is gone: end every interpreter (each leads a session of its own)."""
     with _registry:

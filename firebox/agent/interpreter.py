@@ -51,6 +51,9 @@ PYTHON_BOOT = (
     "import sys; sys.path.append(sys.argv[1]); "
     "from firebox.agent.python_worker import main; main(sys.argv[1:])"
 )
+# Modules a python context imports before it reports ready (comma-separated; the microvm's
+# template sets numpy, pandas and matplotlib, so its snapshot holds them imported).
+WARM_IMPORTS = os.environ.get("FIREBOX_WARM_IMPORTS", "")
 TITLES = {"python": "the python interpreter", "javascript": "node", "bash": "bash"}
 MISSING = {
     "python": "python contexts need {path} with IPython in the sandbox image",
@@ -102,7 +105,7 @@ class Interpreter:
         env = process.base_env(user, cwd)
         stdin: int = subprocess.DEVNULL
         if language == "python":
-            argv = [PYTHON, "-c", PYTHON_BOOT, LIB, str(cmd_r), str(msg_w)]
+            argv = [PYTHON, "-c", PYTHON_BOOT, LIB, str(cmd_r), str(msg_w), WARM_IMPORTS]
             env["MPLBACKEND"] = "Agg"  # no display in a sandbox; inherited by its children
             keep: tuple[int, ...] = (cmd_r, msg_w)
             path = PYTHON
@@ -177,6 +180,11 @@ class Interpreter:
                 "it did not take the cell within the cell's timeout (still busy with an "
                 "earlier cell's leftover work); its state is lost"
             )
+
+    def reseed(self) -> None:
+        """Between cells: the worker reseeds its random generators (after a VM restore)."""
+        if self.language == "python" and self.cell is None:
+            self._write(wire.encode({"k": wire.RESEED}), time.monotonic() + 1.0)
 
     def next_seq(self) -> int:
         self.seq += 1

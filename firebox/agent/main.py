@@ -97,7 +97,11 @@ def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
         if stream is not None:
             _route(stream, kind, frame)
             continue
-        if frame.channel == protocol.CONTROL_CHANNEL or kind in _STREAM_TYPES:
+        if frame.channel == protocol.CONTROL_CHANNEL:
+            if kind == protocol.Resume.T:
+                _resume(conn, protocol.parse(frame.header))
+            continue
+        if kind in _STREAM_TYPES:
             continue
         stream = conn.open(frame.channel)
         try:
@@ -121,6 +125,19 @@ def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
                     message="the sandbox is at its process limit; kill some of its processes",
                 )
             )
+
+
+def _resume(conn: Conn, msg: protocol.Message) -> None:
+    """A restored VM: fresh randomness and identity, then hello again (see resume.py)."""
+    from firebox.agent import resume
+
+    if isinstance(msg, protocol.Resume):
+        resume.apply(msg)
+    conn.send(protocol.CONTROL_CHANNEL, _hello())
+
+
+def _hello() -> protocol.Hello:
+    return protocol.Hello(agent_pid=os.getpid(), backend=os.environ.get("FIREBOX_BACKEND", ""))
 
 
 def _route(stream: Stream, kind: str, frame: protocol.Frame) -> None:
@@ -160,10 +177,7 @@ def main() -> None:
     os.umask(0o022)
     users.prepare_home()
     conn = Conn(fd)
-    conn.send(
-        protocol.CONTROL_CHANNEL,
-        protocol.Hello(agent_pid=os.getpid(), backend=os.environ.get("FIREBOX_BACKEND", "")),
-    )
+    conn.send(protocol.CONTROL_CHANNEL, _hello())
     handlers = _handlers()
     from firebox.agent import contexts, process
 

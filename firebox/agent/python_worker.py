@@ -407,8 +407,31 @@ def report_error(cells: Cells, result: Any, interrupted: bool) -> None:
     cells.outbox.send({"k": wire.ERROR, "name": name, "value": value, "traceback": text})
 
 
+def warm_up(modules: list[str]) -> None:
+    """Import these now, into ``sys.modules`` only (no names in the user's namespace), so the
+    first cell that uses them does not pay for it."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # an image without it: the user's own import will say so
+            os.write(2, f"warm import of {name} failed: {e}\n".encode())
+
+
+def reseed() -> None:
+    """Fresh seeds from the (reseeded) kernel for the generators seeded at import time."""
+    import random
+
+    random.seed()
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+
+
 def main(argv: list[str]) -> None:
     lib, cmd_fd, msg_fd = argv[0], int(argv[1]), int(argv[2])
+    warm = argv[3].split(",") if len(argv) > 3 and argv[3] else []
     # Inherited through pass_fds: nothing the user starts may read our commands or forge
     # our messages by accident.
     os.set_inheritable(cmd_fd, False)
@@ -440,6 +463,7 @@ def main(argv: list[str]) -> None:
     for name in [n for n in sys.modules if n == "firebox" or n.startswith("firebox.")]:
         del sys.modules[name]
     sys.meta_path.insert(0, PyplotHook())
+    warm_up(warm)
     outbox.send({"k": wire.READY})
     # Between cells SIGINT raises nothing (ignore_sigint), so this read is never cut short.
     with open(cmd_fd, "rb") as commands:
@@ -447,5 +471,7 @@ def main(argv: list[str]) -> None:
             request = wire.decode(line)
             if request is not None and request.get("k") == wire.RUN:
                 run(shell, cells, request)
+            elif request is not None and request.get("k") == wire.RESEED:
+                reseed()
     outbox.drain()
     os._exit(0)  # the agent closed the commands: no atexit hooks of user code

@@ -39,6 +39,7 @@ DONE = "done"  # {"k": "done", "seq": int, "count": int|None, "status": int|None
 
 # agent → worker
 RUN = "run"  # {"k": "run", "seq": int, "code": str, "env": {str: str}}
+RESEED = "reseed"  # between cells, after a VM restore: {"k": "reseed"} (python only)
 
 # A line longer than this is dropped (a PNG of a huge figure, a runaway repr): the agent must
 # not hold unbounded input from user code, and one protocol header carries at most 8 MiB

@@ -40,37 +40,13 @@ from firebox.backends.base import (
     RunningSandbox,
     SandboxSpec,
 )
+from firebox.backends.confine import UID_RANGE, UidSlots, range_problem, spawn_gated
 from firebox.backends.jail import cgroups, seccomp
 from firebox.backends.jail.bwrap import JailFds, bwrap_argv
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
 
-UID_RANGE = 65536
-MAX_SLOTS = 4096  # uid ranges: uid_base + 4096 × 65536 stays far below 2^32
-SETPRIV = "/usr/bin/setpriv"  # util-linux, essential on Debian
 START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
-
-
-def id_conflicts(base: int, size: int, etc: Path = Path("/etc")) -> list[str]:
-    """Where this host already hands out ids in [base, base + size): accounts and groups,
-    and the subordinate ranges of /etc/subuid and /etc/subgid (rootless containers)."""
-    end = base + size
-    found = []
-    for name in ("passwd", "group"):
-        with contextlib.suppress(OSError):
-            for line in (etc / name).read_text().splitlines():
-                fields = line.split(":")
-                if len(fields) > 2 and fields[2].isdigit() and base <= int(fields[2]) < end:
-                    found.append(f"{name}: {fields[0]} ({fields[2]})")
-    for name in ("subuid", "subgid"):
-        with contextlib.suppress(OSError):
-            for line in (etc / name).read_text().splitlines():
-                fields = line.strip().split(":")
-                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
-                    start, count = int(fields[1]), int(fields[2])
-                    if start < end and base < start + count:
-                        found.append(f"{name}: {fields[0]} ({start}..{start + count})")
-    return found
 
 
 class JailSandbox(RunningSandbox):
@@ -156,7 +132,7 @@ class JailBackend(Backend):
     def __init__(self, home: Path, uid_base: int) -> None:
         self.home = home
         self.uid_base = uid_base
-        self._slots: set[int] = set()  # uid ranges of running sandboxes
+        self._slots = UidSlots(uid_base)  # host uid ranges of running sandboxes
         self._agent_lib: Path | None = None
         self._availability: Availability | None = None
 
@@ -177,14 +153,8 @@ class JailBackend(Backend):
                 "the jail backend needs the daemon to run as root (it maps each sandbox onto "
                 "unprivileged host uids and creates cgroups); run `firebox serve` as root",
             )
-        clash = id_conflicts(self.uid_base, MAX_SLOTS * UID_RANGE)
-        if clash:
-            return Availability(
-                False,
-                f"the sandboxes' host ids {self.uid_base}..{self.uid_base + MAX_SLOTS * UID_RANGE}"
-                f" overlap ids this host gives out ({'; '.join(clash)}): a holder of those could "
-                "signal sandbox processes; set FIREBOX_UID_BASE to a free range",
-            )
+        if (problem := range_problem(self.uid_base)) is not None:
+            return Availability(False, problem)
         host = cgroups.detect()
         missing = [c for c in ("memory", "pids", "cpu") if c not in host.controllers]
         if missing:
@@ -242,12 +212,12 @@ class JailBackend(Backend):
         limits = cgroups.Limits(
             memory_bytes=spec.memory_mb * 1024 * 1024, pids=spec.pids, cpu_quota=spec.cpus
         )
-        slot = self._take_slot()
-        host_id = self.uid_base + slot * UID_RANGE
+        slot = self._slots.take()
+        host_id = self._slots.first_id(slot)
         try:
             cgroup = await asyncio.to_thread(cgroups.create, spec.sandbox_id, limits)
         except BaseException:
-            self._slots.discard(slot)
+            self._slots.release(slot)
             raise
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         info_r, info_w = os.pipe()
@@ -263,41 +233,13 @@ class JailBackend(Backend):
                     agent=theirs.fileno(), seccomp=seccomp_fd, info=info_w, userns_block=block_r
                 ),
             )
-            # The gate waits for a line on its stdin, swaps it for /dev/null and execs setpriv,
-            # which drops to the unprivileged uid (instead of Popen's user=/group=, which would
-            # force a full fork() of the large daemon rather than a vfork) and execs bwrap,
-            # all under one pid.
-            gate = 'read -r _ && exec "$@" </dev/null'
-            drop = [SETPRIV, f"--reuid={host_id}", f"--regid={host_id}"]
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh",
-                "-c",
-                gate,
-                "gate",
-                *drop,
-                "--clear-groups",
-                "--",
-                *argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                pass_fds=child_fds,
-                # bwrap's own processes (its pid 1 inside the jail among them) keep the
-                # environment they were started with, readable in /proc/1/environ: give them
-                # nothing of the daemon's.
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                start_new_session=True,
-            )
+            # bwrap's own processes (its pid 1 inside the jail among them) keep the
+            # environment they were started with: spawn_gated gives them nothing of the daemon's.
+            proc = await spawn_gated(argv, cgroup, host_id, pass_fds=child_fds)
             for fd in (seccomp_fd, info_w, block_r):
                 os.close(fd)
             theirs.close()
             seccomp_fd = info_w = block_r = -1
-            # Moving a process between cgroups waits for an RCU grace period on cgroup v1
-            # (10-20 ms here): off the event loop.
-            await asyncio.to_thread(cgroup.add, proc.pid)
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            proc.stdin.close()
             child_pid = await self._read_child_pid(info_r, proc)
             self._map_ids(child_pid, host_id)
             os.write(block_w, b"1")
@@ -308,7 +250,7 @@ class JailBackend(Backend):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(proc.wait(), 5)
             await asyncio.to_thread(cgroup.destroy)
-            self._slots.discard(slot)
+            self._slots.release(slot)
             ours.close()
             if isinstance(e, OSError | TimeoutError | json.JSONDecodeError):
                 raise BackendError(f"could not start the jail: {e}") from e
@@ -321,7 +263,7 @@ class JailBackend(Backend):
             with contextlib.suppress(OSError):
                 theirs.close()
         return JailSandbox(
-            proc, cgroup, ours, reader, writer, release=lambda: self._slots.discard(slot)
+            proc, cgroup, ours, reader, writer, release=lambda: self._slots.release(slot)
         )
 
     async def _read_child_pid(self, fd: int, proc: asyncio.subprocess.Process) -> int:
@@ -357,13 +299,6 @@ class JailBackend(Backend):
                     err = await asyncio.wait_for(proc.stderr.read(4096), 2)
             raise BackendError(f"bwrap failed to start: {err.decode(errors='replace').strip()}")
         return int(json.loads(buf[: buf.index(b"}") + 1])["child-pid"])
-
-    def _take_slot(self) -> int:
-        for slot in range(MAX_SLOTS):
-            if slot not in self._slots:
-                self._slots.add(slot)
-                return slot
-        raise BackendError(f"all {MAX_SLOTS} uid ranges are in use: too many sandboxes at once")
 
     def _map_ids(self, child_pid: int, host_id: int) -> None:
         mapping = f"0 {host_id} {UID_RANGE}\n"

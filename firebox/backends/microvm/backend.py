@@ -1,0 +1,519 @@
+"""The microvm backend: each sandbox is a QEMU ``microvm`` with its own guest kernel.
+
+A sandbox starts as a restore of its template's snapshot (snapshot.py), not a boot:
+
+1. a fresh qcow2 overlay on the snapshot's writable disk, in a directory of the sandbox's own;
+2. a cgroup with the VM's memory (guest RAM + QEMU's own), pids and CPU limits;
+3. QEMU started jailed (vmm.py) as the sandbox's unprivileged host uid, waiting for its state
+   (``-incoming defer``), its RAM the template's sealed memfd mapped copy-on-write;
+4. over QMP: ``x-ignore-shared``, then the device state from the snapshot file; the daemon has
+   already connected the agent's virtio-serial socket, so the restored guest finds its host
+   side connected just as it was when the snapshot was taken;
+5. the daemon sends ``Resume`` (fresh randomness, clock, hostname, machine id) and the agent
+   answers with its hello.
+
+Everything else (the protocol, the agent, the API) is the jail's: the backend only changes
+where the agent runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from firebox import protocol
+from firebox.backends import agent_files
+from firebox.backends.base import (
+    Availability,
+    Backend,
+    BackendError,
+    RunningSandbox,
+    SandboxSpec,
+)
+from firebox.backends.confine import UidSlots, range_problem, spawn_gated
+from firebox.backends.jail import cgroups
+from firebox.backends.microvm import accel, initramfs, qemu, snapshot, vmm
+from firebox.images import vmboot
+from firebox.images.cache import image_root
+from firebox.protocol import STREAM_LIMIT
+
+log = logging.getLogger("firebox.microvm")
+
+# QEMU's own memory on top of the guest's: TCG's code cache (tb-size=64), device emulation,
+# the block layer's buffers.
+QEMU_OVERHEAD_MB = 192
+QEMU_PIDS = 128  # vCPU threads, I/O worker threads (up to 64), RCU, main loop
+RESTORE_DEADLINE = 15.0  # seconds from spawning QEMU to the restored guest running
+TEMPLATE_DEADLINE = 600.0  # a cold boot plus warm imports under software emulation
+SHM_MB = 64
+# What the python template's warm context has imported in its snapshot.
+WARM_IMPORTS = "numpy,pandas,matplotlib,matplotlib.pyplot"
+STATE_DIR = "vm"  # under the daemon's home: one directory per live VM
+
+
+class MicroVMSandbox(RunningSandbox):
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        cgroup: cgroups.CgroupSet,
+        vm_dir: Path,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        qmp: qemu.Qmp | None,
+        release: object,
+    ) -> None:
+        self._proc = proc
+        self._cgroup = cgroup
+        self._dir = vm_dir
+        self.reader = reader
+        self.writer = writer
+        self._qmp = qmp
+        self._release = release
+        self._console = bytearray()
+        self._console_task = asyncio.create_task(self._drain_console())
+        self._cleaned = False
+
+    async def _drain_console(self) -> None:
+        # The guest's serial console and QEMU's own errors: the tail is kept for messages,
+        # bounded so a chatty guest cannot grow the daemon's memory.
+        assert self._proc.stdout is not None
+        while chunk := await self._proc.stdout.read(65536):
+            self._console += chunk
+            del self._console[:-8192]
+
+    def diagnostics(self) -> str:
+        return self._console.decode(errors="replace").strip()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    def send_signal(self, sig: int) -> None:
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(sig)
+
+    async def cleanup(self) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        self.send_signal(signal.SIGKILL)
+        if self._qmp is not None:
+            self._qmp.close()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._proc.wait(), 5.0)
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(self._console_task, 1.0)
+        await asyncio.to_thread(self._cgroup.destroy)
+        await asyncio.to_thread(shutil.rmtree, self._dir, True)
+        if callable(self._release):
+            self._release()
+
+    def limit_events(self) -> dict[str, int]:
+        try:
+            mem = self._cgroup.memory_events()
+            return {"oom_kill": int(mem.get("oom_kill", 0)), "pids_max": self._cgroup.pids_events()}
+        except OSError:
+            return {}
+
+
+class MicroVMBackend(Backend):
+    name = "microvm"
+
+    def __init__(self, home: Path, uid_base: int) -> None:
+        self.home = home
+        self._slots = UidSlots(uid_base)
+        self._availability: Availability | None = None
+        self._accel: accel.Verdict | None = None
+        self._ram: dict[str, int] = {}  # snapshot name -> sealed memfd of its RAM
+        self._prepared: dict[tuple[str, int, int, int], tuple[Path, snapshot.SnapshotSpec]] = {}
+        self._prepare_lock = asyncio.Lock()
+        self._qemu: str | None = None
+
+    # -- probing -------------------------------------------------------------------------
+
+    def availability(self) -> Availability:
+        if self._availability is None:
+            self._availability = self._probe()
+        return self._availability
+
+    def _probe(self) -> Availability:
+        if os.geteuid() != 0:
+            return Availability(
+                False, "the microvm backend needs the daemon to run as root; run `firebox serve`"
+            )
+        self._qemu = qemu.qemu_binary()
+        if self._qemu is None:
+            return Availability(False, "QEMU is not installed: apt-get install qemu-system-x86")
+        if shutil.which("bwrap") is None:
+            return Availability(False, "bubblewrap is not installed: apt-get install bubblewrap")
+        if shutil.which("qemu-img") is None:
+            return Availability(False, "qemu-img is not installed: apt-get install qemu-utils")
+        if (problem := range_problem(self._slots.uid_base)) is not None:
+            return Availability(False, problem)
+        host = cgroups.detect()
+        missing = [c for c in ("memory", "pids", "cpu") if c not in host.controllers]
+        if missing:
+            return Availability(
+                False, f"cgroup controllers {', '.join(missing)} are not available; {host.reason}"
+            )
+        try:
+            pieces = vmboot.boot_pieces()
+        except Exception as e:
+            return Availability(False, f"the guest kernel is not available: {e}")
+        verdict = accel.detect(self._qemu, pieces, self._probe_initramfs(pieces))
+        self._accel = verdict
+        if verdict.accel is None:
+            return Availability(False, f"QEMU cannot boot the guest kernel here: {verdict.reason}")
+        return Availability(
+            True,
+            f"QEMU microvm with {verdict.accel.upper()} ({verdict.reason}), jailed QEMU, "
+            f"cgroup v{host.version} limits, snapshot restore",
+            {"accel": verdict.accel, "accel_reason": verdict.reason, "qemu": self._qemu},
+        )
+
+    def _probe_initramfs(self, pieces: vmboot.BootPieces) -> Path:
+        return initramfs.build(pieces, self._agent_lib(), self._boot_dir(), SHM_MB, "")
+
+    def _agent_lib(self) -> Path:
+        return agent_files.stage(image_root())
+
+    def _boot_dir(self) -> Path:
+        return image_root() / "vmboot-initramfs"
+
+    async def reclaim_stale(self) -> int:
+        freed = await asyncio.to_thread(cgroups.cleanup_stale)
+        base = self.home / STATE_DIR
+        if base.is_dir():
+            for stale in base.iterdir():
+                await asyncio.to_thread(shutil.rmtree, stale, True)
+                freed += 1
+        return freed
+
+    async def close(self) -> None:
+        for fd in self._ram.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._ram.clear()
+        await asyncio.to_thread(cgroups.remove_parent)
+
+    # -- templates and their snapshots -----------------------------------------------------
+
+    async def prepare(self, template: str, rootfs: Path, spec: SandboxSpec | None = None) -> None:
+        """Have the snapshot for ``template`` ready (built now if missing: a cold boot)."""
+        shape = spec or SandboxSpec("prepare", template, rootfs)
+        await self._snapshot(shape)
+
+    async def _snapshot(self, spec: SandboxSpec) -> tuple[Path, snapshot.SnapshotSpec]:
+        shape = (spec.template, spec.memory_mb, _vcpus(spec.cpus), spec.disk_mb)
+        found = self._prepared.get(shape)
+        if found is not None:
+            return found
+        async with self._prepare_lock:
+            found = self._prepared.get(shape)
+            if found is None:
+                found = await self._make_snapshot(spec)
+                self._prepared[shape] = found
+        return found
+
+    async def _make_snapshot(self, spec: SandboxSpec) -> tuple[Path, snapshot.SnapshotSpec]:
+        ok = self.availability()
+        if not ok.ok or self._accel is None or self._accel.accel is None or self._qemu is None:
+            raise BackendError(f"the microvm backend cannot run here: {ok.reason}")
+        pieces = await asyncio.to_thread(vmboot.boot_pieces)
+        disk = await asyncio.to_thread(vmboot.root_disk, spec.rootfs)
+        warm = WARM_IMPORTS if spec.template == "python" else ""
+        initrd = await asyncio.to_thread(
+            initramfs.build, pieces, self._agent_lib(), self._boot_dir(), SHM_MB, warm
+        )
+        snap = snapshot.SnapshotSpec(
+            template=spec.template,
+            root_disk=disk,
+            vmlinux=pieces.vmlinux,
+            initramfs=initrd,
+            qemu_identity=await asyncio.to_thread(qemu.qemu_identity, self._qemu),
+            accel=self._accel.accel,
+            memory_mb=spec.memory_mb,
+            cpus=_vcpus(spec.cpus),
+            disk_mb=spec.disk_mb,
+        )
+        root = image_root()
+        entry = snapshot.ready(root, snap)
+        if entry is None:
+            lock_fd = await asyncio.to_thread(snapshot.lock, root, snap)
+            try:
+                entry = snapshot.ready(root, snap)
+                if entry is None:
+                    log.warning(
+                        "making the %s snapshot %s (a cold boot, once)", spec.template, snap.key
+                    )
+                    started = time.monotonic()
+                    entry = await self._boot_template(snap, pieces)
+                    log.warning("snapshot %s made in %.1f s", snap.name, time.monotonic() - started)
+            finally:
+                os.close(lock_fd)
+        if snap.name not in self._ram:
+            self._ram[snap.name] = await asyncio.to_thread(snapshot.load_ram, entry)
+        return entry, snap
+
+    async def _boot_template(self, snap: snapshot.SnapshotSpec, pieces: vmboot.BootPieces) -> Path:
+        from firebox.server.agent_client import AgentClient  # the daemon's; not the agent's
+
+        assert self._qemu is not None
+        base = snapshot.snapshots_dir(image_root())
+        tmp = base / f".{snap.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        slot = self._slots.take()
+        uid = self._slots.first_id(slot)
+        cgroup = await asyncio.to_thread(
+            cgroups.create, f"template-{snap.key}", self._limits(snap.memory_mb, snap.cpus)
+        )
+        proc: asyncio.subprocess.Process | None = None
+        state_fd = -1
+        try:
+            await asyncio.to_thread(snapshot.make_rw_disk, tmp / "rw.img", snap.disk_mb)
+            state_fd = os.open(tmp / "state", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            for path in (tmp, tmp / "rw.img", tmp / "state"):
+                os.chown(path, uid, uid)
+            vm = qemu.VmConfig(
+                vmlinux=pieces.vmlinux,
+                initramfs=snap.initramfs,
+                root_disk=snap.root_disk,
+                rw_disk=tmp / "rw.img",
+                rw_format="raw",
+                agent_socket=tmp / "agent.sock",
+                qmp_socket=tmp / "qmp.sock",
+                memory_mb=snap.memory_mb,
+                cpus=snap.cpus,
+                accel=snap.accel,
+                mem_path=str(tmp / "mem"),
+                share_ram=True,
+            )
+            proc = await self._spawn(vm, uid, cgroup, [], [tmp], pass_fds=())
+            console = asyncio.create_task(_collect(proc))
+            try:
+                async with asyncio.timeout(TEMPLATE_DEADLINE):
+                    qmp = await qemu.Qmp.connect(vm.qmp_socket, TEMPLATE_DEADLINE)
+                    reader, writer = await qemu.connect_unix(
+                        vm.agent_socket, TEMPLATE_DEADLINE, STREAM_LIMIT
+                    )
+                    agent = AgentClient(reader, writer)
+                    await agent.wait_hello(TEMPLATE_DEADLINE)
+                    if snap.template == "python":
+                        # An empty cell waits for the pre-started context (and its warm
+                        # imports) without counting as an execution.
+                        stream = await agent.run_code(protocol.CodeRun(code="", language="python"))
+                        async for _ in stream:
+                            pass
+                    await qmp.execute(
+                        "migrate-set-capabilities",
+                        capabilities=[{"capability": "x-ignore-shared", "state": True}],
+                    )
+                    await qmp.send_fd("state", state_fd)
+                    await qmp.execute("migrate", uri="fd:state")
+                    await qmp.wait_migration(TEMPLATE_DEADLINE)
+            except (TimeoutError, OSError, BackendError, Exception) as e:
+                proc.kill()
+                said = (await _finish(console)).strip()[-3000:]
+                raise BackendError(
+                    f"the template VM for {snap.template} failed: {e!r}\n{said}"
+                ) from e
+            # The guest is paused after the migration: kill, never let it run past the snapshot.
+            proc.kill()
+            await proc.wait()
+            await _finish(console)
+            with contextlib.suppress(Exception):
+                await agent.close()
+            qmp.close()
+            for leftover in ("agent.sock", "qmp.sock"):
+                with contextlib.suppress(FileNotFoundError):
+                    (tmp / leftover).unlink()
+            return await asyncio.to_thread(
+                snapshot.seal_entry, tmp, snapshot.snapshots_dir(image_root()) / snap.name, snap
+            )
+        finally:
+            if state_fd >= 0:
+                os.close(state_fd)
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await asyncio.to_thread(cgroup.destroy)
+            self._slots.release(slot)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- starting ------------------------------------------------------------------------
+
+    def _limits(self, memory_mb: int, cpus: float) -> cgroups.Limits:
+        return cgroups.Limits(
+            memory_bytes=(memory_mb + QEMU_OVERHEAD_MB) * 2**20, pids=QEMU_PIDS, cpu_quota=cpus
+        )
+
+    async def _spawn(
+        self,
+        vm: qemu.VmConfig,
+        uid: int,
+        cgroup: cgroups.CgroupSet,
+        read_only: list[Path],
+        writable: list[Path],
+        pass_fds: tuple[int, ...],
+    ) -> asyncio.subprocess.Process:
+        """QEMU for ``vm``, jailed (vmm.py) as ``uid`` in ``cgroup``, seeing its boot files,
+        ``read_only`` and ``writable`` and nothing else of the host's."""
+        assert self._qemu is not None
+        kvm = vm.accel == "kvm"
+        argv = vmm.bwrap_argv(
+            shutil.which("bwrap") or "bwrap",
+            qemu.argv(self._qemu, vm),
+            read_only=[vm.vmlinux, vm.initramfs, vm.root_disk, *read_only],
+            writable=writable,
+            kvm=kvm,
+        )
+        return await spawn_gated(
+            argv,
+            cgroup,
+            uid,
+            pass_fds=pass_fds,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            extra_groups=[os.stat(vmm.KVM_DEVICE).st_gid] if kvm else [],
+        )
+
+    async def start(self, spec: SandboxSpec) -> RunningSandbox:
+        entry, snap = await self._snapshot(spec)
+        ram_fd = self._ram[snap.name]
+        slot = self._slots.take()
+        uid = self._slots.first_id(slot)
+        vm_dir = self.home / STATE_DIR / spec.sandbox_id
+        cgroup: cgroups.CgroupSet | None = None
+        proc: asyncio.subprocess.Process | None = None
+        state_fd = -1
+        try:
+            vm_dir.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+            vm_dir.mkdir(mode=0o700)
+            overlay = vm_dir / "rw.qcow2"
+            await _run(
+                "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                "-b", str(entry / "rw.img"), str(overlay),
+            )  # fmt: skip
+            os.chown(vm_dir, uid, uid)
+            os.chown(overlay, uid, uid)
+            cgroup = await asyncio.to_thread(
+                cgroups.create, spec.sandbox_id, self._limits(snap.memory_mb, spec.cpus)
+            )
+            state_fd = os.open(entry / "state", os.O_RDONLY)
+            vm = qemu.VmConfig(
+                vmlinux=snap.vmlinux,
+                initramfs=snap.initramfs,
+                root_disk=snap.root_disk,
+                rw_disk=overlay,
+                rw_format="qcow2",
+                agent_socket=vm_dir / "agent.sock",
+                qmp_socket=vm_dir / "qmp.sock",
+                memory_mb=snap.memory_mb,
+                cpus=snap.cpus,
+                accel=snap.accel,
+                mem_path=f"/proc/self/fd/{ram_fd}",
+                share_ram=False,
+                incoming=True,
+            )
+            # the snapshot dir read-only: the overlay's backing file, at the path the overlay names
+            proc = await self._spawn(vm, uid, cgroup, [entry], [vm_dir], (ram_fd,))
+            async with asyncio.timeout(RESTORE_DEADLINE):
+                qmp = await qemu.Qmp.connect(vm.qmp_socket, RESTORE_DEADLINE)
+                await qmp.execute(
+                    "migrate-set-capabilities",
+                    capabilities=[{"capability": "x-ignore-shared", "state": True}],
+                )
+                # Connected before the state loads: the guest saw its port's host side
+                # connected at the snapshot, and must find it so.
+                reader, writer = await qemu.connect_unix(
+                    vm.agent_socket, RESTORE_DEADLINE, STREAM_LIMIT
+                )
+                await qmp.send_fd("state", state_fd)
+                await qmp.execute("migrate-incoming", uri="fd:state")
+                await qmp.wait_migration(RESTORE_DEADLINE)
+            resume = protocol.Resume(
+                entropy=secrets.token_hex(64),
+                time_ns=time.time_ns(),
+                hostname=spec.hostname,
+                machine_id=secrets.token_hex(16),
+            )
+            writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
+            await writer.drain()
+        except BaseException as e:
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proc.wait(), 5)
+            said = ""
+            if proc is not None and proc.stdout is not None:
+                with contextlib.suppress(Exception):
+                    said = (await asyncio.wait_for(proc.stdout.read(8192), 1)).decode(
+                        errors="replace"
+                    )
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.destroy)
+            self._slots.release(slot)
+            shutil.rmtree(vm_dir, ignore_errors=True)
+            if isinstance(e, OSError | TimeoutError | BackendError | json.JSONDecodeError):
+                raise BackendError(f"could not restore the VM: {e!r} {said.strip()}") from e
+            raise
+        finally:
+            if state_fd >= 0:
+                os.close(state_fd)
+        return MicroVMSandbox(
+            proc, cgroup, vm_dir, reader, writer, qmp, release=lambda: self._slots.release(slot)
+        )
+
+
+def _vcpus(cpus: float) -> int:
+    return max(1, int(-(-cpus // 1)))
+
+
+async def _run(*cmd: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise BackendError(f"{cmd[0]} took over 30 s") from None
+    if proc.returncode != 0:
+        raise BackendError(f"{' '.join(cmd)} failed: {err.decode(errors='replace').strip()}")
+
+
+async def _collect(proc: asyncio.subprocess.Process) -> bytes:
+    assert proc.stdout is not None
+    out = bytearray()
+    while chunk := await proc.stdout.read(65536):
+        out += chunk
+        del out[:-65536]
+    return bytes(out)
+
+
+async def _finish(task: asyncio.Task[bytes]) -> str:
+    try:
+        return (await asyncio.wait_for(task, 5)).decode(errors="replace")
+    except Exception:
+        task.cancel()
+        return ""

@@ -1,0 +1,231 @@
+"""QEMU for microVMs: the command line, and a small QMP client to drive snapshots.
+
+One command line for every VM: ``-M microvm`` with no default devices, no network device, the
+root disk read-only, the sandbox's writable disk, one virtio-serial port for the agent, the
+serial console on stdout (kept for error messages), and QEMU's own seccomp sandbox with
+spawning, privilege changes and resource-control syscalls denied.
+
+Guest RAM is a file mapping: the template VM maps its RAM file shared (so a migration with
+``x-ignore-shared`` leaves the RAM in the file and saves only device state, in ~10 ms), and a
+restored VM maps the template's RAM privately: copy-on-write and lazy, so a clone costs only
+the pages it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firebox.backends.base import BackendError
+
+QEMU = "qemu-system-x86_64"
+QMP_DEADLINE = 10.0
+
+
+def qemu_binary() -> str | None:
+    return shutil.which(QEMU)
+
+
+def qemu_identity(binary: str) -> str:
+    """What changes when QEMU does (a snapshot must be made again): version, size, mtime."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    st = os.stat(binary)
+    ident = f"{out.stdout.strip()}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def host_tsc_khz() -> int:
+    """The host's TSC rate, which a TCG guest's TSC runs at. Without it on the kernel command
+    line, most guests hung after 'Marking TSC unstable' here (calibration under emulation)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":", 1)[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """Everything that shapes one QEMU process."""
+
+    vmlinux: Path
+    initramfs: Path
+    root_disk: Path
+    rw_disk: Path
+    rw_format: str  # "raw" (a template's own disk) or "qcow2" (a clone's overlay)
+    agent_socket: Path
+    qmp_socket: Path
+    memory_mb: int
+    cpus: int
+    accel: str  # "kvm" | "tcg"
+    mem_path: str  # the RAM file (template) or /proc/self/fd/N of the template's (clone)
+    share_ram: bool  # True for a template, False (copy-on-write) for a clone
+    incoming: bool = False  # wait for a snapshot to be loaded over QMP
+    probe: bool = False  # boot only to the initramfs marker (KVM probing)
+
+
+KERNEL_ARGS = (
+    "console=ttyS0",
+    "quiet",
+    "panic=-1",  # a panic reboots at once, and -no-reboot turns that into QEMU exiting
+    "reboot=t",
+    "cryptomgr.notests",
+    "nokaslr",  # clones share one layout anyway: they are restored from one snapshot
+    "audit=0",
+    # Each VM holds one tenant's code only; the guest kernel has no other tenant's secrets to
+    # guard from its own user space, and under TCG speculation is not even emulated.
+    "mitigations=off",
+    "pci=off",  # microvm has no PCI bus; skip the probe and its error
+)
+
+
+def argv(binary: str, vm: VmConfig) -> list[str]:
+    kernel_args = list(KERNEL_ARGS)
+    if vm.accel == "tcg" and (khz := host_tsc_khz()):
+        kernel_args.append(f"tsc_early_khz={khz}")
+    if vm.probe:
+        kernel_args.append("firebox.probe=1")
+    accel = ["-accel", "kvm", "-cpu", "host"] if vm.accel == "kvm" else ["-accel", "tcg,tb-size=64"]
+    share = "on" if vm.share_ram else "off"
+    cmd = [
+        binary,
+        "-M",
+        "microvm,x-option-roms=off,memory-backend=ram",
+        *accel,
+        "-m",
+        f"{vm.memory_mb}M",
+        "-smp",
+        str(vm.cpus),
+        "-object",
+        f"memory-backend-file,id=ram,size={vm.memory_mb}M,mem-path={vm.mem_path},share={share}",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(vm.vmlinux),
+        "-initrd",
+        str(vm.initramfs),
+        "-append",
+        " ".join(kernel_args),
+        "-serial",
+        "stdio",
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]
+    if not vm.probe:
+        cmd += [
+            "-drive",
+            f"id=root,file={vm.root_disk},format=raw,if=none,readonly=on",
+            "-device",
+            "virtio-blk-device,drive=root",
+            "-drive",
+            f"id=rw,file={vm.rw_disk},format={vm.rw_format},if=none,discard=unmap",
+            "-device",
+            "virtio-blk-device,drive=rw",
+            "-device",
+            "virtio-serial-device",
+            "-chardev",
+            f"socket,id=agent,path={vm.agent_socket},server=on,wait=off",
+            "-device",
+            "virtserialport,chardev=agent,name=firebox.agent",
+            "-qmp",
+            f"unix:{vm.qmp_socket},server=on,wait=off",
+        ]
+    if vm.incoming:
+        cmd += ["-incoming", "defer"]
+    return cmd
+
+
+class QmpError(BackendError):
+    pass
+
+
+class Qmp:
+    """A QMP connection: commands in order, each with a deadline; events are skipped."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def connect(cls, path: Path, deadline: float = QMP_DEADLINE) -> Qmp:
+        reader, writer = await connect_unix(path, deadline)
+        qmp = cls(reader, writer)
+        await qmp._read_reply(deadline)  # the greeting
+        await qmp.execute("qmp_capabilities")
+        return qmp
+
+    async def execute(self, command: str, timeout: float = QMP_DEADLINE, **arguments: Any) -> Any:
+        msg: dict[str, Any] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        self._writer.write(json.dumps(msg).encode() + b"\n")
+        await self._writer.drain()
+        reply = await self._read_reply(timeout)
+        if "error" in reply:
+            raise QmpError(f"QEMU refused {command}: {reply['error'].get('desc', reply)}")
+        return reply.get("return")
+
+    async def send_fd(self, name: str, fd: int, timeout: float = QMP_DEADLINE) -> None:
+        """Hand QEMU a file descriptor (``getfd``, the fd riding along as SCM_RIGHTS), to be
+        named in a later command (``fd:<name>``)."""
+        request = json.dumps({"execute": "getfd", "arguments": {"fdname": name}}).encode()
+        transport_sock = self._writer.get_extra_info("socket")
+        # a duplicate of the connection for one sendmsg; the stream is idle meanwhile
+        with socket.socket(fileno=os.dup(transport_sock.fileno())) as raw:
+            raw.setblocking(True)
+            socket.send_fds(raw, [request + b"\n"], [fd])
+        reply = await self._read_reply(timeout)
+        if "error" in reply:
+            raise QmpError(f"QEMU refused the file descriptor: {reply['error'].get('desc')}")
+
+    async def _read_reply(self, timeout: float) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    raise QmpError("QEMU closed its monitor (it exited)")
+                reply = json.loads(line)
+                if "event" not in reply:
+                    return dict(reply)
+
+    async def wait_migration(self, timeout: float) -> None:
+        """Poll until the migration (either direction) has completed."""
+        async with asyncio.timeout(timeout):
+            while True:
+                info = await self.execute("query-migrate")
+                status = (info or {}).get("status")
+                if status == "completed":
+                    return
+                if status in ("failed", "cancelled"):
+                    raise QmpError(f"the snapshot migration {status}: {info.get('error-desc', '')}")
+                await asyncio.sleep(0.002)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+
+async def connect_unix(
+    path: Path, deadline: float, limit: int = 2**16
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to a socket QEMU is about to create: retried until it appears."""
+    async with asyncio.timeout(deadline):
+        while True:
+            try:
+                return await asyncio.open_unix_connection(str(path), limit=limit)
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.002)

@@ -1,0 +1,176 @@
+"""Template snapshots: boot a template once, warm it, save it; every sandbox is a restore.
+
+A snapshot is a directory under ``<image dir>/snapshots/<template>-<key>/``:
+
+    mem            the template VM's RAM, written through its shared file mapping
+    state          QEMU's device state (RAM excluded: migration with x-ignore-shared)
+    rw.img         the writable disk as it was at the snapshot (each clone's overlay backs on it)
+    snapshot.json  what it was made from; its presence means complete
+
+The key hashes everything the saved state depends on: the root disk's image, the kernel and
+initramfs (so the agent's code), QEMU's identity, the accelerator, and the VM's memory, vCPUs
+and disk size. Any change makes a new key, so a stale snapshot is never restored.
+
+The RAM file is never mapped by a clone directly: each clone maps a sealed memfd copy
+(``load_ram``) privately. A memfd sealed against writes can still be opened read-write, which
+QEMU 7.2 insists on for a private mapping, while neither a compromised QEMU nor anything else
+can change what the next clone restores.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from firebox.backends.base import BackendError
+
+SNAPSHOT_VERSION = 1
+MARKER = "snapshot.json"
+F_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """What a snapshot is made from."""
+
+    template: str
+    root_disk: Path
+    vmlinux: Path
+    initramfs: Path
+    qemu_identity: str
+    accel: str
+    memory_mb: int
+    cpus: int
+    disk_mb: int
+
+    @property
+    def key(self) -> str:
+        fields = {
+            "version": SNAPSHOT_VERSION,
+            "template": self.template,
+            # the image entry's name carries its recipe hash; the files' own sizes and mtimes
+            # catch a rebuilt disk or kernel at the same path
+            "root_disk": _file_id(self.root_disk),
+            "vmlinux": _file_id(self.vmlinux),
+            "initramfs": self.initramfs.name,  # named by its content digest
+            "qemu": self.qemu_identity,
+            "accel": self.accel,
+            "memory_mb": self.memory_mb,
+            "cpus": self.cpus,
+            "disk_mb": self.disk_mb,
+        }
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        return f"{self.template}-{self.key}"
+
+
+def _file_id(path: Path) -> str:
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def snapshots_dir(image_root: Path) -> Path:
+    return image_root / "snapshots"
+
+
+def ready(image_root: Path, spec: SnapshotSpec) -> Path | None:
+    entry = snapshots_dir(image_root) / spec.name
+    try:
+        marker = json.loads((entry / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return entry if isinstance(marker, dict) and marker.get("key") == spec.key else None
+
+
+def make_rw_disk(path: Path, size_mb: int) -> None:
+    """The sandbox's writable disk: ext4 holding /home/user, /tmp and /root. Its size is the
+    cap: a full disk is ENOSPC inside the guest, never more space taken on the host."""
+    with tempfile.TemporaryDirectory() as skel_dir:
+        skel = Path(skel_dir)
+        (skel / "home" / "user").mkdir(parents=True)
+        os.chown(skel / "home" / "user", 1000, 1000)
+        (skel / "tmp").mkdir(mode=0o1777)
+        os.chmod(skel / "tmp", 0o1777)
+        (skel / "root").mkdir(mode=0o700)
+        with open(path, "wb") as f:
+            f.truncate(size_mb * 2**20)
+        out = subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "firebox-rw", "-d", str(skel), str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if out.returncode != 0:
+            raise BackendError(f"mkfs.ext4 failed for the writable disk: {out.stderr.strip()}")
+
+
+def seal_entry(tmp: Path, entry: Path, spec: SnapshotSpec) -> Path:
+    """Make a finished snapshot root's and read-only, then move it into place."""
+    for name in ("mem", "state", "rw.img"):
+        os.chown(tmp / name, 0, 0)
+        os.chmod(tmp / name, 0o444)
+    record = {
+        "key": spec.key,
+        "template": spec.template,
+        "memory_mb": spec.memory_mb,
+        "cpus": spec.cpus,
+        "disk_mb": spec.disk_mb,
+        "accel": spec.accel,
+        "root_disk": str(spec.root_disk),
+        "initramfs": spec.initramfs.name,
+    }
+    (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    os.chown(tmp, 0, 0)
+    os.chmod(tmp, 0o755)
+    if entry.exists():
+        shutil.rmtree(entry)
+    os.rename(tmp, entry)
+    return entry
+
+
+def load_ram(entry: Path) -> int:
+    """A sealed memfd holding the snapshot's RAM (holes kept as holes); the caller owns it."""
+    fd = os.memfd_create(f"firebox-{entry.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        with open(entry / "mem", "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            os.ftruncate(fd, size)
+            offset = 0
+            while offset < size:
+                try:
+                    start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+                except OSError:  # ENXIO: only a hole is left
+                    break
+                end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+                os.lseek(fd, start, os.SEEK_SET)  # sendfile writes at the memfd's offset
+                at = start
+                while at < end:
+                    sent = os.sendfile(fd, src.fileno(), at, end - at)
+                    if sent <= 0:
+                        raise BackendError(f"could not copy the snapshot RAM of {entry}")
+                    at += sent
+                offset = end
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, F_SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lock(image_root: Path, spec: SnapshotSpec) -> int:
+    """An exclusive lock on building this snapshot (an fd to close to release it)."""
+    base = snapshots_dir(image_root)
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd = os.open(base / f"{spec.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
