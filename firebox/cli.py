@@ -59,7 +59,33 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         args.template, progress=lambda m: print(f"[image] {m}"), force=args.force
     )
     print(f"[image] {args.template} ready at {path}")
+    if not args.no_microvm:
+        _build_microvm_pieces(args.template, Path(args.home))
     return 0
+
+
+def _build_microvm_pieces(template: str, home: Path) -> None:
+    """The same image for microVMs: kernel, root disk, and the template's snapshot."""
+    import asyncio
+
+    from firebox.backends.microvm.backend import MicroVMBackend
+    from firebox.server.pool import spec_for
+
+    backend = MicroVMBackend(home, ServerConfig().uid_base)
+    verdict = backend.availability()
+    if not verdict.ok:
+        print(f"[image] no microVM pieces: the microvm backend cannot run here ({verdict.reason})")
+        return
+
+    async def prepare() -> None:
+        try:
+            await backend.prepare(spec_for(ServerConfig(home=home), template))
+        finally:
+            await backend.close()
+
+    print(f"[image] microVM: {verdict.reason}")
+    asyncio.run(prepare())
+    print(f"[image] {template} snapshot for microVMs ready")
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -188,6 +214,11 @@ def parser() -> argparse.ArgumentParser:
     build = image_sub.add_parser("build", help="build (or reuse) a template's root filesystem")
     build.add_argument("template", nargs="?", default=DEFAULT_TEMPLATE)
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument(
+        "--no-microvm",
+        action="store_true",
+        help="only the root tree (skip the microVM kernel, root disk and snapshot)",
+    )
     build.set_defaults(func=cmd_image_build)
 
     sandbox = sub.add_parser("sandbox", help="create, list, kill sandboxes and run commands")

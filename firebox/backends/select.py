@@ -9,24 +9,21 @@ from pathlib import Path
 
 from firebox.backends.base import Availability, Backend, BackendError
 from firebox.backends.jail.backend import JailBackend
+from firebox.backends.microvm.backend import MicroVMBackend
 
-# strongest first
+# strongest first: a VM has its own kernel; the jail shares the host's
 NAMES = ("microvm", "jail")
 
-MICROVM_MISSING = Availability(
-    False, "the microvm backend is not part of this firebox version yet; use the jail backend"
-)
 
-
-def backends(home: Path, uid_base: int) -> dict[str, Backend | None]:
-    return {"microvm": None, "jail": JailBackend(home, uid_base)}
+def backends(home: Path, uid_base: int) -> dict[str, Backend]:
+    return {"microvm": MicroVMBackend(home, uid_base), "jail": JailBackend(home, uid_base)}
 
 
 def report(home: Path, uid_base: int) -> dict[str, Availability]:
     """What `firebox doctor` prints: every backend with its verdict."""
     out: dict[str, Availability] = {}
     for name, backend in backends(home, uid_base).items():
-        out[name] = backend.availability() if backend is not None else MICROVM_MISSING
+        out[name] = backend.availability()
     return out
 
 
@@ -36,15 +33,15 @@ def select(name: str, home: Path, uid_base: int) -> Backend:
         if name not in found:
             raise BackendError(f"unknown isolation {name!r}; choose auto, {', '.join(NAMES)}")
         backend = found[name]
-        verdict = backend.availability() if backend is not None else MICROVM_MISSING
-        if backend is None or not verdict.ok:
+        verdict = backend.availability()
+        if not verdict.ok:
             raise BackendError(f"isolation {name!r} cannot run on this host: {verdict.reason}")
         return backend
     reasons = []
     for candidate in NAMES:
         backend = found[candidate]
-        verdict = backend.availability() if backend is not None else MICROVM_MISSING
-        if backend is not None and verdict.ok:
+        verdict = backend.availability()
+        if verdict.ok:
             return backend
         reasons.append(f"{candidate}: {verdict.reason}")
     raise BackendError("no isolation backend works on this host:\n  " + "\n  ".join(reasons))

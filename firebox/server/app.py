@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import firebox
 from firebox import images
+from firebox.backends.base import BackendError
 from firebox.backends.select import select
 from firebox.server import code, commands, errors, files, sandboxes
 from firebox.server.auth import ensure_admin_key
@@ -23,6 +24,7 @@ from firebox.server.body_limit import BodyLimit
 from firebox.server.config import ServerConfig
 from firebox.server.manager import SandboxManager
 from firebox.server.models import ErrorBody, Health
+from firebox.server.pool import spec_for
 from firebox.server.registry import Registry
 
 log = logging.getLogger("firebox.server")
@@ -74,6 +76,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             )
         manager = SandboxManager(config, registry, backend)
         await manager.reclaim()
+        try:
+            await backend.prepare(spec_for(config, images.DEFAULT_TEMPLATE))
+        except BackendError as e:
+            log.error("isolation %s could not get ready: %s", backend.name, e)
+            raise
         manager.start_pool([images.DEFAULT_TEMPLATE])
         app.state.registry = registry
         app.state.manager = manager

@@ -23,7 +23,7 @@ class ServerConfig:
     home: Path = field(default_factory=default_home)
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    isolation: str = "auto"  # auto | jail (microvm comes next)
+    isolation: str = "auto"  # auto (the strongest that works here) | microvm | jail
     # sandbox defaults and bounds
     default_timeout: int = 300
     max_timeout: int = 86400

@@ -29,6 +29,10 @@ log = logging.getLogger("firebox.manager")
 
 WATCH_EVENTS_MAX = 10_000  # per watcher, oldest dropped: a busy directory cannot grow memory
 WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
+# The agent answers pings on its reading thread, so a guest that hangs or an agent that is
+# stopped shows within interval + timeout (the issue's bound is 5 s).
+HEARTBEAT_INTERVAL = 1.5
+HEARTBEAT_TIMEOUT = 3.0
 
 
 def iso(ts: float) -> str:
@@ -226,10 +230,34 @@ class SandboxManager:
         )
 
     async def _monitor(self, live: LiveSandbox) -> None:
-        await live.running.wait()
+        """Until the sandbox ends: its host process exiting (a guest panic ends QEMU), its agent
+        closing the channel, or its agent not answering the heartbeat (a hung guest, a stopped
+        agent) each end it as crashed, within HEARTBEAT_INTERVAL + HEARTBEAT_TIMEOUT."""
+        exited = asyncio.ensure_future(live.running.wait())
+        try:
+            while not live.ended:
+                done, _ = await asyncio.wait({exited}, timeout=HEARTBEAT_INTERVAL)
+                if done:
+                    why = f"crashed: its {live.backend} process exited"
+                    break
+                if live.agent.closed:
+                    why = "crashed: its agent closed the channel"
+                    break
+                try:
+                    await live.agent.call(protocol.Ping(), timeout=HEARTBEAT_TIMEOUT)
+                except (TimeoutError, AgentGone):
+                    why = f"crashed: its agent did not answer within {HEARTBEAT_TIMEOUT:g} s"
+                    break
+                except AgentError:
+                    continue  # busy (every request thread taken): it answered all the same
+            else:
+                return
+        finally:
+            if not exited.done():
+                exited.cancel()
         if not live.ended:
-            log.warning("sandbox %s ended on its own: %s", live.id, live.running.limit_events())
-            await self._end(live, "exited")
+            log.warning("sandbox %s %s: %s", live.id, why, live.running.limit_events())
+            await self._end(live, why)
 
     async def _end(self, live: LiveSandbox, reason: str) -> None:
         if live.ended:

@@ -61,8 +61,9 @@ def rootfs_for(template: str) -> Path:
     return rootfs
 
 
-async def boot(config: ServerConfig, backend: Backend, template: str) -> Booted:
-    spec = SandboxSpec(
+def spec_for(config: ServerConfig, template: str) -> SandboxSpec:
+    """A new sandbox of ``template`` with the daemon's limits."""
+    return SandboxSpec(
         sandbox_id="sbx_" + secrets.token_hex(8),
         template=template,
         rootfs=rootfs_for(template),
@@ -71,6 +72,10 @@ async def boot(config: ServerConfig, backend: Backend, template: str) -> Booted:
         pids=config.pids,
         disk_mb=config.disk_mb,
     )
+
+
+async def boot(config: ServerConfig, backend: Backend, template: str) -> Booted:
+    spec = spec_for(config, template)
     try:
         running = await asyncio.wait_for(backend.start(spec), START_DEADLINE)
     except TimeoutError:

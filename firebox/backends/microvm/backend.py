@@ -216,10 +216,9 @@ class MicroVMBackend(Backend):
 
     # -- templates and their snapshots -----------------------------------------------------
 
-    async def prepare(self, template: str, rootfs: Path, spec: SandboxSpec | None = None) -> None:
-        """Have the snapshot for ``template`` ready (built now if missing: a cold boot)."""
-        shape = spec or SandboxSpec("prepare", template, rootfs)
-        await self._snapshot(shape)
+    async def prepare(self, spec: SandboxSpec) -> None:
+        """Have the snapshot for sandboxes shaped like ``spec`` ready (made now if missing)."""
+        await self._snapshot(spec)
 
     async def _snapshot(self, spec: SandboxSpec) -> tuple[Path, snapshot.SnapshotSpec]:
         shape = (spec.template, spec.memory_mb, _vcpus(spec.cpus), spec.disk_mb)
