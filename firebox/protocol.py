@@ -268,6 +268,7 @@ class Resume(Message):
     time_ns: int = 0  # the host's wall clock
     hostname: str = ""
     machine_id: str = ""
+    pids_max: int = 0  # the sandbox's process limit, enforced by the guest's own cgroup
 
 
 # generic replies and stream control
@@ -360,6 +361,9 @@ class ProcessExit:
     exit_code: int
     signal: int | None = None
     timed_out: bool = False
+    # OOM kills so far by the sandbox's own kernel (a microVM's), so the daemon can tell a
+    # memory-limit kill; None where the kernel is the host's (the daemon reads the cgroup)
+    kernel_oom_kills: int | None = None
 
 
 @dataclass(slots=True)

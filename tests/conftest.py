@@ -56,12 +56,47 @@ def image() -> Path:
     )
 
 
-@pytest.fixture(scope="session")
-def daemon(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+# Every test that talks to a daemon runs once per isolation backend (its id says which);
+# FIREBOX_TEST_BACKENDS narrows the list, e.g. to "jail" while working on the jail.
+BACKENDS = [b for b in os.environ.get("FIREBOX_TEST_BACKENDS", "jail,microvm").split(",") if b]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): run only on these isolation backends (host-side checks)"
+    )
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    name = str(request.param)
     if os.geteuid() != 0:
-        pytest.skip("the jail backend needs root (sandboxes map onto unprivileged host uids)")
+        pytest.skip(f"the {name} backend needs root (sandboxes run as unprivileged host uids)")
+    from firebox.backends.select import backends
+
+    verdict = backends(Path("/tmp"), 1_000_000_000)[name].availability()
+    if not verdict.ok:
+        pytest.skip(f"the {name} backend cannot run here: {verdict.reason}")
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _only_on_marked_backends(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("backends")
+    if marker is not None and "backend_name" in request.fixturenames:
+        name = request.getfixturevalue("backend_name")
+        if name not in marker.args:
+            pytest.skip(f"a check of the {'/'.join(marker.args)} backend's host side")
+
+
+@pytest.fixture(scope="session")
+def daemon(
+    backend_name: str, image: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
     d = Daemon(
-        home=tmp_path_factory.mktemp("firebox-home"), cgroup_parent=f"firebox-test-{os.getpid()}"
+        home=tmp_path_factory.mktemp(f"firebox-home-{backend_name}"),
+        cgroup_parent=f"firebox-test-{os.getpid()}-{backend_name}",
+        isolation=backend_name,
     )
     d.start()
     old = {k: os.environ.get(k) for k in ("FIREBOX_URL", "FIREBOX_API_KEY")}

@@ -113,6 +113,43 @@ def harden() -> None:
             log(f"could not {what}: {e.strerror or e}")
 
 
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_seccomp(path: str) -> None:
+    """Put this process (and so everything it starts) under the classic BPF program in
+    ``path``, with no-new-privs: in a microVM, where no bwrap loads it for us. Call it before
+    any thread starts (a filter applies to the calling thread and what it creates later)."""
+    with open(path, "rb") as f:
+        program = f.read()
+    if not program or len(program) % 8:
+        raise OSError(f"{path} is not a seccomp program")
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"loading the seccomp filter: {os.strerror(err)}")
+
+
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+
+def lock_memory() -> None:
+    """Keep the agent's pages in RAM as they are touched (a microVM, where the agent is root):
+    a guest short of memory evicts file pages first, and an agent waiting on its own code to
+    be read back would miss the daemon's heartbeat. Children do not inherit the lock."""
+    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _set_securebits() -> None:
     current = _prctl(PR_GET_SECUREBITS)
     if current & SECUREBITS != SECUREBITS:

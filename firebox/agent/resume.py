@@ -21,6 +21,7 @@ from firebox.agent.errors import log
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 MACHINE_ID = "/run/machine-id"
+PIDS_MAX = "/sys/fs/cgroup/sandbox/pids.max"  # the guest's cgroup of every sandbox process
 
 
 def apply(msg: protocol.Resume) -> None:
@@ -29,6 +30,7 @@ def apply(msg: protocol.Resume) -> None:
         ("set the clock", lambda: time.clock_settime_ns(time.CLOCK_REALTIME, int(msg.time_ns))),
         ("set the hostname", lambda: socket.sethostname(msg.hostname) if msg.hostname else None),
         ("write the machine id", lambda: _write_machine_id(msg.machine_id)),
+        ("set the process limit", lambda: _write_pids_max(msg.pids_max)),
     )
     for what, step in steps:
         try:
@@ -50,6 +52,12 @@ def _reseed_kernel(entropy_hex: str) -> None:
         fcntl.ioctl(fd, RNDRESEEDCRNG)
     finally:
         os.close(fd)
+
+
+def _write_pids_max(pids: int) -> None:
+    if isinstance(pids, int) and pids > 0:
+        with open(PIDS_MAX, "w") as f:
+            f.write(str(pids))
 
 
 def _write_machine_id(machine_id: str) -> None:

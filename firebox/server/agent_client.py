@@ -474,7 +474,13 @@ class ProcessStream(_Reply):
             and isinstance(v.get("timed_out", False), bool)
         ):
             raise AgentError("internal", f"malformed process exit {v!r}")
-        self.exit = protocol.ProcessExit(v["exit_code"], v.get("signal"), v.get("timed_out", False))
+        oom = v.get("kernel_oom_kills")
+        self.exit = protocol.ProcessExit(
+            v["exit_code"],
+            v.get("signal"),
+            v.get("timed_out", False),
+            oom if isinstance(oom, int) else None,
+        )
 
     async def detach(self) -> None:
         self._detach()

@@ -69,9 +69,12 @@ def classify_exit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | N
         return "timeout", "the command was killed at its timeout; pass a larger timeout"
     if exit.exit_code == 0:
         return None, None
-    before, after = sbx.limits_seen, sbx.running.limit_events()
-    sbx.limits_seen = after
-    if exit.signal == signals.SIGKILL and after.get("oom_kill", 0) > before.get("oom_kill", 0):
+    before, after = sbx.limits_seen, dict(sbx.running.limit_events())
+    if isinstance(exit.kernel_oom_kills, int):  # a microVM's own kernel killed it
+        after["guest_oom_kill"] = exit.kernel_oom_kills
+    sbx.limits_seen = {**before, **after}
+    oom = any(after.get(k, 0) > before.get(k, 0) for k in ("oom_kill", "guest_oom_kill"))
+    if exit.signal == signals.SIGKILL and oom:
         return "memory_limit", (
             f"the command was killed: the sandbox reached its memory limit of "
             f"{sbx.spec.memory_mb} MB"

@@ -31,8 +31,8 @@ WATCH_EVENTS_MAX = 10_000  # per watcher, oldest dropped: a busy directory canno
 WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
 # The agent answers pings on its reading thread, so a guest that hangs or an agent that is
 # stopped shows within interval + timeout (the bound is 5 s).
-HEARTBEAT_INTERVAL = 1.5
-HEARTBEAT_TIMEOUT = 3.0
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_TIMEOUT = 4.0
 
 
 def iso(ts: float) -> str:
@@ -155,10 +155,14 @@ class SandboxManager:
         live = self._live.get(sandbox_id)
         # Another key's sandbox is indistinguishable from a missing one: no existence oracle.
         if live is None or live.owner != owner or live.ended:
+            reason = self.registry.end_reason(sandbox_id, owner)
+            why = (
+                f"it ended ({reason})"
+                if reason
+                else "it ended, timed out, or belongs to another key"
+            )
             raise ApiError(
-                "sandbox_not_found",
-                f"sandbox {sandbox_id} is not running (it ended, timed out, or belongs to "
-                "another key); create a new one",
+                "sandbox_not_found", f"sandbox {sandbox_id} is not running: {why}; create a new one"
             )
         return live
 
@@ -264,6 +268,8 @@ class SandboxManager:
             return
         live.ended = True
         self._live.pop(live.id, None)
+        # recorded first: the owner asking meanwhile is told why (freeing may take seconds)
+        self.registry.mark_ended(live.id, reason)
         if live.timer is not None:
             live.timer.cancel()
         for watcher in live.watchers.values():
@@ -276,7 +282,6 @@ class SandboxManager:
             log.exception("sandbox %s: freeing its host resources failed", live.id)
         if live.monitor is not None and live.monitor is not asyncio.current_task():
             await _cancel(live.monitor)
-        self.registry.mark_ended(live.id, reason)
         log.info("sandbox %s ended: %s", live.id, reason)
 
 

@@ -101,6 +101,14 @@ class Registry:
             (time.time(), reason, sandbox_id),
         )
 
+    def end_reason(self, sandbox_id: str, owner: str) -> str | None:
+        """Why ``owner``'s sandbox ended, if it did (None for anyone else's: no oracle)."""
+        rows = self._exec(
+            "SELECT end_reason FROM sandboxes WHERE id = ? AND owner = ? AND state = 'ended'",
+            (sandbox_id, owner),
+        )
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
     def running_ids(self) -> list[str]:
         return [r[0] for r in self._exec("SELECT id FROM sandboxes WHERE state = 'running'")]
 

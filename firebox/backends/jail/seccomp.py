@@ -146,6 +146,8 @@ class Rule:
     errno: int
     reason: str
     args: tuple[ArgCheck, ...] = ()
+    # backends whose guests do not get this rule ("microvm": the guest kernel is its own)
+    not_on: tuple[str, ...] = ()
 
 
 Policy = tuple[Rule, ...]
@@ -192,7 +194,7 @@ def parse_policy(data: object, where: str = "policy") -> Policy:
 def _parse_rule(raw: object, where: str) -> Rule:
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: expected an object, got {type(raw).__name__}")
-    unknown = set(raw) - {"syscalls", "action", "reason", "args"}
+    unknown = set(raw) - {"syscalls", "action", "reason", "args", "not_on"}
     if unknown:
         raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
     names = raw.get("syscalls")
@@ -214,7 +216,10 @@ def _parse_rule(raw: object, where: str) -> Rule:
     if not isinstance(raw_args, list):
         raise PolicyError(f"{where}: 'args' must be a list")
     args = tuple(_parse_arg(a, f"{where}: args[{j}]") for j, a in enumerate(raw_args))
-    return Rule(tuple(names), ACTIONS[action], reason.strip(), args)
+    not_on = raw.get("not_on", [])
+    if not isinstance(not_on, list) or not all(b in BACKENDS for b in not_on):
+        raise PolicyError(f"{where}: 'not_on' must list backends among {sorted(BACKENDS)}")
+    return Rule(tuple(names), ACTIONS[action], reason.strip(), args, tuple(not_on))
 
 
 def _is_u32(v: object) -> bool:
@@ -327,10 +332,15 @@ def compile_filter(policy: Sequence[Rule]) -> bytes:
     return b"".join(prog)
 
 
+BACKENDS = ("jail", "microvm")
+
+
 @functools.cache
-def compiled_filter() -> bytes:
-    """The packaged policy, compiled once per process."""
-    return compile_filter(load_policy())
+def compiled_filter(backend: str = "jail") -> bytes:
+    """The packaged policy as it applies to ``backend``'s sandboxes, compiled once per
+    process. The jail's bwrap loads it; in a microVM the agent loads it on itself before it
+    starts anything, so every guest process runs under it too."""
+    return compile_filter([r for r in load_policy() if backend not in r.not_on])
 
 
 def write_filter_fd() -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -50,14 +51,17 @@ log = logging.getLogger("firebox.microvm")
 
 # QEMU's own memory on top of the guest's: TCG's code cache (tb-size=64), device emulation,
 # the block layer's buffers.
-QEMU_OVERHEAD_MB = 192
+QEMU_OVERHEAD_MB = 256
 QEMU_PIDS = 128  # vCPU threads, I/O worker threads (up to 64), RCU, main loop
 RESTORE_DEADLINE = 15.0  # seconds from spawning QEMU to the restored guest running
 TEMPLATE_DEADLINE = 600.0  # a cold boot plus warm imports under software emulation
 SHM_MB = 64
 # What the python template's warm context has imported in its snapshot.
 WARM_IMPORTS = "numpy,pandas,matplotlib,matplotlib.pyplot"
-STATE_DIR = "vm"  # under the daemon's home: one directory per live VM
+# One directory per live VM (its overlay disk and sockets) under <image dir>/vm/<daemon>/:
+# beside the images, because each VM's unprivileged uid must reach it (a daemon's home may
+# sit in a private directory), and per daemon, so one daemon never reclaims another's.
+STATE_DIR = "vm"
 
 
 class MicroVMSandbox(RunningSandbox):
@@ -195,12 +199,16 @@ class MicroVMBackend(Backend):
     def _agent_lib(self) -> Path:
         return agent_files.stage(image_root())
 
+    def _vm_root(self) -> Path:
+        daemon = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
+        return image_root() / STATE_DIR / daemon
+
     def _boot_dir(self) -> Path:
         return image_root() / "vmboot-initramfs"
 
     async def reclaim_stale(self) -> int:
         freed = await asyncio.to_thread(cgroups.cleanup_stale)
-        base = self.home / STATE_DIR
+        base = self._vm_root()
         if base.is_dir():
             for stale in base.iterdir():
                 await asyncio.to_thread(shutil.rmtree, stale, True)
@@ -247,7 +255,9 @@ class MicroVMBackend(Backend):
             root_disk=disk,
             vmlinux=pieces.vmlinux,
             initramfs=initrd,
-            qemu_identity=await asyncio.to_thread(qemu.qemu_identity, self._qemu),
+            qemu_identity=await asyncio.to_thread(qemu.qemu_identity, self._qemu)
+            + "|"
+            + qemu.machine_identity(self._accel.accel),
             accel=self._accel.accel,
             memory_mb=spec.memory_mb,
             cpus=_vcpus(spec.cpus),
@@ -310,7 +320,7 @@ class MicroVMBackend(Backend):
             console = asyncio.create_task(_collect(proc))
             try:
                 async with asyncio.timeout(TEMPLATE_DEADLINE):
-                    qmp = await qemu.Qmp.connect(vm.qmp_socket, TEMPLATE_DEADLINE)
+                    qmp = await qemu.Qmp.connect(vm.qmp_socket, TEMPLATE_DEADLINE, proc)
                     reader, writer = await qemu.connect_unix(
                         vm.agent_socket, TEMPLATE_DEADLINE, STREAM_LIMIT
                     )
@@ -400,12 +410,13 @@ class MicroVMBackend(Backend):
         ram_fd = self._ram[snap.name]
         slot = self._slots.take()
         uid = self._slots.first_id(slot)
-        vm_dir = self.home / STATE_DIR / spec.sandbox_id
+        vm_dir = self._vm_root() / spec.sandbox_id
         cgroup: cgroups.CgroupSet | None = None
         proc: asyncio.subprocess.Process | None = None
         state_fd = -1
         try:
             vm_dir.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+            os.chmod(vm_dir.parent.parent, 0o711)
             vm_dir.mkdir(mode=0o700)
             overlay = vm_dir / "rw.qcow2"
             await _run(
@@ -436,7 +447,7 @@ class MicroVMBackend(Backend):
             # the snapshot dir read-only: the overlay's backing file, at the path the overlay names
             proc = await self._spawn(vm, uid, cgroup, [entry], [vm_dir], (ram_fd,))
             async with asyncio.timeout(RESTORE_DEADLINE):
-                qmp = await qemu.Qmp.connect(vm.qmp_socket, RESTORE_DEADLINE)
+                qmp = await qemu.Qmp.connect(vm.qmp_socket, RESTORE_DEADLINE, proc)
                 await qmp.execute(
                     "migrate-set-capabilities",
                     capabilities=[{"capability": "x-ignore-shared", "state": True}],
@@ -454,6 +465,7 @@ class MicroVMBackend(Backend):
                 time_ns=time.time_ns(),
                 hostname=spec.hostname,
                 machine_id=secrets.token_hex(16),
+                pids_max=spec.pids,
             )
             writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
             await writer.drain()

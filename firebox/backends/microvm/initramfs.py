@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from firebox.backends.agent_files import AGENT_COMMAND, GUEST_LIB
+from firebox.backends.jail import seccomp
 from firebox.images.vmboot import MODULES, BootPieces
 
 PORT_NAME = "firebox.agent"  # the virtio-serial port the agent talks on
@@ -38,6 +39,9 @@ mount -t devtmpfs -o nosuid,mode=0755 dev /dev || fail devtmpfs
 mount -t proc -o nosuid,nodev,noexec proc /proc || fail proc
 mount -t sysfs -o nosuid,nodev,noexec sys /sys || fail sysfs
 for m in @modules@; do insmod /lib/modules/$m.ko || fail "insmod $m"; done
+# Allocations succeed and the OOM killer ends the biggest process at the VM's memory, as the
+# jail's cgroup does (the default heuristic would refuse a large malloc outright instead).
+echo 1 > /proc/sys/vm/overcommit_memory
 case " $(cat /proc/cmdline) " in *" firebox.probe=1 "*) echo @probe@; reboot -f;; esac
 n=0
 while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; do
@@ -71,9 +75,15 @@ $bb mkdir -p /dev/shm /dev/pts
 $bb mount -t tmpfs -o nosuid,nodev,mode=1777,size=@shm@m shm /dev/shm
 $bb mount -t devpts -o nosuid,noexec,mode=0620,ptmxmode=0666 devpts /dev/pts
 $bb hostname sandbox
+# Every process of the sandbox, the agent's included, in one cgroup: the pids limit the jail's
+# host cgroup sets (the daemon sends the sandbox's value with Resume; none in the template).
+$bb mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+echo +pids > /sys/fs/cgroup/cgroup.subtree_control
+$bb mkdir -p /sys/fs/cgroup/sandbox
+echo $$ > /sys/fs/cgroup/sandbox/cgroup.procs
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
 export HOME=/root FIREBOX_AGENT_PATH="$1" FIREBOX_BACKEND=microvm
-export FIREBOX_WARM_IMPORTS=@warm@
+export FIREBOX_WARM_IMPORTS=@warm@ FIREBOX_SECCOMP=@lib@/seccomp.bpf
 cd /
 @agent@ </dev/null
 echo "firebox-init: the agent exited ($?)" >&2
@@ -101,14 +111,18 @@ def _cpio_entry(out: io.BytesIO, name: str, mode: int, data: bytes = b"", ino: i
 
 
 def build(pieces: BootPieces, agent_lib: Path, target_dir: Path, shm_mb: int, warm: str) -> Path:
-    """The initramfs for these pieces and this agent; made once per content digest."""
+    """The initramfs for these pieces and this agent; made once per content digest. The
+    agent gets the jail's seccomp policy, compiled for a microVM's guest, to load on itself."""
     init = _fill(INIT, modules=" ".join(MODULES), probe=PROBE_MARKER, lib=GUEST_LIB, port=PORT_NAME)
     agent = " ".join(_shell_quote(a) for a in AGENT_COMMAND)
-    guest_init = _fill(GUEST_INIT, shm=str(shm_mb), warm=_shell_quote(warm), agent=agent)
+    guest_init = _fill(
+        GUEST_INIT, shm=str(shm_mb), warm=_shell_quote(warm), agent=agent, lib=GUEST_LIB
+    )
     files: list[tuple[str, int, bytes]] = [
         ("init", 0o100755, init.encode()),
         ("guest-init", 0o100644, guest_init.encode()),
         ("bin/busybox", 0o100755, pieces.busybox.read_bytes()),
+        ("agent/seccomp.bpf", 0o100644, seccomp.compiled_filter("microvm")),
     ]
     for module in pieces.modules:
         files.append((f"lib/modules/{module.name}", 0o100644, module.read_bytes()))

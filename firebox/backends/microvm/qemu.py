@@ -90,13 +90,26 @@ KERNEL_ARGS = (
 )
 
 
+def accel_args(accel: str) -> list[str]:
+    # Under TCG, "max" is every feature QEMU emulates: with the default qemu64 model, libraries
+    # that probe for newer instructions (NumPy, matplotlib's) died of SIGILL.
+    if accel == "kvm":
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg,tb-size=64", "-cpu", "max"]
+
+
+def machine_identity(accel: str) -> str:
+    """The parts of the command line a snapshot's saved state depends on."""
+    return " ".join([*accel_args(accel), *KERNEL_ARGS])
+
+
 def argv(binary: str, vm: VmConfig) -> list[str]:
     kernel_args = list(KERNEL_ARGS)
     if vm.accel == "tcg" and (khz := host_tsc_khz()):
         kernel_args.append(f"tsc_early_khz={khz}")
     if vm.probe:
         kernel_args.append("firebox.probe=1")
-    accel = ["-accel", "kvm", "-cpu", "host"] if vm.accel == "kvm" else ["-accel", "tcg,tb-size=64"]
+    accel = accel_args(vm.accel)
     share = "on" if vm.share_ram else "off"
     cmd = [
         binary,
@@ -132,7 +145,9 @@ def argv(binary: str, vm: VmConfig) -> list[str]:
             "-device",
             "virtio-blk-device,drive=root",
             "-drive",
-            f"id=rw,file={vm.rw_disk},format={vm.rw_format},if=none,discard=unmap",
+            # O_DIRECT: the guest caches for itself; the host's page cache would only double
+            # it, charged to the VM's cgroup (where dirty pages can end in an OOM kill).
+            f"id=rw,file={vm.rw_disk},format={vm.rw_format},if=none,discard=unmap,cache=none",
             "-device",
             "virtio-blk-device,drive=rw",
             "-device",
@@ -161,8 +176,10 @@ class Qmp:
         self._writer = writer
 
     @classmethod
-    async def connect(cls, path: Path, deadline: float = QMP_DEADLINE) -> Qmp:
-        reader, writer = await connect_unix(path, deadline)
+    async def connect(
+        cls, path: Path, deadline: float, proc: asyncio.subprocess.Process | None = None
+    ) -> Qmp:
+        reader, writer = await connect_unix(path, deadline, proc=proc)
         qmp = cls(reader, writer)
         await qmp._read_reply(deadline)  # the greeting
         await qmp.execute("qmp_capabilities")
@@ -220,12 +237,20 @@ class Qmp:
 
 
 async def connect_unix(
-    path: Path, deadline: float, limit: int = 2**16
+    path: Path,
+    deadline: float,
+    limit: int = 2**16,
+    proc: asyncio.subprocess.Process | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to a socket QEMU is about to create: retried until it appears."""
+    """Connect to a socket QEMU is about to create: retried until it appears, or until
+    ``proc`` (QEMU, or the jail around it) has exited and never will."""
     async with asyncio.timeout(deadline):
         while True:
             try:
                 return await asyncio.open_unix_connection(str(path), limit=limit)
             except (FileNotFoundError, ConnectionRefusedError):
+                if proc is not None and proc.returncode is not None:
+                    raise BackendError(
+                        f"QEMU exited ({proc.returncode}) before it started"
+                    ) from None
                 await asyncio.sleep(0.002)

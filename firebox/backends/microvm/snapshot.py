@@ -11,10 +11,10 @@ The key hashes everything the saved state depends on: the root disk's image, the
 initramfs (so the agent's code), QEMU's identity, the accelerator, and the VM's memory, vCPUs
 and disk size. Any change makes a new key, so a stale snapshot is never restored.
 
-The RAM file is never mapped by a clone directly: each clone maps a sealed memfd copy
-(``load_ram``) privately. A memfd sealed against writes can still be opened read-write, which
-QEMU 7.2 insists on for a private mapping, while neither a compromised QEMU nor anything else
-can change what the next clone restores.
+The RAM file is never mapped by a clone directly: each clone privately maps a sealed memfd
+copy (``load_ram``: the whole guest RAM, holes filled). A memfd sealed against writes can still
+be opened read-write, which QEMU 7.2 insists on for a private mapping, while neither a
+compromised QEMU nor anything else can change what the next clone restores.
 """
 
 from __future__ import annotations
@@ -160,6 +160,11 @@ def load_ram(entry: Path) -> int:
                         raise BackendError(f"could not copy the snapshot RAM of {entry}")
                     at += sent
                 offset = end
+        # No holes: a clone's first touch of a hole would allocate a page *in the memfd*
+        # (shmem fills holes on fault, private mapping or not), growing the shared copy with
+        # every clone and charging it to whichever VM touched it first. Filled, a clone's
+        # read maps the shared page and its write copies it into the clone's own memory.
+        os.posix_fallocate(fd, 0, size)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, F_SEALS)
     except BaseException:
         os.close(fd)
