@@ -100,6 +100,28 @@ def test_the_guest_runs_its_own_kernel(sandbox: Sandbox) -> None:
     assert sandbox.commands.run("ls /sys/class/net").stdout.split() == ["lo"]
 
 
+AGENT_PROCS = (
+    "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline | grep -q '^/usr/bin/python3 .*"
+    "firebox.agent.main' && echo ${p##*/}; done; true"
+)
+
+
+def test_guest_root_cannot_look_into_the_agent(sandbox: Sandbox) -> None:
+    # The agent holds capabilities (it is root of the guest), a sandbox command none, so the
+    # kernel's ptrace access check keeps even guest root out of the agent's descriptors,
+    # memory and environment.
+    pids = sandbox.commands.run(AGENT_PROCS, user="root").stdout.split()
+    assert len(pids) == 1, pids
+    agent = pids[0]
+    out = sandbox.commands.run(
+        f"ls -l /proc/{agent}/fd/ 2>&1; cat /proc/{agent}/environ 2>&1; "
+        f"head -c1 /proc/{agent}/mem 2>&1; true",
+        user="root",
+    ).stdout
+    assert "vport" not in out and "FIREBOX_AGENT_PATH" not in out, out
+    assert out.count("Permission denied") >= 2, out
+
+
 def _wait_ended(sbx: Sandbox, since: float) -> tuple[float, str]:
     deadline = since + REPORT_WITHIN + 5  # the bound, plus slack for a loaded host's API calls
     while time.monotonic() < deadline:
