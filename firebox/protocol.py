@@ -581,6 +581,9 @@ class CodeRun(Message):
     language: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None
+    # python: run without counting an execution, storing history or showing the value (the
+    # daemon's warm-up of a restored VM, which must leave no trace in the user's context)
+    silent: bool = False
 
 
 @dataclass(slots=True)

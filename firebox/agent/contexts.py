@@ -225,7 +225,7 @@ def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]
         cell = Cell(stream, interp.next_seq())
         cell.timeout = timeout
         stream.on_cancel(cell.cancel)
-        interp.start(cell, code, env)
+        interp.start(cell, code, env, silent=msg.silent is True)
         _wait(cell, interp, timeout)
     finally:
         ctx.lock.release()

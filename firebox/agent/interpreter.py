@@ -161,7 +161,7 @@ class Interpreter:
 
     # -- running --------------------------------------------------------------------------
 
-    def start(self, cell: Cell, code: str, env: dict[str, str]) -> None:
+    def start(self, cell: Cell, code: str, env: dict[str, str], silent: bool = False) -> None:
         """Hand ``cell`` to the worker; its outcome arrives through ``cell``."""
         with self._lock:
             if self.dead is not None:
@@ -172,6 +172,8 @@ class Interpreter:
             line = bash_worker.run(cell.seq, code, env, self._msg_fd)
         else:
             request = {"k": wire.RUN, "seq": cell.seq, "code": code, "env": env}
+            if silent:
+                request["silent"] = True
             line = wire.encode(request)
         deadline = time.monotonic() + cell.timeout if cell.timeout is not None else None
         # a dead worker's broken pipe shows up as its death, via the pump

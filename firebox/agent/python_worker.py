@@ -368,7 +368,8 @@ def run(shell: Any, cells: Cells, request: dict[str, Any]) -> None:
         # handler (which adds no frame of ours to the user's traceback). Set per cell: user
         # code may have changed it in the previous one.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        result = shell.run_cell(code, store_history=True)
+        silent = request.get("silent") is True
+        result = shell.run_cell(code, store_history=not silent, silent=silent)
         signal.signal(signal.SIGINT, ignore_sigint)
     except KeyboardInterrupt:  # landed in IPython's own code, after the user's
         signal.signal(signal.SIGINT, ignore_sigint)

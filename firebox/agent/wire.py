@@ -38,7 +38,7 @@ ERROR = "error"  # {"k": "error", "name": str, "value": str, "traceback": str}
 DONE = "done"  # {"k": "done", "seq": int, "count": int|None, "status": int|None}
 
 # agent → worker
-RUN = "run"  # {"k": "run", "seq": int, "code": str, "env": {str: str}}
+RUN = "run"  # {"k": "run", "seq": int, "code": str, "env": {str: str}, "silent"?: true}
 RESEED = "reseed"  # between cells, after a VM restore: {"k": "reseed"} (python only)
 
 # A line longer than this is dropped (a PNG of a huge figure, a runaway repr): the agent must

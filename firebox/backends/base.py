@@ -85,6 +85,10 @@ class RunningSandbox(abc.ABC):
 
 class Backend(abc.ABC):
     name: str
+    #: whether a pooled sandbox should run a silent cell and a command before it is handed
+    #: over (a restored microVM's CPU emulator starts with an empty translation cache, which
+    #: makes every first call several times slower than the next)
+    warm_up_pooled: bool = False
 
     @abc.abstractmethod
     def availability(self) -> Availability:

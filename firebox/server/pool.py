@@ -17,7 +17,7 @@ from pathlib import Path
 
 from firebox import images, protocol
 from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
-from firebox.server.agent_client import AgentClient, AgentGone
+from firebox.server.agent_client import AgentClient, AgentError, AgentGone
 from firebox.server.config import ServerConfig
 from firebox.server.errors import ApiError
 
@@ -98,6 +98,27 @@ async def boot(config: ServerConfig, backend: Backend, template: str) -> Booted:
     return Booted(spec, running, agent)
 
 
+WARM_UP_DEADLINE = 60.0
+
+
+async def warm_up(booted: Booted) -> None:
+    """Take the paths a new sandbox's first calls take, once, before anyone waits on them: a
+    silent python cell (no execution counted, nothing kept) and a command. Best effort."""
+    agent = booted.agent
+    try:
+        async with asyncio.timeout(WARM_UP_DEADLINE):
+            cell = await agent.run_code(
+                protocol.CodeRun(code="None", language="python", silent=True)
+            )
+            async for _ in cell:
+                pass
+            proc = await agent.start_process(protocol.ProcessStart(cmd="true"))
+            async for _ in proc:
+                pass
+    except (TimeoutError, AgentGone, AgentError) as e:
+        log.warning("warming up pooled sandbox %s failed: %s", booted.spec.sandbox_id, e)
+
+
 class WarmPool:
     def __init__(self, config: ServerConfig, backend: Backend, size: int) -> None:
         self.config = config
@@ -149,6 +170,8 @@ class WarmPool:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), RETRY_DELAY)  # close() wakes us
                 continue
+            if self.backend.warm_up_pooled:
+                await warm_up(booted)
             if self._closed:
                 await booted.discard()
                 return

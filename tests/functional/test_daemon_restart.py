@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from firebox import Sandbox, SandboxNotFoundException
+from firebox.images.cache import image_root
 from firebox.testing import LocalDaemon
 from tests.conftest import Daemon
 
@@ -27,9 +28,14 @@ def _alive(pid: int) -> bool:
 
 
 def test_killed_daemon_leaves_nothing_running_and_the_next_reclaims(
-    daemon: Daemon, tmp_path: Path
+    daemon: Daemon, backend_name: str, tmp_path: Path
 ) -> None:
-    first = LocalDaemon(home=tmp_path, pool_size=1, cgroup_parent=f"firebox-restart-{os.getpid()}")
+    first = LocalDaemon(
+        home=tmp_path,
+        pool_size=1,
+        cgroup_parent=f"firebox-restart-{os.getpid()}-{backend_name}",
+        isolation=backend_name,
+    )
     first.start()
     try:
         sbx = Sandbox.create(api_key=first.key, api_url=first.url)
@@ -45,11 +51,15 @@ def test_killed_daemon_leaves_nothing_running_and_the_next_reclaims(
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids), "sandbox processes outlived their daemon"
+    vm_dirs = list((image_root() / "vm").glob(f"*/{sbx.sandbox_id}"))
 
-    second = LocalDaemon(home=tmp_path, pool_size=0, cgroup_parent=first.cgroup_parent)
+    second = LocalDaemon(
+        home=tmp_path, pool_size=0, cgroup_parent=first.cgroup_parent, isolation=backend_name
+    )
     with second:
         assert second.key == first.key  # the admin key survives a restart
         assert not _cgroup_dirs(first.cgroup_parent, sbx.sandbox_id), "stale cgroup reclaimed"
+        assert not any(d.exists() for d in vm_dirs), "a microVM's disk overlay reclaimed"
         with pytest.raises(SandboxNotFoundException):
             Sandbox.connect(sbx.sandbox_id, api_key=second.key, api_url=second.url)
     assert not _cgroup_dirs(first.cgroup_parent), "a clean stop leaves no cgroup behind"
