@@ -86,7 +86,7 @@ def _only_on_marked_backends(request: pytest.FixtureRequest) -> None:
     if marker is not None and "backend_name" in request.fixturenames:
         name = request.getfixturevalue("backend_name")
         if name not in marker.args:
-            pytest.skip(f"a check of the {'/'.join(marker.args)} backend's host side")
+            pytest.skip(f"a check of the {'/'.join(marker.args)} backend only")
 
 
 @pytest.fixture(scope="session")
