@@ -337,15 +337,12 @@ def prestart() -> None:
 
 
 def reseed() -> None:
-    """A restored VM: every idle python interpreter reseeds its generators (see resume.py)."""
+    """A restored VM: every python interpreter reseeds its generators (see resume.py)."""
     with _registry:
         contexts = list(_contexts.values())
     for ctx in contexts:
-        if ctx.interp is not None and ctx.lock.acquire(timeout=1.0):
-            try:
-                ctx.interp.reseed()
-            finally:
-                ctx.lock.release()
+        if ctx.interp is not None:
+            ctx.interp.reseed()
 
 
 def kill_all() -> None:

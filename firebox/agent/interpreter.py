@@ -93,6 +93,7 @@ class Interpreter:
         self.fatal: str | None = None
         self.dead: str | None = None  # why it ended, once it has
         self.kill_reason: str | None = None
+        self._reseed = False  # reseed the worker's generators with the next cell
 
     # -- starting -------------------------------------------------------------------------
 
@@ -175,6 +176,9 @@ class Interpreter:
             if silent:
                 request["silent"] = True
             line = wire.encode(request)
+            if self._reseed:
+                self._reseed = False
+                line = wire.encode({"k": wire.RESEED}) + line
         deadline = time.monotonic() + cell.timeout if cell.timeout is not None else None
         # a dead worker's broken pipe shows up as its death, via the pump
         if not self._write(line, deadline):
@@ -184,9 +188,10 @@ class Interpreter:
             )
 
     def reseed(self) -> None:
-        """Between cells: the worker reseeds its random generators (after a VM restore)."""
-        if self.language == "python" and self.cell is None:
-            self._write(wire.encode({"k": wire.RESEED}), time.monotonic() + 1.0)
+        """After a VM restore: the worker reseeds its random generators before its next cell
+        (sent with that cell, in one write: a restored guest pays for every new path)."""
+        if self.language == "python":
+            self._reseed = True
 
     def next_seq(self) -> int:
         self.seq += 1

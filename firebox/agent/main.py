@@ -206,9 +206,11 @@ def main() -> None:
 
     process.start_reaper()
     if os.environ.get("FIREBOX_BACKEND") == "microvm":
-        # Imported now, so that it is already in the template's snapshot: a restored clone
-        # resumes without paying for imports under emulation.
-        from firebox.agent import resume  # noqa: F401
+        # Imported and prepared now, so that it is already in the template's snapshot: a
+        # restored clone resumes without paying for imports under emulation.
+        from firebox.agent import resume
+
+        resume.prepare()
 
     # IPython takes ~0.25 s of CPU to start: do it now, off the first run_code's path.
     contexts.prestart()
