@@ -405,7 +405,7 @@ class MicroVMBackend(Backend):
         argv = vmm.bwrap_argv(
             shutil.which("bwrap") or "bwrap",
             qemu.argv(self._qemu, vm),
-            read_only=[vm.vmlinux, vm.initramfs, vm.root_disk, *read_only],
+            read_only=[*vm.boot_files(), vm.root_disk, *read_only],
             writable=writable,
             kvm=kvm,
         )
