@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -42,19 +41,15 @@ from firebox.backends.base import (
 )
 from firebox.backends.confine import UidSlots, range_problem, spawn_gated
 from firebox.backends.jail import cgroups
-from firebox.backends.microvm import accel, initramfs, qemu, snapshot, vmm
+from firebox.backends.microvm import accel, initramfs, qemu, snapshot, template, vmm
+from firebox.backends.microvm.sandbox import MicroVMSandbox
 from firebox.images import vmboot
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
 
 log = logging.getLogger("firebox.microvm")
 
-# QEMU's own memory on top of the guest's: TCG's code cache (tb-size=64), device emulation,
-# the block layer's buffers.
-QEMU_OVERHEAD_MB = 256
-QEMU_PIDS = 128  # vCPU threads, I/O worker threads (up to 64), RCU, main loop
 RESTORE_DEADLINE = 15.0  # seconds from spawning QEMU to the restored guest running
-TEMPLATE_DEADLINE = 600.0  # a cold boot plus warm imports under software emulation
 SHM_MB = 64
 # What the python template's warm context has imported in its snapshot.
 WARM_IMPORTS = "numpy,pandas,matplotlib,matplotlib.pyplot"
@@ -62,80 +57,6 @@ WARM_IMPORTS = "numpy,pandas,matplotlib,matplotlib.pyplot"
 # beside the images, because each VM's unprivileged uid must reach it (a daemon's home may
 # sit in a private directory), and per daemon, so one daemon never reclaims another's.
 STATE_DIR = "vm"
-
-
-class MicroVMSandbox(RunningSandbox):
-    def __init__(
-        self,
-        proc: asyncio.subprocess.Process,
-        cgroup: cgroups.CgroupSet,
-        vm_dir: Path,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        qmp: qemu.Qmp | None,
-        release: object,
-    ) -> None:
-        self._proc = proc
-        self._cgroup = cgroup
-        self._dir = vm_dir
-        self.reader = reader
-        self.writer = writer
-        self._qmp = qmp
-        self._release = release
-        self._console = bytearray()
-        self._console_task = asyncio.create_task(self._drain_console())
-        self._cleaned = False
-
-    async def _drain_console(self) -> None:
-        # The guest's serial console and QEMU's own errors: the tail is kept for messages,
-        # bounded so a chatty guest cannot grow the daemon's memory.
-        assert self._proc.stdout is not None
-        while chunk := await self._proc.stdout.read(65536):
-            self._console += chunk
-            del self._console[:-8192]
-
-    def diagnostics(self) -> str:
-        return self._console.decode(errors="replace").strip()
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def poll(self) -> int | None:
-        return self._proc.returncode
-
-    async def wait(self) -> int:
-        return await self._proc.wait()
-
-    def send_signal(self, sig: int) -> None:
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(sig)
-
-    async def cleanup(self) -> None:
-        if self._cleaned:
-            return
-        self._cleaned = True
-        self.send_signal(signal.SIGKILL)
-        if self._qmp is not None:
-            self._qmp.close()
-        with contextlib.suppress(Exception):
-            self.writer.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._proc.wait(), 5.0)
-        with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait_for(self._console_task, 1.0)
-        await asyncio.to_thread(self._cgroup.destroy)
-        await asyncio.to_thread(shutil.rmtree, self._dir, True)
-        if callable(self._release):
-            self._release()
-
-    def limit_events(self) -> dict[str, int]:
-        try:
-            mem = self._cgroup.memory_events()
-            return {"oom_kill": int(mem.get("oom_kill", 0)), "pids_max": self._cgroup.pids_events()}
-        except OSError:
-            return {}
 
 
 class MicroVMBackend(Backend):
@@ -279,7 +200,7 @@ class MicroVMBackend(Backend):
                         "making the %s snapshot %s (a cold boot, once)", spec.template, snap.key
                     )
                     started = time.monotonic()
-                    entry = await self._boot_template(snap, pieces)
+                    entry = await template.boot(snap, pieces, self._spawn, self._slots)
                     log.warning("snapshot %s made in %.1f s", snap.name, time.monotonic() - started)
             finally:
                 os.close(lock_fd)
@@ -296,98 +217,7 @@ class MicroVMBackend(Backend):
             self._blank[snap.name] = blank
         return entry, snap
 
-    async def _boot_template(self, snap: snapshot.SnapshotSpec, pieces: vmboot.BootPieces) -> Path:
-        from firebox.server.agent_client import AgentClient  # the daemon's; not the agent's
-
-        assert self._qemu is not None
-        base = snapshot.snapshots_dir(image_root())
-        tmp = base / f".{snap.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(mode=0o700)
-        slot = self._slots.take()
-        uid = self._slots.first_id(slot)
-        cgroup = await asyncio.to_thread(
-            cgroups.create, f"template-{snap.key}", self._limits(snap.memory_mb, snap.cpus)
-        )
-        proc: asyncio.subprocess.Process | None = None
-        state_fd = -1
-        try:
-            await asyncio.to_thread(snapshot.make_rw_disk, tmp / "rw.img", snap.disk_mb)
-            state_fd = os.open(tmp / "state", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            for path in (tmp, tmp / "rw.img", tmp / "state"):
-                os.chown(path, uid, uid)
-            vm = qemu.VmConfig(
-                vmlinux=pieces.vmlinux,
-                initramfs=snap.initramfs,
-                root_disk=snap.root_disk,
-                rw_disk=tmp / "rw.img",
-                rw_format="raw",
-                agent_socket=tmp / "agent.sock",
-                qmp_socket=tmp / "qmp.sock",
-                memory_mb=snap.memory_mb,
-                cpus=snap.cpus,
-                accel=snap.accel,
-                mem_path=str(tmp / "mem"),
-                share_ram=True,
-            )
-            proc = await self._spawn(vm, uid, cgroup, [], [tmp], pass_fds=())
-            console = asyncio.create_task(_collect(proc))
-            try:
-                async with asyncio.timeout(TEMPLATE_DEADLINE):
-                    qmp = await qemu.Qmp.connect(vm.qmp_socket, TEMPLATE_DEADLINE, proc)
-                    reader, writer = await qemu.connect_unix(
-                        vm.agent_socket, TEMPLATE_DEADLINE, STREAM_LIMIT, proc
-                    )
-                    agent = AgentClient(reader, writer)
-                    await agent.wait_hello(TEMPLATE_DEADLINE)
-                    if snap.template == "python":
-                        # An empty cell waits for the pre-started context (and its warm
-                        # imports) without counting as an execution.
-                        stream = await agent.run_code(protocol.CodeRun(code="", language="python"))
-                        async for _ in stream:
-                            pass
-                    await qmp.execute(
-                        "migrate-set-capabilities",
-                        capabilities=[{"capability": "x-ignore-shared", "state": True}],
-                    )
-                    await qmp.send_fd("state", state_fd)
-                    await qmp.execute("migrate", uri="fd:state")
-                    await qmp.wait_migration(TEMPLATE_DEADLINE)
-            except Exception as e:  # whatever went wrong, the message carries the console
-                proc.kill()
-                said = (await _finish(console)).strip()[-3000:]
-                raise BackendError(
-                    f"the template VM for {snap.template} failed: {e!r}\n{said}"
-                ) from e
-            # The guest is paused after the migration: kill, never let it run past the snapshot.
-            proc.kill()
-            await proc.wait()
-            await _finish(console)
-            with contextlib.suppress(Exception):
-                await agent.close()
-            qmp.close()
-            for leftover in ("agent.sock", "qmp.sock"):
-                with contextlib.suppress(FileNotFoundError):
-                    (tmp / leftover).unlink()
-            return await asyncio.to_thread(
-                snapshot.seal_entry, tmp, snapshot.snapshots_dir(image_root()) / snap.name, snap
-            )
-        finally:
-            if state_fd >= 0:
-                os.close(state_fd)
-            if proc is not None and proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            await asyncio.to_thread(cgroup.destroy)
-            self._slots.release(slot)
-            shutil.rmtree(tmp, ignore_errors=True)
-
     # -- starting ------------------------------------------------------------------------
-
-    def _limits(self, memory_mb: int, cpus: float) -> cgroups.Limits:
-        return cgroups.Limits(
-            memory_bytes=(memory_mb + QEMU_OVERHEAD_MB) * 2**20, pids=QEMU_PIDS, cpu_quota=cpus
-        )
 
     async def _spawn(
         self,
@@ -437,7 +267,7 @@ class MicroVMBackend(Backend):
             os.chown(vm_dir, uid, uid)
             os.chown(overlay, uid, uid)
             cgroup = await asyncio.to_thread(
-                cgroups.create, spec.sandbox_id, self._limits(snap.memory_mb, spec.cpus)
+                cgroups.create, spec.sandbox_id, template.limits(snap.memory_mb, spec.cpus)
             )
             state_fd = os.open(entry / "state", os.O_RDONLY)
             vm = qemu.VmConfig(
@@ -522,20 +352,3 @@ async def _run(*cmd: str) -> None:
         raise BackendError(f"{cmd[0]} took over 30 s") from None
     if proc.returncode != 0:
         raise BackendError(f"{' '.join(cmd)} failed: {err.decode(errors='replace').strip()}")
-
-
-async def _collect(proc: asyncio.subprocess.Process) -> bytes:
-    assert proc.stdout is not None
-    out = bytearray()
-    while chunk := await proc.stdout.read(65536):
-        out += chunk
-        del out[:-65536]
-    return bytes(out)
-
-
-async def _finish(task: asyncio.Task[bytes]) -> str:
-    try:
-        return (await asyncio.wait_for(task, 5)).decode(errors="replace")
-    except Exception:
-        task.cancel()
-        return ""
