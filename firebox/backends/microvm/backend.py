@@ -146,6 +146,11 @@ class MicroVMBackend(Backend):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._ram.clear()
+        for blank in self._blank.values():
+            blank.unlink(missing_ok=True)
+        self._blank.clear()
+        with contextlib.suppress(OSError):  # left only if a sandbox's directory is in it
+            self._vm_root().rmdir()
         await asyncio.to_thread(cgroups.remove_parent)
 
     # -- templates and their snapshots -----------------------------------------------------
