@@ -27,8 +27,13 @@ def report(home: Path, uid_base: int) -> dict[str, Availability]:
     return out
 
 
-def select(name: str, home: Path, uid_base: int) -> Backend:
+def select(
+    name: str, home: Path, uid_base: int, ruled_out: dict[str, str] | None = None
+) -> Backend:
+    """The backend called ``name``, or for ``auto`` the strongest that works here and is not
+    in ``ruled_out`` (backends that failed to get ready, with why)."""
     found = backends(home, uid_base)
+    ruled_out = ruled_out or {}
     if name != "auto":
         if name not in found:
             raise BackendError(f"unknown isolation {name!r}; choose auto, {', '.join(NAMES)}")
@@ -39,6 +44,9 @@ def select(name: str, home: Path, uid_base: int) -> Backend:
         return backend
     reasons = []
     for candidate in NAMES:
+        if candidate in ruled_out:
+            reasons.append(f"{candidate}: {ruled_out[candidate]}")
+            continue
         backend = found[candidate]
         verdict = backend.availability()
         if verdict.ok:

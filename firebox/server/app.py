@@ -59,14 +59,33 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+async def _ready_manager(config: ServerConfig, registry: Registry) -> SandboxManager:
+    """The backend, got ready (a microVM's template snapshot is made here, once). With
+    ``auto`` a backend that works but cannot get ready (say, its snapshot fails) gives way to
+    the next, loudly; a backend asked for by name either gets ready or the daemon stops."""
+    ruled_out: dict[str, str] = {}
+    while True:
+        backend = select(config.isolation, config.home, config.uid_base, ruled_out)
+        log.warning("isolation: %s (%s)", backend.name, backend.availability().reason)
+        manager = SandboxManager(config, registry, backend)
+        await manager.reclaim()
+        try:
+            await backend.prepare(spec_for(config, images.DEFAULT_TEMPLATE))
+            return manager
+        except BackendError as e:
+            log.error("isolation %s could not get ready: %s", backend.name, e)
+            await backend.close()
+            if config.isolation != "auto":
+                raise
+            ruled_out[backend.name] = f"could not get ready: {e}"
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prepare_home(config)
         registry = Registry(config.db_path)
         ensure_admin_key(registry, config.admin_key_path)
-        backend = select(config.isolation, config.home, config.uid_base)
-        log.warning("isolation: %s (%s)", backend.name, backend.availability().reason)
         if config.build_image_on_start and images.image_path(images.DEFAULT_TEMPLATE) is None:
             log.warning("the guest image is missing; building it now (a few minutes, once)")
             await asyncio.to_thread(
@@ -74,17 +93,11 @@ def create_app(config: ServerConfig) -> FastAPI:
                 images.DEFAULT_TEMPLATE,
                 lambda m: log.warning("image: %s", m),
             )
-        manager = SandboxManager(config, registry, backend)
-        await manager.reclaim()
-        try:
-            await backend.prepare(spec_for(config, images.DEFAULT_TEMPLATE))
-        except BackendError as e:
-            log.error("isolation %s could not get ready: %s", backend.name, e)
-            raise
+        manager = await _ready_manager(config, registry)
         manager.start_pool([images.DEFAULT_TEMPLATE])
         app.state.registry = registry
         app.state.manager = manager
-        app.state.backend = backend
+        app.state.backend = manager.backend
         try:
             yield
         finally:
