@@ -47,6 +47,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         isolation=args.isolation,
         pool_size=args.pool_size,
+        max_sandboxes=args.max_sandboxes,
+        max_memory_mb=args.max_memory_mb,
+        min_free_memory_mb=args.min_free_memory_mb,
+        min_free_disk_mb=args.min_free_disk_mb,
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
     return 0
@@ -207,6 +211,14 @@ def parser() -> argparse.ArgumentParser:
         default=ServerConfig().pool_size,
         help="booted sandboxes kept waiting per template (0 disables the warm pool)",
     )
+    defaults = ServerConfig()
+    for flag, default, what in (
+        ("--max-sandboxes", defaults.max_sandboxes, "live and pooled sandboxes on this host"),
+        ("--max-memory-mb", defaults.max_memory_mb, "their memory limits summed (0: no bound)"),
+        ("--min-free-memory-mb", defaults.min_free_memory_mb, "host memory kept available"),
+        ("--min-free-disk-mb", defaults.min_free_disk_mb, "disk kept free where sandboxes write"),
+    ):
+        serve.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     serve.set_defaults(func=cmd_serve)
 
     image = sub.add_parser("image", help="guest images")

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -38,11 +39,13 @@ class LocalDaemon:
         isolation: str = "jail",
         pool_size: int | None = None,
         cgroup_parent: str | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self._own_home = home is None
         self.home = home or Path(tempfile.mkdtemp(prefix="firebox-home-"))
         self.isolation = isolation
         self.pool_size = pool_size
+        self.args = list(args)  # more `firebox serve` options, e.g. ["--max-sandboxes", "2"]
         self.cgroup_parent = cgroup_parent or f"firebox-local-{os.getpid()}-{id(self):x}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -61,6 +64,7 @@ class LocalDaemon:
         argv += ["--isolation", self.isolation]
         if self.pool_size is not None:
             argv += ["--pool-size", str(self.pool_size)]
+        argv += self.args
         env = {
             **os.environ,
             "FIREBOX_HOME": str(self.home),

@@ -98,6 +98,10 @@ class Backend(abc.ABC):
     async def start(self, spec: SandboxSpec) -> RunningSandbox:
         """Start a sandbox and return once its agent's channel is connected."""
 
+    def committed_mb(self, memory_mb: int) -> int:
+        """What a sandbox of ``memory_mb`` may take of the host's memory: its cgroup limit."""
+        return memory_mb
+
     async def prepare(self, spec: SandboxSpec) -> None:
         """Get ready to start sandboxes shaped like ``spec`` fast (the microvm makes its
         template snapshot here: a cold boot, once). Called as the daemon starts."""

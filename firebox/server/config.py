@@ -39,6 +39,12 @@ class ServerConfig:
     build_image_on_start: bool = True
     # booted sandboxes kept waiting per template, so a create is a hand-over (0: none)
     pool_size: int = 2
+    # host-wide admission (server/admission.py): live + pooled sandboxes, their memory
+    # limits summed (0: unbounded), and what the host keeps free of memory and disk
+    max_sandboxes: int = 256
+    max_memory_mb: int = 0
+    min_free_memory_mb: int = 1024
+    min_free_disk_mb: int = 2048
 
     @property
     def db_path(self) -> Path:

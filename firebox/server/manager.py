@@ -19,6 +19,8 @@ from typing import Any
 
 from firebox import protocol
 from firebox.backends.base import Backend, RunningSandbox, SandboxSpec
+from firebox.images.cache import image_root
+from firebox.server.admission import Admission, HostLimits
 from firebox.server.agent_client import AgentClient, AgentError, AgentGone
 from firebox.server.config import ServerConfig
 from firebox.server.errors import ApiError
@@ -88,8 +90,19 @@ class SandboxManager:
         self.config = config
         self.registry = registry
         self.backend = backend
-        self.pool = WarmPool(config, backend, config.pool_size)
         self._live: dict[str, LiveSandbox] = {}
+        self.admission = Admission(
+            HostLimits(
+                config.max_sandboxes,
+                config.max_memory_mb,
+                config.min_free_memory_mb,
+                config.min_free_disk_mb,
+            ),
+            backend.committed_mb(config.memory_mb),
+            disks=[image_root(), config.home],
+            running=lambda: len(self._live) + self.pool.waiting(),
+        )
+        self.pool = WarmPool(config, backend, config.pool_size, self.admission)
 
     # -- lifecycle of the daemon ----------------------------------------------------------
 
@@ -123,9 +136,10 @@ class SandboxManager:
         metadata: dict[str, str],
         envs: dict[str, str],
     ) -> LiveSandbox:
-        booted = await self.pool.take(template)
+        booted = await self.pool.take(template)  # a pooled sandbox is counted already
         if booted is None:
-            booted = await boot(self.config, self.backend, template)
+            with self.admission.starting():
+                booted = await boot(self.config, self.backend, template)
         spec, running, agent = booted.spec, booted.running, booted.agent
         sandbox_id = spec.sandbox_id
         now = time.time()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from firebox import images, protocol
 from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
+from firebox.server.admission import Admission
 from firebox.server.agent_client import AgentClient, AgentError, AgentGone
 from firebox.server.config import ServerConfig
 from firebox.server.errors import ApiError
@@ -120,10 +121,13 @@ async def warm_up(booted: Booted) -> None:
 
 
 class WarmPool:
-    def __init__(self, config: ServerConfig, backend: Backend, size: int) -> None:
+    def __init__(
+        self, config: ServerConfig, backend: Backend, size: int, admission: Admission
+    ) -> None:
         self.config = config
         self.backend = backend
         self.size = size
+        self.admission = admission  # a pooled sandbox counts against the host's limits
         self._ready: dict[str, asyncio.Queue[Booted]] = {}
         self._refills: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -163,19 +167,20 @@ class WarmPool:
                 await asyncio.sleep(REFILL_DELAY)
                 continue
             try:
-                booted = await boot(self.config, self.backend, template)
+                with self.admission.starting():
+                    booted = await boot(self.config, self.backend, template)
+                    if self.backend.warm_up_pooled:
+                        await warm_up(booted)
+                    if self._closed:
+                        await booted.discard()
+                        return
+                    queue.put_nowait(booted)
             except ApiError as e:
                 log.warning("warm pool for %s could not start a sandbox: %s", template, e.message)
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), RETRY_DELAY)  # close() wakes us
                 continue
-            if self.backend.warm_up_pooled:
-                await warm_up(booted)
-            if self._closed:
-                await booted.discard()
-                return
-            queue.put_nowait(booted)
 
     async def close(self) -> None:
         # Let a boot in progress finish and discard its sandbox rather than cancel it halfway,

@@ -74,6 +74,9 @@ class MicroVMBackend(Backend):
         self._prepare_lock = asyncio.Lock()
         self._qemu: str | None = None
 
+    def committed_mb(self, memory_mb: int) -> int:
+        return memory_mb + template.QEMU_OVERHEAD_MB  # the guest's RAM and QEMU's own
+
     # -- probing -------------------------------------------------------------------------
 
     def availability(self) -> Availability:
