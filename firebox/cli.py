@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_memory_mb=args.max_memory_mb,
         min_free_memory_mb=args.min_free_memory_mb,
         min_free_disk_mb=args.min_free_disk_mb,
+        max_output_mb=args.max_output_mb,
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
     return 0
@@ -217,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
         ("--max-memory-mb", defaults.max_memory_mb, "their memory limits summed (0: no bound)"),
         ("--min-free-memory-mb", defaults.min_free_memory_mb, "host memory kept available"),
         ("--min-free-disk-mb", defaults.min_free_disk_mb, "disk kept free where sandboxes write"),
+        ("--max-output-mb", defaults.max_output_mb, "output of one command (stdout + stderr)"),
     ):
         serve.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     serve.set_defaults(func=cmd_serve)

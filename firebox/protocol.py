@@ -346,6 +346,9 @@ class ProcessStart(Message):
     stdin: bool = False
     timeout: float | None = None  # seconds; the agent kills the process group when it expires
     tag: str | None = None
+    # bytes of stdout and stderr together forwarded at most; past it the agent sends a marker
+    # on stderr, discards the rest (still draining the pipes) and reports output_truncated
+    output_limit: int | None = None
 
 
 @dataclass(slots=True)
@@ -364,6 +367,7 @@ class ProcessExit:
     # OOM kills so far by the sandbox's own kernel (a microVM's), so the daemon can tell a
     # memory-limit kill; None where the kernel is the host's (the daemon reads the cgroup)
     kernel_oom_kills: int | None = None
+    output_truncated: bool = False  # it wrote more than ProcessStart.output_limit
 
 
 @dataclass(slots=True)

@@ -42,7 +42,9 @@ class CommandResult:
     stdout: str
     stderr: str
     exit_code: int
-    error: str | None = None  # why the agent could not finish the command, if it could not
+    # a limit the command hit ("output_truncated": it wrote more than the daemon forwards, and
+    # the rest of its output was discarded), or why the agent could not finish it
+    error: str | None = None
 
 
 @dataclass

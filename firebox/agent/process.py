@@ -161,7 +161,7 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
     with _spawn_lock:
         _procs[popen.pid] = proc
     try:
-        return _run(stream, proc, timeout)
+        return _run(stream, proc, timeout, _output_limit(msg.output_limit))
     finally:
         with _spawn_lock:
             _procs.pop(popen.pid, None)
@@ -219,13 +219,24 @@ class _Deadline:
 _deadlines = _Deadlines()
 
 
-def _run(stream: Stream, proc: Proc, timeout: float | None) -> dict[str, Any]:
+TRUNCATED = "\n[firebox: output truncated at {limit} bytes; the rest was discarded]\n"
+
+
+def _output_limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise Fail("invalid", f"output_limit must be a positive number of bytes, not {value!r}")
+    return value
+
+
+def _run(stream: Stream, proc: Proc, timeout: float | None, limit: int | None) -> dict[str, Any]:
     popen = proc.popen
     stream.send(protocol.ProcessStarted(pid=popen.pid))
     deadline = _deadlines.add(timeout, popen.pid) if timeout is not None else None
     try:
         # The result follows all the output: pipes first, then the exit status.
-        _pump(stream, popen, deadline)
+        truncated = _pump(stream, popen, deadline, limit)
         code = popen.wait()
         forget(popen.pid)
     finally:
@@ -241,6 +252,7 @@ def _run(stream: Stream, proc: Proc, timeout: float | None) -> dict[str, Any]:
         signal=sig,
         timed_out=timed_out,
         kernel_oom_kills=kernel_oom_kills() if sig == signal.SIGKILL else None,
+        output_truncated=truncated,
     )
     return protocol.as_dict(exit)
 
@@ -259,13 +271,19 @@ def kernel_oom_kills() -> int | None:
     return None
 
 
-def _pump(stream: Stream, popen: subprocess.Popen[bytes], deadline: _Deadline | None) -> None:
-    """Forward stdout and stderr as they come, from this one thread, until both close.
+def _pump(
+    stream: Stream, popen: subprocess.Popen[bytes], deadline: _Deadline | None, limit: int | None
+) -> bool:
+    """Forward stdout and stderr as they come, from this one thread, until both close; True
+    if the output went past ``limit`` bytes and its rest was discarded.
 
     Sending blocks on credit, so a process that writes faster than the daemon's client reads
-    is stopped by its full pipe, not buffered here. After a cancel (the client went away) the
-    pipes are still drained, so the process never blocks; its output goes nowhere.
+    is stopped by its full pipe, not buffered here. After a cancel (the client went away) or
+    past the limit the pipes are still drained, so the process never blocks; its output goes
+    nowhere.
     """
+    left = limit
+    truncated = False
     assert popen.stdout is not None and popen.stderr is not None
     pipes: dict[int, tuple[int, IO[bytes]]] = {
         popen.stdout.fileno(): (1, popen.stdout),
@@ -290,7 +308,7 @@ def _pump(stream: Stream, popen: subprocess.Popen[bytes], deadline: _Deadline | 
             if not events:
                 if grace_end is not None and time.monotonic() >= grace_end:
                     log(f"process {popen.pid}: output still open after the timeout kill")
-                    return
+                    return truncated
                 continue
             for raw, _ in events:
                 try:
@@ -302,11 +320,21 @@ def _pump(stream: Stream, popen: subprocess.Popen[bytes], deadline: _Deadline | 
                     poller.unregister(raw)
                     # through its file object, which would otherwise close the number again
                     pipes.pop(raw)[1].close()
-                elif live:
-                    live = stream.send_counted(protocol.Data(fd=pipes[raw][0]), data)
+                elif live and not truncated:
+                    if left is not None:
+                        if len(data) >= left:
+                            truncated = True
+                            data = data[:left]
+                        left -= len(data)
+                    if data:
+                        live = stream.send_counted(protocol.Data(fd=pipes[raw][0]), data)
+                    if truncated and live:
+                        marker = TRUNCATED.format(limit=limit).encode()
+                        live = stream.send_counted(protocol.Data(fd=2), marker)
     finally:
         for _, pipe in pipes.values():
             pipe.close()
+    return truncated
 
 
 def _killpg(pgid: int, sig: int) -> None:

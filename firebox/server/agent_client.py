@@ -480,6 +480,7 @@ class ProcessStream(_Reply):
             v.get("signal"),
             v.get("timed_out", False),
             oom if isinstance(oom, int) else None,
+            v.get("output_truncated") is True,
         )
 
     async def detach(self) -> None:

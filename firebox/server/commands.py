@@ -67,8 +67,16 @@ def classify_exit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | N
     """
     if exit.timed_out:
         return "timeout", "the command was killed at its timeout; pass a larger timeout"
-    if exit.exit_code == 0:
-        return None, None
+    error, message = _limit_hit(sbx, exit) if exit.exit_code != 0 else (None, None)
+    if error is None and exit.output_truncated:
+        return "output_truncated", (
+            f"the command wrote more than {sbx.output_limit} bytes of output; the rest was "
+            "discarded (write big output to a file and read it with files.read)"
+        )
+    return error, message
+
+
+def _limit_hit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | None, str | None]:
     before, after = sbx.limits_seen, dict(sbx.running.limit_events())
     if isinstance(exit.kernel_oom_kills, int):  # a microVM's own kernel killed it
         after["guest_oom_kill"] = exit.kernel_oom_kills
@@ -140,6 +148,7 @@ async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
         stdin=keep_stdin,
         timeout=body.timeout or None,
         tag=body.tag,
+        output_limit=sbx.output_limit,
     )
     try:
         proc = await sbx.agent.start_process(req)

@@ -45,6 +45,8 @@ class ServerConfig:
     max_memory_mb: int = 0
     min_free_memory_mb: int = 1024
     min_free_disk_mb: int = 2048
+    # a command's stdout and stderr together: past it a marker, the rest discarded
+    max_output_mb: int = 64
 
     @property
     def db_path(self) -> Path:

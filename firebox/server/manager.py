@@ -70,6 +70,7 @@ class LiveSandbox:
     ended: bool = False
     # limit counters (oom kills, pids.max hits) as last seen, to tell which failure hit one
     limits_seen: dict[str, int] = field(default_factory=dict)
+    output_limit: int = 64 << 20  # bytes of output a command may send (the rest is discarded)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -156,6 +157,7 @@ class SandboxManager:
             spec=spec,
             running=running,
             agent=agent,
+            output_limit=self.config.max_output_mb << 20,
         )
         self._live[sandbox_id] = live
         self.registry.add_sandbox(
