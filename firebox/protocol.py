@@ -588,6 +588,9 @@ class CodeRun(Message):
     # python: run without counting an execution, storing history or showing the value (the
     # daemon's warm-up of a restored VM, which must leave no trace in the user's context)
     silent: bool = False
+    # bytes of printed text (stdout and stderr) forwarded at most; past it a marker on stderr,
+    # the rest dropped while the cell runs on, and CodeDone.output_truncated set
+    output_limit: int | None = None
 
 
 @dataclass(slots=True)
@@ -619,6 +622,7 @@ class CodeDone:
     timed_out: bool = False
     restarted: bool = False  # the interpreter died or could not be interrupted; state is lost
     reason: str | None = None  # why, when restarted or timed out
+    output_truncated: bool = False  # it printed more than CodeRun.output_limit
 
 
 MESSAGES: dict[str, type[Message]] = {

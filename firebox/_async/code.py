@@ -105,6 +105,7 @@ class AsyncCodeExecution:
                     ended = True
                     count = event.get("execution_count")
                     execution.execution_count = count if isinstance(count, int) else None
+                    execution.output_truncated = event.get("output_truncated") is True
                     execution.error = end_error(event, execution.error)
         except httpx.HTTPError as e:
             raise error_from_transport(e, self._api.config.api_url) from e

@@ -124,6 +124,9 @@ class Execution:
     logs: Logs = field(default_factory=Logs)
     error: ExecutionError | None = None
     execution_count: int | None = None
+    # the cell printed more than the daemon forwards (--max-output-mb): the rest of its
+    # stdout/stderr was discarded, after a marker line in stderr
+    output_truncated: bool = False
 
     @property
     def text(self) -> str | None:

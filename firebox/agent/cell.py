@@ -73,12 +73,28 @@ class Cell:
         self.killed = False  # ... because the agent ended it (timeout, restart, removal)
         self.error_sent = False
         self._live = True  # false once the daemon cancelled: output goes nowhere
+        self.output_left: int | None = None  # bytes of text still forwarded (None: no limit)
+        self.output_truncated = False
 
     # -- from the pump thread -------------------------------------------------------------
 
     def output(self, fd: int, text: str) -> None:
+        if self.output_truncated:
+            return
+        if self.output_left is not None:
+            size = len(text.encode("utf-8", "replace"))
+            if size > self.output_left:
+                # cut on a character boundary: each frame must stay valid UTF-8 on its own
+                cut = text.encode("utf-8", "replace")[: self.output_left]
+                text = cut.decode("utf-8", "ignore")
+                size = len(text.encode("utf-8"))
+                self.output_truncated = True
+            self.output_left -= size
         for i in range(0, len(text), TEXT_CHUNK):
             self._send(protocol.Data(fd=fd), text[i : i + TEXT_CHUNK].encode("utf-8", "replace"))
+        if self.output_truncated:
+            marker = "\n[firebox: output truncated; the rest of the cell's output was discarded]\n"
+            self._send(protocol.Data(fd=2), marker.encode())
 
     def result(
         self, data: dict[str, Any], main: bool, chart: dict[str, Any] | None, size: int

@@ -224,6 +224,7 @@ def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]
         interp = ctx.ensure()
         cell = Cell(stream, interp.next_seq())
         cell.timeout = timeout
+        cell.output_left = _output_limit(msg.output_limit)
         stream.on_cancel(cell.cancel)
         interp.start(cell, code, env, silent=msg.silent is True)
         _wait(cell, interp, timeout)
@@ -282,8 +283,20 @@ def _wait(cell: Cell, interp: Interpreter, timeout: float | None) -> None:
         cell.wait_finished(None)
 
 
+def _output_limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise Fail("invalid", f"output_limit must be a positive number of bytes, not {value!r}")
+    return value
+
+
 def _outcome(ctx: Context, cell: Cell) -> dict[str, Any]:
-    done = protocol.CodeDone(execution_count=cell.count, timed_out=cell.timed_out)
+    done = protocol.CodeDone(
+        execution_count=cell.count,
+        timed_out=cell.timed_out,
+        output_truncated=cell.output_truncated,
+    )
     if cell.died is not None:
         if ctx.removed:
             raise Fail("not_found", f"code context {ctx.id!r} was removed while the cell ran")

@@ -530,6 +530,7 @@ class CodeStream(_Reply):
             timed_out=v.get("timed_out") is True,
             restarted=v.get("restarted") is True,
             reason=reason if isinstance(reason, str) else None,
+            output_truncated=v.get("output_truncated") is True,
         )
 
     async def detach(self) -> None:

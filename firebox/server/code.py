@@ -89,6 +89,7 @@ async def run_code(body: RunCode, sbx: Sandbox) -> StreamingResponse:
         language=body.language,
         env={**sbx.envs, **body.envs},
         timeout=body.timeout or None,
+        output_limit=sbx.output_limit,
     )
     cell = await agent_call(sbx, sbx.agent.run_code(req))
     # Wait briefly for the first event before answering, so that a request the agent refuses
