@@ -239,6 +239,7 @@ async def test_state_persists_across_cells(host: Host) -> None:
         "timed_out": False,
         "restarted": False,
         "reason": None,
+        "output_truncated": False,
     }
 
 
