@@ -154,3 +154,8 @@ class CommandExitException(SandboxException, CommandResult):
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickle (e.g. across multiprocessing) by the constructor's arguments, not ``args``.
         return (type(self), (self.stdout, self.stderr, self.exit_code, self.error, self.reason))
+
+
+class MemoryLimitExceeded(CommandExitException):
+    """A command was killed because its sandbox reached its memory limit (``error`` is
+    "memory_limit"); a ``CommandExitException``, so code catching that still catches it."""

@@ -24,7 +24,12 @@ from firebox._core.models import (
     ProcessInfo,
     SandboxInfo,
 )
-from firebox.exceptions import CommandExitException, SandboxException, TimeoutException
+from firebox.exceptions import (
+    CommandExitException,
+    MemoryLimitExceeded,
+    SandboxException,
+    TimeoutException,
+)
 
 
 class _Reader:
@@ -170,7 +175,8 @@ def command_result(
             end.message or f"the command failed: {end.error}", code=end.error, status=None
         )
     if end.exit_code != 0:
-        raise CommandExitException(stdout, stderr, end.exit_code, end.error, end.message)
+        kind = MemoryLimitExceeded if end.error == "memory_limit" else CommandExitException
+        raise kind(stdout, stderr, end.exit_code, end.error, end.message)
     return CommandResult(stdout=stdout, stderr=stderr, exit_code=end.exit_code, error=end.error)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from firebox import CommandExitException, Sandbox
+from firebox import CommandExitException, MemoryLimitExceeded, Sandbox
 from tests.conftest import Daemon
 
 
@@ -18,7 +18,7 @@ def still_fine(sbx: Sandbox, neighbour: Sandbox, daemon: Daemon) -> None:
 def test_memory_limit_kills_a_big_allocation_with_a_clear_error(
     sandbox: Sandbox, neighbour: Sandbox, daemon: Daemon
 ) -> None:
-    with pytest.raises(CommandExitException) as info:
+    with pytest.raises(MemoryLimitExceeded) as info:
         sandbox.commands.run("python3 -c 'b = bytearray(1024**3); print(len(b))'", timeout=60)
     err = info.value
     assert err.exit_code == 137

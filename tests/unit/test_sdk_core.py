@@ -24,6 +24,7 @@ from firebox import (
     FileType,
     FireboxException,
     InvalidArgumentException,
+    MemoryLimitExceeded,
     NotEnoughSpaceException,
     NotFoundException,
     PermissionDeniedException,
@@ -238,8 +239,9 @@ def test_command_result_raises_as_e2b_does() -> None:
 
 def test_command_end_reasons() -> None:
     end = CommandEnd(137, "memory_limit", "the sandbox reached its memory limit of 512 MB")
-    with pytest.raises(CommandExitException, match="memory limit of 512 MB") as info:
+    with pytest.raises(MemoryLimitExceeded, match="memory limit of 512 MB") as info:
         command_result("", "", end, 60)
+    assert isinstance(info.value, CommandExitException)  # E2B code catching that still does
     assert (info.value.error, info.value.reason) == ("memory_limit", end.message)
     # An agent failure ends the stream with an API error code instead of an exit code.
     with pytest.raises(NotEnoughSpaceException, match="disk is full"):
