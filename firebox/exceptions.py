@@ -38,6 +38,7 @@ __all__ = [
     "ConflictException",
     "FireboxException",
     "InvalidArgumentException",
+    "MemoryLimitExceeded",
     "NotEnoughSpaceException",
     "NotFoundException",
     "SandboxNotFoundException",

@@ -26,6 +26,7 @@ PUBLIC = [
     "FireboxException",
     "InvalidArgumentException",
     "Logs",
+    "MemoryLimitExceeded",
     "NotEnoughSpaceException",
     "NotFoundException",
     "OutputMessage",
