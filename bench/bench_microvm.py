@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_core import timed  # noqa: E402  (beside this file: run as a script)
+
 from firebox import Sandbox, images  # noqa: E402
 from firebox.backends.agent_files import stage  # noqa: E402
 from firebox.backends.microvm import initramfs, qemu, snapshot  # noqa: E402
@@ -44,17 +46,6 @@ from firebox.server.agent_client import AgentClient  # noqa: E402
 from firebox.testing import LocalDaemon  # noqa: E402
 
 BUDGET_MB = 16 * 1024
-
-
-def timed(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
 
 
 def creates(runs: int, first: Callable[[Sandbox], object] | None, pace: float) -> list[float]:

@@ -224,7 +224,7 @@ def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]
         interp = ctx.ensure()
         cell = Cell(stream, interp.next_seq())
         cell.timeout = timeout
-        cell.output_left = _output_limit(msg.output_limit)
+        cell.output_left = process.output_limit(msg.output_limit)
         stream.on_cancel(cell.cancel)
         interp.start(cell, code, env, silent=msg.silent is True)
         _wait(cell, interp, timeout)
@@ -281,14 +281,6 @@ def _wait(cell: Cell, interp: Interpreter, timeout: float | None) -> None:
     interp.kill(why)
     with cell.cond:
         cell.wait_finished(None)
-
-
-def _output_limit(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise Fail("invalid", f"output_limit must be a positive number of bytes, not {value!r}")
-    return value
 
 
 def _outcome(ctx: Context, cell: Cell) -> dict[str, Any]:

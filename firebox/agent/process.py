@@ -161,7 +161,7 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
     with _spawn_lock:
         _procs[popen.pid] = proc
     try:
-        return _run(stream, proc, timeout, _output_limit(msg.output_limit))
+        return _run(stream, proc, timeout, output_limit(msg.output_limit))
     finally:
         with _spawn_lock:
             _procs.pop(popen.pid, None)
@@ -222,7 +222,8 @@ _deadlines = _Deadlines()
 TRUNCATED = "\n[firebox: output truncated at {limit} bytes; the rest was discarded]\n"
 
 
-def _output_limit(value: object) -> int | None:
+def output_limit(value: object) -> int | None:
+    """A request's ``output_limit`` (commands' and cells'), checked."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

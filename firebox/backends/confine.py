@@ -6,7 +6,8 @@ born in. Shared by the jail (bwrap running the agent) and the microvm (bwrap run
 - ``spawn_gated`` starts a program as such a uid *inside* a cgroup: a gate process (``sh``
   waiting on a pipe) is moved into the cgroup first, then execs ``setpriv`` (dropping to the
   uid; cheaper than Popen's ``user=``, which forces a full fork of the large daemon) and the
-  program, all under one pid. Nothing of the sandbox ever runs outside its cgroup.
+  program, all under one pid. Nothing of the sandbox ever runs outside its cgroup;
+- ``ConfinedSandbox`` is the running sandbox such a process holds, for either backend.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from firebox.backends.base import BackendError
+from firebox.backends.base import BackendError, RunningSandbox
 from firebox.backends.jail import cgroups
 
 UID_RANGE = 65536
@@ -131,3 +132,79 @@ async def spawn_gated(
     proc.stdin.write(b"go\n")
     proc.stdin.close()
     return proc
+
+
+class ConfinedSandbox(RunningSandbox):
+    """A sandbox held by one gated host process (bwrap, or the bwrap around QEMU) in its own
+    cgroup, with a uid range to give back. The tail of ``output`` (stderr, or a VM's console)
+    is kept for error messages; backends free what else they hold in ``_free``."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        cgroup: cgroups.CgroupSet,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        output: asyncio.StreamReader,
+        release: Callable[[], None],
+    ) -> None:
+        self._proc = proc
+        self._cgroup = cgroup
+        self.reader = reader
+        self.writer = writer
+        self._release = release  # gives the uid range back once every process is gone
+        self._tail = bytearray()
+        self._tail_task = asyncio.create_task(self._keep_tail(output))
+        self._cleaned = False
+
+    async def _keep_tail(self, output: asyncio.StreamReader) -> None:
+        # bounded, so a noisy sandbox cannot grow the daemon's memory
+        while chunk := await output.read(65536):
+            self._tail += chunk
+            del self._tail[:-8192]
+
+    def diagnostics(self) -> str:
+        return self._tail.decode(errors="replace").strip()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    def send_signal(self, sig: int) -> None:
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(sig)
+
+    async def cleanup(self) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        # The held process's death takes the sandbox with it (--die-with-parent); then the
+        # cgroup is emptied too, the one handle that cannot miss a process.
+        self.kill()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._proc.wait(), 5.0)
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(self._tail_task, 1.0)
+        await asyncio.to_thread(self._cgroup.destroy)
+        await self._free()
+        # only now: a cgroup that could not be emptied keeps its uid range out of use
+        self._release()
+
+    async def _free(self) -> None:
+        """What the backend holds beyond the process and its cgroup (after both are gone)."""
+
+    def limit_events(self) -> dict[str, int]:
+        try:
+            mem = self._cgroup.memory_events()
+            return {"oom_kill": int(mem.get("oom_kill", 0)), "pids_max": self._cgroup.pids_events()}
+        except OSError:
+            return {}

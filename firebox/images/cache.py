@@ -97,7 +97,7 @@ def ready_rootfs(recipe: Recipe, root: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, timeout: float, progress: Progress) -> Iterator[None]:
+def locked(path: Path, timeout: float, progress: Progress) -> Iterator[None]:
     # flock has no timeout of its own, so poll a non-blocking attempt until the deadline.
     with open(path, "a+") as fh:
         deadline = time.monotonic() + timeout
@@ -172,7 +172,7 @@ def build_cached(
             f"{IMAGE_DIR_ENV} to a writable directory"
         ) from exc
     entry = root / recipe.name
-    with _locked(root / f"{recipe.name}.lock", lock_timeout, progress):
+    with locked(root / f"{recipe.name}.lock", lock_timeout, progress):
         # Another builder may have finished while we waited for the lock.
         if not force and (ready := ready_rootfs(recipe, root)):
             progress(f"image {recipe.name} is ready")

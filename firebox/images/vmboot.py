@@ -18,7 +18,6 @@ outputs.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import image_root
+from .cache import LOCK_TIMEOUT, image_root, locked
 from .errors import ImageBuildError
 
 KERNEL_META = "linux-image-cloud-amd64"
@@ -156,8 +155,7 @@ def boot_pieces(progress: Progress | None = None, base: Path | None = None) -> B
     if os.geteuid() != 0:
         raise ImageBuildError("fetching the microVM kernel needs root once; run as root")
     base.mkdir(mode=0o755, parents=True, exist_ok=True)
-    with open(base / f"{entry.name}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(base / f"{entry.name}.lock", LOCK_TIMEOUT, say):
         if (found := _find_entry(entry)) is not None:
             return found
         say(f"fetching the guest kernel {recipe['kernel']} and busybox")
@@ -234,8 +232,7 @@ def root_disk(rootfs: Path, progress: Progress | None = None) -> Path:
     disk = entry / DISK_NAME
     if disk.is_file():
         return disk
-    with open(entry.parent / f"{entry.name}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(entry.parent / f"{entry.name}.lock", LOCK_TIMEOUT, say):
         if disk.is_file():
             return disk
         started = time.monotonic()

@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 from collections.abc import Callable
@@ -40,7 +39,13 @@ from firebox.backends.base import (
     RunningSandbox,
     SandboxSpec,
 )
-from firebox.backends.confine import UID_RANGE, UidSlots, range_problem, spawn_gated
+from firebox.backends.confine import (
+    UID_RANGE,
+    ConfinedSandbox,
+    UidSlots,
+    range_problem,
+    spawn_gated,
+)
 from firebox.backends.jail import cgroups, seccomp
 from firebox.backends.jail.bwrap import JailFds, bwrap_argv
 from firebox.images.cache import image_root
@@ -49,7 +54,7 @@ from firebox.protocol import STREAM_LIMIT
 START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
 
 
-class JailSandbox(RunningSandbox):
+class JailSandbox(ConfinedSandbox):
     def __init__(
         self,
         proc: asyncio.subprocess.Process,
@@ -59,71 +64,15 @@ class JailSandbox(RunningSandbox):
         writer: asyncio.StreamWriter,
         release: Callable[[], None],
     ) -> None:
-        self._proc = proc
-        self._release = release  # gives the uid range back once every process is gone
-        self._cgroup = cgroup
+        assert proc.stderr is not None  # bwrap's and the agent's
+        super().__init__(proc, cgroup, reader, writer, proc.stderr, release)
         self._sock = sock
-        self.reader = reader
-        self.writer = writer
-        self._stderr_tail = bytearray()
-        self._stderr_task = asyncio.create_task(self._drain_stderr())
-        self._cleaned = False
-
-    async def _drain_stderr(self) -> None:
-        # Keep the last bytes of bwrap's/agent's stderr for error messages; bounded so a noisy
-        # sandbox cannot grow the daemon's memory.
-        assert self._proc.stderr is not None
-        while chunk := await self._proc.stderr.read(65536):
-            self._stderr_tail += chunk
-            del self._stderr_tail[:-8192]
-
-    def diagnostics(self) -> str:
-        return self._stderr_tail.decode(errors="replace").strip()
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def poll(self) -> int | None:
-        return self._proc.returncode
-
-    async def wait(self) -> int:
-        return await self._proc.wait()
-
-    def send_signal(self, sig: int) -> None:
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(sig)
-
-    def kill(self) -> None:
-        # bwrap's death takes the jail with it (--die-with-parent); cleanup() then empties the
-        # cgroup too, the one handle that cannot miss a process.
-        self.send_signal(signal.SIGKILL)
 
     async def cleanup(self) -> None:
-        if self._cleaned:
-            return
-        self._cleaned = True
-        self.kill()
-        with contextlib.suppress(Exception):
-            self.writer.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._proc.wait(), 5.0)
-        with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait_for(self._stderr_task, 1.0)
         try:
-            await asyncio.to_thread(self._cgroup.destroy)
-            # only now: a cgroup that could not be emptied keeps its uid range out of use
-            self._release()
+            await super().cleanup()
         finally:
             self._sock.close()
-
-    def limit_events(self) -> dict[str, int]:
-        try:
-            mem = self._cgroup.memory_events()
-            return {"oom_kill": int(mem.get("oom_kill", 0)), "pids_max": self._cgroup.pids_events()}
-        except OSError:
-            return {}
 
 
 class JailBackend(Backend):

@@ -73,6 +73,7 @@ class MicroVMBackend(Backend):
         self._prepared: dict[tuple[str, int, int, int], tuple[Path, snapshot.SnapshotSpec]] = {}
         self._prepare_lock = asyncio.Lock()
         self._qemu: str | None = None
+        self._pieces: vmboot.BootPieces | None = None
 
     def committed_mb(self, memory_mb: int) -> int:
         return memory_mb + template.QEMU_OVERHEAD_MB  # the guest's RAM and QEMU's own
@@ -110,6 +111,7 @@ class MicroVMBackend(Backend):
             return Availability(False, f"the guest kernel is not available: {e}")
         verdict = accel.detect(self._qemu, pieces, self._probe_initramfs(pieces))
         self._accel = verdict
+        self._pieces = pieces  # fetching them asks apt: once per daemon
         if verdict.accel is None:
             return Availability(False, f"QEMU cannot boot the guest kernel here: {verdict.reason}")
         return Availability(
@@ -176,9 +178,10 @@ class MicroVMBackend(Backend):
 
     async def _make_snapshot(self, spec: SandboxSpec) -> tuple[Path, snapshot.SnapshotSpec]:
         ok = self.availability()
-        if not ok.ok or self._accel is None or self._accel.accel is None or self._qemu is None:
+        pieces = self._pieces
+        if not ok.ok or self._accel is None or self._accel.accel is None or pieces is None:
             raise BackendError(f"the microvm backend cannot run here: {ok.reason}")
-        pieces = await asyncio.to_thread(vmboot.boot_pieces)
+        assert self._qemu is not None
         disk = await asyncio.to_thread(vmboot.root_disk, spec.rootfs)
         warm = WARM_IMPORTS if spec.template == "python" else ""
         initrd = await asyncio.to_thread(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ def qemu_binary() -> str | None:
     return shutil.which(QEMU)
 
 
+@functools.cache  # asked by the accelerator probe and by every snapshot: run it once
 def qemu_identity(binary: str) -> str:
     """What changes when QEMU does (a snapshot must be made again): version, size, mtime."""
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
