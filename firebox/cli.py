@@ -52,7 +52,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         min_free_memory_mb=args.min_free_memory_mb,
         min_free_disk_mb=args.min_free_disk_mb,
         max_output_mb=args.max_output_mb,
+        memory_mb=args.memory_mb,
+        disk_mb=args.disk_mb,
+        pids=args.processes,
+        open_files=args.open_files,
+        max_sandbox_memory_mb=args.max_sandbox_memory_mb,
+        egress_resolve=args.egress_resolve,
+        egress_permit=args.egress_permit,
     )
+    from firebox.server.egress import parse_resolve
+    from firebox.server.egress_policy import PolicyError, parse_networks
+
+    try:  # checked here so that a typo is one clear line, not a traceback from the app
+        parse_resolve(config.egress_resolve)
+        parse_networks(config.egress_permit)
+    except PolicyError as e:
+        print(f"firebox serve: {e}", file=sys.stderr)
+        return 2
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -219,8 +235,28 @@ def parser() -> argparse.ArgumentParser:
         ("--min-free-memory-mb", defaults.min_free_memory_mb, "host memory kept available"),
         ("--min-free-disk-mb", defaults.min_free_disk_mb, "disk kept free where sandboxes write"),
         ("--max-output-mb", defaults.max_output_mb, "output of one command (stdout + stderr)"),
+        ("--memory-mb", defaults.memory_mb, "a sandbox's memory unless its create asks"),
+        ("--disk-mb", defaults.disk_mb, "a sandbox's disk (home and /tmp) unless asked"),
+        ("--processes", defaults.pids, "a sandbox's process limit unless asked"),
+        ("--open-files", defaults.open_files, "open files per process unless asked"),
+        ("--max-sandbox-memory-mb", defaults.max_sandbox_memory_mb, "the most a create may ask"),
     ):
         serve.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    serve.add_argument(
+        "--egress-resolve",
+        action="append",
+        default=[],
+        metavar="NAME=ADDR[,ADDR]",
+        help="a name the egress proxy resolves to these addresses instead of asking DNS",
+    )
+    serve.add_argument(
+        "--egress-permit",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="lift this range off the always-denied floor (e.g. an internal package mirror); "
+        "a sandbox's policy must still allow it",
+    )
     serve.set_defaults(func=cmd_serve)
 
     image = sub.add_parser("image", help="guest images")

@@ -20,6 +20,9 @@ most errors about a sandbox are a ``SandboxException``, as they are in E2B::
         ├── RateLimitException         host limits reached; retry later (429)
         ├── NotEnoughSpaceException    the sandbox's disk is full (507)
         └── CommandExitException       a command exited non-zero; also a CommandResult
+            ├── MemoryLimitExceeded    … killed at the sandbox's memory limit
+            └── DiskFullError          … failed with the sandbox's disk full (also a
+                                       NotEnoughSpaceException)
 
 Exceptions built from a daemon answer carry its error ``code`` and HTTP ``status``; the message
 is the daemon's own, which says what to do. The one table from codes to classes is
@@ -36,6 +39,7 @@ __all__ = [
     "AuthenticationException",
     "CommandExitException",
     "ConflictException",
+    "DiskFullError",
     "FireboxException",
     "InvalidArgumentException",
     "MemoryLimitExceeded",
@@ -160,3 +164,9 @@ class CommandExitException(SandboxException, CommandResult):
 class MemoryLimitExceeded(CommandExitException):
     """A command was killed because its sandbox reached its memory limit (``error`` is
     "memory_limit"); a ``CommandExitException``, so code catching that still catches it."""
+
+
+class DiskFullError(CommandExitException, NotEnoughSpaceException):
+    """A command failed while its sandbox's disk (home and /tmp, ``limits={"disk_mb": …}``)
+    had no space or no inodes left (``error`` is "disk_full"); both a
+    ``CommandExitException`` and a ``NotEnoughSpaceException``."""

@@ -269,6 +269,36 @@ class Resume(Message):
     hostname: str = ""
     machine_id: str = ""
     pids_max: int = 0  # the sandbox's process limit, enforced by the guest's own cgroup
+    open_files: int = 0  # RLIMIT_NOFILE of every process the agent starts (0: unchanged)
+
+
+# egress: a sandbox with a network policy reaches the outside only through the daemon's proxy
+
+
+@dataclass(slots=True)
+class NetAccept(Message):
+    """Daemon → agent: serve the egress proxy port inside the sandbox (listening from the
+    first such request on) and carry the next connection made to it on this channel.
+
+    Replies: ``NetListening`` at once; ``NetConnected`` when a connection arrives; then the
+    connection's bytes as ``Data`` frames both ways (credited as uploads and downloads are)
+    and ``End`` from either side for its half-close; ``Result`` once both halves are closed.
+    ``Cancel`` closes the connection. The daemon keeps one accept outstanding per sandbox,
+    like a listen backlog."""
+
+    T = "net.accept"
+    port: int = 3128
+
+
+@dataclass(slots=True)
+class NetListening(Message):
+    T = "net.listening"
+    port: int = 0
+
+
+@dataclass(slots=True)
+class NetConnected(Message):
+    T = "net.connected"
 
 
 # generic replies and stream control
@@ -301,8 +331,8 @@ class Data(Message):
 
 @dataclass(slots=True)
 class End(Message):
-    """End of a byte stream sent towards the agent (a ``file.write`` upload). Process stdin
-    goes by ``process.stdin`` requests instead."""
+    """End of a byte stream: an upload towards the agent (``file.write``), or one direction of
+    an egress connection (either way). Process stdin goes by ``process.stdin`` instead."""
 
     T = "end"
 
@@ -368,6 +398,9 @@ class ProcessExit:
     # memory-limit kill; None where the kernel is the host's (the daemon reads the cgroup)
     kernel_oom_kills: int | None = None
     output_truncated: bool = False  # it wrote more than ProcessStart.output_limit
+    # a writable filesystem of the sandbox (home, /tmp) had no blocks or inodes left when it
+    # failed, so the daemon can name the disk limit as the likely cause
+    disk_full: bool = False
 
 
 @dataclass(slots=True)
@@ -631,6 +664,9 @@ MESSAGES: dict[str, type[Message]] = {
         Hello,
         Ping,
         Resume,
+        NetAccept,
+        NetListening,
+        NetConnected,
         Result,
         Error,
         Data,

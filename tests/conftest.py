@@ -89,6 +89,27 @@ def _only_on_marked_backends(request: pytest.FixtureRequest) -> None:
             pytest.skip(f"a check of the {'/'.join(marker.args)} backend only")
 
 
+# Egress tests reach loopback servers only. The session's daemon resolves these names itself
+# (--egress-resolve) and lifts one loopback address off the always-denied floor
+# (--egress-permit): the "internet" of the tests. Every other name here points into the floor.
+EGRESS_ORIGIN = "127.0.0.3"
+EGRESS_NAMES = {
+    "allowed.test": EGRESS_ORIGIN,
+    "also.test": EGRESS_ORIGIN,
+    "pypi.test": EGRESS_ORIGIN,
+    "rebind.test": "127.0.0.1",  # a DNS answer pointing at the host's loopback
+    "mixed.test": f"127.0.0.1,{EGRESS_ORIGIN}",
+    "metadata.test": "169.254.169.254",
+    "private.test": "10.1.2.3",
+    "v6loop.test": "::1",
+}
+EGRESS_ARGS = [
+    "--egress-permit",
+    f"{EGRESS_ORIGIN}/32",
+    *(a for name, addrs in EGRESS_NAMES.items() for a in ("--egress-resolve", f"{name}={addrs}")),
+]
+
+
 @pytest.fixture(scope="session")
 def daemon(
     backend_name: str, image: Path, tmp_path_factory: pytest.TempPathFactory
@@ -97,6 +118,7 @@ def daemon(
         home=tmp_path_factory.mktemp(f"firebox-home-{backend_name}"),
         cgroup_parent=f"firebox-test-{os.getpid()}-{backend_name}",
         isolation=backend_name,
+        args=EGRESS_ARGS,
     )
     d.start()
     old = {k: os.environ.get(k) for k in ("FIREBOX_URL", "FIREBOX_API_KEY")}

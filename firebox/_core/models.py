@@ -8,7 +8,7 @@ elsewhere.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import IO, TypeVar
@@ -31,8 +31,13 @@ class SandboxInfo:
     end_at: datetime  # when the sandbox's timeout expires and it is killed
     state: str  # "running", ...
     backend: str  # "microvm" or "jail"
-    cpu_count: int | None = None
+    cpu_count: float | None = None
     memory_mb: int | None = None
+    disk_mb: int | None = None  # home and /tmp, each
+    processes: int | None = None
+    open_files: int | None = None  # per process
+    allow_internet_access: bool = False
+    network: dict[str, list[str]] = field(default_factory=dict)  # allow_out, deny_out
 
 
 @dataclass

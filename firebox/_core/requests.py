@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -30,13 +30,22 @@ def create_body(
     timeout: int,
     metadata: Mapping[str, str] | None,
     envs: Mapping[str, str] | None,
+    limits: Mapping[str, float] | None = None,
+    allow_internet_access: bool = False,
+    network: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "template": template,
         "timeout": timeout,
         "metadata": dict(metadata or {}),
         "envs": dict(envs or {}),
+        "allow_internet_access": allow_internet_access,
     }
+    if limits:
+        body["limits"] = dict(limits)
+    if network:
+        body["network"] = {k: list(v) for k, v in network.items()}
+    return body
 
 
 def metadata_query(metadata: Mapping[str, str] | None) -> dict[str, str]:

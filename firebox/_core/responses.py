@@ -26,6 +26,7 @@ from firebox._core.models import (
 )
 from firebox.exceptions import (
     CommandExitException,
+    DiskFullError,
     MemoryLimitExceeded,
     SandboxException,
     TimeoutException,
@@ -75,6 +76,11 @@ def parse_sandbox_info(obj: Any) -> SandboxInfo:
         backend=r.get("backend", str, ""),
         cpu_count=r.get("cpu_count", (int, float), None),
         memory_mb=r.get("memory_mb", int, None),
+        disk_mb=r.get("disk_mb", int, None),
+        processes=r.get("processes", int, None),
+        open_files=r.get("open_files", int, None),
+        allow_internet_access=r.get("allow_internet_access", bool, False),
+        network=dict(r.get("network", dict, {}) or {}),
     )
 
 
@@ -175,9 +181,16 @@ def command_result(
             end.message or f"the command failed: {end.error}", code=end.error, status=None
         )
     if end.exit_code != 0:
-        kind = MemoryLimitExceeded if end.error == "memory_limit" else CommandExitException
+        kind = _EXIT_ERRORS.get(end.error or "", CommandExitException)
         raise kind(stdout, stderr, end.exit_code, end.error, end.message)
     return CommandResult(stdout=stdout, stderr=stderr, exit_code=end.exit_code, error=end.error)
+
+
+# a limit a failed command hit, by the daemon's ``error``, to the exception it raises
+_EXIT_ERRORS: dict[str, type[CommandExitException]] = {
+    "memory_limit": MemoryLimitExceeded,
+    "disk_full": DiskFullError,
+}
 
 
 def parse_field(obj: Any, what: str, name: str, kind: type) -> Any:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -128,17 +128,28 @@ class Sandbox(CodeExecution):
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
+        limits: Mapping[str, float] | None = None,
+        allow_internet_access: bool = False,
+        network: Mapping[str, Sequence[str]] | None = None,
     ) -> Self:
         """Starts a new sandbox from ``template``.
 
         It is killed ``timeout`` seconds from now (1 to 86400) unless ``set_timeout`` extends
         it. ``metadata`` labels it for ``list``; ``envs`` are set for every command in it.
+
+        ``limits`` sizes it instead of the daemon's defaults: ``cpu_count``, ``memory_mb``,
+        ``disk_mb``, ``processes``, ``open_files`` (any of them).
+
+        It has no network unless ``allow_internet_access=True`` or ``network={"allow_out":
+        [...], "deny_out": [...]}`` (domains such as ``*.pypi.org``, IPs, CIDRs) open egress
+        through the daemon's proxy; private, loopback and link-local addresses stay closed.
         """
         api = _client(api_key, api_url, request_timeout)
+        body = create_body(
+            template, timeout, metadata, envs, limits, allow_internet_access, network
+        )
         try:
-            response = api.request(
-                "POST", "/sandboxes", json=create_body(template, timeout, metadata, envs)
-            )
+            response = api.request("POST", "/sandboxes", json=body)
             info = parse_sandbox_info(response.json())
         except BaseException:
             api.close()

@@ -28,7 +28,7 @@ import threading
 import time
 
 from firebox import protocol
-from firebox.agent import bash_worker, process, users
+from firebox.agent import bash_worker, egress, process, users
 from firebox.agent.cell import Cell
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail, log
@@ -201,6 +201,9 @@ def remove(stream: Stream, msg: protocol.ContextRemove, payload: bytes) -> None:
 
 def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]:
     code, env, timeout = _check_run(msg)
+    # A context may predate the sandbox's egress (a pooled sandbox's): every cell gets the
+    # proxy variables, and what it starts inherits them.
+    env = {**egress.proxy_env(), **env}
     if msg.context_id is not None:
         ctx = _find(msg.context_id)
         if msg.language is not None and _language(msg.language) != ctx.language:

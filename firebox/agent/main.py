@@ -40,7 +40,7 @@ WORKER_FLOOR = 4
 
 def _handlers() -> dict[type[protocol.Message], Handler]:
     # Imported after hello is sent: the daemon's first request is usually still on its way.
-    from firebox.agent import contexts, files, process, watch
+    from firebox.agent import contexts, egress, files, process, watch
 
     return {
         protocol.ProcessStart: process.start,
@@ -60,6 +60,7 @@ def _handlers() -> dict[type[protocol.Message], Handler]:
         protocol.ContextRestart: contexts.restart,
         protocol.ContextRemove: contexts.remove,
         protocol.CodeRun: contexts.run,
+        protocol.NetAccept: egress.accept,
     }
 
 

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import heapq
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -82,7 +83,10 @@ def workdir(user: users.User, path: str | None) -> str:
 
 
 def base_env(user: users.User, cwd: str) -> dict[str, str]:
-    """The environment everything started for ``user`` begins with: nothing of the agent's."""
+    """The environment everything started for ``user`` begins with: nothing of the agent's,
+    and the egress proxy's variables once the sandbox has one."""
+    from firebox.agent import egress
+
     return {
         "PATH": BASE_PATH,
         "HOME": user.home,
@@ -91,7 +95,31 @@ def base_env(user: users.User, cwd: str) -> dict[str, str]:
         "SHELL": "/bin/bash",
         "LANG": "C.UTF-8",
         "PWD": cwd,
+        **egress.proxy_env(),
     }
+
+
+# The sandbox's open-files limit (RLIMIT_NOFILE, soft and hard) for everything the agent
+# starts; the agent keeps its own, larger one, so a sandbox's processes cannot starve it.
+# From the backend's environment (the jail) or Resume (a restored microVM); 0 leaves it.
+_open_files = int(os.environ.get("FIREBOX_OPEN_FILES", "0") or 0)
+
+
+def set_open_files(n: int) -> None:
+    global _open_files
+    if isinstance(n, int) and n > 0:
+        _open_files = n
+
+
+def _limit_files(pid: int) -> None:
+    # Set from outside right after the start: a child exec'ing its program cannot have run
+    # any of the user's code yet, and what it starts inherits the limit. The hard limit is
+    # lowered too, so the process cannot raise it back.
+    if _open_files:
+        try:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (_open_files, _open_files))
+        except (OSError, ValueError) as e:
+            log(f"cannot set the open-files limit of {pid}: {e}")
 
 
 _AGENT_NICE = os.getpriority(os.PRIO_PROCESS, 0)
@@ -103,6 +131,7 @@ def spawn(argv: list[str], user: users.User, **popen: Any) -> subprocess.Popen[b
     with _spawn_lock:
         child = subprocess.Popen(argv, start_new_session=True, **popen, **user_ids(user))
         _tracked.add(child.pid)
+        _limit_files(child.pid)
         if _AGENT_NICE < 0:  # the agent runs ahead of user code (a microVM); its children not
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, child.pid, 0)
@@ -254,8 +283,26 @@ def _run(stream: Stream, proc: Proc, timeout: float | None, limit: int | None) -
         timed_out=timed_out,
         kernel_oom_kills=kernel_oom_kills() if sig == signal.SIGKILL else None,
         output_truncated=truncated,
+        disk_full=code != 0 and disk_full(),
     )
     return protocol.as_dict(exit)
+
+
+# Where the sandbox's writes go (each is capped by the sandbox's disk limit).
+WRITABLE = ("/home/user", "/tmp")
+_DISK_SLACK = 64 * 1024  # less than this left for a user is full for practical purposes
+
+
+def disk_full() -> bool:
+    """Whether a writable filesystem has no room or no inodes left for the user."""
+    for path in WRITABLE:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        if st.f_bavail * st.f_frsize < _DISK_SLACK or (st.f_files and st.f_favail == 0):
+            return True
+    return False
 
 
 def kernel_oom_kills() -> int | None:

@@ -16,6 +16,7 @@ import struct
 import time
 
 from firebox import protocol
+from firebox.agent import process
 from firebox.agent.errors import log
 
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
@@ -49,6 +50,7 @@ def apply(msg: protocol.Resume) -> None:
         ("set the hostname", lambda: socket.sethostname(msg.hostname) if msg.hostname else None),
         ("write the machine id", lambda: _rewrite(MACHINE_ID, msg.machine_id + "\n")),
         ("set the process limit", lambda: _rewrite(PIDS_MAX, str(msg.pids_max))),
+        ("set the open-files limit", lambda: process.set_open_files(msg.open_files)),
     )
     for what, step in steps:
         try:

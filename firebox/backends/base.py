@@ -26,6 +26,7 @@ class SandboxSpec:
     cpus: float = 1.0
     pids: int = 256
     disk_mb: int = 256  # cap of each writable filesystem (home, /tmp)
+    open_files: int = 1024  # RLIMIT_NOFILE of every process in the sandbox
     hostname: str = "sandbox"
 
 

@@ -142,7 +142,24 @@ def clean_apt(root: Path) -> None:
             item.unlink()
 
 
-STEPS = (add_user, make_home, make_dirs, write_hostname, write_matplotlibrc, clean_apt)
+def allow_user_pip(root: Path) -> None:
+    """Let ``pip install`` work for the sandbox's user, as in E2B's image: Debian marks its
+    Python externally managed (PEP 668), which refuses even ``--user`` installs. Packages go
+    to ~/.local (on the sandbox's disk); the image itself is read-only either way."""
+    for marker in _inside(root, "usr/lib").glob("python3*/EXTERNALLY-MANAGED"):
+        if not marker.is_symlink():
+            marker.unlink()
+
+
+STEPS = (
+    add_user,
+    make_home,
+    make_dirs,
+    write_hostname,
+    write_matplotlibrc,
+    allow_user_pip,
+    clean_apt,
+)
 
 
 def apply(root: Path) -> None:

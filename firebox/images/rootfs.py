@@ -50,6 +50,8 @@ _PYTHON = _BASE.plus(
         "python3-matplotlib",
         "fonts-dejavu-core",  # matplotlib's default font; already a dependency, kept explicit
         "nodejs",
+        "python3-pip",  # pip install, through the egress proxy where a policy allows
+        "curl",
     ),
 )
 TEMPLATES: dict[str, Template] = {t.name: t for t in (_BASE, _PYTHON)}

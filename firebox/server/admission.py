@@ -104,25 +104,27 @@ class Admission:
         limits: HostLimits,
         one_mb: int,
         disks: Sequence[Path],
-        running: Callable[[], int],
+        running: Callable[[], Sequence[int]],
     ) -> None:
         self.limits = limits
-        self.one_mb = one_mb  # what one sandbox commits (its memory limit)
+        self.one_mb = one_mb  # what a sandbox of the default size commits (its memory limit)
         self.disks = list(disks)
-        self._running = running  # live and pooled sandboxes
-        self._starting = 0
+        self._running = running  # what each live and pooled sandbox commits, in MB
+        self._starting: list[int] = []
 
     def usage(self) -> Usage:
-        n = self._running() + self._starting
-        return Usage(sandboxes=n, committed_mb=n * self.one_mb)
+        held = [*self._running(), *self._starting]
+        return Usage(sandboxes=len(held), committed_mb=sum(held))
 
     @contextmanager
-    def starting(self) -> Iterator[None]:
-        """Admit one sandbox (or raise ApiError) and count it until the block ends, by which
-        time it is running (and counted there) or has failed."""
-        check(self.limits, self.usage(), self.one_mb, self.disks)
-        self._starting += 1
+    def starting(self, one_mb: int | None = None) -> Iterator[None]:
+        """Admit one sandbox committing ``one_mb`` (default: one of the default size), or
+        raise ApiError, and count it until the block ends, by which time it is running (and
+        counted there) or has failed."""
+        mb = self.one_mb if one_mb is None else one_mb
+        check(self.limits, self.usage(), mb, self.disks)
+        self._starting.append(mb)
         try:
             yield
         finally:
-            self._starting -= 1
+            self._starting.remove(mb)

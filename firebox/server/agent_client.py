@@ -258,6 +258,16 @@ class AgentClient:
             _raise_error(reply, req.T)
         return Watch(self, ch)
 
+    async def net_accept(self, port: int, timeout: float = 30) -> NetConnection:
+        """Have the agent listen on its egress port (the first time) and hand over the next
+        connection made to it; returns once it listens (``NetConnection.connected`` waits)."""
+        req = protocol.NetAccept(port=port)
+        ch, reply = await self._open_stream(req, timeout)
+        if not isinstance(reply, protocol.NetListening):
+            self._abandon(ch)
+            _raise_error(reply, req.T)
+        return NetConnection(self, ch)
+
     async def close(self) -> None:
         self._stop(AgentGone("the agent connection was closed by the daemon"))
         self._task.cancel()
@@ -614,4 +624,62 @@ class Watch(_Reply):
         return msg
 
     async def cancel(self) -> None:
+        self._detach()
+
+
+class NetConnection(_Reply):
+    """One connection a sandbox made to its egress port, as a byte stream both ways."""
+
+    async def connected(self) -> None:
+        """Wait for the connection (there is no deadline: a sandbox connects when it will)."""
+        item = await self._next()
+        if item is None or not isinstance(item[0], protocol.NetConnected):
+            raise AgentError("internal", "the agent ended an egress accept without a connection")
+
+    async def read(self) -> bytes:
+        """The next bytes the sandbox's client sent; b"" at its end (half-close or close)."""
+        item = await self._next()
+        if item is None:
+            return b""
+        msg, payload = item
+        if isinstance(msg, protocol.End):
+            return b""
+        if isinstance(msg, protocol.Data):
+            return payload
+        raise AgentError("internal", f"unexpected {msg.T!r} frame on an egress connection")
+
+    async def write(self, data: bytes, timeout: float) -> None:
+        """Send bytes to the sandbox's client as its agent takes them: ``timeout`` bounds each
+        wait for credit (a client that stops reading)."""
+        ch = self._ch
+        assert ch is not None
+        for i in range(0, len(data), protocol.CHUNK):
+            while ch.credits <= 0:
+                if ch.gone is not None or ch.finished:
+                    raise ch.gone or AgentGone("the egress connection was closed")
+                ch.credit_event.clear()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await ch.credit_event.wait()
+                except TimeoutError:
+                    raise AgentTimeout(f"the sandbox read nothing for {timeout:g} s") from None
+            ch.credits -= 1
+            await self._client._send(ch.id, protocol.Data(), data[i : i + protocol.CHUNK])
+
+    async def write_eof(self) -> None:
+        if self._ch is not None and not self._ch.finished:
+            await self._client._send(self._ch.id, protocol.End())
+
+    async def finish(self, timeout: float) -> None:
+        """After both halves ended: wait (up to ``timeout``) for the agent to have delivered
+        everything and closed its side, then close. A cancel instead would drop what the
+        agent has not yet written to the sandbox's socket (a refusal's answer, say)."""
+        with contextlib.suppress(AgentGone, AgentError, TimeoutError):
+            async with asyncio.timeout(timeout):
+                while await self._next() is not None:
+                    pass
+        self._detach()
+
+    def close(self) -> None:
+        """Close the connection at once (the agent shuts the sandbox's socket)."""
         self._detach()

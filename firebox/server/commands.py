@@ -87,8 +87,17 @@ def _limit_hit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | None
             f"the command was killed: the sandbox reached its memory limit of "
             f"{sbx.spec.memory_mb} MB"
         )
+    if exit.disk_full:
+        return "disk_full", (
+            f"the command failed with the sandbox's disk full (home and /tmp, "
+            f"{sbx.spec.disk_mb} MB each, or out of inodes); delete files, or create the "
+            'sandbox with limits={"disk_mb": …}'
+        )
     if after.get("pids_max", 0) > before.get("pids_max", 0):
-        return None, (f"the sandbox hit its limit of {sbx.spec.pids} processes; some forks failed")
+        return "process_limit", (
+            f"the sandbox hit its limit of {sbx.spec.pids} processes; some forks failed "
+            '(create the sandbox with limits={"processes": …} for more)'
+        )
     return None, None
 
 

@@ -31,6 +31,10 @@ class ServerConfig:
     cpus: float = 1.0
     pids: int = 256
     disk_mb: int = 256  # tmpfs: counts against memory_mb too, so keep it below
+    open_files: int = 1024  # RLIMIT_NOFILE of each process in a sandbox
+    # the most a create may ask for (Limits in server/models.py); 0: the host's size
+    max_sandbox_memory_mb: int = 8192
+    max_sandbox_cpus: float = 0
     # each sandbox's ids 0..65535 map onto host ids uid_base + slot × 65536: far above the
     # ranges hosts hand out (users, /etc/subuid), which the jail backend checks at start
     uid_base: int = field(
@@ -47,6 +51,10 @@ class ServerConfig:
     min_free_disk_mb: int = 2048
     # a command's stdout and stderr together: past it a marker, the rest discarded
     max_output_mb: int = 64
+    # egress (server/egress.py): fixed name=addr[,addr] entries the proxy resolves instead
+    # of DNS, and ranges lifted off the always-denied floor (an internal mirror; tests)
+    egress_resolve: list[str] = field(default_factory=list)
+    egress_permit: list[str] = field(default_factory=list)
 
     @property
     def db_path(self) -> Path:

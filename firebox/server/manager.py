@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import secrets
 import time
 from collections import deque
@@ -18,13 +20,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from firebox import protocol
-from firebox.backends.base import Backend, RunningSandbox, SandboxSpec
+from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
 from firebox.images.cache import image_root
 from firebox.server.admission import Admission, HostLimits
 from firebox.server.agent_client import AgentClient, AgentError, AgentGone
 from firebox.server.config import ServerConfig
+from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse_resolve
+from firebox.server.egress_policy import Policy, parse_networks
 from firebox.server.errors import ApiError
-from firebox.server.pool import WarmPool, boot
+from firebox.server.pool import WarmPool, boot, spec_for
 from firebox.server.registry import Registry
 
 log = logging.getLogger("firebox.manager")
@@ -35,6 +39,9 @@ WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
 # stopped shows within interval + timeout (the issue's bound is 5 s).
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TIMEOUT = 4.0
+# A sandbox of a new shape may need its backend to get ready first: the microvm makes a
+# snapshot for it (a cold boot, once per shape; ~20 s here under software emulation).
+PREPARE_DEADLINE = 300.0
 
 
 def iso(ts: float) -> str:
@@ -71,6 +78,9 @@ class LiveSandbox:
     # limit counters (oom kills, pids.max hits) as last seen, to tell which failure hit one
     limits_seen: dict[str, int] = field(default_factory=dict)
     output_limit: int = 64 << 20  # bytes of output a command may send (the rest is discarded)
+    policy: Policy = field(default_factory=Policy)
+    egress: SandboxEgress | None = None
+    committed_mb: int = 0  # what it holds of the host's memory (admission)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -83,6 +93,14 @@ class LiveSandbox:
             "backend": self.backend,
             "cpu_count": self.spec.cpus,
             "memory_mb": self.spec.memory_mb,
+            "disk_mb": self.spec.disk_mb,
+            "processes": self.spec.pids,
+            "open_files": self.spec.open_files,
+            "allow_internet_access": self.policy.allow_internet_access,
+            "network": {
+                "allow_out": [r.text for r in self.policy.allow_out],
+                "deny_out": [r.text for r in self.policy.deny_out],
+            },
         }
 
 
@@ -101,7 +119,13 @@ class SandboxManager:
             ),
             backend.committed_mb(config.memory_mb),
             disks=[image_root(), config.home],
-            running=lambda: len(self._live) + self.pool.waiting(),
+            running=lambda: (
+                [s.committed_mb for s in self._live.values()]
+                + [backend.committed_mb(config.memory_mb)] * self.pool.waiting()
+            ),
+        )
+        self.egress = EgressSettings(
+            Resolver(parse_resolve(config.egress_resolve)), parse_networks(config.egress_permit)
         )
         self.pool = WarmPool(config, backend, config.pool_size, self.admission)
 
@@ -136,11 +160,40 @@ class SandboxManager:
         timeout: int | None,
         metadata: dict[str, str],
         envs: dict[str, str],
+        limits: dict[str, Any] | None = None,
+        policy: Policy | None = None,
     ) -> LiveSandbox:
-        booted = await self.pool.take(template)  # a pooled sandbox is counted already
+        """A running sandbox; ``limits`` (SandboxSpec fields) differ from the daemon's
+        defaults only where given. Only a sandbox of the default size comes from the pool."""
+        spec = spec_for(self.config, template, **self._checked(limits or {}))
+        booted = None
+        if spec == dataclasses.replace(spec_for(self.config, template), sandbox_id=spec.sandbox_id):
+            booted = await self.pool.take(template)  # a pooled sandbox is counted already
         if booted is None:
-            with self.admission.starting():
-                booted = await boot(self.config, self.backend, template)
+            with self.admission.starting(self.backend.committed_mb(spec.memory_mb)):
+                try:
+                    await asyncio.wait_for(self.backend.prepare(spec), PREPARE_DEADLINE)
+                except TimeoutError:
+                    raise ApiError(
+                        "timeout",
+                        f"the {self.backend.name} backend could not get ready for this size "
+                        f"of sandbox in {PREPARE_DEADLINE:.0f} s; try again, or use the "
+                        "default limits",
+                    ) from None
+                except BackendError as e:
+                    raise ApiError("unavailable", str(e)) from None
+                booted = await boot(self.backend, spec)
+        policy = policy or Policy()
+        egress = None
+        if policy.opens_anything:
+            egress = SandboxEgress(spec.sandbox_id, booted.agent, policy, self.egress)
+            try:
+                await egress.start()
+            except (AgentError, AgentGone) as e:
+                await booted.discard()
+                raise ApiError(
+                    "sandbox_error", f"the sandbox's egress could not start: {e}"
+                ) from None
         spec, running, agent = booted.spec, booted.running, booted.agent
         sandbox_id = spec.sandbox_id
         now = time.time()
@@ -158,6 +211,9 @@ class SandboxManager:
             running=running,
             agent=agent,
             output_limit=self.config.max_output_mb << 20,
+            policy=policy,
+            egress=egress,
+            committed_mb=self.backend.committed_mb(spec.memory_mb),
         )
         self._live[sandbox_id] = live
         self.registry.add_sandbox(
@@ -166,6 +222,25 @@ class SandboxManager:
         self._schedule(live)
         live.monitor = asyncio.create_task(self._monitor(live))
         return live
+
+    def _checked(self, limits: dict[str, Any]) -> dict[str, Any]:
+        """``limits`` within this daemon's bounds, else ApiError naming the bound."""
+        cfg = self.config
+        max_cpus = cfg.max_sandbox_cpus or float(os.cpu_count() or 1)
+        if limits.get("cpus") is not None and limits["cpus"] > max_cpus:
+            raise ApiError(
+                "invalid_argument",
+                f"cpu_count {limits['cpus']:g} is more than this host gives a sandbox "
+                f"({max_cpus:g}); ask for less",
+            )
+        memory = limits.get("memory_mb")
+        if memory is not None and cfg.max_sandbox_memory_mb and memory > cfg.max_sandbox_memory_mb:
+            raise ApiError(
+                "invalid_argument",
+                f"memory_mb {memory} is more than this daemon gives a sandbox "
+                f"({cfg.max_sandbox_memory_mb}, --max-sandbox-memory-mb); ask for less",
+            )
+        return {k: v for k, v in limits.items() if v is not None}
 
     def get(self, owner: str, sandbox_id: str) -> LiveSandbox:
         live = self._live.get(sandbox_id)
@@ -291,6 +366,8 @@ class SandboxManager:
         for watcher in live.watchers.values():
             await _cancel(watcher.task)
         live.watchers.clear()
+        if live.egress is not None:
+            await live.egress.close()
         await live.agent.close()
         try:
             await live.running.cleanup()

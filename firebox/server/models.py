@@ -41,12 +41,42 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class Limits(BaseModel):
+    """A sandbox's resources; each one left out takes the daemon's default (``firebox serve
+    --help``). The daemon also bounds each by its own maximum."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpu_count: float | None = Field(default=None, gt=0, le=64, description="CPU share, in cores")
+    memory_mb: int | None = Field(default=None, ge=64, le=65536)
+    disk_mb: int | None = Field(default=None, ge=16, le=1 << 20, description="home and /tmp each")
+    processes: int | None = Field(default=None, ge=16, le=65536)
+    open_files: int | None = Field(default=None, ge=64, le=1 << 20, description="per process")
+
+
+NetRule = Annotated[Text, StringConstraints(min_length=1, max_length=300)]
+
+
+class Network(BaseModel):
+    """Egress beyond ``allow_internet_access``: domains (``*.example.com``), IPs or CIDRs.
+    ``allow_out`` wins over ``deny_out``; private, loopback, link-local and the host's own
+    addresses stay closed whatever either says."""
+
+    model_config = ConfigDict(extra="forbid")
+    allow_out: list[NetRule] = Field(default_factory=list, max_length=256)
+    deny_out: list[NetRule] = Field(default_factory=list, max_length=256)
+
+
 class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
     template: str = TemplateName
     timeout: int | None = Field(default=None, ge=1, le=86400, description="seconds; default 300")
     metadata: dict[Key, Value] = Field(default_factory=dict, max_length=64)
     envs: Envs = Field(default_factory=dict)
+    limits: Limits | None = None
+    allow_internet_access: bool = Field(
+        default=False, description="egress to the internet through the daemon's proxy"
+    )
+    network: Network | None = None
 
 
 class SandboxInfo(BaseModel):
@@ -59,6 +89,11 @@ class SandboxInfo(BaseModel):
     backend: str
     cpu_count: float
     memory_mb: int
+    disk_mb: int
+    processes: int
+    open_files: int
+    allow_internet_access: bool
+    network: Network
 
 
 class SetTimeout(BaseModel):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from firebox import images, protocol
 from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
@@ -62,9 +64,9 @@ def rootfs_for(template: str) -> Path:
     return rootfs
 
 
-def spec_for(config: ServerConfig, template: str) -> SandboxSpec:
-    """A new sandbox of ``template`` with the daemon's limits."""
-    return SandboxSpec(
+def spec_for(config: ServerConfig, template: str, **limits: Any) -> SandboxSpec:
+    """A new sandbox of ``template`` with the daemon's limits, or those given instead."""
+    spec = SandboxSpec(
         sandbox_id="sbx_" + secrets.token_hex(8),
         template=template,
         rootfs=rootfs_for(template),
@@ -72,11 +74,12 @@ def spec_for(config: ServerConfig, template: str) -> SandboxSpec:
         cpus=config.cpus,
         pids=config.pids,
         disk_mb=config.disk_mb,
+        open_files=config.open_files,
     )
+    return dataclasses.replace(spec, **limits) if limits else spec
 
 
-async def boot(config: ServerConfig, backend: Backend, template: str) -> Booted:
-    spec = spec_for(config, template)
+async def boot(backend: Backend, spec: SandboxSpec) -> Booted:
     try:
         running = await asyncio.wait_for(backend.start(spec), START_DEADLINE)
     except TimeoutError:
@@ -155,6 +158,7 @@ class WarmPool:
         return None
 
     def waiting(self) -> int:
+        """Sandboxes waiting in the pool (each of the default size)."""
         return sum(q.qsize() for q in self._ready.values())
 
     async def _refill(self, template: str) -> None:
@@ -168,7 +172,7 @@ class WarmPool:
                 continue
             try:
                 with self.admission.starting():
-                    booted = await boot(self.config, self.backend, template)
+                    booted = await boot(self.backend, spec_for(self.config, template))
                     if self.backend.warm_up_pooled:
                         await warm_up(booted)
                     if self._closed:

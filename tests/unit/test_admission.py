@@ -14,16 +14,28 @@ ROOMY = HostLimits(max_sandboxes=3, max_memory_mb=0, min_free_memory_mb=0, min_f
 
 
 def test_sandboxes_are_counted_with_those_starting(tmp_path: Path) -> None:
-    running = [2]
-    gate = Admission(ROOMY, 512, [tmp_path], running=lambda: running[0])
+    running = [512, 1024]
+    gate = Admission(ROOMY, 512, [tmp_path], running=lambda: running)
     with gate.starting():
-        assert gate.usage() == Usage(sandboxes=3, committed_mb=3 * 512)
+        assert gate.usage() == Usage(sandboxes=3, committed_mb=2 * 512 + 1024)
         with pytest.raises(ApiError) as refused, gate.starting():
             pass
     assert refused.value.code == "rate_limited" and "maximum of 3" in refused.value.message
     assert gate.usage().sandboxes == 2  # a refused or finished start is no longer counted
-    running[0] = 3
+    running.append(256)
     with pytest.raises(ApiError), gate.starting():
+        pass
+
+
+def test_a_sandbox_of_its_own_size_commits_that(tmp_path: Path) -> None:
+    limits = HostLimits(max_sandboxes=10, max_memory_mb=2048, min_free_memory_mb=0)
+    gate = Admission(limits, 512, [tmp_path], running=lambda: [512])
+    with gate.starting(1024):
+        assert gate.usage().committed_mb == 1536
+        with pytest.raises(ApiError) as refused, gate.starting(768):
+            pass
+    assert "--max-memory-mb" in refused.value.message
+    with gate.starting(1536):  # the 1024 MB one has gone
         pass
 
 

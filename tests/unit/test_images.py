@@ -215,6 +215,8 @@ PYTHON_EXTRAS = {
     "python3-numpy",
     "python3-pandas",
     "python3-matplotlib",
+    "python3-pip",
+    "curl",
     "fonts-dejavu-core",
     "nodejs",
 }

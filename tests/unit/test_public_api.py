@@ -17,6 +17,7 @@ PUBLIC = [
     "CommandResult",
     "ConflictException",
     "Context",
+    "DiskFullError",
     "EntryInfo",
     "Execution",
     "ExecutionError",

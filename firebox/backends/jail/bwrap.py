@@ -24,6 +24,9 @@ AGENT_CAPS = (
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FOWNER",
+    # lower the open-files limit of what it starts (prlimit on a process of another uid);
+    # raising a limit past its hard value stays a host-level privilege, out of reach
+    "CAP_SYS_RESOURCE",
 )
 
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -127,6 +130,9 @@ def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds) -> list[str]:
         "--setenv",
         "FIREBOX_BACKEND",
         "jail",
+        "--setenv",
+        "FIREBOX_OPEN_FILES",
+        str(spec.open_files),
         "--",
         *AGENT_COMMAND,
     ]

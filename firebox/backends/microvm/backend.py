@@ -318,6 +318,7 @@ class MicroVMBackend(Backend):
                 hostname=spec.hostname,
                 machine_id=secrets.token_hex(16),
                 pids_max=spec.pids,
+                open_files=spec.open_files,
             )
             writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
             await writer.drain()

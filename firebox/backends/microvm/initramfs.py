@@ -29,7 +29,7 @@ PROBE_MARKER = "FIREBOX-PROBE-OK"  # printed by /init when booted with firebox.p
 INITRAMFS_VERSION = b"1"
 APPLETS = (
     "sh", "mount", "umount", "insmod", "switch_root", "mkdir", "cat", "cp", "sleep", "reboot",
-    "hostname", "ln", "chmod", "chown",
+    "hostname", "ln", "chmod", "chown", "ip",
 )  # fmt: skip
 
 INIT = r"""#!/bin/sh
@@ -75,6 +75,9 @@ $bb mkdir -p /dev/shm /dev/pts
 $bb mount -t tmpfs -o nosuid,nodev,mode=1777,size=@shm@m shm /dev/shm
 $bb mount -t devpts -o nosuid,noexec,mode=0620,ptmxmode=0666 devpts /dev/pts
 $bb hostname sandbox
+# Loopback only (the VM has no network device): the sandbox's own services and the egress
+# proxy's port live there, as in the jail's network namespace.
+$bb ip link set lo up
 # Every process of the sandbox, the agent's included, in one cgroup: the pids limit the jail's
 # host cgroup sets (the daemon sends the sandbox's value with Resume; none in the template).
 $bb mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
