@@ -268,6 +268,7 @@ class Resume(Message):
     time_ns: int = 0  # the host's wall clock
     hostname: str = ""
     machine_id: str = ""
+    boot_id: str = ""  # what /proc/sys/kernel/random/boot_id shows inside
     pids_max: int = 0  # the sandbox's process limit, enforced by the guest's own cgroup
     open_files: int = 0  # RLIMIT_NOFILE of every process the agent starts (0: unchanged)
 

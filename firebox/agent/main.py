@@ -181,8 +181,10 @@ def _own_kernel() -> None:
     try:
         os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)
         privs.lock_memory()
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("-1000")  # the guest's OOM killer takes user code, never the agent
     except OSError as e:
-        log(f"could not raise the agent's priority or lock its memory: {e}")
+        log(f"could not raise the agent's priority, lock its memory or shield it: {e}")
 
 
 def main() -> None:

@@ -111,6 +111,20 @@ def set_open_files(n: int) -> None:
         _open_files = n
 
 
+# What the agent starts is the OOM killer's first choice at the sandbox's memory limit, never
+# the agent (which in a jail cannot lower its own score: that takes a host privilege).
+CHILD_OOM_SCORE_ADJ = "500"
+
+
+def _limit(pid: int) -> None:
+    _limit_files(pid)
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(CHILD_OOM_SCORE_ADJ)
+    except OSError as e:
+        log(f"cannot raise the OOM score of {pid}: {e}")
+
+
 def _limit_files(pid: int) -> None:
     # Set from outside right after the start: a child exec'ing its program cannot have run
     # any of the user's code yet, and what it starts inherits the limit. The hard limit is
@@ -131,7 +145,7 @@ def spawn(argv: list[str], user: users.User, **popen: Any) -> subprocess.Popen[b
     with _spawn_lock:
         child = subprocess.Popen(argv, start_new_session=True, **popen, **user_ids(user))
         _tracked.add(child.pid)
-        _limit_files(child.pid)
+        _limit(child.pid)
         if _AGENT_NICE < 0:  # the agent runs ahead of user code (a microVM); its children not
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, child.pid, 0)

@@ -90,6 +90,9 @@ class Backend(abc.ABC):
     #: over (a restored microVM's CPU emulator starts with an empty translation cache, which
     #: makes every first call several times slower than the next)
     warm_up_pooled: bool = False
+    #: the least memory a sandbox may be given here (a microVM's kernel and warm interpreter
+    #: need more than a jail's processes)
+    min_memory_mb: int = 64
 
     @abc.abstractmethod
     def availability(self) -> Availability:

@@ -117,6 +117,9 @@ async def spawn_gated(
         stderr=stderr,
         pass_fds=tuple(pass_fds),
         env=CLEAN_ENV,
+        # from /: sh exports its working directory as PWD, which would show the daemon's
+        # in the environ of bwrap's processes, readable by root inside the sandbox
+        cwd="/",
         start_new_session=True,
     )
     try:

@@ -151,8 +151,15 @@ def allow_user_pip(root: Path) -> None:
             marker.unlink()
 
 
+def empty_machine_id(root: Path) -> None:
+    """An empty /etc/machine-id (systemd's "not yet set"), so each sandbox can have its own
+    bound over it: the jail's bubblewrap and the microVM's init need a file to mount on."""
+    _write_file(root, "etc/machine-id", "")
+
+
 STEPS = (
     add_user,
+    empty_machine_id,
     make_home,
     make_dirs,
     write_hostname,

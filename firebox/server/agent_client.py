@@ -491,6 +491,7 @@ class ProcessStream(_Reply):
             v.get("timed_out", False),
             oom if isinstance(oom, int) else None,
             v.get("output_truncated") is True,
+            v.get("disk_full") is True,
         )
 
     async def detach(self) -> None:

@@ -167,7 +167,8 @@ class SandboxManager:
         defaults only where given. Only a sandbox of the default size comes from the pool."""
         spec = spec_for(self.config, template, **self._checked(limits or {}))
         booted = None
-        if spec == dataclasses.replace(spec_for(self.config, template), sandbox_id=spec.sandbox_id):
+        default = spec_for(self.config, template)
+        if spec == dataclasses.replace(default, sandbox_id=spec.sandbox_id, hostname=spec.hostname):
             booted = await self.pool.take(template)  # a pooled sandbox is counted already
         if booted is None:
             with self.admission.starting(self.backend.committed_mb(spec.memory_mb)):
@@ -234,6 +235,12 @@ class SandboxManager:
                 f"({max_cpus:g}); ask for less",
             )
         memory = limits.get("memory_mb")
+        if memory is not None and memory < self.backend.min_memory_mb:
+            raise ApiError(
+                "invalid_argument",
+                f"memory_mb {memory} is too little for a {self.backend.name} sandbox; give it "
+                f"at least {self.backend.min_memory_mb}",
+            )
         if memory is not None and cfg.max_sandbox_memory_mb and memory > cfg.max_sandbox_memory_mb:
             raise ApiError(
                 "invalid_argument",

@@ -66,8 +66,10 @@ def rootfs_for(template: str) -> Path:
 
 def spec_for(config: ServerConfig, template: str, **limits: Any) -> SandboxSpec:
     """A new sandbox of ``template`` with the daemon's limits, or those given instead."""
+    sandbox_id = "sbx_" + secrets.token_hex(8)
     spec = SandboxSpec(
-        sandbox_id="sbx_" + secrets.token_hex(8),
+        sandbox_id=sandbox_id,
+        hostname=sandbox_id.replace("_", "-"),  # its own, and a valid host name
         template=template,
         rootfs=rootfs_for(template),
         memory_mb=config.memory_mb,

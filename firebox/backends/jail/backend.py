@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -46,8 +47,8 @@ from firebox.backends.confine import (
     range_problem,
     spawn_gated,
 )
-from firebox.backends.jail import cgroups, seccomp
-from firebox.backends.jail.bwrap import JailFds, bwrap_argv
+from firebox.backends.jail import cgroups, rwdisk, seccomp
+from firebox.backends.jail.bwrap import JailFds, bwrap_argv, identity_fds
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
 
@@ -63,16 +64,19 @@ class JailSandbox(ConfinedSandbox):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         release: Callable[[], None],
+        rw: Path,
     ) -> None:
         assert proc.stderr is not None  # bwrap's and the agent's
         super().__init__(proc, cgroup, reader, writer, proc.stderr, release)
         self._sock = sock
+        self._rw = rw
 
     async def cleanup(self) -> None:
         try:
             await super().cleanup()
         finally:
             self._sock.close()
+            await asyncio.to_thread(rwdisk.remove, self._rw)
 
 
 class JailBackend(Backend):
@@ -82,6 +86,7 @@ class JailBackend(Backend):
         self.home = home
         self.uid_base = uid_base
         self._slots = UidSlots(uid_base)  # host uid ranges of running sandboxes
+        self._home_key = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
         self._agent_lib: Path | None = None
         self._availability: Availability | None = None
 
@@ -140,7 +145,12 @@ class JailBackend(Backend):
         )
 
     async def reclaim_stale(self) -> int:
-        return await asyncio.to_thread(cgroups.cleanup_stale)
+        disks = await asyncio.to_thread(rwdisk.remove_stale, self._rw_parent())
+        return disks + await asyncio.to_thread(cgroups.cleanup_stale)
+
+    def _rw_parent(self) -> Path:
+        # one directory per daemon home, so two daemons never reclaim each other's disks
+        return image_root() / "jail-rw" / self._home_key
 
     async def close(self) -> None:
         await asyncio.to_thread(cgroups.remove_parent)
@@ -164,31 +174,46 @@ class JailBackend(Backend):
         slot = self._slots.take()
         host_id = self._slots.first_id(slot)
         try:
+            rw = await asyncio.to_thread(
+                rwdisk.create, self._rw_parent(), spec.sandbox_id, spec.disk_mb, host_id
+            )
+        except OSError as e:
+            self._slots.release(slot)
+            raise BackendError(f"could not make the sandbox's disk: {e}") from e
+        try:
             cgroup = await asyncio.to_thread(cgroups.create, spec.sandbox_id, limits)
         except BaseException:
             self._slots.release(slot)
+            await asyncio.to_thread(rwdisk.remove, rw)
             raise
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         seccomp_fd = seccomp.write_filter_fd()
-        child_fds = (theirs.fileno(), seccomp_fd, info_w, block_r)
+        machine_id_fd, boot_id_fd = identity_fds()
+        child_fds = (theirs.fileno(), seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd)
         proc: asyncio.subprocess.Process | None = None
         try:
             argv = bwrap_argv(
                 spec,
                 self._lib(),
                 JailFds(
-                    agent=theirs.fileno(), seccomp=seccomp_fd, info=info_w, userns_block=block_r
+                    agent=theirs.fileno(),
+                    seccomp=seccomp_fd,
+                    info=info_w,
+                    userns_block=block_r,
+                    machine_id=machine_id_fd,
+                    boot_id=boot_id_fd,
                 ),
+                rw,
             )
             # bwrap's own processes (its pid 1 inside the jail among them) keep the
             # environment they were started with: spawn_gated gives them nothing of the daemon's.
             proc = await spawn_gated(argv, cgroup, host_id, pass_fds=child_fds)
-            for fd in (seccomp_fd, info_w, block_r):
+            for fd in (seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd):
                 os.close(fd)
             theirs.close()
-            seccomp_fd = info_w = block_r = -1
+            seccomp_fd = info_w = block_r = machine_id_fd = boot_id_fd = -1
             child_pid = await self._read_child_pid(info_r, proc)
             self._map_ids(child_pid, host_id)
             os.write(block_w, b"1")
@@ -199,20 +224,21 @@ class JailBackend(Backend):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(proc.wait(), 5)
             await asyncio.to_thread(cgroup.destroy)
+            await asyncio.to_thread(rwdisk.remove, rw)
             self._slots.release(slot)
             ours.close()
             if isinstance(e, OSError | TimeoutError | json.JSONDecodeError):
                 raise BackendError(f"could not start the jail: {e}") from e
             raise
         finally:
-            for fd in (seccomp_fd, info_w, block_r, info_r, block_w):
+            for fd in (seccomp_fd, info_w, block_r, info_r, block_w, machine_id_fd, boot_id_fd):
                 if fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             with contextlib.suppress(OSError):
                 theirs.close()
         return JailSandbox(
-            proc, cgroup, ours, reader, writer, release=lambda: self._slots.release(slot)
+            proc, cgroup, ours, reader, writer, release=lambda: self._slots.release(slot), rw=rw
         )
 
     async def _read_child_pid(self, fd: int, proc: asyncio.subprocess.Process) -> int:

@@ -6,11 +6,14 @@ so a jail is either fully contained or not started at all.
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from firebox.backends.agent_files import AGENT_COMMAND, GUEST_LIB
 from firebox.backends.base import SandboxSpec
+from firebox.backends.jail import rwdisk
 
 # Capabilities the agent keeps inside its user namespace (they mean nothing on the host):
 # switching to the sandbox user (SETUID/SETGID), locking securebits so that nothing it starts
@@ -40,10 +43,12 @@ class JailFds:
     seccomp: int
     info: int
     userns_block: int
+    # pipes holding the sandbox's own machine id and boot id (``identity_fds``)
+    machine_id: int
+    boot_id: int
 
 
-def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds) -> list[str]:
-    disk = str(spec.disk_mb * 1024 * 1024)
+def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds, rw: Path) -> list[str]:
     argv = ["bwrap"]
     # 1. Every namespace: the jail sees no host process, mount, network, IPC, hostname or
     #    cgroup, and its user namespace maps its ids onto unprivileged host ids (written by the
@@ -67,7 +72,9 @@ def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds) -> list[str]:
         spec.hostname,
     ]
     # 2. Filesystem: the image read-only as /, fresh /proc and a minimal /dev, size-capped
-    #    tmpfs for the only writable places, the agent's code read-only. No host path else.
+    #    the sandbox's own capped disk for the only writable places (home, /tmp, /root — the
+    #    image's belongs to host root, unmapped inside — and /dev/shm), the agent's code
+    #    read-only. No host path else.
     argv += [
         "--ro-bind",
         str(spec.rootfs),
@@ -76,39 +83,18 @@ def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds) -> list[str]:
         "/proc",
         "--dev",
         "/dev",
-        # shared memory (multiprocessing locks, shm_open) for every user, size-capped
-        "--perms",
-        "1777",
-        "--size",
-        disk,
-        "--tmpfs",
-        "/dev/shm",
-        "--perms",
-        "1777",
-        "--size",
-        disk,
-        "--tmpfs",
-        "/tmp",
-        "--perms",
-        "0755",
-        "--size",
-        disk,
-        "--tmpfs",
-        "/home/user",
-        # root's home: the image's /root belongs to host root, which is unmapped (so unusable)
-        # inside; the sandbox's root gets a fresh one of its own.
-        "--perms",
-        "0700",
-        "--size",
-        disk,
-        "--tmpfs",
-        "/root",
         "--ro-bind",
         str(agent_lib),
         GUEST_LIB,
         "--chdir",
         "/",
     ]
+    # the writable places: directories of the sandbox's one capped disk (rwdisk.py)
+    argv += rwdisk.bwrap_args(rw)
+    # an identity of its own: the host's boot id (shared kernel) and the image's machine id
+    # (shared by every sandbox) would tell sandboxes apart from nothing, and tie them together
+    argv += ["--ro-bind-data", str(fds.machine_id), "/etc/machine-id"]
+    argv += ["--ro-bind-data", str(fds.boot_id), "/proc/sys/kernel/random/boot_id"]
     # 3. Process hardening: a new session (no TIOCSTI into a terminal), death with the daemon,
     #    only the agent's capabilities, and the seccomp deny list (seccomp_policy.json).
     argv += ["--new-session", "--die-with-parent", "--cap-drop", "ALL"]
@@ -137,3 +123,14 @@ def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds) -> list[str]:
         *AGENT_COMMAND,
     ]
     return argv
+
+
+def identity_fds() -> tuple[int, int]:
+    """Read ends of two pipes holding a fresh machine id and boot id, for ``JailFds``."""
+    fds = []
+    for text in (uuid.uuid4().hex, str(uuid.uuid4())):
+        r, w = os.pipe()
+        os.write(w, (text + "\n").encode())  # far below a pipe's buffer
+        os.close(w)
+        fds.append(r)
+    return fds[0], fds[1]

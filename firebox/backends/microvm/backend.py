@@ -28,6 +28,7 @@ import secrets
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from firebox import protocol
@@ -74,6 +75,10 @@ class MicroVMBackend(Backend):
         self._prepare_lock = asyncio.Lock()
         self._qemu: str | None = None
         self._pieces: vmboot.BootPieces | None = None
+
+    # the guest kernel, the agent (locked in RAM) and the template's warm python context with
+    # numpy, pandas and matplotlib imported: 128 MB is not enough for them, 256 MB is
+    min_memory_mb = 256
 
     def committed_mb(self, memory_mb: int) -> int:
         return memory_mb + template.QEMU_OVERHEAD_MB  # the guest's RAM and QEMU's own
@@ -317,6 +322,7 @@ class MicroVMBackend(Backend):
                 time_ns=time.time_ns(),
                 hostname=spec.hostname,
                 machine_id=secrets.token_hex(16),
+                boot_id=str(uuid.uuid4()),
                 pids_max=spec.pids,
                 open_files=spec.open_files,
             )

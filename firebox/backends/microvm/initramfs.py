@@ -75,6 +75,13 @@ $bb mkdir -p /dev/shm /dev/pts
 $bb mount -t tmpfs -o nosuid,nodev,mode=1777,size=@shm@m shm /dev/shm
 $bb mount -t devpts -o nosuid,noexec,mode=0620,ptmxmode=0666 devpts /dev/pts
 $bb hostname sandbox
+# The sandbox's identity: files in /run that the agent rewrites for every clone (Resume),
+# bound over where programs read a machine id and the kernel's boot id (a clone of a snapshot
+# would otherwise share its template's).
+: > /run/machine-id
+$bb cat /proc/sys/kernel/random/uuid > /run/firebox/boot_id
+$bb mount --bind /run/machine-id /etc/machine-id
+$bb mount --bind /run/firebox/boot_id /proc/sys/kernel/random/boot_id
 # Loopback only (the VM has no network device): the sandbox's own services and the egress
 # proxy's port live there, as in the jail's network namespace.
 $bb ip link set lo up

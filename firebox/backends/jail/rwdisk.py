@@ -1,0 +1,103 @@
+"""A jail's writable disk: one tmpfs per sandbox, capped in bytes and in inodes.
+
+Every place a jail may write (``/home/user``, ``/tmp``, ``/root``, ``/dev/shm``) is a directory
+of this one filesystem, bound in by bubblewrap, as a microVM's are directories of its one
+writable ext4 disk. One mount instead of a tmpfs each means:
+
+- one cap for all of them together (``disk_mb``), so a sandbox cannot hold four times its
+  disk in memory;
+- an inode cap (``nr_inodes``), which bubblewrap's own ``--tmpfs`` cannot set: without it,
+  millions of empty files fill the sandbox's memory with kernel objects it cannot free, and
+  then nothing in it can start, not even ``rm``.
+
+Its pages and inodes are charged to the memory cgroup of the sandbox process that writes them,
+as with any tmpfs. The daemon (root) mounts it on the host, under the image directory (which
+the sandbox's unprivileged host uid can traverse, where the daemon's home may not be), and
+unmounts it when the sandbox ends or, after a crash, when the next daemon starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from pathlib import Path
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+MS_NOSUID, MS_NODEV = 2, 4
+MNT_DETACH = 2
+BYTES_PER_INODE = 4096  # as mkfs.ext4 gives a small disk, like the microVM's
+USER_UID = 1000  # the sandbox's user inside (images/post.py)
+
+# (name, path inside, owner inside, mode)
+PLACES = (
+    ("home", "/home/user", USER_UID, 0o755),
+    ("tmp", "/tmp", 0, 0o1777),
+    ("root", "/root", 0, 0o700),
+    ("shm", "/dev/shm", 0, 0o1777),
+)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def create(parent: Path, sandbox_id: str, disk_mb: int, host_id: int) -> Path:
+    """Mount the sandbox's disk at ``parent/sandbox_id`` with its places made and owned by
+    the sandbox's ids (``host_id`` is its root's host uid); returns the mount point."""
+    parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    mnt = parent / sandbox_id
+    mnt.mkdir(mode=0o711)
+    size = disk_mb << 20
+    options = f"size={size},nr_inodes={max(1024, size // BYTES_PER_INODE)},mode=0711"
+    try:
+        _check(
+            _libc.mount(b"tmpfs", bytes(mnt), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()),
+            f"mount the sandbox's disk on {mnt}",
+        )
+        for name, _, owner, mode in PLACES:
+            place = mnt / name
+            place.mkdir()
+            os.chown(place, host_id + owner, host_id + owner)
+            place.chmod(mode)
+    except BaseException:
+        remove(mnt)
+        raise
+    return mnt
+
+
+def remove(mnt: Path) -> None:
+    """Unmount (lazily: a process still inside keeps it until it goes) and remove. Idempotent."""
+    if os.path.ismount(mnt):
+        _check(_libc.umount2(bytes(mnt), MNT_DETACH), f"unmount {mnt}")
+    with contextlib.suppress(FileNotFoundError):
+        mnt.rmdir()
+
+
+def remove_stale(parent: Path) -> int:
+    """Every disk left under ``parent`` by a daemon that died; how many were freed."""
+    freed = 0
+    for mnt in parent.iterdir() if parent.is_dir() else ():
+        with contextlib.suppress(OSError):
+            remove(mnt)
+            freed += 1
+    return freed
+
+
+def bwrap_args(mnt: Path) -> list[str]:
+    """bubblewrap's binds of the places, in place of a tmpfs each."""
+    args: list[str] = []
+    for name, inside, _, _ in PLACES:
+        args += ["--bind", str(mnt / name), inside]
+    return args

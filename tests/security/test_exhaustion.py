@@ -1,0 +1,303 @@
+"""Exhaustion: every limit ends in its classified error, and the daemon and a neighbour sandbox
+keep answering (the neighbour's ``run_code`` round trip within 2× of its idle value while the
+hostile sandbox pushes at a limit).
+
+Each case runs on both backends. ``small`` is a sandbox created with limits of its own
+(``limits=``), to show the create API's limits are the ones enforced.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from firebox import (
+    CommandExitException,
+    DiskFullError,
+    MemoryLimitExceeded,
+    Sandbox,
+    TimeoutException,
+)
+from firebox.testing import LocalDaemon
+from tests.conftest import Daemon
+
+SMALL = {"memory_mb": 256, "disk_mb": 32, "processes": 64, "open_files": 256, "cpu_count": 0.5}
+
+
+def still_fine(sbx: Sandbox, neighbour: Sandbox, daemon: Daemon) -> None:
+    assert neighbour.commands.run("echo alive").stdout == "alive\n"
+    assert sbx.commands.run("echo alive").stdout == "alive\n"
+    with daemon.client() as c:
+        assert c.get("/health").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def small(daemon: Daemon) -> Iterator[Sandbox]:
+    # on the microvm a new size is a new snapshot: made once, on this first create
+    sbx = Sandbox.create(timeout=600, limits=SMALL, request_timeout=400)
+    yield sbx
+    sbx.kill()
+
+
+def test_limits_asked_for_are_the_ones_reported(small: Sandbox) -> None:
+    info = small.get_info()
+    assert (info.memory_mb, info.disk_mb, info.processes, info.open_files, info.cpu_count) == (
+        256,
+        32,
+        64,
+        256,
+        0.5,
+    )
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def test_memory_limit_kills_a_big_allocation_with_a_clear_error(
+    sandbox: Sandbox, neighbour: Sandbox, daemon: Daemon
+) -> None:
+    with pytest.raises(MemoryLimitExceeded) as info:
+        sandbox.commands.run("python3 -c 'b = bytearray(1024**3); print(len(b))'", timeout=60)
+    err = info.value
+    assert err.exit_code == 137
+    assert err.error == "memory_limit"
+    assert "memory limit of 512 MB" in str(err)
+    still_fine(sandbox, neighbour, daemon)
+
+
+def test_a_sandbox_of_its_own_size_is_held_to_it(small: Sandbox, neighbour: Sandbox) -> None:
+    with pytest.raises(MemoryLimitExceeded, match="memory limit of 256 MB"):
+        small.commands.run("python3 -c 'b = bytearray(400 * 1024**2); print(len(b))'", timeout=60)
+    # 200 MB fits where a sandbox of the default size would have the same room
+    small.commands.run("python3 -c 'b = bytearray(150 * 1024**2)'", timeout=60)
+    assert neighbour.commands.run("echo alive").stdout == "alive\n"
+
+
+# -- processes and threads --------------------------------------------------------------------
+
+BOMB = """
+import os, sys, threading, time
+kind, n = sys.argv[1], 0
+try:
+    for _ in range(5000):
+        if kind == "fork":
+            if os.fork() == 0:
+                time.sleep(20); os._exit(0)
+        else:
+            threading.Thread(target=time.sleep, args=(20,), daemon=True).start()
+        n += 1
+except (OSError, RuntimeError) as e:
+    print("failed after", n, e)
+"""
+
+
+@pytest.mark.parametrize("kind", ["fork", "thread"])
+def test_fork_and_thread_bombs_stop_at_the_process_limit(
+    sandbox: Sandbox, small: Sandbox, neighbour: Sandbox, daemon: Daemon, kind: str
+) -> None:
+    for sbx, limit in ((sandbox, 256), (small, 64)):
+        sbx.files.write("/tmp/bomb.py", BOMB)
+        try:
+            out = sbx.commands.run(f"python3 /tmp/bomb.py {kind}", timeout=120).stdout
+        except CommandExitException as e:
+            out = e.stdout
+            assert e.error in (None, "process_limit"), e
+        assert "failed after" in out, out
+        assert int(out.split("failed after")[1].split()[0]) < limit  # the whole sandbox's
+        sbx.commands.run("pkill -KILL -u user python3 || true", user="root", timeout=30)
+    still_fine(sandbox, neighbour, daemon)
+
+
+# -- CPU and time -----------------------------------------------------------------------------
+
+
+def test_a_cpu_spin_ends_at_its_timeout(
+    sandbox: Sandbox, neighbour: Sandbox, daemon: Daemon
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutException):
+        sandbox.commands.run("python3 -c 'while True: pass'", timeout=2)
+    ex = sandbox.run_code("while True: pass", timeout=2)
+    assert ex.error is not None and "Timeout" in ex.error.name, ex.error
+    assert time.monotonic() - started < 30  # a deadline, not a speed: nothing hangs
+    assert sandbox.run_code("1 + 1").text == "2"  # the context lives on
+    still_fine(sandbox, neighbour, daemon)
+
+
+def test_the_cpu_share_asked_for_is_the_cgroup_quota(small: Sandbox, daemon: Daemon) -> None:
+    quota = period = None
+    for base in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup"):
+        d = f"{base}/{daemon.cgroup_parent}/{small.sandbox_id}"
+        if os.path.exists(f"{d}/cpu.cfs_quota_us"):
+            quota = int(Path(f"{d}/cpu.cfs_quota_us").read_text())
+            period = int(Path(f"{d}/cpu.cfs_period_us").read_text())
+        elif os.path.exists(f"{d}/cpu.max"):
+            q, p = Path(f"{d}/cpu.max").read_text().split()
+            quota, period = int(q), int(p)
+    assert quota is not None and period is not None, "no CPU limit found for the sandbox"
+    assert quota / period == pytest.approx(0.5)
+
+
+# -- disk ------------------------------------------------------------------------------------
+
+
+def test_filling_the_disk_stops_at_its_cap(
+    sandbox: Sandbox, small: Sandbox, neighbour: Sandbox, daemon: Daemon
+) -> None:
+    for sbx, cap_mb in ((sandbox, 256), (small, 32)):
+        with pytest.raises(DiskFullError) as info:
+            sbx.commands.run("dd if=/dev/zero of=/home/user/fill bs=1M count=4096", timeout=120)
+        assert info.value.error == "disk_full" and f"{cap_mb} MB" in str(info.value)
+        assert "No space left on device" in info.value.stderr
+        size = int(sbx.commands.run("stat -c %s /home/user/fill").stdout)
+        assert size <= cap_mb * 1024 * 1024
+        sbx.commands.run("rm /home/user/fill")
+    still_fine(sandbox, neighbour, daemon)
+
+
+INODES = """
+import sys
+n = 0
+try:
+    while n < 2_000_000:
+        open(f"/tmp/i/{n}", "w").close()
+        n += 1
+except OSError as e:
+    print("stopped after", n, e)
+    sys.exit(1)
+"""
+
+
+def test_filling_the_inodes_ends_in_a_classified_error(
+    small: Sandbox, neighbour: Sandbox, daemon: Daemon
+) -> None:
+    # A microVM's disk runs out of inodes (ENOSPC: disk_full). The jail's tmpfs has no inode
+    # cap of its own (bubblewrap sets none), but every inode is kernel memory charged to the
+    # sandbox: it ends at the memory limit instead. Either way, a named limit.
+    small.files.write("/tmp/inodes.py", INODES)
+    with pytest.raises((DiskFullError, MemoryLimitExceeded)) as info:
+        small.commands.run("mkdir -p /tmp/i && python3 /tmp/inodes.py", timeout=300)
+    assert info.value.error in ("disk_full", "memory_limit")
+    # a jail full of inodes has no memory left to start even rm: the files API (the agent,
+    # which the OOM killer spares) frees it
+    small.files.remove("/tmp/i")
+    still_fine(small, neighbour, daemon)
+
+
+# -- open files -------------------------------------------------------------------------------
+
+OPEN_FILES = """
+import resource
+files = []
+try:
+    while True:
+        files.append(open("/dev/null"))
+except OSError as e:
+    print(len(files), resource.getrlimit(resource.RLIMIT_NOFILE), e.errno)
+"""
+
+
+def test_open_files_stop_at_the_limit(
+    sandbox: Sandbox, small: Sandbox, neighbour: Sandbox, daemon: Daemon
+) -> None:
+    for sbx, limit in ((sandbox, 1024), (small, 256)):
+        sbx.files.write("/tmp/fds.py", OPEN_FILES)
+        for user in ("user", "root"):
+            out = sbx.commands.run("python3 /tmp/fds.py", user=user, timeout=60).stdout.split()
+            opened, errno_ = int(out[0]), int(out[-1])
+            assert limit - 10 < opened < limit and errno_ == 24  # EMFILE
+            assert out[1:3] == [f"({limit},", f"{limit})"]  # soft and hard: no raising it
+        ex = sbx.run_code(OPEN_FILES)  # cells are started by the agent too
+        assert int(ex.logs.stdout[0].split()[0]) < limit
+    still_fine(sandbox, neighbour, daemon)
+
+
+# -- output ----------------------------------------------------------------------------------
+
+FLOOD_MB = 40
+
+
+@pytest.fixture(scope="module")
+def limited(daemon: Daemon, backend_name: str) -> Iterator[LocalDaemon]:
+    """A daemon forwarding at most 1 MB of a command's output (--max-output-mb 1)."""
+    with LocalDaemon(
+        isolation=backend_name,
+        pool_size=0,
+        cgroup_parent=f"firebox-output-{os.getpid()}-{backend_name}",
+        args=["--max-output-mb", "1"],
+    ) as d:
+        yield d
+
+
+def test_a_command_flood_is_cut_at_the_limit_with_a_marker(limited: LocalDaemon) -> None:
+    assert limited.proc is not None
+    with Sandbox.create(api_key=limited.key, api_url=limited.url) as sbx:
+        before = _peak_rss_mb(limited.proc.pid)
+        result = sbx.commands.run(
+            f"head -c {FLOOD_MB << 20} /dev/zero | tr '\\0' x; echo done >&2", timeout=120
+        )
+        assert result.exit_code == 0  # the command ran to its end, unblocked
+        assert result.error == "output_truncated"
+        assert len(result.stdout) == 1 << 20 and set(result.stdout) == {"x"}
+        assert "output truncated at 1048576 bytes" in result.stderr
+        assert "done" not in result.stderr  # written after the cut: discarded
+        assert _peak_rss_mb(limited.proc.pid) - before < 20
+        assert sbx.commands.run("echo fine").stdout == "fine\n"  # the next one is whole
+
+
+def test_a_cell_flood_is_cut_and_the_context_lives_on(limited: LocalDaemon) -> None:
+    with Sandbox.create(api_key=limited.key, api_url=limited.url) as sbx:
+        ex = sbx.run_code("kept = 42\nfor _ in range(30): print('é' * 100_000)\nprint('end')")
+        assert ex.output_truncated and ex.error is None
+        printed = "".join(ex.logs.stdout)
+        assert len(printed.encode()) <= 1 << 20 and "end" not in printed
+        assert "output truncated" in "".join(ex.logs.stderr)
+        after = sbx.run_code("kept")
+        assert after.text == "42" and not after.output_truncated
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        status = f.read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+# -- the neighbour meanwhile ------------------------------------------------------------------
+
+HOSTILE = {
+    "cpu spin": "python3 -c 'while True: pass'",
+    "fork bomb": "python3 /tmp/bomb.py fork; sleep 60",
+    "memory churn": "while true; do python3 -c 'b = bytearray(1024**3)'; done",
+    "disk fill": "while true; do dd if=/dev/zero of=/tmp/fill bs=1M count=300; rm -f /tmp/fill;"
+    " done",
+}
+
+
+def _round_trip_ms(sbx: Sandbox, n: int = 9) -> float:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        sbx.run_code("x += 1")
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE))
+def test_the_neighbour_keeps_its_speed_while_a_sandbox_pushes_a_limit(
+    sandbox: Sandbox, neighbour: Sandbox, hostile: str
+) -> None:
+    neighbour.run_code("x = 0")
+    idle = _round_trip_ms(neighbour)
+    sandbox.files.write("/tmp/bomb.py", BOMB)
+    handle = sandbox.commands.run(HOSTILE[hostile], background=True, timeout=120)
+    try:
+        time.sleep(1.0)  # at the limit by now
+        during = _round_trip_ms(neighbour)
+    finally:
+        handle.kill()
+    assert during <= 2 * idle, f"{hostile}: {during:.1f} ms against {idle:.1f} ms idle"
