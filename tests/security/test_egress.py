@@ -189,7 +189,8 @@ for a in addrs:
     def udp():
         s = socket.socket(fam, socket.SOCK_DGRAM)
         s.sendto(b"x", (a, port))
-        s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04test\x00\x00\x01\x00\x01", (a, 53))
+        query = bytes.fromhex("123401000001000000000000") + b"\x04test\x00\x00\x01\x00\x01"
+        s.sendto(query, (a, port))  # a DNS question: the canary stands in for a resolver
     attempt(f"udp {a}", udp)
 def icmp():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
