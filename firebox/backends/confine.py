@@ -110,6 +110,10 @@ async def spawn_gated(
         f"--reuid={host_id}",
         f"--regid={host_id}",
         *groups,
+        # no capability can ever come back in the host's namespaces, even through a setuid
+        # or file-capability binary (bwrap gets its own full set in the user namespace it
+        # makes: a new namespace's set does not come from this one)
+        "--bounding-set=-all",
         "--",
         *argv,
         stdin=subprocess.PIPE,

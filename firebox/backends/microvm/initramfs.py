@@ -80,6 +80,12 @@ $bb hostname sandbox
 # would otherwise share its template's).
 : > /run/machine-id
 $bb cat /proc/sys/kernel/random/uuid > /run/firebox/boot_id
+# Kernel settings are made by now: /proc/sys and /sys read-only for everyone after this. File
+# permissions alone guard them, and root inside could otherwise name a program the kernel runs
+# as full root outside the sandbox's rules (core_pattern, modprobe, uevent_helper). The
+# cgroup filesystem the agent writes to is a mount of its own, and stays writable.
+$bb mount --bind /proc/sys /proc/sys && $bb mount -o remount,bind,ro /proc/sys
+$bb mount -o remount,bind,ro /sys
 $bb mount --bind /run/machine-id /etc/machine-id
 $bb mount --bind /run/firebox/boot_id /proc/sys/kernel/random/boot_id
 # Loopback only (the VM has no network device): the sandbox's own services and the egress
