@@ -36,6 +36,7 @@ class SandboxInfo:
     disk_mb: int | None = None  # home and /tmp, each
     processes: int | None = None
     open_files: int | None = None  # per process
+    output_mb: int | None = None  # printed output forwarded per command or cell
     allow_internet_access: bool = False
     network: dict[str, list[str]] = field(default_factory=dict)  # allow_out, deny_out
 

@@ -79,6 +79,7 @@ def parse_sandbox_info(obj: Any) -> SandboxInfo:
         disk_mb=r.get("disk_mb", int, None),
         processes=r.get("processes", int, None),
         open_files=r.get("open_files", int, None),
+        output_mb=r.get("output_mb", int, None),
         allow_internet_access=r.get("allow_internet_access", bool, False),
         network=dict(r.get("network", dict, {}) or {}),
     )

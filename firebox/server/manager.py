@@ -96,6 +96,7 @@ class LiveSandbox:
             "disk_mb": self.spec.disk_mb,
             "processes": self.spec.pids,
             "open_files": self.spec.open_files,
+            "output_mb": self.output_limit >> 20,
             "allow_internet_access": self.policy.allow_internet_access,
             "network": {
                 "allow_out": [r.text for r in self.policy.allow_out],
@@ -162,10 +163,12 @@ class SandboxManager:
         envs: dict[str, str],
         limits: dict[str, Any] | None = None,
         policy: Policy | None = None,
+        output_mb: int | None = None,
     ) -> LiveSandbox:
         """A running sandbox; ``limits`` (SandboxSpec fields) differ from the daemon's
         defaults only where given. Only a sandbox of the default size comes from the pool."""
         spec = spec_for(self.config, template, **self._checked(limits or {}))
+        output_limit = self._output_limit(output_mb)  # checked before anything starts
         booted = None
         default = spec_for(self.config, template)
         if spec == dataclasses.replace(default, sandbox_id=spec.sandbox_id, hostname=spec.hostname):
@@ -211,7 +214,7 @@ class SandboxManager:
             spec=spec,
             running=running,
             agent=agent,
-            output_limit=self.config.max_output_mb << 20,
+            output_limit=output_limit,
             policy=policy,
             egress=egress,
             committed_mb=self.backend.committed_mb(spec.memory_mb),
@@ -223,6 +226,17 @@ class SandboxManager:
         self._schedule(live)
         live.monitor = asyncio.create_task(self._monitor(live))
         return live
+
+    def _output_limit(self, output_mb: int | None) -> int:
+        """Bytes of output a command or cell may print: the create's, within the daemon's."""
+        cap = self.config.max_output_mb
+        if output_mb is not None and output_mb > cap:
+            raise ApiError(
+                "invalid_argument",
+                f"output_mb {output_mb} is more than this daemon forwards ({cap}, "
+                "--max-output-mb); ask for less, and write big output to a file",
+            )
+        return (output_mb or cap) << 20
 
     def _checked(self, limits: dict[str, Any]) -> dict[str, Any]:
         """``limits`` within this daemon's bounds, else ApiError naming the bound."""

@@ -51,6 +51,9 @@ class Limits(BaseModel):
     disk_mb: int | None = Field(default=None, ge=16, le=1 << 20, description="home and /tmp each")
     processes: int | None = Field(default=None, ge=16, le=65536)
     open_files: int | None = Field(default=None, ge=64, le=1 << 20, description="per process")
+    output_mb: int | None = Field(
+        default=None, ge=1, le=1024, description="printed output forwarded per command or cell"
+    )
 
 
 NetRule = Annotated[Text, StringConstraints(min_length=1, max_length=300)]
@@ -92,6 +95,7 @@ class SandboxInfo(BaseModel):
     disk_mb: int
     processes: int
     open_files: int
+    output_mb: int
     allow_internet_access: bool
     network: Network
 

@@ -45,6 +45,7 @@ async def create_sandbox(body: CreateSandbox, caller: Caller, mgr: Manager) -> S
             "open_files": limits.open_files,
         },
         policy=policy,
+        output_mb=limits.output_mb,
     )
     return SandboxInfo(**live.info())
 

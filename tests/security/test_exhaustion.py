@@ -26,7 +26,14 @@ from firebox import (
 from firebox.testing import LocalDaemon
 from tests.conftest import Daemon
 
-SMALL = {"memory_mb": 256, "disk_mb": 32, "processes": 64, "open_files": 256, "cpu_count": 0.5}
+SMALL = {
+    "memory_mb": 256,
+    "disk_mb": 32,
+    "processes": 64,
+    "open_files": 256,
+    "cpu_count": 0.5,
+    "output_mb": 1,
+}
 
 
 def still_fine(sbx: Sandbox, neighbour: Sandbox, daemon: Daemon) -> None:
@@ -46,13 +53,15 @@ def small(daemon: Daemon) -> Iterator[Sandbox]:
 
 def test_limits_asked_for_are_the_ones_reported(small: Sandbox) -> None:
     info = small.get_info()
-    assert (info.memory_mb, info.disk_mb, info.processes, info.open_files, info.cpu_count) == (
-        256,
-        32,
-        64,
-        256,
-        0.5,
-    )
+    got = (info.memory_mb, info.disk_mb, info.processes, info.open_files, info.cpu_count)
+    assert got == (256, 32, 64, 256, 0.5) and info.output_mb == 1
+
+
+def test_output_past_the_sandboxs_own_limit_is_cut(small: Sandbox) -> None:
+    result = small.commands.run("head -c 3000000 /dev/zero | tr '\\0' x", timeout=120)
+    assert result.error == "output_truncated" and len(result.stdout) == 1 << 20
+    ex = small.run_code("print('y' * 3_000_000)")
+    assert ex.output_truncated
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -301,3 +310,37 @@ def test_the_neighbour_keeps_its_speed_while_a_sandbox_pushes_a_limit(
     finally:
         handle.kill()
     assert during <= 2 * idle, f"{hostile}: {during:.1f} ms against {idle:.1f} ms idle"
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"memory_mb": 32},  # below any backend's least
+        {"memory_mb": 128, "disk_mb": 8},  # a disk under 16 MB
+        {"memory_mb": 100_000},  # past --max-sandbox-memory-mb
+        {"cpu_count": 64},  # more cores than the host has
+        {"cpu_count": 0},
+        {"processes": 1},
+        {"open_files": 10},
+        {"output_mb": 100},  # past --max-output-mb
+        {"swap_mb": 1},  # no such limit
+    ],
+)
+def test_limits_out_of_bounds_are_a_clear_400(daemon: Daemon, limits: dict[str, float]) -> None:
+    with daemon.client() as c:
+        before = len(c.get("/sandboxes").json())
+        r = c.post("/sandboxes", json={"limits": limits})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["message"]
+        assert len(c.get("/sandboxes").json()) == before  # nothing started
+
+
+def test_a_microvm_too_small_for_its_guest_is_refused(daemon: Daemon, backend_name: str) -> None:
+    with daemon.client() as c:
+        r = c.post("/sandboxes", json={"limits": {"memory_mb": 128}})
+    if backend_name == "microvm":
+        assert r.status_code == 400 and "at least 256" in r.json()["error"]["message"]
+    else:
+        assert r.status_code == 201, r.text
+        with daemon.client() as c:
+            c.delete(f"/sandboxes/{r.json()['sandbox_id']}")
