@@ -148,6 +148,17 @@ def sandbox(daemon: Daemon) -> Iterator[Sandbox]:
 
 
 @pytest.fixture
+def api(daemon: Daemon) -> Iterator[tuple[httpx.Client, str]]:
+    """The daemon's REST API with the admin key, and a running sandbox's id."""
+    with daemon.client() as c:
+        sid = c.post("/sandboxes", json={}).json()["sandbox_id"]
+        try:
+            yield c, sid
+        finally:
+            c.delete(f"/sandboxes/{sid}")
+
+
+@pytest.fixture
 def neighbour(daemon: Daemon) -> Iterator[Sandbox]:
     """A second sandbox, to show that what happens in one leaves the other working."""
     yield from _running_sandbox()

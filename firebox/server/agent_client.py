@@ -99,6 +99,16 @@ class _Channel:
         self.wakeup.set()
         self.credit_event.set()
 
+    async def wait_credit(self, timeout: float, silence: str) -> None:
+        """Wait for a credit (or any frame: ``credit_event`` fires for both) up to ``timeout``
+        seconds; AgentTimeout(``silence``) past it."""
+        self.credit_event.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.credit_event.wait()
+        except TimeoutError:
+            raise AgentTimeout(silence) from None
+
 
 def _counted(msg: Message) -> bool:
     return isinstance(
@@ -315,12 +325,7 @@ class AgentClient:
                 _raise_error(msg, req.T)
             if ch.gone is not None:
                 raise ch.gone
-            ch.credit_event.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await ch.credit_event.wait()
-            except TimeoutError:
-                raise AgentTimeout(f"the agent took no data for {timeout:g} s") from None
+            await ch.wait_credit(timeout, f"the agent took no data for {timeout:g} s")
         ch.credits -= 1
 
     # -- I/O ----------------------------------------------------------------------------------
@@ -658,12 +663,7 @@ class NetConnection(_Reply):
             while ch.credits <= 0:
                 if ch.gone is not None or ch.finished:
                     raise ch.gone or AgentGone("the egress connection was closed")
-                ch.credit_event.clear()
-                try:
-                    async with asyncio.timeout(timeout):
-                        await ch.credit_event.wait()
-                except TimeoutError:
-                    raise AgentTimeout(f"the sandbox read nothing for {timeout:g} s") from None
+                await ch.wait_credit(timeout, f"the sandbox read nothing for {timeout:g} s")
             ch.credits -= 1
             await self._client._send(ch.id, protocol.Data(), data[i : i + protocol.CHUNK])
 

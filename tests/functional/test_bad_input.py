@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
 from tests.conftest import Daemon
-
-
-@pytest.fixture
-def api(daemon: Daemon) -> Iterator[tuple[httpx.Client, str]]:
-    with daemon.client() as c:
-        sid = c.post("/sandboxes", json={}).json()["sandbox_id"]
-        try:
-            yield c, sid
-        finally:
-            c.delete(f"/sandboxes/{sid}")
 
 
 def _raw(c: httpx.Client, path: str, raw_json: str) -> httpx.Response:

@@ -268,16 +268,6 @@ def _malformed(sid: str) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
-@pytest.fixture
-def api(daemon: Daemon) -> Iterator[tuple[httpx.Client, str]]:
-    with daemon.client() as c:
-        sid = c.post("/sandboxes", json={}).json()["sandbox_id"]
-        try:
-            yield c, sid
-        finally:
-            c.delete(f"/sandboxes/{sid}")
-
-
 def test_malformed_requests_get_a_4xx(daemon: Daemon, api: tuple[httpx.Client, str]) -> None:
     c, sid = api
     before = len(c.get("/sandboxes").json())
