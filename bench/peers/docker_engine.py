@@ -16,7 +16,8 @@ their containers up with a command of their own choosing or a tty on sh). Contai
 network: every peer passes ``network none`` (or epicbox's ``network_disabled``).
 
 At stop: every container and volume removed, dockerd stopped by its PID (SIGTERM, then
-SIGKILL), its containerd by its PID if still up, mounts under T unmounted, T removed, our
+SIGKILL), its containerd by its PID if still up, any process still naming T in its command
+line (a stray shim) by its PID, mounts under T unmounted, T removed, our
 cgroup parent removed, and the run-time directories dockerd makes outside T whatever we did
 (/run/docker/plugins, /run/containerd/s) removed if they were not there before and are empty.
 
@@ -204,6 +205,9 @@ class DockerEngine:
                     os.kill(self.containerd_pid, signal.SIGKILL)
             self.containerd_pid = None
         if self.tmp is not None:
+            for pid in self._strays(self.tmp):  # e.g. a shim whose container outlived `rm -f`
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self._unmount_under(self.tmp)
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
@@ -212,6 +216,18 @@ class DockerEngine:
             if d not in self._preexisting and d.exists():
                 with contextlib.suppress(OSError):
                     d.rmdir()  # only if empty: anything inside is not ours to remove
+
+    @staticmethod
+    def _strays(top: Path) -> list[int]:
+        """PIDs of processes still running with our temp dir in their command line: ours."""
+        mark = str(top).encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if mark in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
+        return found
 
     @staticmethod
     def _unmount_under(top: Path) -> None:

@@ -71,6 +71,8 @@ class Gvisor(Peer):
     def available(self) -> str | None:
         if reason := need_root() or need_binaries(RUNSC) or no_rootfs_reason():
             return reason
+        if self.tmp is not None:
+            return None  # set up already: it ran
         try:
             self.setup()
             cid = self._create()

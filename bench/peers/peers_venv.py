@@ -86,7 +86,11 @@ class VenvDriver:
             start_new_session=True,
             **ids,
         )
-        self.call("ping")
+        try:
+            self.call("ping")
+        except BaseException:
+            self.stop(grace=10)
+            raise
         return self
 
     def call(self, op: str, **kwargs: Any) -> Any:
