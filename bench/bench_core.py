@@ -20,43 +20,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, first_result, timed  # beside this file; puts the repository on the path
 
-from firebox import Sandbox, images  # noqa: E402
-from firebox.server.config import ServerConfig  # noqa: E402
-from firebox.testing import LocalDaemon  # noqa: E402
+from firebox import Sandbox, images
+from firebox.server.config import ServerConfig
+from firebox.testing import LocalDaemon
 
-
-def timed(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
-
-
-def first_result(runs: int, first: Callable[[Sandbox], object], pace: float) -> list[float]:
-    """Medians of create → ``first(sbx)`` done; the kill happens after the clock stops."""
-    samples = []
-    for i in range(runs + 2):
-        # paced, so that a pool has refilled (and its sandboxes' IPython pre-started): this
-        # measures a create that finds one waiting, or with no pool a cold start
-        time.sleep(pace)
-        start = time.perf_counter()
-        sbx = Sandbox.create()
-        first(sbx)
-        elapsed = (time.perf_counter() - start) * 1000
-        sbx.kill()
-        if i >= 2:
-            samples.append(elapsed)
-    return samples
+__all__ = ["first_result", "timed"]  # where other scripts found them first
 
 
 def measure_daemon(label: str, pool_size: int, runs: int) -> dict[str, list[float]]:
@@ -142,9 +113,10 @@ def main() -> int:
     for name in ("commands.run('true') round trip", "run_code('x += 1') round trip"):
         rtt = medians[name]
         print(f"  {name}: {rtt:.2f} ms (target ≤ 3 ms: {'met' if rtt <= 3 else 'NOT met'})")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "core.json").write_text(json.dumps({"medians_ms": medians, "runs": args.runs}, indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "core.json").write_text(
+        json.dumps({"medians_ms": medians, "runs": args.runs}, indent=2)
+    )
     return 0
 
 

@@ -29,58 +29,19 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, first_result, sandbox_pss_mb, timed  # beside this file
 
-from bench_core import timed  # noqa: E402  (beside this file: run as a script)
-
-from firebox import Sandbox, images  # noqa: E402
-from firebox.backends.agent_files import stage  # noqa: E402
-from firebox.backends.microvm import initramfs, qemu, snapshot  # noqa: E402
-from firebox.images import vmboot  # noqa: E402
-from firebox.images.cache import image_root  # noqa: E402
-from firebox.server.agent_client import AgentClient  # noqa: E402
-from firebox.testing import LocalDaemon  # noqa: E402
+from firebox import Sandbox, images
+from firebox.backends.agent_files import stage
+from firebox.backends.microvm import initramfs, qemu, snapshot
+from firebox.images import vmboot
+from firebox.images.cache import image_root
+from firebox.server.agent_client import AgentClient
+from firebox.testing import LocalDaemon
 
 BUDGET_MB = 16 * 1024
-
-
-def creates(runs: int, first: Callable[[Sandbox], object] | None, pace: float) -> list[float]:
-    """create (→ ``first(sbx)`` done); the kill happens after the clock stops. Paced, so a pool
-    has refilled: this measures a create that finds one waiting, or with no pool a cold one."""
-    samples = []
-    for i in range(runs + 1):
-        time.sleep(pace)
-        start = time.perf_counter()
-        sbx = Sandbox.create()
-        if first is not None:
-            first(sbx)
-        elapsed = (time.perf_counter() - start) * 1000
-        sbx.kill()
-        if i >= 1:
-            samples.append(elapsed)
-    return samples
-
-
-def pss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def sandbox_pss_mb(daemon: LocalDaemon, sandbox_id: str) -> float:
-    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
-        procs = base / daemon.cgroup_parent / sandbox_id / "cgroup.procs"
-        if procs.exists():
-            return sum(pss_kb(int(p)) for p in procs.read_text().split()) / 1024
-    return 0.0
 
 
 def measure(backend: str, runs: int, idle: int) -> dict[str, list[float]]:
@@ -90,9 +51,11 @@ def measure(backend: str, runs: int, idle: int) -> dict[str, list[float]]:
     for label, pool in (("no pool", 0), ("warm pool", 2)):
         with LocalDaemon(isolation=backend, pool_size=pool) as daemon:
             os.environ.update(daemon.env())
-            out[f"{backend}: create → agent ready ({label})"] = creates(runs, None, pace)
-            out[f"{backend}: create → first run_code result ({label})"] = creates(
-                runs, lambda sbx: sbx.run_code("1 + 1"), pace
+            out[f"{backend}: create → agent ready ({label})"] = first_result(
+                runs, None, pace, warmup=1
+            )
+            out[f"{backend}: create → first run_code result ({label})"] = first_result(
+                runs, lambda sbx: sbx.run_code("1 + 1"), pace, warmup=1
             )
             if pool:
                 continue
@@ -215,9 +178,8 @@ def main() -> int:
             + extra
         )
     print(f"  (microvm target ≥ 200: {'met' if fits['microvm'] >= 200 else 'NOT met'})")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "microvm.json").write_text(
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "microvm.json").write_text(
         json.dumps(
             {
                 "medians": medians,

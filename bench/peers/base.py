@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,8 +27,7 @@ for _p in (str(ROOT), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from bench_core import timed  # noqa: E402  (bench/ is on the path: its scripts run from there)
-from bench_microvm import pss_kb  # noqa: E402
+from common import cgroup_procs, pss_mb, timed  # noqa: E402  (bench/ is on the path)
 
 from firebox import images  # noqa: E402
 from firebox.server.config import ServerConfig  # noqa: E402
@@ -115,11 +114,6 @@ def clock_ms(start: float) -> float:
 # --- the host-side memory figure ------------------------------------------------------------
 
 
-def pss_mb(pids: Iterable[int]) -> float:
-    """PSS (from /proc/<pid>/smaps_rollup) summed over ``pids``, in MB."""
-    return sum(pss_kb(pid) for pid in set(pids)) / 1024
-
-
 def children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -142,15 +136,6 @@ def process_tree(pid: int) -> list[int]:
 def parent_pid(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def cgroup_procs(path: str) -> list[int]:
-    """The processes of cgroup ``path`` (relative to the hierarchy's root), v1 or v2."""
-    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
-        procs = base / path.strip("/") / "cgroup.procs"
-        if procs.exists():
-            return [int(p) for p in procs.read_text().split()]
-    return []
 
 
 def remove_cgroup(path: str) -> list[str]:
