@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections import deque
 from collections.abc import AsyncIterable
 from typing import Any, NoReturn
 
 from firebox import protocol
 from firebox.protocol import Message
+from firebox.server import timing
 
 __all__ = [
     "AgentClient",
@@ -298,11 +300,14 @@ class AgentClient:
         return ch
 
     async def _first(self, ch: _Channel, req: Message, timeout: float) -> tuple[Message, bytes]:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
                 return await ch.next()
         except TimeoutError:
             raise AgentTimeout(f"the agent did not answer {req.T} within {timeout:g} s") from None
+        finally:
+            timing.agent_waited(time.perf_counter() - started)
 
     def _abandon(self, ch: _Channel) -> None:
         """Stop listening on a channel; the agent stops (a process is only detached)."""

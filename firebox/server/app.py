@@ -26,6 +26,7 @@ from firebox.server.manager import SandboxManager
 from firebox.server.models import ErrorBody, Health
 from firebox.server.pool import spec_for
 from firebox.server.registry import Registry
+from firebox.server.timing import ServerTiming
 
 log = logging.getLogger("firebox.server")
 
@@ -113,6 +114,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     )
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit)
+    app.add_middleware(ServerTiming)  # the outermost: it times everything else
     app.add_exception_handler(errors.ApiError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.conftest import Daemon
@@ -153,3 +154,21 @@ def test_responses_match_the_openapi_schemas(daemon: Daemon) -> None:
         ]
         resolver_doc = {**schema, "components": doc.get("components", {})}
         OAS31Validator(resolver_doc).validate(body)
+
+
+def test_every_answer_says_how_long_the_daemon_and_the_agent_took(
+    api: tuple[httpx.Client, str],
+) -> None:
+    c, sid = api
+    for method, path, kw in (
+        ("GET", "/health", {}),
+        ("GET", f"/sandboxes/{sid}", {}),
+        ("POST", f"/sandboxes/{sid}/commands", {"json": {"cmd": "true"}}),
+        ("GET", "/sandboxes/sbx_missing", {}),
+    ):
+        r = c.request(method, path, **kw)
+        parts = dict(p.strip().split(";dur=") for p in r.headers["server-timing"].split(","))
+        app, agent = float(parts["app"]), float(parts["agent"])
+        assert app > 0 and 0 <= agent <= app, (path, r.headers["server-timing"])
+        if path.endswith("/commands"):
+            assert agent > 0  # the process start waited for the agent
