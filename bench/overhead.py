@@ -1,6 +1,7 @@
 """The daemon's own overhead per API call, measured from outside the daemon.
 
-The daemon has no per-call timing, so a call's time is split by measuring its layers apart, in
+The daemon's ``Server-Timing`` header covers a call only up to its answer's first byte, and not
+uvicorn's own work, so a call's whole time is split from outside, by measuring its layers apart in
 rounds: each round makes every call below once, in an order shuffled anew, from one event loop
 (uvloop, as the daemon's) of the benchmark's process, so that whatever else the host does falls
 on all of them alike. The layers:
@@ -20,9 +21,14 @@ on all of them alike. The layers:
     agent's hello), no daemon and no HTTP: a ``ProcessStart`` of ``true`` as the daemon builds
     it, until its exit; a ``CodeRun`` of ``x += 1`` until it is done.
 
+Beside them, the daemon's own ``Server-Timing`` header on the plain calls (``app``: arrival to
+the answer's first byte; ``agent``: the part spent waiting for the agent's first reply), kept
+per call as ``<call>.app`` and ``<call>.agent``.
+
 Derived, as the median over rounds of each round's difference: the daemon's own share of a
 command = POST − agent alone − HTTP floor (streamed); the SDK's own = SDK − POST; the fixed
-cost of an authenticated call = ``GET /sandboxes/{id}`` − HTTP floor (GET).
+cost of an authenticated call = ``GET /sandboxes/{id}`` − HTTP floor (GET); and by the header,
+the daemon's own work to a command's first byte = app − agent.
 
     python bench/overhead.py --floor-server PORT      (the floor, as overhead.py starts it)
 """
@@ -123,6 +129,24 @@ def floor_server() -> Iterator[str]:
             proc.wait()
 
 
+# --- the daemon's own word: Server-Timing ------------------------------------------------------
+
+# calls whose answer's Server-Timing is kept: ``app`` (arrival to the answer's first byte) and
+# ``agent`` (the part of it spent waiting for the agent's first reply to a request)
+SERVER_TIMED = ("health", "get_sandbox", "raw_command", "raw_code")
+
+
+def server_timing(answer: object) -> dict[str, float]:
+    """{"app": ms, "agent": ms} from an answer's ``Server-Timing`` header, if it has one."""
+    value = getattr(answer, "headers", {}).get("server-timing", "")
+    out = {}
+    for part in value.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        with contextlib.suppress(ValueError):
+            out[name] = float(dur)
+    return out
+
+
 # --- the rounds -------------------------------------------------------------------------------
 
 
@@ -191,10 +215,14 @@ async def _rounds(
                 shuffle(order)  # no call always follows the same one
                 for name in order:
                     start = time.perf_counter()
-                    await calls[name]()
+                    answer = await calls[name]()
                     elapsed = (time.perf_counter() - start) * 1000
-                    if i >= warmup:
-                        out[name].append(elapsed)
+                    if i < warmup:
+                        continue
+                    out[name].append(elapsed)
+                    if name in SERVER_TIMED:
+                        for part, ms in server_timing(answer).items():
+                            out.setdefault(f"{name}.{part}", []).append(ms)
             return out
     finally:
         await backend.close()
@@ -243,6 +271,12 @@ DERIVED: dict[str, list[tuple[str, int]]] = {
     "daemon_own_code": [("raw_code", 1), ("agent_code", -1), ("http_floor_stream", -1)],
     "daemon_fixed_get": [("get_sandbox", 1), ("http_floor_get", -1)],
     "daemon_fixed_health": [("health", 1), ("http_floor_get", -1)],
+    # by the daemon's own Server-Timing: its work to the first byte, the agent's wait taken out
+    "st_daemon_command_first_byte": [("raw_command.app", 1), ("raw_command.agent", -1)],
+    "st_daemon_get_sandbox": [("get_sandbox.app", 1)],
+    "st_daemon_health": [("health.app", 1)],
+    # the client's round trip beyond the daemon's whole time, for a plain answer: HTTP, client
+    "st_outside_get_sandbox": [("get_sandbox", 1), ("get_sandbox.app", -1)],
 }
 SHARES = {"daemon_own_command_share": ("daemon_own_command", "sdk_command"),
           "daemon_own_code_share": ("daemon_own_code", "sdk_code")}  # fmt: skip

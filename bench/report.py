@@ -241,6 +241,12 @@ OVERHEAD_ROWS = [
     ("agent_code", "agent alone: cell `x += 1`, no daemon"),
     ("raw_code", "`POST /sandboxes/{id}/code` of `x += 1`, whole answer"),
     ("sdk_code", 'async SDK `run_code("x += 1")` (total)'),
+    ("health.app", "Server-Timing `app` of `GET /health`"),
+    ("get_sandbox.app", "Server-Timing `app` of `GET /sandboxes/{id}`"),
+    ("raw_command.app", "Server-Timing `app` of the command's POST (to its first byte)"),
+    ("raw_command.agent", "Server-Timing `agent` of it (the wait for the process's start)"),
+    ("raw_code.app", "Server-Timing `app` of the cell's POST (to its first event)"),
+    ("raw_code.agent", "Server-Timing `agent` of it (a cell's wait is not counted)"),
 ]
 DERIVED_ROWS = [
     ("daemon_http_sdk_command", "⇒ command: daemon + HTTP + SDK = SDK total − agent alone"),
@@ -251,6 +257,16 @@ DERIVED_ROWS = [
     ("daemon_own_code_share", "⇒ cell: the daemon's own share of the SDK total"),
     ("daemon_fixed_get", "⇒ an authenticated call's fixed cost: `GET /sandboxes/{id}` − floor"),
     ("daemon_fixed_health", "⇒ FastAPI's minimum: `GET /health` − HTTP floor"),
+    (
+        "st_daemon_command_first_byte",
+        "⇒ Server-Timing: the daemon's own to a command's first byte = app − agent",
+    ),
+    ("st_daemon_get_sandbox", "⇒ Server-Timing: the daemon's whole time for `GET /sandboxes/{id}`"),
+    (
+        "st_outside_get_sandbox",
+        "⇒ `GET /sandboxes/{id}` outside the daemon's app (HTTP server, "
+        "loopback, client) = round trip − app",
+    ),
 ]
 
 
@@ -275,6 +291,12 @@ def overhead_section(results: dict[str, Any]) -> list[str]:
         "*agent alone* is a sandbox of the same backend started in the benchmark's process with"
         " the daemon's own code (`firebox.server.pool.boot`, `AgentClient`): no daemon, no "
         "HTTP. Derived rows (⇒) are medians over rounds of each round's difference.",
+        "",
+        "Beside that, the daemon's own word: its `Server-Timing` header (`app`: from the "
+        "request's arrival in the app to the answer's first byte; `agent`: the part spent "
+        "waiting for the agent's first reply to a request). It does not see a streamed "
+        "answer's tail (a command's exit, a cell's end), nor a cell's wait for its first "
+        "event, nor uvicorn's own HTTP parsing.",
         "",
         "| call | " + " | ".join(backends) + " |",
         "|---|" + "---|" * len(backends),
