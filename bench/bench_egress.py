@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_core import timed  # noqa: E402  (beside this file: run as a script)
+from common import timed  # noqa: E402  (beside this file: run as a script)
 
 from firebox import Sandbox  # noqa: E402
 from firebox.testing import LocalDaemon  # noqa: E402

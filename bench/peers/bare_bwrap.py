@@ -1,32 +1,26 @@
 """Floor: bubblewrap alone over firebox's python image, as an unprivileged uid.
 
-The same sandbox bench_core.py measures as its second floor: every namespace, the image
+The second floor: every namespace, the image
 read-only as /, fresh /proc, /dev and /tmp, the uid firebox's first sandbox runs as.
 """
 
 from __future__ import annotations
 
-import subprocess
-
+from .bare_python import BarePython
 from .base import (
     PY_CODE,
     PY_COMMAND,
-    Peer,
-    Samples,
-    Unsupported,
     need_binaries,
     need_root,
     no_rootfs_reason,
     rootfs,
-    timed,
     unprivileged_uid,
 )
-from .idle import idle_pss
 
 BWRAP = "/usr/bin/bwrap"
 
 
-class BareBwrap(Peer):
+class BareBwrap(BarePython):
     name = "bare_bwrap"
     kind = "floor"
     notes = {
@@ -67,24 +61,3 @@ class BareBwrap(Peer):
     def _ids(self) -> dict[str, object]:
         uid = unprivileged_uid()
         return {"user": uid, "group": uid, "extra_groups": []}
-
-    def _run(self, code: str) -> None:
-        argv = self.argv("/usr/bin/python3", "-c", code)
-        out = subprocess.run(argv, check=True, capture_output=True, **self._ids())  # type: ignore[call-overload]
-        assert out.stdout.strip(), "no output"
-
-    def create_to_first_command(self, runs: int) -> Samples:
-        return timed(lambda: self._run(PY_COMMAND), runs)
-
-    def create_to_first_python(self, runs: int) -> Samples:
-        return timed(lambda: self._run(PY_CODE), runs)
-
-    def command_round_trip(self, runs: int) -> Samples:
-        return Unsupported("no live sandbox: every command is a new bwrap")
-
-    def python_round_trip(self, runs: int) -> Samples:
-        return Unsupported("no live sandbox: every command is a new bwrap")
-
-    def idle_memory_mb(self, n: int) -> Samples:
-        code = "import sys; print(1, flush=True); sys.stdin.read()"
-        return idle_pss([self.argv("/usr/bin/python3", "-c", code)] * n, **self._ids())

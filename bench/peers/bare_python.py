@@ -22,8 +22,16 @@ class BarePython(Peer):
         "(after it has started), from /proc/<pid>/smaps_rollup; n of them up at once",
     }
 
+    # What a floor runs, and as whom: bare_bwrap wraps the same command in bubblewrap.
+    def argv(self, *command: str) -> list[str]:
+        return list(command)
+
+    def _ids(self) -> dict[str, object]:
+        return {}
+
     def _run(self, code: str) -> None:
-        out = subprocess.run([PYTHON, "-c", code], check=True, capture_output=True)
+        argv = self.argv(PYTHON, "-c", code)
+        out = subprocess.run(argv, check=True, capture_output=True, **self._ids())  # type: ignore[call-overload]
         assert out.stdout.strip(), "no output"
 
     def create_to_first_command(self, runs: int) -> Samples:
@@ -39,7 +47,8 @@ class BarePython(Peer):
         return Unsupported("no live sandbox: every command is a new process")
 
     def idle_memory_mb(self, n: int) -> Samples:
-        return idle_pss([[PYTHON, "-c", "import sys; print(1, flush=True); sys.stdin.read()"]] * n)
+        code = "import sys; print(1, flush=True); sys.stdin.read()"
+        return idle_pss([self.argv(PYTHON, "-c", code)] * n, **self._ids())
 
 
 __all__ = ["BarePython"]

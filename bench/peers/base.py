@@ -171,7 +171,7 @@ def no_rootfs_reason() -> str | None:
 
 
 def unprivileged_uid() -> int:
-    """The uid bench_core's bare bwrap floor runs as: firebox's first sandbox uid."""
+    """The uid the bare bwrap floor runs as: firebox's first sandbox uid."""
     return ServerConfig().uid_base
 
 
