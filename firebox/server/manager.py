@@ -28,7 +28,7 @@ from firebox.server.config import ServerConfig
 from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse_resolve
 from firebox.server.egress_policy import Policy, parse_networks
 from firebox.server.errors import ApiError
-from firebox.server.pool import WarmPool, boot, spec_for
+from firebox.server.pool import WarmPool, boot, default_limits, spec_for
 from firebox.server.registry import Registry
 
 log = logging.getLogger("firebox.manager")
@@ -170,8 +170,7 @@ class SandboxManager:
         spec = spec_for(self.config, template, **self._checked(limits or {}))
         output_limit = self._output_limit(output_mb)  # checked before anything starts
         booted = None
-        default = spec_for(self.config, template)
-        if spec == dataclasses.replace(default, sandbox_id=spec.sandbox_id, hostname=spec.hostname):
+        if spec == dataclasses.replace(spec, **default_limits(self.config)):
             booted = await self.pool.take(template)  # a pooled sandbox is counted already
         if booted is None:
             with self.admission.starting(self.backend.committed_mb(spec.memory_mb)):

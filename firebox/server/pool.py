@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass
@@ -64,21 +63,27 @@ def rootfs_for(template: str) -> Path:
     return rootfs
 
 
+def default_limits(config: ServerConfig) -> dict[str, Any]:
+    """The SandboxSpec fields a sandbox of the daemon's default size has."""
+    return {
+        "memory_mb": config.memory_mb,
+        "cpus": config.cpus,
+        "pids": config.pids,
+        "disk_mb": config.disk_mb,
+        "open_files": config.open_files,
+    }
+
+
 def spec_for(config: ServerConfig, template: str, **limits: Any) -> SandboxSpec:
     """A new sandbox of ``template`` with the daemon's limits, or those given instead."""
     sandbox_id = "sbx_" + secrets.token_hex(8)
-    spec = SandboxSpec(
+    return SandboxSpec(
         sandbox_id=sandbox_id,
         hostname=sandbox_id.replace("_", "-"),  # its own, and a valid host name
         template=template,
         rootfs=rootfs_for(template),
-        memory_mb=config.memory_mb,
-        cpus=config.cpus,
-        pids=config.pids,
-        disk_mb=config.disk_mb,
-        open_files=config.open_files,
+        **{**default_limits(config), **limits},
     )
-    return dataclasses.replace(spec, **limits) if limits else spec
 
 
 async def boot(backend: Backend, spec: SandboxSpec) -> Booted:
