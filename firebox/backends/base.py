@@ -86,10 +86,6 @@ class RunningSandbox(abc.ABC):
 
 class Backend(abc.ABC):
     name: str
-    #: whether a pooled sandbox should run a silent cell and a command before it is handed
-    #: over (a restored microVM's CPU emulator starts with an empty translation cache, which
-    #: makes every first call several times slower than the next)
-    warm_up_pooled: bool = False
     #: the least memory a sandbox may be given here (a microVM's kernel and warm interpreter
     #: need more than a jail's processes)
     min_memory_mb: int = 64

@@ -62,7 +62,6 @@ STATE_DIR = "vm"
 
 class MicroVMBackend(Backend):
     name = "microvm"
-    warm_up_pooled = True
 
     def __init__(self, home: Path, uid_base: int) -> None:
         self.home = home
