@@ -27,7 +27,7 @@ import threading
 import time
 
 from firebox import protocol
-from firebox.agent import privs, users
+from firebox.agent import privs, shell, spawner, users
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail, from_os, log
 
@@ -142,8 +142,14 @@ _AGENT_NICE = os.getpriority(os.PRIO_PROCESS, 0)
 def spawn(argv: list[str], user: users.User, **popen: Any) -> subprocess.Popen[bytes]:
     """Start a process as ``user`` in a session of its own, known to the orphan reaper (which
     must leave its exit status to us). Callers ``popen.wait()`` and then ``forget`` it."""
+    ids = user_ids(user)
+    popen["start_new_session"] = True
     with _spawn_lock:
-        child = subprocess.Popen(argv, start_new_session=True, **popen, **user_ids(user))
+        child = None
+        if ids:  # another user: vfork from that user's spawner thread (spawner.py)
+            child = spawner.popen(argv, user.uid, user.gid, "extra_groups" in ids, popen)
+        if child is None:
+            child = subprocess.Popen(argv, **popen, **ids)
         _tracked.add(child.pid)
         _limit(child.pid)
         if _AGENT_NICE < 0:  # the agent runs ahead of user code (a microVM); its children not
@@ -168,12 +174,9 @@ def _check_str_list(value: object, what: str) -> list[str]:
 def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[str, Any] | None:
     if (msg.argv is None) == (msg.cmd is None):
         raise Fail("invalid", "give exactly one of argv or cmd")
-    if msg.cmd is not None:
-        if not isinstance(msg.cmd, str):
-            raise Fail("invalid", "cmd must be a string")
-        argv = ["/bin/bash", "-c", msg.cmd]
-    else:
-        argv = _check_str_list(msg.argv, "argv")
+    if msg.cmd is not None and not isinstance(msg.cmd, str):
+        raise Fail("invalid", "cmd must be a string")
+    argv = None if msg.cmd is not None else _check_str_list(msg.argv, "argv")
     if not isinstance(msg.env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in msg.env.items()
     ):
@@ -187,18 +190,28 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
     info = protocol.ProcessInfo(
         pid=0, cmd=msg.cmd, argv=msg.argv, cwd=cwd, user=user.name, tag=msg.tag, env=msg.env
     )
-    try:
-        popen = spawn(
-            argv,
-            user,
-            stdin=subprocess.PIPE if msg.stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-        )
-    except OSError as e:
-        raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None
+    options: dict[str, Any] = {
+        "stdin": subprocess.PIPE if msg.stdin else subprocess.DEVNULL,
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
+        "cwd": cwd,
+    }
+    popen = None
+    if msg.cmd is not None:
+        # a plain command line skips bash (shell.py); whatever fails that way goes to bash,
+        # which then answers as it always does
+        direct_env = dict(env)
+        direct = shell.direct_argv(msg.cmd, direct_env)
+        if direct is not None:
+            with contextlib.suppress(OSError):
+                popen = spawn(direct, user, env=direct_env, **options)
+        argv = shell.bash_argv(msg.cmd)
+    assert argv is not None
+    if popen is None:
+        try:
+            popen = spawn(argv, user, env=env, **options)
+        except OSError as e:
+            raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None
     info.pid = popen.pid
     proc = Proc(popen, info)
     with _spawn_lock:

@@ -93,6 +93,20 @@ def test_missing_program_is_a_clear_failure(sandbox: Sandbox) -> None:
     assert "not found" in info.value.stderr
 
 
+def test_plain_command_lines_run_as_under_bash(sandbox: Sandbox) -> None:
+    # a plain line skips bash (agent/shell.py); what cannot be exec'd still goes to bash
+    env = sandbox.commands.run("env").stdout.splitlines()
+    assert "_=/usr/bin/env" in env and "SHLVL=0" in env
+    sandbox.files.write("/home/user/no-shebang.sh", "echo from bash $((1 + 1))\n")
+    sandbox.commands.run("chmod +x /home/user/no-shebang.sh")
+    assert sandbox.commands.run("./no-shebang.sh").stdout == "from bash 2\n"
+    sandbox.files.write("/home/user/not-executable", "x")  # no x bit: exec'ing it fails
+    with pytest.raises(CommandExitException) as info:
+        sandbox.commands.run("/home/user/not-executable")
+    assert info.value.exit_code == 126
+    assert "Permission denied" in info.value.stderr
+
+
 def test_many_commands_at_once(sandbox: Sandbox) -> None:
     handles = [sandbox.commands.run(f"sleep 0.2; echo {i}", background=True) for i in range(10)]
     assert [h.wait().stdout for h in handles] == [f"{i}\n" for i in range(10)]
