@@ -99,7 +99,7 @@ class AsyncFilesystem:
         content: bytes | AsyncIterator[bytes]
         if isinstance(data, str):
             content = data.encode()
-        elif isinstance(data, bytes | bytearray | memoryview):
+        elif isinstance(data, bytes | bytearray | memoryview) and len(data) <= CHUNK:
             content = bytes(data)
         else:
             length = upload_length(data)
@@ -239,6 +239,14 @@ async def _upload_chunks(data: Any, length: int | None) -> AsyncIterator[bytes]:
     At most ``length`` bytes are sent when it is known, because a file that grows while it is
     sent must not overrun the Content-Length already announced.
     """
+    if isinstance(data, bytes | bytearray | memoryview):
+        # Sent in pieces, not whole: httpx's sync transport re-slices the unsent rest of one
+        # big bytes body after every socket send, which made a 100 MB write cost ~0.5 s of
+        # CPU copying (3× the rest of the upload).
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), CHUNK):
+            yield bytes(view[start : start + CHUNK])
+        return
     read = getattr(data, "read", None)
     if not callable(read):
         async for piece in cast(AsyncIterable[bytes], data):

@@ -121,7 +121,7 @@ def upload_length(data: object) -> int | None:
     Known for bytes and for a binary file object on a regular file, from its current position.
     """
     if isinstance(data, bytes | bytearray | memoryview):
-        return len(data)
+        return memoryview(data).nbytes
     fileno, tell = getattr(data, "fileno", None), getattr(data, "tell", None)
     if fileno is None or tell is None or hasattr(data, "encoding"):
         return None  # not a file, or a text file whose byte length differs from its char count

@@ -100,7 +100,7 @@ class Filesystem:
         content: bytes | Iterator[bytes]
         if isinstance(data, str):
             content = data.encode()
-        elif isinstance(data, bytes | bytearray | memoryview):
+        elif isinstance(data, bytes | bytearray | memoryview) and len(data) <= CHUNK:
             content = bytes(data)
         else:
             length = upload_length(data)
@@ -240,6 +240,14 @@ def _upload_chunks(data: Any, length: int | None) -> Iterator[bytes]:
     At most ``length`` bytes are sent when it is known, because a file that grows while it is
     sent must not overrun the Content-Length already announced.
     """
+    if isinstance(data, bytes | bytearray | memoryview):
+        # Sent in pieces, not whole: httpx's sync transport re-slices the unsent rest of one
+        # big bytes body after every socket send, which made a 100 MB write cost ~0.5 s of
+        # CPU copying (3× the rest of the upload).
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), CHUNK):
+            yield bytes(view[start : start + CHUNK])
+        return
     read = getattr(data, "read", None)
     if not callable(read):
         for piece in cast(Iterable[bytes], data):
