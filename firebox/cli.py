@@ -69,7 +69,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except PolicyError as e:
         print(f"firebox serve: {e}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    # No X-Forwarded-* handling: nothing in the daemon uses the client's address or scheme,
+    # and the middleware would cost every call its time.
+    uvicorn.run(
+        create_app(config),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        proxy_headers=False,
+        access_log=False,
+    )
     return 0
 
 

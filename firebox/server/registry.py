@@ -51,6 +51,7 @@ class Registry:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         path.chmod(0o600)
         self._lock = threading.Lock()
+        self._known_keys: dict[str, KeyRecord] = {}
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             # The registry is a record, not the source of truth for live sandboxes: losing the
@@ -71,8 +72,16 @@ class Registry:
         )
 
     def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        rows = self._exec("SELECT id, name, admin FROM keys WHERE hash = ?", (key_hash,))
-        return KeyRecord(rows[0][0], rows[0][1], bool(rows[0][2])) if rows else None
+        # Every request looks its key up: known keys are kept in memory (keys are only ever
+        # added, so a kept record cannot go stale), unknown ones are asked for each time.
+        record = self._known_keys.get(key_hash)
+        if record is None:
+            rows = self._exec("SELECT id, name, admin FROM keys WHERE hash = ?", (key_hash,))
+            if not rows:
+                return None
+            record = KeyRecord(rows[0][0], rows[0][1], bool(rows[0][2]))
+            self._known_keys[key_hash] = record
+        return record
 
     # sandboxes
 
