@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -86,7 +85,7 @@ class JailBackend(Backend):
         self.home = home
         self.uid_base = uid_base
         self._slots = UidSlots(uid_base)  # host uid ranges of running sandboxes
-        self._home_key = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+        self._rw_parent = rwdisk.parent_for(home)
         self._agent_lib: Path | None = None
         self._availability: Availability | None = None
 
@@ -145,15 +144,15 @@ class JailBackend(Backend):
         )
 
     async def reclaim_stale(self) -> int:
-        disks = await asyncio.to_thread(rwdisk.remove_stale, self._rw_parent())
+        disks = await asyncio.to_thread(rwdisk.remove_stale, self._rw_parent)
         return disks + await asyncio.to_thread(cgroups.cleanup_stale)
-
-    def _rw_parent(self) -> Path:
-        # one directory per daemon home, so two daemons never reclaim each other's disks
-        return image_root() / "jail-rw" / self._home_key
 
     async def close(self) -> None:
         await asyncio.to_thread(cgroups.remove_parent)
+        # every disk is gone by now: the daemon's own directory of them goes too (it is made
+        # again by the next daemon of this home)
+        with contextlib.suppress(OSError):
+            self._rw_parent.rmdir()
 
     # -- starting ------------------------------------------------------------------------
 
@@ -175,7 +174,7 @@ class JailBackend(Backend):
         host_id = self._slots.first_id(slot)
         try:
             rw = await asyncio.to_thread(
-                rwdisk.create, self._rw_parent(), spec.sandbox_id, spec.disk_mb, host_id
+                rwdisk.create, self._rw_parent, spec.sandbox_id, spec.disk_mb, host_id
             )
         except OSError as e:
             self._slots.release(slot)

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 from pathlib import Path
+
+from firebox.images.cache import image_root
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.mount.argtypes = [
@@ -75,6 +78,13 @@ def create(parent: Path, sandbox_id: str, disk_mb: int, host_id: int) -> Path:
         remove(mnt)
         raise
     return mnt
+
+
+def parent_for(home: Path) -> Path:
+    """The directory of one daemon's disks: one per daemon home, so that two daemons never
+    reclaim each other's."""
+    key = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+    return image_root() / "jail-rw" / key
 
 
 def remove(mnt: Path) -> None:
