@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import overhead
-from common import cpu_seconds, first_result, pss_mb, sandbox_pids, sandbox_pss_mb, timed
+from common import (
+    cpu_seconds,
+    first_result,
+    pss_mb,
+    sandbox_pids,
+    sandbox_pss_mb,
+    timed,
+    zygote_pids,
+)
 
 from firebox import AsyncSandbox, Sandbox
 from firebox.server.config import ServerConfig
@@ -220,10 +228,19 @@ def memfd_mb(pid: int) -> float:
 def density(daemon: LocalDaemon, backend: str, plan: Plan) -> dict[str, Entry]:
     """Idle sandboxes (each created, then ``run_code("1")`` once, then left alone) are added
     until the PSS summed over all of them (from /proc/<pid>/smaps_rollup of each sandbox's
-    cgroup processes), plus for the microvm the template RAM the daemon holds once, would
-    pass the budget; steps halve as the budget nears, to one sandbox at a time."""
+    cgroup processes), plus what is held once for all (the microvm's template RAM in the
+    daemon, the jail's zygote), would pass the budget; steps halve as the budget nears, to one
+    sandbox at a time."""
     assert daemon.proc is not None
-    shared = memfd_mb(daemon.proc.pid) if backend == "microvm" else 0.0
+
+    def held_once() -> float:
+        # for all sandboxes together: a microVM template's RAM in the daemon; the jail's
+        # zygote (its PSS share, which shrinks as more sandboxes share its pages)
+        if backend == "microvm":
+            return memfd_mb(daemon.proc.pid) if daemon.proc is not None else 0.0
+        return pss_mb(zygote_pids(daemon))
+
+    shared = held_once()
     budget = plan.density_budget_mb
     boxes: list[Sandbox] = []
     history: list[tuple[int, float, float]] = []  # (sandboxes, PSS sum, s)
@@ -251,10 +268,11 @@ def density(daemon: LocalDaemon, backend: str, plan: Plan) -> dict[str, Entry]:
             time.sleep(1.0)  # idle
             total = sum(sandbox_pss_mb(daemon, b.sandbox_id) for b in boxes)
             history.append((len(boxes), round(total, 1), round(time.monotonic() - t0, 1)))
-            if total + shared > budget:
+            now_shared = held_once()
+            if total + now_shared > budget:
                 stop = stop or "the budget"
                 break
-            reached, total_reached = len(boxes), total
+            reached, total_reached, shared = len(boxes), total, now_shared
             per = total / reached
         # every one of them idle a while (as bench_microvm measures them), and what CPU idling
         # costs (a microVM's guest under TCG keeps its timer ticking in emulation)

@@ -329,16 +329,25 @@ def _outcome(ctx: Context, cell: Cell) -> dict[str, Any]:
 # -- lifecycle --------------------------------------------------------------------------------
 
 
-def prestart() -> None:
-    """Start the default python context's interpreter in the background (after hello)."""
+def prestart(preforked: Interpreter | None = None) -> None:
+    """Start the default python context's interpreter in the background (after hello), or
+    adopt the one the agent forked (Interpreter.prefork): either way the first cell finds it
+    ready or waits for it."""
 
     def start() -> None:
         try:
             ctx = _default("python")
             with ctx.lock:
-                ctx.ensure()
+                if preforked is not None and ctx.interp is None:
+                    ctx.interp = preforked
+                    preforked.wait_ready()
+                ctx.ensure()  # a fresh start if the adopted one failed
         except Fail as e:  # the first run_code reports it to the user
             log(f"the default python context did not start: {e.message}")
+
+    if preforked is not None:
+        threading.Thread(target=start, name="prestart", daemon=True).start()
+        return
 
     if os.environ.get("FIREBOX_PRESTART", "1") != "0":
         threading.Thread(target=start, name="prestart", daemon=True).start()

@@ -25,6 +25,8 @@ TYPE_CHECKING = False  # not typing's: importing typing costs the agent's start-
 if TYPE_CHECKING:
     from typing import Any
 
+    from firebox.agent.interpreter import Interpreter
+
     Handler = Callable[[Stream, Any, bytes], Any]
 
 
@@ -171,6 +173,7 @@ def _close_strays(keep: int) -> None:
     os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
 
 
+AGENT_NAME = "firebox-agent"  # its comm, as ps shows it (a fork's would be the zygote's)
 AGENT_NICE = -5
 
 
@@ -187,9 +190,27 @@ def _own_kernel() -> None:
         log(f"could not raise the agent's priority, lock its memory or shield it: {e}")
 
 
-def main() -> None:
+def _prefork() -> Interpreter | None:
+    """In a fork of the zygote (everything imported already, one thread): the open-files
+    limit its environment gives, and the default python interpreter forked now, before any
+    thread starts."""
+    from firebox.agent import process
+    from firebox.agent.interpreter import Interpreter
+
+    process.set_open_files(int(os.environ.get("FIREBOX_OPEN_FILES", "0") or 0))
+    try:
+        return Interpreter.prefork(users.lookup("user"))
+    except (Fail, OSError) as e:
+        log(f"could not fork the default python interpreter, starting one instead: {e}")
+        return None
+
+
+def main(forked: bool = False) -> None:
+    """Serve the daemon; ``forked`` when this process is a fork of the jail's zygote (which has
+    confined it as bwrap would have: zygote.py), not a program bwrap started."""
     fd = _open_channel()
     _close_strays(fd)
+    privs.set_name(AGENT_NAME)
     privs.harden()
     if os.environ.get("FIREBOX_BACKEND") == "microvm":
         _own_kernel()
@@ -202,6 +223,7 @@ def main() -> None:
             os._exit(70)
     os.umask(0o022)
     users.prepare_home()
+    preforked = _prefork() if forked else None
     conn = Conn(fd)
     conn.send(protocol.CONTROL_CHANNEL, _hello())
     handlers = _handlers()
@@ -216,7 +238,7 @@ def main() -> None:
         resume.prepare()
 
     # IPython takes ~0.25 s of CPU to start: do it now, off the first run_code's path.
-    contexts.prestart()
+    contexts.prestart(preforked)
     try:
         serve(conn, handlers)
     except protocol.ProtocolError as e:

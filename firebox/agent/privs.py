@@ -113,6 +113,53 @@ def harden() -> None:
             log(f"could not {what}: {e.strerror or e}")
 
 
+PR_CAPBSET_DROP = 24
+PR_SET_DUMPABLE = 4
+# The capabilities a jail's agent keeps, by number (bwrap.AGENT_CAPS has them by name).
+CAP_NUMBERS = {
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_FOWNER": 3,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+    "CAP_SETPCAP": 8,
+    "CAP_SYS_RESOURCE": 24,
+}
+
+
+def keep_only_caps(names: list[str]) -> None:
+    """Bounding, permitted and effective sets reduced to ``names``; inheritable and ambient
+    emptied: what bwrap's ``--cap-drop ALL --cap-add ...`` gives the program it starts."""
+    keep = {CAP_NUMBERS[n] for n in names}
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if cap not in keep:
+            _prctl(PR_CAPBSET_DROP, cap)
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    mask = sum(1 << c for c in keep)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    data[0].effective = data[0].permitted = mask & 0xFFFFFFFF
+    data[1].effective = data[1].permitted = mask >> 32
+    if libc.capset(ctypes.byref(header), data) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
+
+
+def set_name(name: str) -> None:
+    """This process's name in ``ps`` and /proc/<pid>/comm (a forked one keeps its parent's)."""
+    PR_SET_NAME = 15
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    if libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0) < 0:
+        log(f"could not name this process {name!r}: {os.strerror(ctypes.get_errno())}")
+
+
+def set_dumpable(on: bool) -> None:
+    _prctl(PR_SET_DUMPABLE, int(on))
+
+
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -127,7 +174,10 @@ def load_seccomp(path: str) -> None:
     ``path``, with no-new-privs: in a microVM, where no bwrap loads it for us. Call it before
     any thread starts (a filter applies to the calling thread and what it creates later)."""
     with open(path, "rb") as f:
-        program = f.read()
+        load_seccomp_program(f.read(), path)
+
+
+def load_seccomp_program(program: bytes, path: str = "the program") -> None:
     if not program or len(program) % 8:
         raise OSError(f"{path} is not a seccomp program")
     buf = ctypes.create_string_buffer(program, len(program))

@@ -105,6 +105,10 @@ def base_env(user: users.User, cwd: str) -> dict[str, str]:
 _open_files = int(os.environ.get("FIREBOX_OPEN_FILES", "0") or 0)
 
 
+def open_files() -> int:
+    return _open_files
+
+
 def set_open_files(n: int) -> None:
     global _open_files
     if isinstance(n, int) and n > 0:
@@ -157,6 +161,13 @@ def spawn(argv: list[str], user: users.User, **popen: Any) -> subprocess.Popen[b
                 os.setpriority(os.PRIO_PROCESS, child.pid, 0)
     _spawned.set()
     return child
+
+
+def track(pid: int) -> None:
+    """A child this process forked itself (no Popen): the reaper must leave it to its owner,
+    which ``forget``s it once waited for."""
+    with _spawn_lock:
+        _tracked.add(pid)
 
 
 def forget(pid: int) -> None:

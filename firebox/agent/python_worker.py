@@ -430,6 +430,83 @@ def reseed() -> None:
         numpy_random.seed()
 
 
+def preload() -> None:
+    """Import what ``make_shell`` needs, once, in a zygote (zygote.py) whose forks become
+    workers; an image without IPython leaves its workers to start the ordinary way."""
+    try:
+        import IPython.core.displayhook  # noqa: F401
+        import IPython.core.displaypub  # noqa: F401
+        import IPython.core.interactiveshell  # noqa: F401
+        import traitlets.config  # noqa: F401
+    except ImportError:
+        pass
+
+
+def preloaded() -> bool:
+    return "IPython.core.interactiveshell" in sys.modules
+
+
+def become(
+    uid: int,
+    gid: int,
+    drop_groups: bool,
+    cwd: str,
+    env: dict[str, str],
+    fds: list[int],
+    open_files: int,
+    argv: list[str],
+) -> None:
+    """Turn a fork of the agent (one with IPython imported, see ``preload``) into a worker,
+    as ``python3 -c PYTHON_BOOT *argv`` started as this user would be: ``fds`` are its stdout,
+    stderr and then the descriptors ``argv`` names, kept at their numbers. Never returns."""
+    import resource
+    import site
+
+    from firebox.agent import privs
+
+    out, err, *keep = fds
+    # A fork of the zygote's fork is not dumpable (its credentials changed), which makes its
+    # /proc files the host root's: dumpable as an exec'd program is, so that it (and the user,
+    # as with any of their processes) may read and write them.
+    privs.set_dumpable(True)
+    privs.set_name("python3")  # not the agent's name it was forked with
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    # nothing of the agent's (its channel above all) stays open here
+    low = 3
+    for fd in sorted(keep) + [os.sysconf("SC_OPEN_MAX")]:
+        os.closerange(low, fd)
+        low = fd + 1
+    if open_files:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("500")  # the interpreter goes before the agent when memory runs out
+    if drop_groups:
+        os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # no capability survives the switch
+    privs.set_dumpable(True)  # the switch cleared it again
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    # what python3 -c would have put on the path: the working directory, PYTHONPATH, and the
+    # user's site-packages (pip install --user)
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:0] = ["", *extra]
+    site.USER_BASE = site.USER_SITE = None
+    site.ENABLE_USER_SITE = True
+    user_site = site.getusersitepackages()
+    if os.path.isdir(user_site):
+        site.addsitedir(user_site)
+    reseed()  # not the zygote's (and so every other jail's) random state
+    main(argv)
+
+
 def main(argv: list[str]) -> None:
     lib, cmd_fd, msg_fd = argv[0], int(argv[1]), int(argv[2])
     warm = argv[3].split(",") if len(argv) > 3 and argv[3] else []

@@ -236,3 +236,25 @@ def test_a_worker_that_stops_reading_cannot_hold_a_cell_past_its_timeout(sbx: Sa
     assert time.monotonic() - start < 8
     assert ex.error is not None
     assert sbx.run_code("1 + 1", context=ctx).text == "2"  # restarted, usable again
+
+
+FRESH_STATE = (
+    "import os, random, sys\n"
+    "(random.getrandbits(64), sys.getrecursionlimit() >= 1000, '' in sys.path, os.getcwd(),"
+    " os.environ['HOME'], os.getuid(), sys.argv)"
+)
+
+
+def test_each_sandbox_starts_a_python_of_its_own(daemon: Daemon) -> None:
+    # A jail's first interpreter is a fork of the template's zygote: it must still look like
+    # a python started for this user in this sandbox, with its own random state.
+    seen = []
+    for _ in range(2):
+        with Sandbox.create() as s:
+            ex = s.run_code(FRESH_STATE)
+            assert ex.error is None, ex.error
+            seen.append(ex.text)
+    states = [eval(text) for text in seen]  # noqa: S307  (our own cell's repr of a tuple)
+    assert states[0][0] != states[1][0], "two sandboxes share a random state"
+    for state in states:
+        assert state[1:] == (True, True, "/home/user", "/home/user", 1000, [""]), state

@@ -16,10 +16,11 @@ from tests.conftest import Daemon
 # The uid base the session's daemon was started with (it reads the same variable).
 UID_BASE = int(os.environ.get("FIREBOX_UID_BASE", 1_000_000_000))
 
-# Shell: the pid of the sandbox's agent, found by its command line (as root it is readable).
+# Shell: the pid of the sandbox's agent, found by its name (agent/main.py's AGENT_NAME: a
+# jail's agent is forked from the zygote and has the zygote's command line).
 AGENT_PIDS = (
-    "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q "
-    "'^/usr/bin/python3 .*firebox.agent.main' && echo ${p##*/}; done; true"
+    'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = firebox-agent ] '
+    "&& echo ${p##*/}; done; true"
 )
 
 
@@ -79,8 +80,7 @@ def cmdline(pid: int) -> bytes:
 
 
 def is_agent(pid: int) -> bool:
-    cmd = cmdline(pid)
-    return cmd.startswith(b"/usr/bin/python3") and b"firebox.agent.main" in cmd
+    return Path(f"/proc/{pid}/comm").read_text().strip() == "firebox-agent"
 
 
 def qemu_pid(daemon: Daemon, sandbox_id: str) -> int:

@@ -32,10 +32,10 @@ def agent():
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
-                cmd = open(f"/proc/{p}/cmdline", "rb").read()
+                name = open(f"/proc/{p}/comm").read().strip()
             except OSError:
                 continue
-            if cmd.startswith(b"/usr/bin/python3") and b"firebox.agent.main" in cmd:
+            if name == "firebox-agent":
                 return int(p)
     raise SystemExit("no agent found")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -48,10 +49,12 @@ from firebox.backends.confine import (
 )
 from firebox.backends.jail import cgroups, rwdisk, seccomp
 from firebox.backends.jail.bwrap import JailFds, bwrap_argv, identity_fds
+from firebox.backends.jail.zygote import AgentFork, Zygote, holder_command
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
 
 START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
+log = logging.getLogger("firebox.jail")
 
 
 class JailSandbox(ConfinedSandbox):
@@ -64,9 +67,9 @@ class JailSandbox(ConfinedSandbox):
         writer: asyncio.StreamWriter,
         release: Callable[[], None],
         rw: Path,
+        output: asyncio.StreamReader,
     ) -> None:
-        assert proc.stderr is not None  # bwrap's and the agent's
-        super().__init__(proc, cgroup, reader, writer, proc.stderr, release)
+        super().__init__(proc, cgroup, reader, writer, output, release)
         self._sock = sock
         self._rw = rw
 
@@ -88,6 +91,10 @@ class JailBackend(Backend):
         self._rw_parent = rwdisk.parent_for(home)
         self._agent_lib: Path | None = None
         self._availability: Availability | None = None
+        # a zygote per image (zygote.py); FIREBOX_JAIL_ZYGOTE=0 starts every agent with bwrap
+        self._zygotes: dict[Path, Zygote] = {}
+        self._zygote_lock = asyncio.Lock()
+        self._use_zygote = os.environ.get("FIREBOX_JAIL_ZYGOTE", "1") != "0"
 
     # -- probing -------------------------------------------------------------------------
 
@@ -148,6 +155,9 @@ class JailBackend(Backend):
         return disks + await asyncio.to_thread(cgroups.cleanup_stale)
 
     async def close(self) -> None:
+        for zygote in self._zygotes.values():
+            await zygote.close()
+        self._zygotes.clear()
         await asyncio.to_thread(cgroups.remove_parent)
         # every disk is gone by now: the daemon's own directory of them goes too (it is made
         # again by the next daemon of this home)
@@ -185,12 +195,34 @@ class JailBackend(Backend):
             self._slots.release(slot)
             await asyncio.to_thread(rwdisk.remove, rw)
             raise
+        # With the template's zygote, the agent is forked now, so that its move into the
+        # cgroups overlaps the gate's; a zygote that fails here leaves bwrap to start it.
+        zygote = self._zygotes.get(spec.rootfs)
+        fork: AgentFork | None = None
+        if zygote is not None and zygote.ready:
+            try:
+                fork = await zygote.fork_agent(cgroup)
+            except (BackendError, OSError) as e:
+                log.warning("jail: the zygote failed (%s); starting the agent without it", e)
+            except BaseException:  # cancelled: nothing of this jail stays
+                await asyncio.to_thread(cgroup.destroy)
+                await asyncio.to_thread(rwdisk.remove, rw)
+                self._slots.release(slot)
+                raise
+        if fork is None:
+            zygote = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
+        # with a zygote: the placeholder's "set up" signal, and one stderr for bwrap and agent
+        ready_r, ready_w = os.pipe() if zygote else (-1, -1)
+        # (a socket pair, not a pipe: asyncio reads it as it reads the agent's channel)
+        err_sock, err_theirs = socket.socketpair() if zygote else (None, None)
+        err_w = err_theirs.detach() if err_theirs is not None else -1
         seccomp_fd = seccomp.write_filter_fd()
         machine_id_fd, boot_id_fd = identity_fds()
-        child_fds = (theirs.fileno(), seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd)
+        child_fds = [seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd]
+        child_fds.append(ready_w if zygote else theirs.fileno())
         proc: asyncio.subprocess.Process | None = None
         try:
             argv = bwrap_argv(
@@ -205,18 +237,35 @@ class JailBackend(Backend):
                     boot_id=boot_id_fd,
                 ),
                 rw,
+                holder=holder_command(ready_w) if zygote else None,
             )
             # bwrap's own processes (its pid 1 inside the jail among them) keep the
             # environment they were started with: spawn_gated gives them nothing of the daemon's.
-            proc = await spawn_gated(argv, cgroup, host_id, pass_fds=child_fds)
-            for fd in (seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd):
-                os.close(fd)
-            theirs.close()
-            seccomp_fd = info_w = block_r = machine_id_fd = boot_id_fd = -1
+            proc = await spawn_gated(
+                argv,
+                cgroup,
+                host_id,
+                pass_fds=child_fds,
+                stderr=err_w if zygote else subprocess.PIPE,
+            )
+            for fd in (seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd, ready_w):
+                if fd >= 0:
+                    os.close(fd)
+            seccomp_fd = info_w = block_r = machine_id_fd = boot_id_fd = ready_w = -1
             child_pid = await self._read_child_pid(info_r, proc)
             self._map_ids(child_pid, host_id)
             os.write(block_w, b"1")
+            if fork is not None:
+                await fork.hand_over(spec, child_pid, ready_r, theirs, err_w, START_DEADLINE)
+            theirs.close()
             reader, writer = await asyncio.open_connection(sock=ours, limit=STREAM_LIMIT)
+            if err_sock is not None:
+                err_sock.shutdown(socket.SHUT_WR)
+                output, _ = await asyncio.open_connection(sock=err_sock, limit=STREAM_LIMIT)
+                err_sock = None
+            else:
+                assert proc.stderr is not None  # bwrap's and the agent's
+                output = proc.stderr
         except BaseException as e:
             if proc is not None and proc.returncode is None:
                 proc.kill()
@@ -234,11 +283,53 @@ class JailBackend(Backend):
                 if fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+            for fd in (ready_r, ready_w, err_w):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            if err_sock is not None:
+                err_sock.close()
+            if fork is not None:
+                fork.close()
             with contextlib.suppress(OSError):
                 theirs.close()
         return JailSandbox(
-            proc, cgroup, ours, reader, writer, release=lambda: self._slots.release(slot), rw=rw
+            proc,
+            cgroup,
+            ours,
+            reader,
+            writer,
+            release=lambda: self._slots.release(slot),
+            rw=rw,
+            output=output,
         )
+
+    async def prepare(self, spec: SandboxSpec) -> None:
+        """Start the template's zygote (a few hundred ms: python and IPython imported), or
+        start it again if it died since; until then, or if it cannot start, each agent is
+        started by bwrap."""
+        async with self._zygote_lock:
+            existing = self._zygotes.get(spec.rootfs)
+            if not self._use_zygote or (
+                existing is not None and (existing.ready or not existing.was_ready)
+            ):
+                return
+            if existing is not None:
+                log.warning(
+                    "jail: the zygote for %s died (%s); starting another",
+                    spec.template,
+                    existing.failed or "it exited",
+                )
+                await existing.close()
+            zygote = Zygote(spec.rootfs, self._lib())
+            await zygote.start()
+            if zygote.failed:
+                log.warning(
+                    "jail: no zygote for %s, starting agents one by one: %s",
+                    spec.template,
+                    zygote.failed,
+                )
+            self._zygotes[spec.rootfs] = zygote
 
     async def _read_child_pid(self, fd: int, proc: asyncio.subprocess.Process) -> int:
         """bwrap writes a JSON object with ``child-pid`` to the info fd once it has forked."""

@@ -48,7 +48,21 @@ class JailFds:
     boot_id: int
 
 
-def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds, rw: Path) -> list[str]:
+def agent_env(spec: SandboxSpec) -> dict[str, str]:
+    """The agent's whole environment (apart from where its channel is)."""
+    return {
+        "PATH": GUEST_PATH,
+        "LANG": "C.UTF-8",
+        "FIREBOX_BACKEND": "jail",
+        "FIREBOX_OPEN_FILES": str(spec.open_files),
+    }
+
+
+def bwrap_argv(
+    spec: SandboxSpec, agent_lib: Path, fds: JailFds, rw: Path, holder: list[str] | None = None
+) -> list[str]:
+    """bubblewrap running the agent, or (``holder``) a placeholder holding the namespaces for
+    an agent the zygote forks in, with the agent's confinement applied by the zygote."""
     argv = ["bwrap"]
     # 1. Every namespace: the jail sees no host process, mount, network, IPC, hostname or
     #    cgroup, and its user namespace maps its ids onto unprivileged host ids (written by the
@@ -98,30 +112,16 @@ def bwrap_argv(spec: SandboxSpec, agent_lib: Path, fds: JailFds, rw: Path) -> li
     # 3. Process hardening: a new session (no TIOCSTI into a terminal), death with the daemon,
     #    only the agent's capabilities, and the seccomp deny list (seccomp_policy.json).
     argv += ["--new-session", "--die-with-parent", "--cap-drop", "ALL"]
-    for cap in AGENT_CAPS:
+    for cap in AGENT_CAPS if holder is None else ():
         argv += ["--cap-add", cap]
     argv += ["--seccomp", str(fds.seccomp)]
     # 4. A clean environment: nothing of the daemon's leaks in.
-    argv += [
-        "--clearenv",
-        "--setenv",
-        "PATH",
-        GUEST_PATH,
-        "--setenv",
-        "LANG",
-        "C.UTF-8",
-        "--setenv",
-        "FIREBOX_AGENT_FD",
-        str(fds.agent),
-        "--setenv",
-        "FIREBOX_BACKEND",
-        "jail",
-        "--setenv",
-        "FIREBOX_OPEN_FILES",
-        str(spec.open_files),
-        "--",
-        *AGENT_COMMAND,
-    ]
+    argv += ["--clearenv"]
+    if holder is not None:
+        return [*argv, "--setenv", "PATH", GUEST_PATH, "--", *holder]
+    for name, value in {**agent_env(spec), "FIREBOX_AGENT_FD": str(fds.agent)}.items():
+        argv += ["--setenv", name, value]
+    argv += ["--", *AGENT_COMMAND]
     return argv
 
 
