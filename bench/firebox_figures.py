@@ -357,6 +357,8 @@ def measure_daemon(backend: str, pool: bool, plan: Plan, rec: Recorder) -> None:
                 lambda: first_results(backend, pool, runs),
             )
             with Sandbox.create(timeout=1800) as live:
+                # a steady state: a pool refilling after this create would share the cores
+                time.sleep(PACE[(backend, pool)] * 2)
                 rec.attempt(
                     "command_round_trip,python_round_trip", who, lambda: round_trips(live, runs * 3)
                 )
