@@ -49,7 +49,7 @@ from firebox.backends.confine import (
 )
 from firebox.backends.jail import cgroups, rwdisk, seccomp
 from firebox.backends.jail.bwrap import JailFds, bwrap_argv, identity_fds
-from firebox.backends.jail.zygote import AgentFork, Zygote, holder_command
+from firebox.backends.jail.zygote import HOLDER, AgentFork, Zygote
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
 
@@ -222,7 +222,8 @@ class JailBackend(Backend):
         seccomp_fd = seccomp.write_filter_fd()
         machine_id_fd, boot_id_fd = identity_fds()
         child_fds = [seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd]
-        child_fds.append(ready_w if zygote else theirs.fileno())
+        if not zygote:
+            child_fds.append(theirs.fileno())
         proc: asyncio.subprocess.Process | None = None
         try:
             argv = bwrap_argv(
@@ -237,7 +238,7 @@ class JailBackend(Backend):
                     boot_id=boot_id_fd,
                 ),
                 rw,
-                holder=holder_command(ready_w) if zygote else None,
+                holder=HOLDER if zygote else None,
             )
             # bwrap's own processes (its pid 1 inside the jail among them) keep the
             # environment they were started with: spawn_gated gives them nothing of the daemon's.
@@ -246,6 +247,7 @@ class JailBackend(Backend):
                 cgroup,
                 host_id,
                 pass_fds=child_fds,
+                stdout=ready_w if zygote else subprocess.DEVNULL,  # the placeholder's word
                 stderr=err_w if zygote else subprocess.PIPE,
             )
             for fd in (seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd, ready_w):

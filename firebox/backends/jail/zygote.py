@@ -39,13 +39,11 @@ READY_DEADLINE = 60.0  # seconds to import the agent and IPython (under load, em
 REQUEST_DEADLINE = 10.0  # seconds for the zygote to fork for one request
 
 
-def holder_command(ready_fd: int) -> list[str]:
-    """What bubblewrap runs in a jail whose agent comes from the zygote: a placeholder that
-    holds the namespaces and says, once, that bubblewrap has set them up (it only execs its
-    command when every mount, the seccomp filter and the capability drop are in place)."""
-    # bash, not sh: dash cannot name a descriptor above 9, and reopening it through /proc is
-    # refused (the pipe belongs to the host's root)
-    return ["/bin/bash", "-c", f"echo >&{ready_fd}; exec /bin/sleep infinity"]
+# What bubblewrap runs in a jail whose agent comes from the zygote: a placeholder that holds
+# the namespaces and says once, on its stdout (a pipe to the daemon), that bubblewrap has set
+# them up: bubblewrap only execs its command once every mount, the seccomp filter and the
+# capability drop are in place. dash, not bash: a third of the start-up.
+HOLDER = ["/bin/sh", "-c", "echo; exec /bin/sleep infinity"]
 
 
 class Zygote:
