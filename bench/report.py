@@ -331,9 +331,10 @@ def density_section(results: dict[str, Any]) -> list[str]:
         "",
         'Idle sandboxes (each created on a pool-off daemon, then `run_code("1")` once) are '
         "added, in steps that halve as the budget nears, while the PSS summed over every "
-        "process of every sandbox's cgroup (`/proc/<pid>/smaps_rollup`), plus for the microvm "
-        "the template RAM its daemon holds once (a memfd), stays within the budget. The "
-        "daemon's --max-sandboxes and --min-free-memory-mb are set out of the way.",
+        "process of every sandbox's cgroup (`/proc/<pid>/smaps_rollup`), plus what is held "
+        "once for all of them (the microvm's template RAM in its daemon, a memfd; the jail's "
+        "zygote, by its PSS), stays within the budget. The daemon's --max-sandboxes and "
+        "--min-free-memory-mb are set out of the way.",
         "",
         "| | budget | reached | PSS sum there | held once | stopped by | per 16 GiB | "
         "idle CPU per sandbox | daemon's own PSS |",
