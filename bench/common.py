@@ -120,40 +120,6 @@ def sandbox_pss_mb(daemon: LocalDaemon, sandbox_id: str) -> float:
     return pss_mb(sandbox_pids(daemon, sandbox_id))
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (from each process's parent in /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = [], {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier}
-        found += frontier
-    return found
-
-
-def zygote_pids(daemon: LocalDaemon) -> list[int]:
-    """The jail's zygotes (bubblewrap and the python it forks agents from): the daemon's
-    descendants whose command line names firebox.agent.zygote and that are in no sandbox's
-    cgroup (the agents forked from a zygote keep its command line, and are its children)."""
-    assert daemon.proc is not None
-    found = []
-    for pid in descendants(daemon.proc.pid):
-        try:
-            named = b"firebox.agent.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            in_sandbox = daemon.cgroup_parent in Path(f"/proc/{pid}/cgroup").read_text()
-        except OSError:
-            continue
-        if named and not in_sandbox:
-            found.append(pid)
-    return found
-
-
 __all__ = [
     "BENCH",
     "RESULTS",
@@ -166,5 +132,4 @@ __all__ = [
     "sandbox_pids",
     "sandbox_pss_mb",
     "timed",
-    "zygote_pids",
 ]

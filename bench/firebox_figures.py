@@ -39,7 +39,6 @@ from common import (
     sandbox_pids,
     sandbox_pss_mb,
     timed,
-    zygote_pids,
 )
 
 from firebox import AsyncSandbox, Sandbox
@@ -238,7 +237,7 @@ def density(daemon: LocalDaemon, backend: str, plan: Plan) -> dict[str, Entry]:
         # zygote (its PSS share, which shrinks as more sandboxes share its pages)
         if backend == "microvm":
             return memfd_mb(daemon.proc.pid) if daemon.proc is not None else 0.0
-        return pss_mb(zygote_pids(daemon))
+        return pss_mb(daemon.zygote_pids())
 
     shared = held_once()
     budget = plan.density_budget_mb

@@ -26,6 +26,27 @@ import httpx
 START_DEADLINE = 120.0  # seconds; the first start may build the guest image
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, from each process's parent in /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (parent := parent_of(int(entry.name))) is not None:
+            parents[int(entry.name)] = parent
+    found: list[int] = []
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier}
+        found += frontier
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,6 +109,23 @@ class LocalDaemon:
             time.sleep(0.05)
         self.key = (self.home / "admin.key").read_text().strip()
         return self
+
+    def zygote_pids(self) -> list[int]:
+        """Host pids of this daemon's jail zygotes (each is bubblewrap and the python under
+        it): its descendants whose command line names firebox.agent.zygote and that are in no
+        sandbox's cgroup (the agents forked from a zygote keep its command line)."""
+        if self.proc is None:
+            return []
+        found = []
+        for pid in descendants(self.proc.pid):
+            try:
+                named = b"firebox.agent.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                in_sandbox = self.cgroup_parent in Path(f"/proc/{pid}/cgroup").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if named and not in_sandbox:
+                found.append(pid)
+        return found
 
     def stop(self) -> None:
         """SIGTERM by PID (the daemon then ends its sandboxes), SIGKILL if it lingers."""

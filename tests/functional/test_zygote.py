@@ -10,39 +10,15 @@ from pathlib import Path
 import pytest
 
 from firebox import Sandbox
-from firebox.testing import LocalDaemon
+from firebox.testing import LocalDaemon, parent_of
 
 pytestmark = pytest.mark.backends("jail")
 
 
-def _zygotes(daemon: LocalDaemon) -> list[int]:
-    """This daemon's zygote processes (python, under bubblewrap): its descendants named so on
-    their command line and in no sandbox's cgroup (the agents forked from a zygote keep its
-    command line)."""
-    assert daemon.proc is not None
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    mine, frontier = set(), {daemon.proc.pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier}
-        mine |= frontier
-    found = []
-    for pid in mine:
-        try:
-            named = b"firebox.agent.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            in_sandbox = daemon.cgroup_parent in Path(f"/proc/{pid}/cgroup").read_text()
-        except OSError:
-            continue
-        # the python one: its parent is bubblewrap, named so too
-        if named and not in_sandbox and parents.get(pid) != daemon.proc.pid:
-            found.append(pid)
-    return found
+def _zygote(daemon: LocalDaemon) -> list[int]:
+    """The python of the daemon's zygote (its parent, bubblewrap, is one of them too)."""
+    pids = daemon.zygote_pids()
+    return [pid for pid in pids if parent_of(pid) in pids]
 
 
 def _agent_command_lines(sbx: Sandbox) -> str:
@@ -63,14 +39,14 @@ def test_the_zygote_can_be_turned_off(
         assert s.commands.run("grep -c NoNewPrivs /proc/self/status").stdout == "1\n"
         out = _agent_command_lines(s)
         assert "firebox.agent.main" in out and "firebox.agent.zygote" not in out, out
-        assert not _zygotes(d)
+        assert not _zygote(d)
 
 
 def test_a_dead_zygote_is_replaced_and_creates_go_on(backend_name: str, tmp_path: Path) -> None:
     with LocalDaemon(home=tmp_path, pool_size=0, isolation="jail") as d:
         with Sandbox.create(api_key=d.key, api_url=d.url) as s:
             assert "firebox.agent.zygote" in _agent_command_lines(s)
-        [zygote] = _zygotes(d)
+        [zygote] = _zygote(d)
         os.kill(zygote, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while Path(f"/proc/{zygote}").exists() and time.monotonic() < deadline:
@@ -80,5 +56,5 @@ def test_a_dead_zygote_is_replaced_and_creates_go_on(backend_name: str, tmp_path
         for _ in range(2):
             with Sandbox.create(api_key=d.key, api_url=d.url) as s:
                 assert s.run_code("1 + 1").text == "2"
-        [again] = _zygotes(d)
+        [again] = _zygote(d)
         assert again != zygote
