@@ -57,6 +57,33 @@ START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
 log = logging.getLogger("firebox.jail")
 
 
+async def _read_until(fd: int, marker: bytes, deadline: float) -> bytes:
+    """What a pipe holds once ``marker`` has come, or once it ended, read by the event loop
+    (no thread is left reading a descriptor that is closed when the wait is given up);
+    TimeoutError after ``deadline`` seconds."""
+    loop = asyncio.get_running_loop()
+    buf = b""
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        nonlocal buf
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        buf += chunk
+        if (not chunk or marker in buf) and not done.done():
+            done.set_result(None)
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    try:
+        await asyncio.wait_for(done, deadline)
+    finally:
+        loop.remove_reader(fd)
+    return buf
+
+
 class JailSandbox(ConfinedSandbox):
     def __init__(
         self,
@@ -258,7 +285,8 @@ class JailBackend(Backend):
             self._map_ids(child_pid, host_id)
             os.write(block_w, b"1")
             if fork is not None:
-                await fork.hand_over(spec, child_pid, ready_r, theirs, err_w, START_DEADLINE)
+                await self._wait_set_up(ready_r)
+                fork.hand_over(spec, child_pid, theirs, err_w)
             theirs.close()
             reader, writer = await asyncio.open_connection(sock=ours, limit=STREAM_LIMIT)
             if err_sock is not None:
@@ -281,11 +309,10 @@ class JailBackend(Backend):
                 raise BackendError(f"could not start the jail: {e}") from e
             raise
         finally:
-            for fd in (seccomp_fd, info_w, block_r, info_r, block_w, machine_id_fd, boot_id_fd):
-                if fd >= 0:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            for fd in (ready_r, ready_w, err_w):
+            for fd in (
+                *(seccomp_fd, info_w, block_r, info_r, block_w, machine_id_fd, boot_id_fd),
+                *(ready_r, ready_w, err_w),
+            ):
                 if fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
@@ -305,6 +332,17 @@ class JailBackend(Backend):
             rw=rw,
             output=output,
         )
+
+    async def _wait_set_up(self, ready_r: int) -> None:
+        """Until the placeholder says bwrap has set the jail up (zygote.HOLDER)."""
+        try:
+            said = await _read_until(ready_r, b"\n", START_DEADLINE)
+        except TimeoutError:
+            raise BackendError(
+                f"bwrap did not set the jail up within {START_DEADLINE:.0f} s"
+            ) from None
+        if not said:
+            raise BackendError("bwrap stopped before it set the jail up")
 
     async def prepare(self, spec: SandboxSpec) -> None:
         """Start the template's zygote (a few hundred ms: python and IPython imported), or
@@ -335,30 +373,12 @@ class JailBackend(Backend):
 
     async def _read_child_pid(self, fd: int, proc: asyncio.subprocess.Process) -> int:
         """bwrap writes a JSON object with ``child-pid`` to the info fd once it has forked."""
-        loop = asyncio.get_running_loop()
-        buf = b""
-        done: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            nonlocal buf
-            try:
-                chunk = os.read(fd, 4096)
-            except BlockingIOError:
-                return
-            buf += chunk
-            if (not chunk or b"}" in buf) and not done.done():
-                done.set_result(None)
-
-        os.set_blocking(fd, False)
-        loop.add_reader(fd, readable)
         try:
-            await asyncio.wait_for(done, START_DEADLINE)
+            buf = await _read_until(fd, b"}", START_DEADLINE)
         except TimeoutError:
             raise BackendError(
                 f"bwrap did not report its child within {START_DEADLINE:.0f} s"
             ) from None
-        finally:
-            loop.remove_reader(fd)
         if b"}" not in buf:
             err = b""
             if proc.stderr is not None:

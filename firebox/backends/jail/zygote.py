@@ -187,24 +187,12 @@ class AgentFork:
         self.pid = pid  # the host pid of the zygote's fork (the agent is its child)
         self._link = link
 
-    async def hand_over(
-        self,
-        spec: SandboxSpec,
-        child_pid: int,
-        ready_r: int,
-        agent: socket.socket,
-        stderr: int,
-        deadline: float,
+    def hand_over(
+        self, spec: SandboxSpec, child_pid: int, agent: socket.socket, stderr: int
     ) -> None:
-        """Once bubblewrap has set the jail up (its placeholder says so on ``ready_r``), send
-        the fork the jail's descriptors: it joins the jail of bubblewrap's ``child_pid`` and
-        becomes the agent on ``agent`` (agent/zygote.py)."""
-        try:
-            said = await _read_byte(ready_r, deadline)
-        except TimeoutError:
-            raise BackendError(f"bwrap did not set the jail up within {deadline:.0f} s") from None
-        if not said:
-            raise BackendError("bwrap stopped before it set the jail up")
+        """Once bubblewrap has set the jail up, send the fork the jail's descriptors: it joins
+        the jail of bubblewrap's ``child_pid`` and becomes the agent on ``agent``
+        (agent/zygote.py)."""
         fds = namespace_fds(child_pid)
         try:
             fds["seccomp"] = seccomp.write_filter_fd()
@@ -223,29 +211,6 @@ class AgentFork:
     def close(self) -> None:
         """Done with it: if it never got the jail, it sees the link close and exits."""
         self._link.close()
-
-
-async def _read_byte(fd: int, deadline: float) -> bytes:
-    """One byte from a pipe, read by the event loop (no thread is left reading a descriptor
-    that is closed when the wait is given up)."""
-    loop = asyncio.get_running_loop()
-    got: asyncio.Future[bytes] = loop.create_future()
-
-    def readable() -> None:
-        if not got.done():
-            try:
-                got.set_result(os.read(fd, 1))
-            except BlockingIOError:
-                pass
-            except OSError as e:
-                got.set_exception(e)
-
-    os.set_blocking(fd, False)
-    loop.add_reader(fd, readable)
-    try:
-        return await asyncio.wait_for(got, deadline)
-    finally:
-        loop.remove_reader(fd)
 
 
 def namespace_fds(pid: int) -> dict[str, int]:
