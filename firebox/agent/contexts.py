@@ -345,11 +345,7 @@ def prestart(preforked: Interpreter | None = None) -> None:
         except Fail as e:  # the first run_code reports it to the user
             log(f"the default python context did not start: {e.message}")
 
-    if preforked is not None:
-        threading.Thread(target=start, name="prestart", daemon=True).start()
-        return
-
-    if os.environ.get("FIREBOX_PRESTART", "1") != "0":
+    if preforked is not None or os.environ.get("FIREBOX_PRESTART", "1") != "0":
         threading.Thread(target=start, name="prestart", daemon=True).start()
 
 

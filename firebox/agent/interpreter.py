@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 START_TIMEOUT = 60.0  # seconds for a worker to say ready (IPython under emulation is slow)
-OOM_SCORE_ADJ = "500"  # of 1000: interpreters go first when the sandbox is out of memory
 FLUSH_READS = 16  # pipe reads (of up to CHUNK) taken at the end of a cell
 
 # Each interpreter is found by path, overridable for development outside an image (a venv's
@@ -54,6 +53,7 @@ PYTHON_BOOT = (
 # Modules a python context imports before it reports ready (comma-separated; the microvm's
 # template sets numpy, pandas and matplotlib, so its snapshot holds them imported).
 WARM_IMPORTS = os.environ.get("FIREBOX_WARM_IMPORTS", "")
+PYTHON_ENV = {"MPLBACKEND": "Agg"}  # no display in a sandbox; inherited by its children
 TITLES = {"python": "the python interpreter", "javascript": "node", "bash": "bash"}
 MISSING = {
     "python": "python contexts need {path} with IPython in the sandbox image",
@@ -106,8 +106,8 @@ class Interpreter:
         env = process.base_env(user, cwd)
         stdin: int = subprocess.DEVNULL
         if language == "python":
-            argv = [PYTHON, "-c", PYTHON_BOOT, LIB, str(cmd_r), str(msg_w), WARM_IMPORTS]
-            env["MPLBACKEND"] = "Agg"  # no display in a sandbox; inherited by its children
+            argv = [PYTHON, "-c", PYTHON_BOOT, *_python_args(cmd_r, msg_w)]
+            env.update(PYTHON_ENV)
             keep: tuple[int, ...] = (cmd_r, msg_w)
             path = PYTHON
         elif language == "javascript":
@@ -144,11 +144,6 @@ class Interpreter:
             raise Fail("unavailable", f"cannot start {path}: {e.strerror or e}") from None
         for fd in {cmd_r, msg_w, *keep}:  # the child's ends (msg_w's number is the child's too)
             os.close(fd)
-        # When the sandbox runs out of memory the kernel kills the biggest process: make that
-        # the interpreter (and what it starts) rather than the agent, which must live on to
-        # report it and start a fresh one.
-        with contextlib.suppress(OSError), open(f"/proc/{popen.pid}/oom_score_adj", "w") as f:
-            f.write(OOM_SCORE_ADJ)
         interp = cls(language, popen, cmd_w, msg_r, msg_w)
         threading.Thread(target=interp._pump, name=f"code-{popen.pid}", daemon=True).start()
         if language == "bash":
@@ -161,7 +156,7 @@ class Interpreter:
         """The default python context's worker forked from this process, if it has IPython
         imported (an agent forked from the jail's zygote, zygote.py): a few ms, where
         starting python and importing IPython takes ~0.3 s. Call it before any thread starts.
-        Its readiness is waited for by the first ``ensure`` (contexts.adopt)."""
+        Its readiness is waited for as a started one's is (contexts.prestart)."""
         from firebox.agent import python_worker
 
         if not python_worker.preloaded():
@@ -171,8 +166,7 @@ class Interpreter:
         msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        env = process.base_env(user, cwd)
-        env["MPLBACKEND"] = "Agg"
+        env = {**process.base_env(user, cwd), **PYTHON_ENV}
         ids = process.user_ids(user)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child becomes the worker or exits
@@ -185,7 +179,7 @@ class Interpreter:
                     env,
                     [out_w, err_w, cmd_r, msg_w],
                     process.open_files(),
-                    [LIB, str(cmd_r), str(msg_w), WARM_IMPORTS],
+                    _python_args(cmd_r, msg_w),
                 )
             finally:
                 os._exit(70)
@@ -454,6 +448,12 @@ class Interpreter:
         self.ready.set()  # wakes a spawn still waiting for it
         if cell is not None:
             cell.die(reason, by_agent=self.kill_reason is not None)
+
+
+def _python_args(cmd_r: int, msg_w: int) -> list[str]:
+    """python_worker.main's arguments: where it is imported from, its two pipes, what to
+    import before it says ready."""
+    return [LIB, str(cmd_r), str(msg_w), WARM_IMPORTS]
 
 
 class Forked:

@@ -197,7 +197,7 @@ def _prefork() -> Interpreter | None:
     from firebox.agent import process
     from firebox.agent.interpreter import Interpreter
 
-    process.set_open_files(int(os.environ.get("FIREBOX_OPEN_FILES", "0") or 0))
+    process.set_open_files(process.open_files_from_env())  # read before the zygote's fork
     try:
         return Interpreter.prefork(users.lookup("user"))
     except (Fail, OSError) as e:

@@ -115,6 +115,7 @@ def harden() -> None:
 
 PR_CAPBSET_DROP = 24
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 # The capabilities a jail's agent keeps, by number (bwrap.AGENT_CAPS has them by name).
 CAP_NUMBERS = {
     "CAP_CHOWN": 0,
@@ -150,7 +151,6 @@ def keep_only_caps(names: list[str]) -> None:
 
 def set_name(name: str) -> None:
     """This process's name in ``ps`` and /proc/<pid>/comm (a forked one keeps its parent's)."""
-    PR_SET_NAME = 15
     buf = ctypes.create_string_buffer(name.encode()[:15])
     if libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0) < 0:
         log(f"could not name this process {name!r}: {os.strerror(ctypes.get_errno())}")

@@ -102,7 +102,11 @@ def base_env(user: users.User, cwd: str) -> dict[str, str]:
 # The sandbox's open-files limit (RLIMIT_NOFILE, soft and hard) for everything the agent
 # starts; the agent keeps its own, larger one, so a sandbox's processes cannot starve it.
 # From the backend's environment (the jail) or Resume (a restored microVM); 0 leaves it.
-_open_files = int(os.environ.get("FIREBOX_OPEN_FILES", "0") or 0)
+def open_files_from_env() -> int:
+    return int(os.environ.get("FIREBOX_OPEN_FILES", "0") or 0)
+
+
+_open_files = open_files_from_env()
 
 
 def open_files() -> int:
@@ -185,9 +189,12 @@ def _check_str_list(value: object, what: str) -> list[str]:
 def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[str, Any] | None:
     if (msg.argv is None) == (msg.cmd is None):
         raise Fail("invalid", "give exactly one of argv or cmd")
-    if msg.cmd is not None and not isinstance(msg.cmd, str):
-        raise Fail("invalid", "cmd must be a string")
-    argv = None if msg.cmd is not None else _check_str_list(msg.argv, "argv")
+    if msg.cmd is not None:
+        if not isinstance(msg.cmd, str):
+            raise Fail("invalid", "cmd must be a string")
+        argv = shell.bash_argv(msg.cmd)
+    else:
+        argv = _check_str_list(msg.argv, "argv")
     if not isinstance(msg.env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in msg.env.items()
     ):
@@ -216,8 +223,6 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
         if direct is not None:
             with contextlib.suppress(OSError):
                 popen = spawn(direct, user, env=direct_env, **options)
-        argv = shell.bash_argv(msg.cmd)
-    assert argv is not None
     if popen is None:
         try:
             popen = spawn(argv, user, env=env, **options)

@@ -462,7 +462,7 @@ def become(
     import resource
     import site
 
-    from firebox.agent import privs
+    from firebox.agent import privs, process
 
     out, err, *keep = fds
     # A fork of the zygote's fork is not dumpable (its credentials changed), which makes its
@@ -485,7 +485,7 @@ def become(
     if open_files:
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
     with open("/proc/self/oom_score_adj", "w") as f:
-        f.write("500")  # the interpreter goes before the agent when memory runs out
+        f.write(process.CHILD_OOM_SCORE_ADJ)  # as process.spawn sets it for what it starts
     if drop_groups:
         os.setgroups([])
     os.setresgid(gid, gid, gid)

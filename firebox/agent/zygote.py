@@ -21,7 +21,7 @@ it forks a child that:
 4. becomes exactly what bubblewrap would have started as the agent: a session of its own, no
    descriptor but the channel and its stderr, the agent's capabilities and no other, no new
    privileges, the jail's seccomp filter and a clean environment;
-5. runs the agent (main.main_forked), which forks its default python interpreter before it
+5. runs the agent (``main.main(forked=True)``), which forks its default python interpreter before it
    starts a thread (interpreter.Interpreter.prefork).
 
 Every step that fails ends the child with a message on its stderr, which the daemon reads; the
@@ -164,8 +164,7 @@ def _become_agent(request: dict[str, Any], named: dict[str, int]) -> None:
     os.setsid()
     with os.fdopen(named["seccomp"], "rb", closefd=False) as f:
         program = f.read()
-    os.dup2(named["stderr"], 1)
-    os.dup2(named["stderr"], 2)
+    os.dup2(named["stderr"], 1)  # 2 is it already (_child)
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(named["agent"], AGENT_FD)

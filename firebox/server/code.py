@@ -51,6 +51,11 @@ def _event(kind: str, value: Any) -> dict[str, Any]:
     }
 
 
+def _end_line(cell: CodeStream) -> bytes:
+    """The stream's last line: how the cell ended."""
+    return ndjson_line({"type": "end", **protocol.as_dict(cell.done or protocol.CodeDone())})
+
+
 async def _stream(
     sbx: LiveSandbox, cell: CodeStream, pending: asyncio.Future[tuple[str, Any] | None]
 ) -> AsyncIterator[bytes]:
@@ -67,9 +72,8 @@ async def _stream(
             finished = True
             yield ndjson_line({"type": "end", "error": err.code, "message": err.message})
             return
-        done = cell.done or protocol.CodeDone()
         finished = True
-        yield ndjson_line({"type": "end", **protocol.as_dict(done)})
+        yield _end_line(cell)
     finally:
         if not finished:  # the client went away: the agent interrupts the cell
             pending.cancel()
@@ -102,9 +106,7 @@ async def run_code(body: RunCode, sbx: Sandbox) -> Response:
     if pending.done() and pending.result() is None:
         # Over already, with nothing printed or shown (an assignment, an import, a def): the
         # one line is the whole answer, without a stream's machinery (~0.1 ms a cell).
-        done = cell.done or protocol.CodeDone()
-        line = ndjson_line({"type": "end", **protocol.as_dict(done)})
-        return Response(content=line, media_type="application/x-ndjson")
+        return Response(content=_end_line(cell), media_type="application/x-ndjson")
     return StreamingResponse(_stream(sbx, cell, pending), media_type="application/x-ndjson")
 
 
