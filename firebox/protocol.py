@@ -59,6 +59,12 @@ STREAM_LIMIT = 1 << 20  # asyncio StreamReader buffer limit suited to CHUNK-size
 
 CONTROL_CHANNEL = 0
 
+# Seconds the agent gives a new interpreter to say ready (a python one under software emulation
+# takes seconds), and a context's restart the killed cell to let go of the context: the
+# daemon waits for these, and a margin, before it calls the agent unresponsive.
+INTERPRETER_START_TIMEOUT = 60.0
+CONTEXT_RESTART_WAIT = 20.0
+
 # Error codes an agent may return; the daemon maps each to one HTTP status (server/errors.py).
 ERROR_CODES = (
     "not_found",

@@ -103,7 +103,7 @@ class Context:
             raise _removed(self.id)
 
 
-RESTART_WAIT = 20.0  # seconds a restart waits for the killed cell to let go of its context
+RESTART_WAIT = protocol.CONTEXT_RESTART_WAIT  # for the killed cell to let go of its context
 
 _contexts: dict[str, Context] = {}
 _registry = threading.Lock()

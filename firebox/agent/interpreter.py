@@ -1,7 +1,8 @@
 """One interpreter process of a code context.
 
 ``Interpreter.spawn`` starts a worker (python_worker.py, the node program of js_worker.py, or
-bash as bash_worker.py drives it) as the sandbox user, in a session of its own, with three
+bash as bash_worker.py drives it; a python one is forked from the sandbox's fork server,
+forkserver.py, when it has one) as the sandbox user, in a session of its own, with three
 pipes to us (see wire.py): commands in, messages out, and its stdout/stderr. One pump thread
 per interpreter reads all of them and a pidfd: messages and output go to the ``Cell`` that is
 running (nothing runs between cells, so what arrives then is dropped), and the pidfd says
@@ -29,9 +30,10 @@ from firebox.agent.errors import Fail, from_os, log
 
 TYPE_CHECKING = False  # not typing's: see main.py
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-START_TIMEOUT = 60.0  # seconds for a worker to say ready (IPython under emulation is slow)
+START_TIMEOUT = protocol.INTERPRETER_START_TIMEOUT
 FLUSH_READS = 16  # pipe reads (of up to CHUNK) taken at the end of a cell
 
 # Each interpreter is found by path, overridable for development outside an image (a venv's
@@ -100,13 +102,20 @@ class Interpreter:
     @classmethod
     def spawn(cls, language: str, user: users.User, cwd: str) -> Interpreter:
         """Start a worker and wait until it is ready; Fail("unavailable") with the reason if
-        it cannot start."""
+        it cannot start. A python worker is forked from the sandbox's fork server when it
+        has one (forkserver.py), and started when it has not."""
+        deadline = time.monotonic() + START_TIMEOUT
+        if language == "python":
+            interp = cls._from_forkserver(user, cwd, deadline)
+            if interp is not None:
+                interp.wait_ready(deadline)
+                return interp
         cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
         msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
         env = process.base_env(user, cwd)
         stdin: int = subprocess.DEVNULL
         if language == "python":
-            argv = [PYTHON, "-c", PYTHON_BOOT, *_python_args(cmd_r, msg_w)]
+            argv = [PYTHON, "-c", PYTHON_BOOT, *python_args(cmd_r, msg_w)]
             env.update(PYTHON_ENV)
             keep: tuple[int, ...] = (cmd_r, msg_w)
             path = PYTHON
@@ -148,7 +157,7 @@ class Interpreter:
         threading.Thread(target=interp._pump, name=f"code-{popen.pid}", daemon=True).start()
         if language == "bash":
             interp._write(bash_worker.setup(msg_w))
-        interp.wait_ready()
+        interp.wait_ready(deadline)
         return interp
 
     @classmethod
@@ -162,37 +171,69 @@ class Interpreter:
         if not python_worker.preloaded():
             return None
         cwd = user.home
+        env = {**process.base_env(user, cwd), **PYTHON_ENV}
+        ids = process.user_ids(user)
+
+        def fork(fds: list[int]) -> int:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child becomes the worker or exits
+                try:
+                    python_worker.become(
+                        user.uid,
+                        user.gid,
+                        "extra_groups" in ids,
+                        cwd,
+                        env,
+                        fds,
+                        process.open_files(),
+                        python_args(fds[2], fds[3]),
+                    )
+                finally:
+                    os._exit(70)
+            process.track(pid)
+            return pid
+
+        return cls._forked(fork)
+
+    @classmethod
+    def _from_forkserver(cls, user: users.User, cwd: str, deadline: float) -> Interpreter | None:
+        """A python worker forked by the fork server, or None to start one instead."""
+        from firebox.agent import forkserver
+
+        env = {**process.base_env(user, cwd), **PYTHON_ENV}
+        try:
+            return cls._forked(lambda fds: forkserver.fork(user, cwd, env, fds, deadline))
+        except forkserver.Unavailable as e:
+            log(f"starting a python interpreter, not forking one: {e}")
+            return None
+
+    @classmethod
+    def _forked(cls, fork: Callable[[list[int]], int]) -> Interpreter:
+        """A python worker made by ``fork``, which is given its stdout, stderr, command and
+        message pipes and returns its pid (a child of this process)."""
         cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
         msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        env = {**process.base_env(user, cwd), **PYTHON_ENV}
-        ids = process.user_ids(user)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child becomes the worker or exits
-            try:
-                python_worker.become(
-                    user.uid,
-                    user.gid,
-                    "extra_groups" in ids,
-                    cwd,
-                    env,
-                    [out_w, err_w, cmd_r, msg_w],
-                    process.open_files(),
-                    _python_args(cmd_r, msg_w),
-                )
-            finally:
-                os._exit(70)
-        for fd in (cmd_r, msg_w, out_w, err_w):
-            os.close(fd)
-        process.track(pid)
+        try:
+            pid = fork([out_w, err_w, cmd_r, msg_w])
+        except BaseException:
+            for fd in (cmd_w, msg_r, out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (cmd_r, msg_w, out_w, err_w):  # the worker's ends
+                os.close(fd)
         interp = cls("python", Forked(pid, out_r, err_r), cmd_w, msg_r, msg_w)  # type: ignore[arg-type]
         threading.Thread(target=interp._pump, name=f"code-{pid}", daemon=True).start()
         return interp
 
-    def wait_ready(self) -> None:
-        """Raise Fail("unavailable") unless the worker says ready within START_TIMEOUT."""
-        if not self.ready.wait(START_TIMEOUT) or self.dead is not None:
+    def wait_ready(self, deadline: float | None = None) -> None:
+        """Raise Fail("unavailable") unless the worker says ready by ``deadline`` (default:
+        START_TIMEOUT from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + START_TIMEOUT
+        if not self.ready.wait(max(0.0, deadline - time.monotonic())) or self.dead is not None:
             if self.dead is None:
                 self.kill(f"it did not start within {START_TIMEOUT:g} s")
             reason = self.fatal or self.dead or f"{TITLES[self.language]} did not start"
@@ -450,14 +491,15 @@ class Interpreter:
             cell.die(reason, by_agent=self.kill_reason is not None)
 
 
-def _python_args(cmd_r: int, msg_w: int) -> list[str]:
+def python_args(cmd_r: int, msg_w: int) -> list[str]:
     """python_worker.main's arguments: where it is imported from, its two pipes, what to
     import before it says ready."""
     return [LIB, str(cmd_r), str(msg_w), WARM_IMPORTS]
 
 
 class Forked:
-    """What an Interpreter uses of a Popen, for a worker this process forked (``prefork``)."""
+    """What an Interpreter uses of a Popen, for a forked worker (``prefork``, the fork
+    server): a child of this process all the same."""
 
     def __init__(self, pid: int, out: int, err: int) -> None:
         self.pid = pid

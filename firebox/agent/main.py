@@ -229,6 +229,10 @@ def main(forked: bool = False) -> None:
     handlers = _handlers()
     from firebox.agent import contexts, process
 
+    try:
+        privs.become_subreaper()
+    except OSError as e:  # python workers are then started, not forked (forkserver.py)
+        log(f"could not become a child subreaper: {e}")
     process.start_reaper()
     if os.environ.get("FIREBOX_BACKEND") == "microvm":
         # Imported and prepared now, so that it is already in the template's snapshot: a

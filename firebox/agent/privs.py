@@ -35,6 +35,7 @@ libc.setfsgid.restype = ctypes.c_int
 
 PR_GET_SECUREBITS = 27
 PR_SET_SECUREBITS = 28
+PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -208,6 +209,13 @@ def _set_securebits() -> None:
 
 def securebits() -> int:
     return _prctl(PR_GET_SECUREBITS)
+
+
+def become_subreaper() -> None:
+    """Orphans of our children come to us: the python workers the fork server forks
+    (forkserver.py) are then ours to wait for, and a daemonized process is reaped by us."""
+    if os.getpid() != 1:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def is_subreaper() -> bool:

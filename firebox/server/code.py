@@ -31,6 +31,9 @@ from firebox.server.models import ContextInfo, CreateContext, RunCode
 
 router = APIRouter(tags=["code"])
 FIRST_EVENT_WAIT = 0.5  # seconds
+# A context's create answers once its interpreter is ready: the agent's own deadline for that,
+# and a margin for a busy sandbox to answer in.
+CONTEXT_START_TIMEOUT = protocol.INTERPRETER_START_TIMEOUT + 10
 
 
 def _event(kind: str, value: Any) -> dict[str, Any]:
@@ -121,7 +124,7 @@ def _context(raw: Any) -> ContextInfo:
 @router.post("/sandboxes/{sandbox_id}/contexts", status_code=201, response_model=ContextInfo)
 async def create_context(body: CreateContext, sbx: Sandbox) -> ContextInfo:
     msg = protocol.ContextCreate(language=body.language, cwd=body.cwd, user=body.user)
-    return _context(await agent_call(sbx, sbx.agent.call(msg)))
+    return _context(await agent_call(sbx, sbx.agent.call(msg, timeout=CONTEXT_START_TIMEOUT)))
 
 
 @router.get("/sandboxes/{sandbox_id}/contexts", response_model=list[ContextInfo])
@@ -134,7 +137,9 @@ async def list_contexts(sbx: Sandbox) -> list[ContextInfo]:
 
 @router.post("/sandboxes/{sandbox_id}/contexts/{context_id}/restart", status_code=204)
 async def restart_context(context_id: str, sbx: Sandbox) -> Response:
-    await agent_call(sbx, sbx.agent.call(protocol.ContextRestart(id=context_id)))
+    msg = protocol.ContextRestart(id=context_id)
+    timeout = CONTEXT_START_TIMEOUT + protocol.CONTEXT_RESTART_WAIT
+    await agent_call(sbx, sbx.agent.call(msg, timeout=timeout))
     return Response(status_code=204)
 
 
