@@ -29,6 +29,7 @@ import gc
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -71,13 +72,15 @@ def fork(user: users.User, cwd: str, env: dict[str, str], fds: list[int], deadli
 
 
 class ForkServer:
-    def __init__(self, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], pidfd: int, sock: socket.socket) -> None:
         self.popen = popen
+        self.pid = popen.pid
+        self.pidfd = pidfd  # names it for good: its pid may be another's once it is reaped
         self.sock = sock
         self._lock = threading.Lock()  # one request at a time on the socket
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]
 
     def fork(self, cwd: str, env: dict[str, str], fds: list[int], deadline: float) -> int:
         """The pid of a new python worker (stdout, stderr, commands and messages are
@@ -99,14 +102,15 @@ class ForkServer:
         return pid
 
     def stop(self) -> None:
-        """Kill it (it leads its own session, with nothing else in it) and reap it."""
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
-        from firebox.agent import process
-
-        process.forget(self.popen.pid)
+        """Kill it and close our ends; the orphan reaper reaps it."""
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            os.close(self.pidfd)
+            self.pidfd = -1
+        # The orphan reaper reaps it: Popen must never wait for (or, collected, poll) a pid
+        # that may by then be another process's.
+        self.popen.returncode = -signal.SIGKILL
         self.sock.close()
 
 
@@ -164,7 +168,18 @@ def _start(user: users.User, deadline: float) -> ForkServer:
         raise Unavailable(f"cannot start {interpreter.PYTHON}: {e.strerror or e}") from None
     finally:
         theirs.close()
-    server = ForkServer(popen, ours)
+    try:
+        pidfd = os.pidfd_open(popen.pid)  # before forget: not reaped yet, so it is still ours
+    except OSError as e:
+        pidfd = -1
+        unusable = f"cannot watch the fork server ({e})"
+    # Left to the orphan reaper when it dies (no thread of ours waits for it): a zombie that
+    # only the next context start would reap would keep the reaper from every other one.
+    process.forget(popen.pid)
+    server = ForkServer(popen, pidfd, ours)
+    if pidfd < 0:
+        server.stop()
+        raise Unavailable(unusable)
     try:
         reply = _receive(ours, deadline)
     except (OSError, Unavailable) as e:
@@ -173,7 +188,7 @@ def _start(user: users.User, deadline: float) -> ForkServer:
     if not reply.get("ready"):
         server.stop()
         raise Unavailable(f"the fork server cannot serve: {reply.get('error')}")
-    log(f"python fork server {popen.pid} for {user.name} ready")
+    log(f"python fork server {server.pid} for {user.name} ready")
     return server
 
 

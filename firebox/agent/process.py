@@ -310,8 +310,7 @@ def _run(stream: Stream, proc: Proc, timeout: float | None, limit: int | None) -
     try:
         # The result follows all the output: pipes first, then the exit status.
         truncated = _pump(stream, popen, deadline, limit)
-        code = popen.wait()
-        forget(popen.pid)
+        code = _reap(popen)
     finally:
         if deadline is not None:
             deadline.cancelled = True
@@ -362,6 +361,14 @@ def kernel_oom_kills() -> int | None:
     return None
 
 
+def _reap(popen: subprocess.Popen[bytes]) -> int:
+    """Wait for ``popen`` (reaping it) and give its pid back to the orphan reaper, once."""
+    if popen.returncode is None:
+        popen.wait()
+        forget(popen.pid)
+    return popen.returncode
+
+
 def _pump(
     stream: Stream, popen: subprocess.Popen[bytes], deadline: _Deadline | None, limit: int | None
 ) -> bool:
@@ -386,6 +393,14 @@ def _pump(
         with contextlib.suppress(OSError):
             fcntl.fcntl(raw, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         poller.register(raw, select.POLLIN)
+    # The process is reaped the moment it exits, though what it started may hold its pipes for
+    # long: while a zombie of ours waits, the orphan reaper can reap no other dead process, and
+    # each one counts against the sandbox's process limit.
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+        poller.register(pidfd, select.POLLIN)
+    except OSError:  # an old kernel: reaped once its pipes close
+        pidfd = -1
     live = True
     grace_end: float | None = None
     try:
@@ -402,6 +417,10 @@ def _pump(
                     return truncated
                 continue
             for raw, _ in events:
+                if raw == pidfd:
+                    _reap(popen)
+                    poller.unregister(pidfd)
+                    continue
                 try:
                     data = os.read(raw, protocol.CHUNK)
                 except OSError as e:
@@ -425,6 +444,8 @@ def _pump(
     finally:
         for _, pipe in pipes.values():
             pipe.close()
+        if pidfd >= 0:
+            os.close(pidfd)
     return truncated
 
 
