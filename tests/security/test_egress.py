@@ -89,7 +89,9 @@ def _wheel() -> tuple[str, bytes]:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for path, text in {**files, "firebox_probe_pkg-1.0.dist-info/RECORD": record}.items():
-            zf.writestr(path, text)
+            # A fixed time: the index's hash and the file pip fetches a moment later must be
+            # of the same bytes (a name alone stamps each entry with the current time).
+            zf.writestr(zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0)), text)
     return name, buf.getvalue()
 
 
