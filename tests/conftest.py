@@ -147,6 +147,16 @@ def sandbox(daemon: Daemon) -> Iterator[Sandbox]:
     yield from _running_sandbox()
 
 
+@pytest.fixture(scope="module")
+def sbx(daemon: Daemon) -> Iterator[Sandbox]:
+    """One python sandbox for a whole module's tests, which share it."""
+    s = Sandbox.create(template="python", timeout=600)
+    try:
+        yield s
+    finally:
+        s.kill()
+
+
 @pytest.fixture
 def api(daemon: Daemon) -> Iterator[tuple[httpx.Client, str]]:
     """The daemon's REST API with the admin key, and a running sandbox's id."""

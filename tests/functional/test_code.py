@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from firebox import Sandbox
 from tests.conftest import Daemon
-
-
-@pytest.fixture(scope="module")
-def sbx(daemon: Daemon) -> Iterator[Sandbox]:
-    s = Sandbox.create(template="python", timeout=600)
-    try:
-        yield s
-    finally:
-        s.kill()
 
 
 def test_state_persists_across_cells(sbx: Sandbox) -> None:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterator
-
-import pytest
 
 from firebox import Sandbox
 from firebox.agent import forkserver
@@ -39,15 +36,6 @@ def _processes(sbx: Sandbox) -> list[dict]:
 
 def _servers(sbx: Sandbox) -> list[dict]:
     return [p for p in _processes(sbx) if p["comm"] == forkserver.NAME]
-
-
-@pytest.fixture(scope="module")
-def sbx(daemon: Daemon) -> Iterator[Sandbox]:
-    s = Sandbox.create(template="python", timeout=600)
-    try:
-        yield s
-    finally:
-        s.kill()
 
 
 def test_a_new_context_is_forked_by_the_users_fork_server(sbx: Sandbox) -> None:
