@@ -62,6 +62,10 @@ class Gone(Unavailable):
     """The fork server died (it may have been killed just before): a new one may do."""
 
 
+class Impossible(Unavailable):
+    """No fork server can run here (no python, no IPython, no pidfd): not tried again."""
+
+
 def fork(user: users.User, cwd: str, env: dict[str, str], fds: list[int], deadline: float) -> int:
     """The pid of a new python worker for ``user`` (its stdout, stderr, commands and messages
     are ``fds``), a child of this process; raises Unavailable when it is to be started."""
@@ -129,7 +133,7 @@ def get(user: users.User, deadline: float) -> ForkServer:
         if _unavailable is None and not privs.is_subreaper():
             _unavailable = "the agent is not a subreaper: it could not wait for a forked worker"
         if _unavailable is not None:
-            raise Unavailable(_unavailable)
+            raise Impossible(_unavailable)
         server = _servers.pop(user.name, None)
         if server is not None and server.alive():
             _servers[user.name] = server
@@ -138,9 +142,8 @@ def get(user: users.User, deadline: float) -> ForkServer:
             server.stop()
         try:
             server = _start(user, deadline)
-        except Unavailable as e:
-            if "timed out" not in str(e):  # an image that cannot: no point in asking again
-                _unavailable = str(e)
+        except Impossible as e:
+            _unavailable = str(e)
             raise
         _servers[user.name] = server
         return server
@@ -161,11 +164,11 @@ def _start(user: users.User, deadline: float) -> ForkServer:
             stdout=subprocess.DEVNULL,
             pass_fds=(theirs.fileno(),),
             cwd="/",
-            env={**process.base_env(user, "/"), **interpreter.PYTHON_ENV},
+            env=interpreter.python_env(user, "/"),
         )
     except OSError as e:
         ours.close()
-        raise Unavailable(f"cannot start {interpreter.PYTHON}: {e.strerror or e}") from None
+        raise Impossible(f"cannot start {interpreter.PYTHON}: {e.strerror or e}") from None
     finally:
         theirs.close()
     try:
@@ -179,7 +182,7 @@ def _start(user: users.User, deadline: float) -> ForkServer:
     server = ForkServer(popen, pidfd, ours)
     if pidfd < 0:
         server.stop()
-        raise Unavailable(unusable)
+        raise Impossible(unusable)
     try:
         reply = _receive(ours, deadline)
     except (OSError, Unavailable) as e:
@@ -187,7 +190,7 @@ def _start(user: users.User, deadline: float) -> ForkServer:
         raise Unavailable(f"the fork server did not start: {e}") from None
     if not reply.get("ready"):
         server.stop()
-        raise Unavailable(f"the fork server cannot serve: {reply.get('error')}")
+        raise Impossible(f"the fork server cannot serve: {reply.get('error')}")
     log(f"python fork server {server.pid} for {user.name} ready")
     return server
 

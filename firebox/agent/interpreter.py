@@ -112,11 +112,10 @@ class Interpreter:
                 return interp
         cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
         msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
-        env = process.base_env(user, cwd)
+        env = python_env(user, cwd) if language == "python" else process.base_env(user, cwd)
         stdin: int = subprocess.DEVNULL
         if language == "python":
             argv = [PYTHON, "-c", PYTHON_BOOT, *python_args(cmd_r, msg_w)]
-            env.update(PYTHON_ENV)
             keep: tuple[int, ...] = (cmd_r, msg_w)
             path = PYTHON
         elif language == "javascript":
@@ -171,7 +170,7 @@ class Interpreter:
         if not python_worker.preloaded():
             return None
         cwd = user.home
-        env = {**process.base_env(user, cwd), **PYTHON_ENV}
+        env = python_env(user, cwd)
         ids = process.user_ids(user)
 
         def fork(fds: list[int]) -> int:
@@ -200,7 +199,7 @@ class Interpreter:
         """A python worker forked by the fork server, or None to start one instead."""
         from firebox.agent import forkserver
 
-        env = {**process.base_env(user, cwd), **PYTHON_ENV}
+        env = python_env(user, cwd)
         try:
             return cls._forked(lambda fds: forkserver.fork(user, cwd, env, fds, deadline))
         except forkserver.Unavailable as e:
@@ -489,6 +488,11 @@ class Interpreter:
         self.ready.set()  # wakes a spawn still waiting for it
         if cell is not None:
             cell.die(reason, by_agent=self.kill_reason is not None)
+
+
+def python_env(user: users.User, cwd: str) -> dict[str, str]:
+    """A python worker's environment (and its fork server's), however it is made."""
+    return {**process.base_env(user, cwd), **PYTHON_ENV}
 
 
 def python_args(cmd_r: int, msg_w: int) -> list[str]:

@@ -57,10 +57,10 @@ START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
 log = logging.getLogger("firebox.jail")
 
 
-async def _read_until(fd: int, marker: bytes, deadline: float) -> bytes:
-    """What a pipe holds once ``marker`` has come, or once it ended, read by the event loop
-    (no thread is left reading a descriptor that is closed when the wait is given up);
-    TimeoutError after ``deadline`` seconds."""
+async def _read_until(fd: int, marker: bytes, waiting_for: str) -> bytes:
+    """What a pipe of bwrap's start holds once ``marker`` has come, or once it ended, read by
+    the event loop (no thread is left reading a descriptor that is closed when the wait is
+    given up); BackendError "bwrap did not <waiting_for>" after START_DEADLINE."""
     loop = asyncio.get_running_loop()
     buf = b""
     done: asyncio.Future[None] = loop.create_future()
@@ -78,7 +78,9 @@ async def _read_until(fd: int, marker: bytes, deadline: float) -> bytes:
     os.set_blocking(fd, False)
     loop.add_reader(fd, readable)
     try:
-        await asyncio.wait_for(done, deadline)
+        await asyncio.wait_for(done, START_DEADLINE)
+    except TimeoutError:
+        raise BackendError(f"bwrap did not {waiting_for} within {START_DEADLINE:.0f} s") from None
     finally:
         loop.remove_reader(fd)
     return buf
@@ -335,12 +337,7 @@ class JailBackend(Backend):
 
     async def _wait_set_up(self, ready_r: int) -> None:
         """Until the placeholder says bwrap has set the jail up (zygote.HOLDER)."""
-        try:
-            said = await _read_until(ready_r, b"\n", START_DEADLINE)
-        except TimeoutError:
-            raise BackendError(
-                f"bwrap did not set the jail up within {START_DEADLINE:.0f} s"
-            ) from None
+        said = await _read_until(ready_r, b"\n", "set the jail up")
         if not said:
             raise BackendError("bwrap stopped before it set the jail up")
 
@@ -373,12 +370,7 @@ class JailBackend(Backend):
 
     async def _read_child_pid(self, fd: int, proc: asyncio.subprocess.Process) -> int:
         """bwrap writes a JSON object with ``child-pid`` to the info fd once it has forked."""
-        try:
-            buf = await _read_until(fd, b"}", START_DEADLINE)
-        except TimeoutError:
-            raise BackendError(
-                f"bwrap did not report its child within {START_DEADLINE:.0f} s"
-            ) from None
+        buf = await _read_until(fd, b"}", "report its child")
         if b"}" not in buf:
             err = b""
             if proc.stderr is not None:
