@@ -1,9 +1,9 @@
 """From raw samples to what the benchmark says: medians, p95, ratios, targets, the Markdown.
 
 ``summarize(results)`` adds ``summary`` (median, p95, n of every figure of every subject),
-``ratios`` (each firebox subject's median ÷ each baseline's) and ``targets`` (issue 6's, met or
-not) to the results; ``markdown(results)`` renders them; ``write(results)`` saves the raw
-samples as JSON (run-<date>.json and latest.json) and the table as latest.md.
+``ratios`` (each firebox subject's median ÷ each baseline's) and ``targets`` (the stretch
+targets, met or not) to the results; ``markdown(results)`` renders them; ``write(results)``
+saves the raw samples as JSON (run-<date>.json and latest.json) and the table as latest.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ FLOORS = ["bare_python", "bare_bwrap", "cold_qemu"]
 PEERS = ["gvisor", "llm_sandbox_bwrap", "llm_sandbox_docker", "epicbox"]
 BASELINES = FLOORS + PEERS
 
-# issue 6's targets: (figure, firebox subject, "<=" or ">=", value)
+# the stretch targets (bench/results/RUNS.md): (figure, firebox subject, "<=" or ">=", value)
 TARGETS: list[tuple[str, str, str, float]] = [
     ("create_first_python", "firebox microvm", "<=", 250),
     ("create_first_python", "firebox microvm +pool", "<=", 50),
@@ -181,7 +181,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"({meta['runs']} samples per create figure, {meta['runs'] * 3} per round trip; "
         f"started {meta['started']}). Raw samples: `bench/results/{meta['json_name']}`.",
         "",
-        "## Targets (issue 6), medians of this run",
+        "## Stretch targets, medians of this run",
         "",
         "| figure | firebox | median | target | met |",
         "|---|---|---|---|---|",
