@@ -155,14 +155,14 @@ async def _rounds(
 ) -> dict[str, list[float]]:
     from firebox import protocol
     from firebox.backends.select import select
+    from firebox.server.boot import boot, spec_for
     from firebox.server.config import ServerConfig
-    from firebox.server.pool import boot, spec_for
 
     config = ServerConfig(home=home, isolation=backend_name)
     config.uid_base += UID_OFFSET
     backend = select(backend_name, config.home, config.uid_base)
     try:
-        spec = spec_for(config, "python")
+        spec = spec_for("python", config.limits)
         await backend.prepare(spec)
         booted = await boot(backend, spec)
         agent = booted.agent

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from firebox.images import DEFAULT_TEMPLATE
 from firebox.server.config import DEFAULT_PORT, ServerConfig, default_home
+from firebox.settings import Limits
 
 
 def _pairs(items: Sequence[str]) -> dict[str, str]:
@@ -41,6 +42,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from firebox.server.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        limits = Limits(**{name: getattr(args, name) for name in Limits.model_fields})
+    except ValueError as e:  # pydantic's ValidationError: which flag, and its bounds
+        print(f"firebox serve: {e}".replace("\n", "; "), file=sys.stderr)
+        return 2
     config = ServerConfig(
         home=Path(args.home),
         host=args.host,
@@ -52,11 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         min_free_memory_mb=args.min_free_memory_mb,
         min_free_disk_mb=args.min_free_disk_mb,
         max_output_mb=args.max_output_mb,
-        memory_mb=args.memory_mb,
-        disk_mb=args.disk_mb,
-        pids=args.processes,
-        open_files=args.open_files,
+        limits=limits,
         max_sandbox_memory_mb=args.max_sandbox_memory_mb,
+        max_sandbox_cpus=args.max_sandbox_cpus,
         egress_resolve=args.egress_resolve,
         egress_permit=args.egress_permit,
     )
@@ -99,7 +103,7 @@ def _build_microvm_pieces(template: str, home: Path) -> None:
     import asyncio
 
     from firebox.backends.microvm.backend import MicroVMBackend
-    from firebox.server.pool import spec_for
+    from firebox.server.boot import spec_for
 
     backend = MicroVMBackend(home, ServerConfig().uid_base)
     verdict = backend.availability()
@@ -109,7 +113,7 @@ def _build_microvm_pieces(template: str, home: Path) -> None:
 
     async def prepare() -> None:
         try:
-            await backend.prepare(spec_for(ServerConfig(home=home), template))
+            await backend.prepare(spec_for(template, ServerConfig(home=home).limits))
         finally:
             await backend.close()
 
@@ -243,14 +247,22 @@ def parser() -> argparse.ArgumentParser:
         ("--max-memory-mb", defaults.max_memory_mb, "their memory limits summed (0: no bound)"),
         ("--min-free-memory-mb", defaults.min_free_memory_mb, "host memory kept available"),
         ("--min-free-disk-mb", defaults.min_free_disk_mb, "disk kept free where sandboxes write"),
-        ("--max-output-mb", defaults.max_output_mb, "output of one command (stdout + stderr)"),
-        ("--memory-mb", defaults.memory_mb, "a sandbox's memory unless its create asks"),
-        ("--disk-mb", defaults.disk_mb, "a sandbox's disk (home and /tmp) unless asked"),
-        ("--processes", defaults.pids, "a sandbox's process limit unless asked"),
-        ("--open-files", defaults.open_files, "open files per process unless asked"),
+        ("--max-output-mb", defaults.max_output_mb, "the most output_mb a create may ask"),
         ("--max-sandbox-memory-mb", defaults.max_sandbox_memory_mb, "the most a create may ask"),
+        ("--max-sandbox-cpus", defaults.max_sandbox_cpus, "the most a create may ask (0: all)"),
     ):
-        serve.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+        serve.add_argument(
+            flag, type=type(default), default=default, help=f"{what} (default {default})"
+        )
+    # a sandbox's limits unless its create asks for others: one flag per limit
+    for name, info in Limits.model_fields.items():
+        default = getattr(defaults.limits, name)
+        serve.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            help=f"unless a create asks: {info.description} (default {default})",
+        )
     serve.add_argument(
         "--egress-resolve",
         action="append",

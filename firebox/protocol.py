@@ -275,8 +275,20 @@ class Resume(Message):
     hostname: str = ""
     machine_id: str = ""
     boot_id: str = ""  # what /proc/sys/kernel/random/boot_id shows inside
-    pids_max: int = 0  # the sandbox's process limit, enforced by the guest's own cgroup
-    open_files: int = 0  # RLIMIT_NOFILE of every process the agent starts (0: unchanged)
+
+
+@dataclass(slots=True)
+class Configure(Message):
+    """Daemon → agent on channel 0, once, after the agent's hello, on every backend: the
+    sandbox's limits that the agent applies itself (names as in ``firebox.settings.Limits``).
+    It precedes every request, so all that the agent starts for them has these limits; what
+    it started before (the default python interpreter) gets them now. 0 leaves one as it is."""
+
+    T = "configure"
+    # the sandbox's process limit, where its own kernel enforces it (a microVM's guest cgroup;
+    # a jail's is the host's cgroup, set by the backend)
+    processes: int = 0
+    open_files: int = 0  # RLIMIT_NOFILE, soft and hard, of every process the agent starts
 
 
 # egress: a sandbox with a network policy reaches the outside only through the daemon's proxy
@@ -377,7 +389,7 @@ class ProcessStart(Message):
     T = "process.start"
     argv: list[str] | None = None
     cmd: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    envs: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     user: str = "user"
     stdin: bool = False
@@ -437,13 +449,15 @@ class ProcessList(Message):
 
 @dataclass(slots=True)
 class ProcessInfo:
+    """A process started through the agent (``ProcessList``); the REST API's shape too."""
+
     pid: int
     cmd: str | None
     argv: list[str] | None
     cwd: str | None
     user: str
     tag: str | None
-    env: dict[str, str]
+    envs: dict[str, str]
 
 
 # files. Paths are resolved inside the sandbox against the user's home; permissions are those of
@@ -580,6 +594,8 @@ class ContextCreate(Message):
 
 @dataclass(slots=True)
 class ContextInfo:
+    """A code context (``ContextCreate``, ``ContextList``); the REST API's shape too."""
+
     id: str
     language: str
     cwd: str
@@ -623,7 +639,7 @@ class CodeRun(Message):
     code: str = ""
     context_id: str | None = None
     language: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    envs: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None
     # python: run without counting an execution, storing history or showing the value (the
     # daemon's warm-up of a restored VM, which must leave no trace in the user's context)
@@ -671,6 +687,7 @@ MESSAGES: dict[str, type[Message]] = {
         Hello,
         Ping,
         Resume,
+        Configure,
         NetAccept,
         NetListening,
         NetConnected,

@@ -156,7 +156,7 @@ def parse_command_event(line: str) -> CommandEvent | None:
     if kind == "start":
         return CommandStart(pid=r.get("pid", int))
     if kind in ("stdout", "stderr"):
-        return CommandOutput(stream=kind, data=r.get("data", str))
+        return CommandOutput(stream=kind, data=r.get("text", str))
     if kind == "end":
         return CommandEnd(
             exit_code=r.get("exit_code", int),

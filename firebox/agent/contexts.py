@@ -239,12 +239,12 @@ def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]
 def _check_run(msg: protocol.CodeRun) -> tuple[str, dict[str, str], float | None]:
     if not isinstance(msg.code, str):
         raise Fail("invalid", "code must be a string")
-    env = msg.env if msg.env is not None else {}
+    env = msg.envs if msg.envs is not None else {}
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
         for k, v in env.items()
     ):
-        raise Fail("invalid", "env must map variable names to strings")
+        raise Fail("invalid", "envs must map variable names to strings")
     timeout = msg.timeout
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0

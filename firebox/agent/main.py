@@ -103,6 +103,8 @@ def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
         if frame.channel == protocol.CONTROL_CHANNEL:
             if kind == protocol.Resume.T:
                 _resume(conn, protocol.parse(frame.header))
+            elif kind == protocol.Configure.T:
+                _configure(protocol.parse(frame.header))
             continue
         if kind in _STREAM_TYPES:
             continue
@@ -137,6 +139,14 @@ def _resume(conn: Conn, msg: protocol.Message) -> None:
     if isinstance(msg, protocol.Resume):
         resume.apply(msg)
     conn.send(protocol.CONTROL_CHANNEL, _hello())
+
+
+def _configure(msg: protocol.Message) -> None:
+    """The sandbox's limits, before any request is read (limits.py)."""
+    from firebox.agent import limits
+
+    if isinstance(msg, protocol.Configure):
+        limits.configure(msg)
 
 
 def _hello() -> protocol.Hello:
@@ -191,13 +201,10 @@ def _own_kernel() -> None:
 
 
 def _prefork() -> Interpreter | None:
-    """In a fork of the zygote (everything imported already, one thread): the open-files
-    limit its environment gives, and the default python interpreter forked now, before any
-    thread starts."""
-    from firebox.agent import process
+    """In a fork of the zygote (everything imported already, one thread): the default python
+    interpreter forked now, before any thread starts (its limits come with Configure)."""
     from firebox.agent.interpreter import Interpreter
 
-    process.set_open_files(process.open_files_from_env())  # read before the zygote's fork
     try:
         return Interpreter.prefork(users.lookup("user"))
     except (Fail, OSError) as e:
@@ -237,9 +244,10 @@ def main(forked: bool = False) -> None:
     if os.environ.get("FIREBOX_BACKEND") == "microvm":
         # Imported and prepared now, so that it is already in the template's snapshot: a
         # restored clone resumes without paying for imports under emulation.
-        from firebox.agent import resume
+        from firebox.agent import limits, resume
 
         resume.prepare()
+        limits.prepare()
 
     # IPython takes ~0.25 s of CPU to start: do it now, off the first run_code's path.
     contexts.prestart(preforked)

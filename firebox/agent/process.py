@@ -100,13 +100,9 @@ def base_env(user: users.User, cwd: str) -> dict[str, str]:
 
 
 # The sandbox's open-files limit (RLIMIT_NOFILE, soft and hard) for everything the agent
-# starts; the agent keeps its own, larger one, so a sandbox's processes cannot starve it.
-# From the backend's environment (the jail) or Resume (a restored microVM); 0 leaves it.
-def open_files_from_env() -> int:
-    return int(os.environ.get("FIREBOX_OPEN_FILES", "0") or 0)
-
-
-_open_files = open_files_from_env()
+# starts (protocol.Configure; 0 until then); the agent keeps its own, larger one, so a
+# sandbox's processes cannot starve it.
+_open_files = 0
 
 
 def open_files() -> int:
@@ -114,9 +110,14 @@ def open_files() -> int:
 
 
 def set_open_files(n: int) -> None:
+    """From now on, and for what was started before (the default python interpreter)."""
     global _open_files
-    if isinstance(n, int) and n > 0:
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         _open_files = n
+        with _spawn_lock:
+            started = list(_tracked)
+        for pid in started:
+            _limit_files(pid)
 
 
 # What the agent starts is the OOM killer's first choice at the sandbox's memory limit, never
@@ -195,18 +196,18 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
         argv = shell.bash_argv(msg.cmd)
     else:
         argv = _check_str_list(msg.argv, "argv")
-    if not isinstance(msg.env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in msg.env.items()
+    if not isinstance(msg.envs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in msg.envs.items()
     ):
-        raise Fail("invalid", "env must map strings to strings")
+        raise Fail("invalid", "envs must map strings to strings")
     timeout = msg.timeout
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise Fail("invalid", f"timeout must be a positive number of seconds, not {timeout!r}")
     user = users.lookup(msg.user)
     cwd = workdir(user, msg.cwd)
-    env = {**base_env(user, cwd), **msg.env}
+    env = {**base_env(user, cwd), **msg.envs}
     info = protocol.ProcessInfo(
-        pid=0, cmd=msg.cmd, argv=msg.argv, cwd=cwd, user=user.name, tag=msg.tag, env=msg.env
+        pid=0, cmd=msg.cmd, argv=msg.argv, cwd=cwd, user=user.name, tag=msg.tag, envs=msg.envs
     )
     options: dict[str, Any] = {
         "stdin": subprocess.PIPE if msg.stdin else subprocess.DEVNULL,

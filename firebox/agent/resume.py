@@ -16,14 +16,12 @@ import struct
 import time
 
 from firebox import protocol
-from firebox.agent import process
 from firebox.agent.errors import log
 
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 MACHINE_ID = "/run/machine-id"
 BOOT_ID = "/run/firebox/boot_id"  # bound over /proc/sys/kernel/random/boot_id by the guest init
-PIDS_MAX = "/sys/fs/cgroup/sandbox/pids.max"  # the guest's cgroup of every sandbox process
 CLOCK_SLACK_NS = 20_000_000  # a clock this close to the host's is left alone
 # Under software emulation every kernel path a restored guest takes for the first time costs
 # milliseconds (its translation cache starts empty): what can be opened ahead is opened once,
@@ -37,7 +35,6 @@ def prepare() -> None:
         ("/dev/urandom", os.O_WRONLY),
         (MACHINE_ID, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
         (BOOT_ID, os.O_WRONLY),
-        (PIDS_MAX, os.O_WRONLY),
     ):
         try:
             _files[path] = os.open(path, flags | os.O_CLOEXEC, 0o444)
@@ -52,8 +49,6 @@ def apply(msg: protocol.Resume) -> None:
         ("set the hostname", lambda: socket.sethostname(msg.hostname) if msg.hostname else None),
         ("write the machine id", lambda: _rewrite(MACHINE_ID, msg.machine_id + "\n")),
         ("write the boot id", lambda: _rewrite(BOOT_ID, msg.boot_id + "\n")),
-        ("set the process limit", lambda: _rewrite(PIDS_MAX, str(msg.pids_max))),
-        ("set the open-files limit", lambda: process.set_open_files(msg.open_files)),
     )
     for what, step in steps:
         try:

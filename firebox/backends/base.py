@@ -14,19 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firebox.settings import Limits
+
 
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:
-    """What the daemon asks of a backend. Sizes are per sandbox."""
+    """What the daemon asks of a backend: a sandbox of ``template`` (its image at ``rootfs``)
+    with these limits (firebox.settings: the one model of them)."""
 
     sandbox_id: str
     template: str
     rootfs: Path
-    memory_mb: int = 512
-    cpus: float = 1.0
-    pids: int = 256
-    disk_mb: int = 256  # cap of each writable filesystem (home, /tmp)
-    open_files: int = 1024  # RLIMIT_NOFILE of every process in the sandbox
+    limits: Limits = Limits()
     hostname: str = "sandbox"
 
 

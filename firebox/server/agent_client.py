@@ -164,6 +164,11 @@ class AgentClient:
             )
         return self._hello
 
+    async def send_control(self, msg: Message) -> None:
+        """Send a message on the control channel (``Configure``): no reply, and ahead of
+        every request sent after it."""
+        await self._send(protocol.CONTROL_CHANNEL, msg)
+
     async def call(self, msg: Message, timeout: float = 30, payload: bytes = b"") -> Any:
         """Send a one-shot request and return its ``Result.value``."""
         ch = self._open()

@@ -21,10 +21,10 @@ from firebox.backends.select import select
 from firebox.server import code, commands, errors, files, sandboxes
 from firebox.server.auth import ensure_admin_key
 from firebox.server.body_limit import BodyLimit
+from firebox.server.boot import spec_for
 from firebox.server.config import ServerConfig
 from firebox.server.manager import SandboxManager
 from firebox.server.models import ErrorBody, Health
-from firebox.server.pool import spec_for
 from firebox.server.registry import Registry
 from firebox.server.timing import ServerTiming
 
@@ -71,7 +71,7 @@ async def _ready_manager(config: ServerConfig, registry: Registry) -> SandboxMan
         manager = SandboxManager(config, registry, backend)
         await manager.reclaim()
         try:
-            await backend.prepare(spec_for(config, images.DEFAULT_TEMPLATE))
+            await backend.prepare(spec_for(images.DEFAULT_TEMPLATE, manager.default_limits))
             return manager
         except BackendError as e:
             log.error("isolation %s could not get ready: %s", backend.name, e)

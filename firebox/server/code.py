@@ -22,8 +22,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from firebox import protocol
+from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity, ndjson_line
 from firebox.server.agent_client import AgentError, AgentGone, CodeStream
-from firebox.server.commands import agent_call, agent_error, ensure_capacity, ndjson_line
 from firebox.server.deps import Sandbox
 from firebox.server.errors import ApiError
 from firebox.server.manager import LiveSandbox
@@ -94,7 +94,7 @@ async def run_code(body: RunCode, sbx: Sandbox) -> Response:
         code=body.code,
         context_id=body.context_id,
         language=body.language,
-        env={**sbx.envs, **body.envs},
+        envs={**sbx.envs, **body.envs},
         timeout=body.timeout or None,
         output_limit=sbx.output_limit,
     )

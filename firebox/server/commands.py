@@ -4,58 +4,21 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import json
 import signal as signals
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from firebox import protocol
+from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity, ndjson_line
 from firebox.server.agent_client import AgentError, AgentGone, ProcessStream
 from firebox.server.deps import Sandbox
-from firebox.server.errors import AGENT_CODES, ApiError
+from firebox.server.errors import ApiError
 from firebox.server.manager import LiveSandbox
 from firebox.server.models import ProcessInfo, RunCommand, SendSignal, SendStdin
 
 router = APIRouter(tags=["commands"])
-# Streams in flight per sandbox: each may hold the agent's credit window of output (16 × 256
-# KiB) in the daemon while its client is slow to read, so their number is what bounds memory.
-CHANNELS_MAX = 64
-
-T = TypeVar("T")
-
-
-def agent_error(e: AgentError | AgentGone, sbx: LiveSandbox) -> ApiError:
-    """The one translation of agent failures into API errors."""
-    if isinstance(e, AgentGone):
-        return ApiError(
-            "sandbox_error", f"sandbox {sbx.id} stopped answering ({e}); create a new one"
-        )
-    return ApiError(AGENT_CODES.get(e.code, "sandbox_error"), e.message)
-
-
-async def agent_call(sbx: LiveSandbox, operation: Awaitable[T]) -> T:
-    """Await an operation on the sandbox's agent; its failures become API errors."""
-    try:
-        return await operation
-    except (AgentError, AgentGone) as e:
-        raise agent_error(e, sbx) from None
-
-
-def ndjson_line(obj: dict[str, Any]) -> bytes:
-    """One line of a streamed answer (commands, code)."""
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-def ensure_capacity(sbx: LiveSandbox) -> None:
-    if sbx.agent.open_channels >= CHANNELS_MAX:
-        raise ApiError(
-            "rate_limited",
-            f"sandbox {sbx.id} has {CHANNELS_MAX} commands and transfers in flight; wait for "
-            "some to finish (or kill them) before starting more",
-        )
 
 
 def classify_exit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | None, str | None]:
@@ -85,18 +48,18 @@ def _limit_hit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | None
     if exit.signal == signals.SIGKILL and oom:
         return "memory_limit", (
             f"the command was killed: the sandbox reached its memory limit of "
-            f"{sbx.spec.memory_mb} MB"
+            f"{sbx.spec.limits.memory_mb} MB"
         )
     if exit.disk_full:
         return "disk_full", (
-            f"the command failed with the sandbox's disk full (home and /tmp, "
-            f"{sbx.spec.disk_mb} MB each, or out of inodes); delete files, or create the "
+            f"the command failed with the sandbox's disk full (home, /tmp and /root share "
+            f"{sbx.spec.limits.disk_mb} MB, or out of inodes); delete files, or create the "
             'sandbox with limits={"disk_mb": …}'
         )
     if after.get("pids_max", 0) > before.get("pids_max", 0):
         return "process_limit", (
-            f"the sandbox hit its limit of {sbx.spec.pids} processes; some forks failed "
-            '(create the sandbox with limits={"processes": …} for more)'
+            f"the sandbox hit its limit of {sbx.spec.limits.processes} processes; some forks "
+            'failed (create the sandbox with limits={"processes": …} for more)'
         )
     return None, None
 
@@ -113,7 +76,7 @@ async def _stream(sbx: LiveSandbox, proc: ProcessStream) -> AsyncIterator[bytes]
             async for fd, data in proc:
                 text = decoders[fd].decode(data)
                 if text:
-                    yield ndjson_line({"type": fd, "data": text})
+                    yield ndjson_line({"type": fd, "text": text})
         except (AgentError, AgentGone) as e:
             err = agent_error(e, sbx)
             finished = True
@@ -123,7 +86,7 @@ async def _stream(sbx: LiveSandbox, proc: ProcessStream) -> AsyncIterator[bytes]
             return
         for fd, dec in decoders.items():
             if tail := dec.decode(b"", final=True):
-                yield ndjson_line({"type": fd, "data": tail})
+                yield ndjson_line({"type": fd, "text": tail})
         exit = proc.exit
         assert exit is not None
         error, message = classify_exit(sbx, exit)
@@ -151,7 +114,7 @@ async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
     req = protocol.ProcessStart(
         argv=body.argv,
         cmd=body.cmd,
-        env={**sbx.envs, **body.envs},
+        envs={**sbx.envs, **body.envs},
         cwd=body.cwd,
         user=body.user,
         stdin=keep_stdin,
@@ -171,18 +134,10 @@ async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
 @router.get("/sandboxes/{sandbox_id}/commands", response_model=list[ProcessInfo])
 async def list_commands(sbx: Sandbox) -> list[ProcessInfo]:
     procs = await agent_call(sbx, sbx.agent.list_processes())
-    return [
-        ProcessInfo(
-            pid=p["pid"],
-            cmd=p.get("cmd"),
-            argv=p.get("argv"),
-            cwd=p.get("cwd"),
-            user=p.get("user", "user"),
-            tag=p.get("tag"),
-            envs=p.get("env", {}),
-        )
-        for p in procs
-    ]
+    try:  # the agent's replies are checked, never trusted to be well-formed
+        return [ProcessInfo(**p) for p in procs]
+    except (TypeError, ValueError) as e:
+        raise ApiError("sandbox_error", f"the sandbox's agent sent a malformed process: {e}") from e
 
 
 @router.post("/sandboxes/{sandbox_id}/commands/{pid}/stdin", status_code=204)

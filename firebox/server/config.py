@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firebox.settings import DEFAULT_TIMEOUT, Bound, Limits
+
 DEFAULT_PORT = 7070
 DEFAULT_UID_BASE = 1_000_000_000
 
@@ -24,22 +26,19 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     isolation: str = "auto"  # auto (the strongest that works here) | microvm | jail
-    # sandbox defaults and bounds
-    default_timeout: int = 300
-    max_timeout: int = 86400
-    memory_mb: int = 512
-    cpus: float = 1.0
-    pids: int = 256
-    disk_mb: int = 256  # tmpfs: counts against memory_mb too, so keep it below
-    open_files: int = 1024  # RLIMIT_NOFILE of each process in a sandbox
-    # the most a create may ask for (Limits in server/models.py); 0: the host's size
+    # a sandbox's limits unless its create asks for others (firebox.settings.Limits); a jail's
+    # disk is a tmpfs that counts against its memory too, so keep disk_mb below memory_mb
+    default_timeout: int = DEFAULT_TIMEOUT
+    limits: Limits = field(default_factory=lambda: Limits())
+    # the most a create may ask for (firebox.settings.resolve); 0: the host's size
     max_sandbox_memory_mb: int = 8192
-    max_sandbox_cpus: float = 0
+    max_sandbox_cpus: float = 0.0
+    # a command's or cell's printed output (stdout and stderr together): past it a marker,
+    # the rest discarded
+    max_output_mb: int = 64
     # each sandbox's ids 0..65535 map onto host ids uid_base + slot × 65536: far above the
     # ranges hosts hand out (users, /etc/subuid), which the jail backend checks at start
-    uid_base: int = field(
-        default_factory=lambda: int(os.environ.get("FIREBOX_UID_BASE", DEFAULT_UID_BASE))
-    )
+    uid_base: int = field(default_factory=default_uid_base)
     build_image_on_start: bool = True
     # booted sandboxes kept waiting per template, so a create is a hand-over (0: none)
     pool_size: int = 2
@@ -49,12 +48,21 @@ class ServerConfig:
     max_memory_mb: int = 0
     min_free_memory_mb: int = 1024
     min_free_disk_mb: int = 2048
-    # a command's stdout and stderr together: past it a marker, the rest discarded
-    max_output_mb: int = 64
     # egress (server/egress.py): fixed name=addr[,addr] entries the proxy resolves instead
     # of DNS, and ranges lifted off the always-denied floor (an internal mirror; tests)
     egress_resolve: list[str] = field(default_factory=list)
     egress_permit: list[str] = field(default_factory=list)
+
+    def ceilings(self) -> dict[str, Bound]:
+        """The most a create may ask for of each limit this daemon bounds."""
+        return {
+            "cpu_count": Bound(
+                self.max_sandbox_cpus or float(os.cpu_count() or 1),
+                "--max-sandbox-cpus, by default the host's cores",
+            ),
+            "memory_mb": Bound(self.max_sandbox_memory_mb, "--max-sandbox-memory-mb"),
+            "output_mb": Bound(self.max_output_mb, "--max-output-mb"),
+        }
 
     @property
     def db_path(self) -> Path:

@@ -17,11 +17,10 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from firebox import protocol
+from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity
 from firebox.server.agent_client import AgentError, AgentGone
-from firebox.server.commands import agent_call, agent_error, ensure_capacity
 from firebox.server.deps import Manager, Sandbox
 from firebox.server.errors import ApiError, StreamAborted
-from firebox.server.manager import iso
 from firebox.server.models import (
     CreateWatcher,
     EntryInfo,
@@ -30,6 +29,7 @@ from firebox.server.models import (
     MakeDir,
     RenameFile,
     WatcherCreated,
+    iso,
 )
 
 router = APIRouter(tags=["files"])

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import os
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from firebox import protocol
@@ -24,12 +21,15 @@ from firebox.backends.base import Backend, BackendError, RunningSandbox, Sandbox
 from firebox.images.cache import image_root
 from firebox.server.admission import Admission, HostLimits
 from firebox.server.agent_client import AgentClient, AgentError, AgentGone
+from firebox.server.boot import boot, spec_for
 from firebox.server.config import ServerConfig
 from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse_resolve
-from firebox.server.egress_policy import Policy, parse_networks
+from firebox.server.egress_policy import Policy, PolicyError, parse_networks, parse_policy
 from firebox.server.errors import ApiError
-from firebox.server.pool import WarmPool, boot, default_limits, spec_for
+from firebox.server.models import iso
+from firebox.server.pool import WarmPool
 from firebox.server.registry import Registry
+from firebox.settings import Bound, Limits, SandboxSettings, SettingsError, resolve
 
 log = logging.getLogger("firebox.manager")
 
@@ -44,12 +44,6 @@ HEARTBEAT_TIMEOUT = 4.0
 PREPARE_DEADLINE = 300.0
 
 
-def iso(ts: float) -> str:
-    # Clamped: sandbox code sets file times at will (touch -d, utime) and none may break a call.
-    ts = min(max(float(ts), 0.0), 253402300799.0)  # 1970-01-01 … 9999-12-31T23:59:59
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 @dataclass(eq=False)
 class Watcher:
     id: str
@@ -62,10 +56,8 @@ class Watcher:
 class LiveSandbox:
     id: str
     owner: str
-    template: str
+    settings: SandboxSettings  # as its create asked; ``spec.limits`` are what it has
     backend: str
-    metadata: dict[str, str]
-    envs: dict[str, str]
     started_at: float
     end_at: float
     spec: SandboxSpec
@@ -77,26 +69,30 @@ class LiveSandbox:
     ended: bool = False
     # limit counters (oom kills, pids.max hits) as last seen, to tell which failure hit one
     limits_seen: dict[str, int] = field(default_factory=dict)
-    output_limit: int = 64 << 20  # bytes of output a command may send (the rest is discarded)
     policy: Policy = field(default_factory=Policy)
     egress: SandboxEgress | None = None
     committed_mb: int = 0  # what it holds of the host's memory (admission)
 
+    @property
+    def envs(self) -> dict[str, str]:
+        """Set for every command and cell in it (theirs win)."""
+        return self.settings.envs
+
+    @property
+    def output_limit(self) -> int:
+        """Bytes of output a command or cell may send (the rest is discarded)."""
+        return self.spec.limits.output_mb << 20
+
     def info(self) -> dict[str, Any]:
         return {
             "sandbox_id": self.id,
-            "template": self.template,
-            "metadata": self.metadata,
+            "template": self.spec.template,
+            "metadata": self.settings.metadata,
             "started_at": iso(self.started_at),
             "end_at": iso(self.end_at),
             "state": "running",
             "backend": self.backend,
-            "cpu_count": self.spec.cpus,
-            "memory_mb": self.spec.memory_mb,
-            "disk_mb": self.spec.disk_mb,
-            "processes": self.spec.pids,
-            "open_files": self.spec.open_files,
-            "output_mb": self.output_limit >> 20,
+            **self.spec.limits.model_dump(),
             "allow_internet_access": self.policy.allow_internet_access,
             "network": {
                 "allow_out": [r.text for r in self.policy.allow_out],
@@ -111,6 +107,8 @@ class SandboxManager:
         self.registry = registry
         self.backend = backend
         self._live: dict[str, LiveSandbox] = {}
+        # a sandbox with these comes from the pool
+        self.default_limits = resolve(None, config.limits, config.ceilings())
         self.admission = Admission(
             HostLimits(
                 config.max_sandboxes,
@@ -118,17 +116,17 @@ class SandboxManager:
                 config.min_free_memory_mb,
                 config.min_free_disk_mb,
             ),
-            backend.committed_mb(config.memory_mb),
+            backend.committed_mb(self.default_limits.memory_mb),
             disks=[image_root(), config.home],
             running=lambda: (
                 [s.committed_mb for s in self._live.values()]
-                + [backend.committed_mb(config.memory_mb)] * self.pool.waiting()
+                + [backend.committed_mb(self.default_limits.memory_mb)] * self.pool.waiting()
             ),
         )
         self.egress = EgressSettings(
             Resolver(parse_resolve(config.egress_resolve)), parse_networks(config.egress_permit)
         )
-        self.pool = WarmPool(config, backend, config.pool_size, self.admission)
+        self.pool = WarmPool(self.default_limits, backend, config.pool_size, self.admission)
 
     # -- lifecycle of the daemon ----------------------------------------------------------
 
@@ -154,26 +152,17 @@ class SandboxManager:
 
     # -- the API's operations -------------------------------------------------------------
 
-    async def create(
-        self,
-        owner: str,
-        template: str,
-        timeout: int | None,
-        metadata: dict[str, str],
-        envs: dict[str, str],
-        limits: dict[str, Any] | None = None,
-        policy: Policy | None = None,
-        output_mb: int | None = None,
-    ) -> LiveSandbox:
-        """A running sandbox; ``limits`` (SandboxSpec fields) differ from the daemon's
-        defaults only where given. Only a sandbox of the default size comes from the pool."""
-        spec = spec_for(self.config, template, **self._checked(limits or {}))
-        output_limit = self._output_limit(output_mb)  # checked before anything starts
+    async def create(self, owner: str, settings: SandboxSettings) -> LiveSandbox:
+        """A running sandbox as ``settings`` ask, their limits within this daemon's bounds and
+        what they leave out the daemon's defaults. A sandbox of the default limits comes from
+        the pool."""
+        limits, policy = self._checked(settings)
+        spec = spec_for(settings.template, limits)
         booted = None
-        if spec == dataclasses.replace(spec, **default_limits(self.config)):
-            booted = await self.pool.take(template)  # a pooled sandbox is counted already
+        if limits == self.default_limits:
+            booted = await self.pool.take(settings.template)  # a pooled one is counted already
         if booted is None:
-            with self.admission.starting(self.backend.committed_mb(spec.memory_mb)):
+            with self.admission.starting(self.backend.committed_mb(limits.memory_mb)):
                 try:
                     await asyncio.wait_for(self.backend.prepare(spec), PREPARE_DEADLINE)
                 except TimeoutError:
@@ -186,10 +175,9 @@ class SandboxManager:
                 except BackendError as e:
                     raise ApiError("unavailable", str(e)) from None
                 booted = await boot(self.backend, spec)
-        policy = policy or Policy()
         egress = None
         if policy.opens_anything:
-            egress = SandboxEgress(spec.sandbox_id, booted.agent, policy, self.egress)
+            egress = SandboxEgress(booted.spec.sandbox_id, booted.agent, policy, self.egress)
             try:
                 await egress.start()
             except (AgentError, AgentGone) as e:
@@ -197,70 +185,47 @@ class SandboxManager:
                 raise ApiError(
                     "sandbox_error", f"the sandbox's egress could not start: {e}"
                 ) from None
-        spec, running, agent = booted.spec, booted.running, booted.agent
-        sandbox_id = spec.sandbox_id
         now = time.time()
-        timeout = timeout or self.config.default_timeout
         live = LiveSandbox(
-            id=sandbox_id,
+            id=booted.spec.sandbox_id,
             owner=owner,
-            template=template,
+            settings=settings,
             backend=self.backend.name,
-            metadata=dict(metadata),
-            envs=dict(envs),
             started_at=now,
-            end_at=now + timeout,
-            spec=spec,
-            running=running,
-            agent=agent,
-            output_limit=output_limit,
+            end_at=now + (settings.timeout or self.config.default_timeout),
+            spec=booted.spec,
+            running=booted.running,
+            agent=booted.agent,
             policy=policy,
             egress=egress,
-            committed_mb=self.backend.committed_mb(spec.memory_mb),
+            committed_mb=self.backend.committed_mb(limits.memory_mb),
         )
-        self._live[sandbox_id] = live
+        self._live[live.id] = live
         self.registry.add_sandbox(
-            sandbox_id, owner, template, live.backend, live.metadata, now, live.end_at
+            live.id, owner, settings.template, live.backend, settings.metadata, now, live.end_at
         )
         self._schedule(live)
         live.monitor = asyncio.create_task(self._monitor(live))
         return live
 
-    def _output_limit(self, output_mb: int | None) -> int:
-        """Bytes of output a command or cell may print: the create's, within the daemon's."""
-        cap = self.config.max_output_mb
-        if output_mb is not None and output_mb > cap:
-            raise ApiError(
-                "invalid_argument",
-                f"output_mb {output_mb} is more than this daemon forwards ({cap}, "
-                "--max-output-mb); ask for less, and write big output to a file",
+    def _checked(self, settings: SandboxSettings) -> tuple[Limits, Policy]:
+        """The limits and egress policy ``settings`` ask for, checked against this daemon's
+        bounds before anything starts (ApiError names what is wrong)."""
+        least = {"memory_mb": Bound(self.backend.min_memory_mb, f"a {self.backend.name} sandbox")}
+        net = settings.network
+        try:
+            limits = resolve(settings.limits, self.config.limits, self.config.ceilings(), least)
+        except SettingsError as e:
+            raise ApiError("invalid_argument", str(e)) from None
+        try:
+            policy = parse_policy(
+                net.allow_out if net else [],
+                net.deny_out if net else [],
+                settings.allow_internet_access,
             )
-        return (output_mb or cap) << 20
-
-    def _checked(self, limits: dict[str, Any]) -> dict[str, Any]:
-        """``limits`` within this daemon's bounds, else ApiError naming the bound."""
-        cfg = self.config
-        max_cpus = cfg.max_sandbox_cpus or float(os.cpu_count() or 1)
-        if limits.get("cpus") is not None and limits["cpus"] > max_cpus:
-            raise ApiError(
-                "invalid_argument",
-                f"cpu_count {limits['cpus']:g} is more than this host gives a sandbox "
-                f"({max_cpus:g}); ask for less",
-            )
-        memory = limits.get("memory_mb")
-        if memory is not None and memory < self.backend.min_memory_mb:
-            raise ApiError(
-                "invalid_argument",
-                f"memory_mb {memory} is too little for a {self.backend.name} sandbox; give it "
-                f"at least {self.backend.min_memory_mb}",
-            )
-        if memory is not None and cfg.max_sandbox_memory_mb and memory > cfg.max_sandbox_memory_mb:
-            raise ApiError(
-                "invalid_argument",
-                f"memory_mb {memory} is more than this daemon gives a sandbox "
-                f"({cfg.max_sandbox_memory_mb}, --max-sandbox-memory-mb); ask for less",
-            )
-        return {k: v for k, v in limits.items() if v is not None}
+        except PolicyError as e:
+            raise ApiError("invalid_argument", f"network: {e}") from None
+        return limits, policy
 
     def get(self, owner: str, sandbox_id: str) -> LiveSandbox:
         live = self._live.get(sandbox_id)
@@ -283,7 +248,7 @@ class SandboxManager:
             for s in self._live.values()
             if s.owner == owner
             and not s.ended
-            and all(s.metadata.get(k) == v for k, v in metadata.items())
+            and all(s.settings.metadata.get(k) == v for k, v in metadata.items())
         ]
 
     def set_timeout(self, owner: str, sandbox_id: str, timeout: int) -> None:

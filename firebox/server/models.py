@@ -2,34 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from firebox.images import DEFAULT_TEMPLATE
+from firebox import protocol
+from firebox.settings import MAX_TIMEOUT, Envs, Limits, Network, Text, Timeout
 
-TemplateName = Field(default=DEFAULT_TEMPLATE, pattern=r"^[a-z][a-z0-9-]{0,62}$")
-
-
-def _clean(value: str) -> str:
-    # Everything here crosses into the sandbox (as UTF-8) or is stored and echoed back as JSON:
-    # a lone surrogate or a NUL cannot make that trip, so it is refused at the edge.
-    if "\0" in value:
-        raise ValueError("must not contain a NUL byte")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (it has a lone surrogate)") from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_clean)]
-Key = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
-Value = Annotated[Text, StringConstraints(max_length=4096)]
-EnvName = Annotated[Text, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^=]+$")]
-EnvValue = Annotated[Text, StringConstraints(max_length=128 * 1024)]
-Envs = Annotated[dict[EnvName, EnvValue], Field(max_length=256)]
 SandboxPath = Annotated[Text, StringConstraints(min_length=1, max_length=4096)]
+
+
+def iso(ts: float) -> str:
+    """A time as the API carries it: ISO 8601, UTC."""
+    # Clamped: sandbox code sets file times at will (touch -d, utime) and none may break a call.
+    ts = min(max(float(ts), 0.0), 253402300799.0)  # 1970-01-01 … 9999-12-31T23:59:59
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def wire_model(record: type[Any]) -> type[BaseModel]:
+    """The REST shape of a record the agent sends (``protocol.ProcessInfo``): the same fields,
+    defined once in protocol.py, checked on their way out."""
+    from typing import get_type_hints
+
+    hints = get_type_hints(record)
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        record.__name__,
+        __doc__=record.__doc__,
+        **{name: (hints[name], ...) for name in record.__dataclass_fields__},
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -41,48 +42,10 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-class Limits(BaseModel):
-    """A sandbox's resources; each one left out takes the daemon's default (``firebox serve
-    --help``). The daemon also bounds each by its own maximum."""
+class SandboxInfo(Limits):
+    """A sandbox as the daemon describes it: its limits flat, as E2B's info carries them."""
 
-    model_config = ConfigDict(extra="forbid")
-    cpu_count: float | None = Field(default=None, gt=0, le=64, description="CPU share, in cores")
-    memory_mb: int | None = Field(default=None, ge=64, le=65536)
-    disk_mb: int | None = Field(default=None, ge=16, le=1 << 20, description="home and /tmp each")
-    processes: int | None = Field(default=None, ge=16, le=65536)
-    open_files: int | None = Field(default=None, ge=64, le=1 << 20, description="per process")
-    output_mb: int | None = Field(
-        default=None, ge=1, le=1024, description="printed output forwarded per command or cell"
-    )
-
-
-NetRule = Annotated[Text, StringConstraints(min_length=1, max_length=300)]
-
-
-class Network(BaseModel):
-    """Egress beyond ``allow_internet_access``: domains (``*.example.com``), IPs or CIDRs.
-    ``allow_out`` wins over ``deny_out``; private, loopback, link-local and the host's own
-    addresses stay closed whatever either says."""
-
-    model_config = ConfigDict(extra="forbid")
-    allow_out: list[NetRule] = Field(default_factory=list, max_length=256)
-    deny_out: list[NetRule] = Field(default_factory=list, max_length=256)
-
-
-class CreateSandbox(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    template: str = TemplateName
-    timeout: int | None = Field(default=None, ge=1, le=86400, description="seconds; default 300")
-    metadata: dict[Key, Value] = Field(default_factory=dict, max_length=64)
-    envs: Envs = Field(default_factory=dict)
-    limits: Limits | None = None
-    allow_internet_access: bool = Field(
-        default=False, description="egress to the internet through the daemon's proxy"
-    )
-    network: Network | None = None
-
-
-class SandboxInfo(BaseModel):
+    model_config = ConfigDict(frozen=False, extra="ignore")
     sandbox_id: str
     template: str
     metadata: dict[str, str]
@@ -90,19 +53,13 @@ class SandboxInfo(BaseModel):
     end_at: str
     state: str
     backend: str
-    cpu_count: float
-    memory_mb: int
-    disk_mb: int
-    processes: int
-    open_files: int
-    output_mb: int
     allow_internet_access: bool
     network: Network
 
 
 class SetTimeout(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: int = Field(ge=1, le=86400)
+    timeout: Timeout
 
 
 class CreateKey(BaseModel):
@@ -126,20 +83,18 @@ class RunCommand(BaseModel):
     envs: Envs = Field(default_factory=dict)
     cwd: SandboxPath | None = None
     user: Literal["user", "root"] = "user"
-    timeout: float = Field(default=60, ge=0, le=86400, description="seconds; 0 means none")
+    timeout: float = Field(default=60, ge=0, le=MAX_TIMEOUT, description="seconds; 0 means none")
     stdin: bool = False
     stdin_data: Annotated[Text, StringConstraints(max_length=8 * 1024 * 1024)] | None = None
     tag: Annotated[Text, StringConstraints(max_length=200)] | None = None
 
 
-class ProcessInfo(BaseModel):
-    pid: int
-    cmd: str | None
-    argv: list[str] | None
-    cwd: str | None
-    user: str
-    tag: str | None
-    envs: dict[str, str]
+if TYPE_CHECKING:  # what wire_model makes, for the type checker
+    ProcessInfo = BaseModel
+    ContextInfo = BaseModel
+else:
+    ProcessInfo = wire_model(protocol.ProcessInfo)
+    ContextInfo = wire_model(protocol.ContextInfo)
 
 
 class SendStdin(BaseModel):
@@ -215,7 +170,7 @@ class RunCode(BaseModel):
     context_id: Annotated[Text, StringConstraints(max_length=100)] | None = None
     envs: Envs = Field(default_factory=dict)
     timeout: float | None = Field(
-        default=None, ge=0, le=86400, description="seconds; the cell is interrupted at it"
+        default=None, ge=0, le=MAX_TIMEOUT, description="seconds; the cell is interrupted at it"
     )
 
 
@@ -224,9 +179,3 @@ class CreateContext(BaseModel):
     language: Language = "python"
     cwd: SandboxPath | None = None
     user: Literal["user", "root"] = "user"
-
-
-class ContextInfo(BaseModel):
-    id: str
-    language: str
-    cwd: str

@@ -1,9 +1,9 @@
-"""Starting sandboxes, and keeping a few started ahead of demand (the warm pool).
+"""The warm pool: a few sandboxes started ahead of demand (boot.py starts them, as any).
 
-``boot`` is the one way a sandbox comes to life: a backend start plus the agent's hello, each
-with a deadline. The pool keeps ``size`` booted sandboxes per template so that a create is a
-hand-over; it refills in the background. A pooled sandbox belongs to nobody until taken, is
-taken at most once (a queue hands each out once), and one that dies while waiting is dropped.
+The pool keeps ``size`` booted sandboxes per template, of the daemon's default limits, so that
+a create is a hand-over; it refills in the background. A pooled sandbox belongs to nobody
+until taken, is taken at most once (a queue hands each out once), and one that dies while
+waiting is dropped.
 """
 
 from __future__ import annotations
@@ -11,104 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from firebox import images, protocol
-from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
+from firebox import protocol
+from firebox.backends.base import Backend
 from firebox.server.admission import Admission
-from firebox.server.agent_client import AgentClient, AgentError, AgentGone
-from firebox.server.config import ServerConfig
+from firebox.server.agent_client import AgentError, AgentGone
+from firebox.server.boot import HELLO_DEADLINE, START_DEADLINE, Booted, boot, spec_for
 from firebox.server.errors import ApiError
+from firebox.settings import Limits
 
 log = logging.getLogger("firebox.pool")
 
-START_DEADLINE = 20.0  # seconds for a backend to hand over a connected agent
-HELLO_DEADLINE = 10.0
 RETRY_DELAY = 5.0  # after a failed refill, so a broken host is not hammered
 # A boot takes ~30 ms of CPU; right after a hand-over it would compete with the new sandbox's
 # first commands (2 cores here), so refills start a moment later.
 REFILL_DELAY = 0.25
-
-
-@dataclass(eq=False)
-class Booted:
-    spec: SandboxSpec
-    running: RunningSandbox
-    agent: AgentClient
-
-    def alive(self) -> bool:
-        return self.running.poll() is None and not self.agent.closed
-
-    async def discard(self) -> None:
-        await self.agent.close()
-        await self.running.cleanup()
-
-
-def rootfs_for(template: str) -> Path:
-    known = images.known_templates()
-    if template not in known:
-        raise ApiError(
-            "invalid_argument", f"unknown template {template!r}; known: {', '.join(known)}"
-        )
-    rootfs = images.image_path(template)
-    if rootfs is None:
-        raise ApiError(
-            "unavailable",
-            f"template {template!r} is not built on this host yet; "
-            f"run `firebox image build {template}`",
-        )
-    return rootfs
-
-
-def default_limits(config: ServerConfig) -> dict[str, Any]:
-    """The SandboxSpec fields a sandbox of the daemon's default size has."""
-    return {
-        "memory_mb": config.memory_mb,
-        "cpus": config.cpus,
-        "pids": config.pids,
-        "disk_mb": config.disk_mb,
-        "open_files": config.open_files,
-    }
-
-
-def spec_for(config: ServerConfig, template: str, **limits: Any) -> SandboxSpec:
-    """A new sandbox of ``template`` with the daemon's limits, or those given instead."""
-    sandbox_id = "sbx_" + secrets.token_hex(8)
-    return SandboxSpec(
-        sandbox_id=sandbox_id,
-        hostname=sandbox_id.replace("_", "-"),  # its own, and a valid host name
-        template=template,
-        rootfs=rootfs_for(template),
-        **{**default_limits(config), **limits},
-    )
-
-
-async def boot(backend: Backend, spec: SandboxSpec) -> Booted:
-    try:
-        running = await asyncio.wait_for(backend.start(spec), START_DEADLINE)
-    except TimeoutError:
-        raise ApiError("timeout", f"the sandbox did not start in {START_DEADLINE:.0f} s") from None
-    except BackendError as e:
-        raise ApiError("unavailable", str(e)) from None
-    agent = AgentClient(running.reader, running.writer)
-    try:
-        await agent.wait_hello(HELLO_DEADLINE)
-    except BaseException as e:  # cancelled too: a half-started sandbox is never stranded
-        await agent.close()
-        await running.cleanup()
-        if not isinstance(e, AgentGone | TimeoutError | protocol.ProtocolError):
-            raise
-        said = running.diagnostics()
-        raise ApiError(
-            "sandbox_error",
-            f"the sandbox's agent did not start: {e}" + (f" ({said})" if said else ""),
-        ) from None
-    return Booted(spec, running, agent)
-
-
 WARM_UP_DEADLINE = 60.0
 
 
@@ -135,10 +52,8 @@ async def warm_up(booted: Booted) -> None:
 
 
 class WarmPool:
-    def __init__(
-        self, config: ServerConfig, backend: Backend, size: int, admission: Admission
-    ) -> None:
-        self.config = config
+    def __init__(self, limits: Limits, backend: Backend, size: int, admission: Admission) -> None:
+        self.limits = limits  # every pooled sandbox has these: the daemon's defaults
         self.backend = backend
         self.size = size
         self.admission = admission  # a pooled sandbox counts against the host's limits
@@ -183,7 +98,7 @@ class WarmPool:
                 continue
             try:
                 with self.admission.starting():
-                    booted = await boot(self.backend, spec_for(self.config, template))
+                    booted = await boot(self.backend, spec_for(template, self.limits))
                     await warm_up(booted)
                     if self._closed:
                         await booted.discard()

@@ -8,45 +8,16 @@ from fastapi import APIRouter, Query, Request, Response
 
 from firebox.server.auth import new_key
 from firebox.server.deps import Caller, Manager, Sandbox
-from firebox.server.egress_policy import PolicyError, parse_policy
 from firebox.server.errors import ApiError
-from firebox.server.models import (
-    CreateKey,
-    CreateSandbox,
-    KeyCreated,
-    Limits,
-    Network,
-    SandboxInfo,
-    SetTimeout,
-)
+from firebox.server.models import CreateKey, KeyCreated, SandboxInfo, SetTimeout
+from firebox.settings import SandboxSettings
 
 router = APIRouter(tags=["sandboxes"])
 
 
 @router.post("/sandboxes", status_code=201, response_model=SandboxInfo)
-async def create_sandbox(body: CreateSandbox, caller: Caller, mgr: Manager) -> SandboxInfo:
-    net = body.network or Network()
-    try:
-        policy = parse_policy(net.allow_out, net.deny_out, body.allow_internet_access)
-    except PolicyError as e:
-        raise ApiError("invalid_argument", f"network: {e}") from None
-    limits = body.limits or Limits()
-    live = await mgr.create(
-        caller.id,
-        body.template,
-        body.timeout,
-        body.metadata,
-        body.envs,
-        limits={
-            "cpus": limits.cpu_count,
-            "memory_mb": limits.memory_mb,
-            "disk_mb": limits.disk_mb,
-            "pids": limits.processes,
-            "open_files": limits.open_files,
-        },
-        policy=policy,
-        output_mb=limits.output_mb,
-    )
+async def create_sandbox(body: SandboxSettings, caller: Caller, mgr: Manager) -> SandboxInfo:
+    live = await mgr.create(caller.id, body)
     return SandboxInfo(**live.info())
 
 

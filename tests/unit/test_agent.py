@@ -212,7 +212,7 @@ async def test_argv_env_cwd(client: AgentClient, tmp_path: Path) -> None:
         client, protocol.ProcessStart(argv=["printf", "%s|", "a b", "c"], user="root")
     )
     assert out == b"a b|c|"
-    req = sh('echo "$FOO|$PWD|$(pwd)|$HOME|$USER|$LANG"', env={"FOO": "bar"}, cwd=str(tmp_path))
+    req = sh('echo "$FOO|$PWD|$(pwd)|$HOME|$USER|$LANG"', envs={"FOO": "bar"}, cwd=str(tmp_path))
     out, _, _ = await run(client, req)
     assert out.decode() == f"bar|{tmp_path}|{tmp_path}|/root|root|C.UTF-8\n"
     out, _, _ = await run(client, sh("pwd"))
@@ -234,11 +234,11 @@ async def test_stdin_then_eof(client: AgentClient) -> None:
 
 
 async def test_list_and_signal_a_background_process(client: AgentClient) -> None:
-    stream = await client.start_process(sh("sleep 30", tag="napper", env={"A": "1"}))
+    stream = await client.start_process(sh("sleep 30", tag="napper", envs={"A": "1"}))
     listed = {p["pid"]: p for p in await client.list_processes()}
     assert listed[stream.pid]["tag"] == "napper"
     assert listed[stream.pid]["cmd"] == "sleep 30"
-    assert listed[stream.pid]["env"] == {"A": "1"}
+    assert listed[stream.pid]["envs"] == {"A": "1"}
     await client.signal(stream.pid, signal.SIGTERM)
     async for _ in stream:
         pass

@@ -77,9 +77,7 @@ async def _jail_host(tmp: Path) -> Host:
     verdict = backend.availability()
     if not verdict.ok:
         pytest.skip(f"the jail backend cannot run here: {verdict.reason}")
-    spec = SandboxSpec(
-        sandbox_id=f"ctx-{uuid.uuid4().hex[:12]}", template="python", rootfs=rootfs, memory_mb=512
-    )
+    spec = SandboxSpec(sandbox_id=f"ctx-{uuid.uuid4().hex[:12]}", template="python", rootfs=rootfs)
     sandbox = await backend.start(spec)
     client = AgentClient(sandbox.reader, sandbox.writer)
     await client.wait_hello(30)
@@ -469,7 +467,7 @@ async def test_exhausting_memory_is_reported_and_the_context_restarts(host: Host
 async def test_env_applies_to_one_cell(host: Host) -> None:
     cid = await context(host)
     code = "import os; os.environ.get('GREETING')"
-    assert (await run(host.client, code, context_id=cid, env={"GREETING": "hi"})).value == "'hi'"
+    assert (await run(host.client, code, context_id=cid, envs={"GREETING": "hi"})).value == "'hi'"
     assert (await run(host.client, code, context_id=cid)).value is None
 
 
@@ -531,7 +529,7 @@ async def test_bash_state_persists(host: Host) -> None:
     r = await run(host.client, "sleep 30; echo never", context_id=cid, timeout=0.5)
     assert r.error is not None and r.error.name == "TimeoutError"
     assert "never" not in r.stdout and not r.done["restarted"]
-    r = await run(host.client, 'echo "$count $ONCE"', context_id=cid, env={"ONCE": "x"})
+    r = await run(host.client, 'echo "$count $ONCE"', context_id=cid, envs={"ONCE": "x"})
     assert r.stdout == "3 x\n"
     r = await run(host.client, 'echo "[$ONCE]"; exit 4', context_id=cid)
     assert r.stdout == "[]\n" and r.error is not None and r.error.name == "InterpreterDied"
@@ -573,7 +571,7 @@ async def test_bad_requests_say_what_is_wrong(host: Host) -> None:
         await run(host.client, "1", context_id=cid, timeout=-1)
     assert e.value.code == "invalid"
     with pytest.raises(AgentError) as e:
-        await run(host.client, "true", context_id=cid, env={"A-B": "1"})
+        await run(host.client, "true", context_id=cid, envs={"A-B": "1"})
     assert e.value.code == "invalid"
 
 

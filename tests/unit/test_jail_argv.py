@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from firebox.backends.base import SandboxSpec
-from firebox.backends.jail.bwrap import AGENT_CAPS, JailFds, agent_env, bwrap_argv
+from firebox.backends.jail.bwrap import AGENT_CAPS, AGENT_ENV, JailFds, bwrap_argv
 from firebox.backends.jail.zygote import HOLDER
 
-SPEC = SandboxSpec(sandbox_id="sbx_x", template="python", rootfs=Path("/img"), open_files=99)
+SPEC = SandboxSpec(sandbox_id="sbx_x", template="python", rootfs=Path("/img"))
 FDS = JailFds(agent=10, seccomp=11, info=12, userns_block=13, machine_id=14, boot_id=15)
 
 
@@ -21,8 +21,8 @@ def test_bwrap_runs_the_agent_with_its_capabilities_and_environment() -> None:
     argv = bwrap_argv(SPEC, Path("/lib"), FDS, Path("/rw"))
     assert _after(argv, "--cap-add") == list(AGENT_CAPS)
     env = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv) if a == "--setenv"}
-    assert env == {**agent_env(SPEC), "FIREBOX_AGENT_FD": "10"}
-    assert env["FIREBOX_OPEN_FILES"] == "99"
+    # nothing of the sandbox's settings: they come over the channel (protocol.Configure)
+    assert env == {**AGENT_ENV, "FIREBOX_AGENT_FD": "10"}
     assert "firebox.agent.main" in argv[-1]
 
 

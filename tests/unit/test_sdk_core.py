@@ -204,10 +204,10 @@ def test_http_layer_applies_the_mapping() -> None:
 
 def test_command_events() -> None:
     assert parse_command_event('{"type": "start", "pid": 12}') == CommandStart(pid=12)
-    assert parse_command_event('{"type": "stdout", "data": "hi\\n"}') == CommandOutput(
+    assert parse_command_event('{"type": "stdout", "text": "hi\\n"}') == CommandOutput(
         "stdout", "hi\n"
     )
-    assert parse_command_event('{"type": "stderr", "data": "x"}') == CommandOutput("stderr", "x")
+    assert parse_command_event('{"type": "stderr", "text": "x"}') == CommandOutput("stderr", "x")
     assert parse_command_event('{"type": "end", "exit_code": 0, "error": null}') == CommandEnd(0)
     assert parse_command_event('{"type": "end", "exit_code": -9, "error": "timeout"}') == (
         CommandEnd(-9, "timeout")

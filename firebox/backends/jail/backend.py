@@ -207,13 +207,15 @@ class JailBackend(Backend):
         if not ok.ok:
             raise BackendError(f"the jail backend cannot run here: {ok.reason}")
         limits = cgroups.Limits(
-            memory_bytes=spec.memory_mb * 1024 * 1024, pids=spec.pids, cpu_quota=spec.cpus
+            memory_bytes=spec.limits.memory_mb << 20,
+            pids=spec.limits.processes,
+            cpu_quota=spec.limits.cpu_count,
         )
         slot = self._slots.take()
         host_id = self._slots.first_id(slot)
         try:
             rw = await asyncio.to_thread(
-                rwdisk.create, self._rw_parent, spec.sandbox_id, spec.disk_mb, host_id
+                rwdisk.create, self._rw_parent, spec.sandbox_id, spec.limits.disk_mb, host_id
             )
         except OSError as e:
             self._slots.release(slot)
@@ -288,7 +290,7 @@ class JailBackend(Backend):
             os.write(block_w, b"1")
             if fork is not None:
                 await self._wait_set_up(ready_r)
-                fork.hand_over(spec, child_pid, theirs, err_w)
+                fork.hand_over(child_pid, theirs, err_w)
             theirs.close()
             reader, writer = await asyncio.open_connection(sock=ours, limit=STREAM_LIMIT)
             if err_sock is not None:

@@ -48,14 +48,9 @@ class JailFds:
     boot_id: int
 
 
-def agent_env(spec: SandboxSpec) -> dict[str, str]:
-    """The agent's whole environment (apart from where its channel is)."""
-    return {
-        "PATH": GUEST_PATH,
-        "LANG": "C.UTF-8",
-        "FIREBOX_BACKEND": "jail",
-        "FIREBOX_OPEN_FILES": str(spec.open_files),
-    }
+# The agent's whole environment (apart from where its channel is): the sandbox's settings
+# reach it over the channel (protocol.Configure), as in a microVM.
+AGENT_ENV = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "FIREBOX_BACKEND": "jail"}
 
 
 def bwrap_argv(
@@ -119,7 +114,7 @@ def bwrap_argv(
     argv += ["--clearenv"]
     if holder is not None:
         return [*argv, "--setenv", "PATH", GUEST_PATH, "--", *holder]
-    for name, value in {**agent_env(spec), "FIREBOX_AGENT_FD": str(fds.agent)}.items():
+    for name, value in {**AGENT_ENV, "FIREBOX_AGENT_FD": str(fds.agent)}.items():
         argv += ["--setenv", name, value]
     argv += ["--", *AGENT_COMMAND]
     return argv

@@ -21,9 +21,9 @@ import subprocess
 from pathlib import Path
 
 from firebox.backends.agent_files import GUEST_LIB
-from firebox.backends.base import BackendError, SandboxSpec
+from firebox.backends.base import BackendError
 from firebox.backends.jail import seccomp
-from firebox.backends.jail.bwrap import AGENT_CAPS, GUEST_PATH, agent_env
+from firebox.backends.jail.bwrap import AGENT_CAPS, AGENT_ENV, GUEST_PATH
 from firebox.backends.jail.cgroups import CgroupSet
 
 log = logging.getLogger("firebox.jail")
@@ -187,9 +187,7 @@ class AgentFork:
         self.pid = pid  # the host pid of the zygote's fork (the agent is its child)
         self._link = link
 
-    def hand_over(
-        self, spec: SandboxSpec, child_pid: int, agent: socket.socket, stderr: int
-    ) -> None:
+    def hand_over(self, child_pid: int, agent: socket.socket, stderr: int) -> None:
         """Once bubblewrap has set the jail up, send the fork the jail's descriptors: it joins
         the jail of bubblewrap's ``child_pid`` and becomes the agent on ``agent``
         (agent/zygote.py)."""
@@ -198,7 +196,7 @@ class AgentFork:
             fds["seccomp"] = seccomp.write_filter_fd()
             fds["agent"] = agent.fileno()
             fds["stderr"] = stderr
-            request = {"env": agent_env(spec), "caps": list(AGENT_CAPS), "fds": list(fds)}
+            request = {"env": AGENT_ENV, "caps": list(AGENT_CAPS), "fds": list(fds)}
             self._link.settimeout(REQUEST_DEADLINE)  # one small message: it never waits
             socket.send_fds(self._link, [json.dumps(request).encode()], list(fds.values()))
         except OSError as e:

@@ -169,7 +169,8 @@ class MicroVMBackend(Backend):
         await self._snapshot(spec)
 
     async def _snapshot(self, spec: SandboxSpec) -> tuple[Path, snapshot.SnapshotSpec]:
-        shape = (spec.template, spec.memory_mb, _vcpus(spec.cpus), spec.disk_mb)
+        limits = spec.limits
+        shape = (spec.template, limits.memory_mb, _vcpus(limits.cpu_count), limits.disk_mb)
         found = self._prepared.get(shape)
         if found is not None:
             return found
@@ -200,9 +201,9 @@ class MicroVMBackend(Backend):
             + "|"
             + qemu.machine_identity(self._accel.accel),
             accel=self._accel.accel,
-            memory_mb=spec.memory_mb,
-            cpus=_vcpus(spec.cpus),
-            disk_mb=spec.disk_mb,
+            memory_mb=spec.limits.memory_mb,
+            cpus=_vcpus(spec.limits.cpu_count),
+            disk_mb=spec.limits.disk_mb,
         )
         root = image_root()
         entry = snapshot.ready(root, snap)
@@ -281,9 +282,8 @@ class MicroVMBackend(Backend):
             shutil.copyfile(self._blank[snap.name], overlay)
             os.chown(vm_dir, uid, uid)
             os.chown(overlay, uid, uid)
-            cgroup = await asyncio.to_thread(
-                cgroups.create, spec.sandbox_id, template.limits(snap.memory_mb, spec.cpus)
-            )
+            vm_limits = template.limits(snap.memory_mb, spec.limits.cpu_count)
+            cgroup = await asyncio.to_thread(cgroups.create, spec.sandbox_id, vm_limits)
             state_fd = os.open(entry / "state", os.O_RDONLY)
             vm = qemu.VmConfig(
                 vmlinux=snap.vmlinux,
@@ -322,8 +322,6 @@ class MicroVMBackend(Backend):
                 hostname=spec.hostname,
                 machine_id=secrets.token_hex(16),
                 boot_id=str(uuid.uuid4()),
-                pids_max=spec.pids,
-                open_files=spec.open_files,
             )
             writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
             await writer.drain()
