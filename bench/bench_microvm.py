@@ -34,11 +34,11 @@ from pathlib import Path
 from common import RESULTS, first_result, sandbox_pss_mb, timed  # beside this file
 
 from firebox import Sandbox, images
+from firebox.agent_client import AgentClient
 from firebox.backends.agent_files import stage
 from firebox.backends.microvm import initramfs, qemu, snapshot
 from firebox.images import vmboot
 from firebox.images.cache import image_root
-from firebox.server.agent_client import AgentClient
 from firebox.testing import LocalDaemon
 
 BUDGET_MB = 16 * 1024

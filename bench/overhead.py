@@ -154,13 +154,14 @@ async def _rounds(
     backend_name: str, daemon: LocalDaemon, sandbox_id: str, floor: str, runs: int, home: Path
 ) -> dict[str, list[float]]:
     from firebox import protocol
+    from firebox.backends.owner import Owner
     from firebox.backends.select import select
     from firebox.server.boot import boot, spec_for
     from firebox.server.config import ServerConfig
 
     config = ServerConfig(home=home, isolation=backend_name)
     config.uid_base += UID_OFFSET
-    backend = select(backend_name, config.home, config.uid_base)
+    backend = select(backend_name, Owner.of_process("bench-overhead"), config.uid_base)
     try:
         spec = spec_for("python", config.limits)
         await backend.prepare(spec)
@@ -233,7 +234,7 @@ def measure(backend_name: str, daemon: LocalDaemon, sandbox_id: str, runs: int) 
     and a sandbox of the same backend started here; the samples (ms) of each layer. The
     sandbox started here has its cgroup under a parent of its own, removed after, and host ids
     far from the daemons'."""
-    from firebox.backends.jail import cgroups
+    from firebox.confine import cgroups
 
     home = Path(tempfile.mkdtemp(prefix="firebox-bench-agent-"))
     before = os.environ.get(cgroups.PARENT_ENV)

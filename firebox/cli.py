@@ -37,9 +37,7 @@ def _pairs(items: Sequence[str]) -> dict[str, str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
-    from firebox.server.app import create_app
+    from firebox.server import daemon
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -73,17 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except PolicyError as e:
         print(f"firebox serve: {e}", file=sys.stderr)
         return 2
-    # No X-Forwarded-* handling: nothing in the daemon uses the client's address or scheme,
-    # and the middleware would cost every call its time.
-    uvicorn.run(
-        create_app(config),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        proxy_headers=False,
-        access_log=False,
-    )
-    return 0
+    return daemon.run(config)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -94,18 +82,21 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     )
     print(f"[image] {args.template} ready at {path}")
     if not args.no_microvm:
-        _build_microvm_pieces(args.template, Path(args.home))
+        _build_microvm_pieces(args.template)
     return 0
 
 
-def _build_microvm_pieces(template: str, home: Path) -> None:
+def _build_microvm_pieces(template: str) -> None:
     """The same image for microVMs: kernel, root disk, and the template's snapshot."""
     import asyncio
 
     from firebox.backends.microvm.backend import MicroVMBackend
+    from firebox.backends.owner import Owner
     from firebox.server.boot import spec_for
 
-    backend = MicroVMBackend(home, ServerConfig().uid_base)
+    # An owner of its own: a daemon may be serving ``home`` meanwhile, and its VMs' state is
+    # none of this run's business (backends/owner.py).
+    backend = MicroVMBackend(Owner.of_process("image-build"), ServerConfig().uid_base)
     verdict = backend.availability()
     if not verdict.ok:
         print(f"[image] no microVM pieces: the microvm backend cannot run here ({verdict.reason})")
@@ -113,7 +104,7 @@ def _build_microvm_pieces(template: str, home: Path) -> None:
 
     async def prepare() -> None:
         try:
-            await backend.prepare(spec_for(template, ServerConfig(home=home).limits))
+            await backend.prepare(spec_for(template, ServerConfig().limits))
         finally:
             await backend.close()
 
@@ -127,7 +118,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from firebox.backends.select import report
 
     ok_any = False
-    for name, verdict in report(Path(args.home), ServerConfig().uid_base).items():
+    for name, verdict in report(ServerConfig().uid_base).items():
         mark = "ok " if verdict.ok else "no "
         ok_any |= verdict.ok
         print(f"{mark} {name:8} {verdict.reason}")

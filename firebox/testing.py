@@ -4,8 +4,9 @@
         os.environ.update(daemon.env())   # FIREBOX_URL and FIREBOX_API_KEY for the SDK
         ...
 
-The daemon keeps its state in a temporary directory and its cgroups under a parent of its own,
-so it never touches another daemon's sandboxes. Needs root, like every jail.
+The daemon keeps its state in a home of its own (a temporary directory unless given), and so
+its cgroups and sandbox state too (``firebox.backends.owner``): it never touches another
+daemon's sandboxes. Needs root, like every jail.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from firebox.backends.owner import Owner
+from firebox.confine.cgroups import DEFAULT_PARENT, PARENT_ENV
 
 START_DEADLINE = 120.0  # seconds; the first start may build the guest image
 
@@ -67,7 +71,9 @@ class LocalDaemon:
         self.isolation = isolation
         self.pool_size = pool_size
         self.args = list(args)  # more `firebox serve` options, e.g. ["--max-sandboxes", "2"]
-        self.cgroup_parent = cgroup_parent or f"firebox-local-{os.getpid()}-{id(self):x}"
+        # its sandboxes' cgroups: under this parent if given, else its home's own
+        self._cgroup_parent = cgroup_parent
+        self.cgroup_parent = cgroup_parent or f"{DEFAULT_PARENT}/{Owner.of_home(self.home).key}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = ""
@@ -75,7 +81,8 @@ class LocalDaemon:
 
     @property
     def log_path(self) -> Path:
-        return self.home / "daemon.log"
+        # per port: a daemon started on the home of a running one (and refused) keeps its own
+        return self.home / f"daemon-{self.port}.log"
 
     def env(self) -> dict[str, str]:
         return {"FIREBOX_URL": self.url, "FIREBOX_API_KEY": self.key}
@@ -86,11 +93,11 @@ class LocalDaemon:
         if self.pool_size is not None:
             argv += ["--pool-size", str(self.pool_size)]
         argv += self.args
-        env = {
-            **os.environ,
-            "FIREBOX_HOME": str(self.home),
-            "FIREBOX_CGROUP_PARENT": self.cgroup_parent,
-        }
+        env = {**os.environ, "FIREBOX_HOME": str(self.home)}
+        env.pop(PARENT_ENV, None)
+        if self._cgroup_parent:
+            env[PARENT_ENV] = self._cgroup_parent
+        self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_DEADLINE

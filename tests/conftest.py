@@ -72,9 +72,10 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     name = str(request.param)
     if os.geteuid() != 0:
         pytest.skip(f"the {name} backend needs root (sandboxes run as unprivileged host uids)")
+    from firebox.backends.owner import Owner
     from firebox.backends.select import backends
 
-    verdict = backends(Path("/tmp"), 1_000_000_000)[name].availability()
+    verdict = backends(Owner.of_process("test-probe"), 1_000_000_000)[name].availability()
     if not verdict.ok:
         pytest.skip(f"the {name} backend cannot run here: {verdict.reason}")
     return name

@@ -2,7 +2,7 @@
 
 Inside a sandbox the agent is imported as ``firebox.agent.main`` from ``/opt/firebox/lib``,
 where ``firebox/__init__.py`` is empty (the host package's ``__init__`` pulls in the SDK and its
-dependencies, which the guest does not have) and ``firebox/protocol.py`` is the real one. Only
+dependencies, which the guest does not have) and ``firebox/protocol/`` is the real one. Only
 the files the agent needs are staged: nothing of the daemon, its keys or its configuration.
 """
 
@@ -27,13 +27,15 @@ AGENT_COMMAND = [
 ]
 
 _PACKAGE = Path(firebox.__file__).parent
-STAGE_VERSION = b"2"  # bump when the staged layout changes (2: with bytecode)
+# bump when the staged layout changes (2: with bytecode; 3: the protocol as a package)
+STAGE_VERSION = b"3"
 
 
 def _sources() -> list[tuple[Path, str]]:
-    files = [(_PACKAGE / "protocol.py", "firebox/protocol.py")]
-    for src in sorted((_PACKAGE / "agent").glob("*.py")):
-        files.append((src, f"firebox/agent/{src.name}"))
+    files = []
+    for package in ("protocol", "agent"):
+        for src in sorted((_PACKAGE / package).glob("*.py")):
+            files.append((src, f"firebox/{package}/{src.name}"))
     return files
 
 

@@ -5,34 +5,33 @@ A backend asked for by name either works or fails with its reason — never a si
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from firebox.backends.base import Availability, Backend, BackendError
 from firebox.backends.jail.backend import JailBackend
 from firebox.backends.microvm.backend import MicroVMBackend
+from firebox.backends.owner import Owner
 
 # strongest first: a VM has its own kernel; the jail shares the host's
 NAMES = ("microvm", "jail")
 
 
-def backends(home: Path, uid_base: int) -> dict[str, Backend]:
-    return {"microvm": MicroVMBackend(home, uid_base), "jail": JailBackend(home, uid_base)}
+def backends(owner: Owner, uid_base: int) -> dict[str, Backend]:
+    return {"microvm": MicroVMBackend(owner, uid_base), "jail": JailBackend(owner, uid_base)}
 
 
-def report(home: Path, uid_base: int) -> dict[str, Availability]:
+def report(uid_base: int) -> dict[str, Availability]:
     """What `firebox doctor` prints: every backend with its verdict."""
     out: dict[str, Availability] = {}
-    for name, backend in backends(home, uid_base).items():
+    for name, backend in backends(Owner.of_process("doctor"), uid_base).items():
         out[name] = backend.availability()
     return out
 
 
 def select(
-    name: str, home: Path, uid_base: int, ruled_out: dict[str, str] | None = None
+    name: str, owner: Owner, uid_base: int, ruled_out: dict[str, str] | None = None
 ) -> Backend:
     """The backend called ``name``, or for ``auto`` the strongest that works here and is not
     in ``ruled_out`` (backends that failed to get ready, with why)."""
-    found = backends(home, uid_base)
+    found = backends(owner, uid_base)
     ruled_out = ruled_out or {}
     if name != "auto":
         if name not in found:

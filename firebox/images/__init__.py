@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from . import leases
+from ._fs import remove_tree
 from .apt_sources import host_codename, host_mirror
-from .cache import Recipe, build_cached, image_root, ready_rootfs
+from .cache import Recipe, build_cached, image_root, read_marker, ready_rootfs
 from .errors import ImageBuildError
 from .rootfs import DEFAULT_TEMPLATE, TEMPLATES, build_rootfs, get_template, make_recipe
 
@@ -22,8 +24,10 @@ __all__ = [
     "build_image",
     "current_recipe",
     "ensure_image",
+    "image_in_use",
     "image_path",
     "known_templates",
+    "prune_images",
 ]
 
 
@@ -41,6 +45,36 @@ def current_recipe(template: str = DEFAULT_TEMPLATE) -> Recipe:
 def image_path(template: str = DEFAULT_TEMPLATE) -> Path | None:
     """The ready rootfs for the current recipe of ``template``, or None if not built yet."""
     return ready_rootfs(current_recipe(template), image_root())
+
+
+_leases: dict[str, int] = {}  # image entry -> this process's lease on it, held until it exits
+
+
+def image_in_use(template: str = DEFAULT_TEMPLATE) -> Path | None:
+    """``image_path``, with the entry leased to this process until it exits, so that no prune
+    (``prune_images``, of this process or another) removes it while sandboxes may run on it."""
+    recipe = current_recipe(template)
+    root = image_root()
+    rootfs = ready_rootfs(recipe, root)
+    if rootfs is not None and recipe.name not in _leases:
+        fd = leases.hold(root / recipe.name, lambda _: ready_rootfs(recipe, root) is not None)
+        if fd is None:
+            return None  # pruned just now: build it again
+        _leases[recipe.name] = fd
+    return rootfs
+
+
+def prune_images() -> list[str]:
+    """Remove the trees that no template's current recipe makes and no process holds (each
+    is ~1.4 GB); the names of those removed."""
+    root = image_root()
+    current = {current_recipe(t).name for t in known_templates()}
+    stale = [
+        entry
+        for entry in (root.iterdir() if root.is_dir() else ())
+        if entry.name not in current and entry.is_dir() and read_marker(entry) is not None
+    ]
+    return leases.prune(stale, remove_tree)
 
 
 def build_image(

@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from firebox.server.agent_client import AgentError, AgentGone
+from firebox.agent_client import AgentError, AgentGone
 from firebox.server.errors import AGENT_CODES, ApiError
 from firebox.server.manager import LiveSandbox
 

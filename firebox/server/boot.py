@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firebox import images, protocol
+from firebox.agent_client import AgentClient, AgentGone
 from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
-from firebox.server.agent_client import AgentClient, AgentGone
 from firebox.server.errors import ApiError
 from firebox.settings import Limits
 
@@ -38,7 +38,7 @@ def rootfs_for(template: str) -> Path:
         raise ApiError(
             "invalid_argument", f"unknown template {template!r}; known: {', '.join(known)}"
         )
-    rootfs = images.image_path(template)
+    rootfs = images.image_in_use(template)
     if rootfs is None:
         raise ApiError(
             "unavailable",

@@ -22,8 +22,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from firebox import protocol
+from firebox.agent_client import AgentError, AgentGone, CodeStream
 from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity, ndjson_line
-from firebox.server.agent_client import AgentError, AgentGone, CodeStream
 from firebox.server.deps import Sandbox
 from firebox.server.errors import ApiError
 from firebox.server.manager import LiveSandbox

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firebox.server.agent_client import AgentClient, AgentError, AgentGone, NetConnection
+from firebox.agent_client import AgentClient, AgentError, AgentGone, NetConnection
 from firebox.server.egress_policy import (
     Address,
     FloorCheck,

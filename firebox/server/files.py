@@ -17,8 +17,8 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from firebox import protocol
+from firebox.agent_client import AgentError, AgentGone
 from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity
-from firebox.server.agent_client import AgentError, AgentGone
 from firebox.server.deps import Manager, Sandbox
 from firebox.server.errors import ApiError, StreamAborted
 from firebox.server.models import (

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firebox import protocol
+from firebox.agent_client import AgentClient, AgentError, AgentGone
 from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
 from firebox.images.cache import image_root
 from firebox.server.admission import Admission, HostLimits
-from firebox.server.agent_client import AgentClient, AgentError, AgentGone
 from firebox.server.boot import boot, spec_for
 from firebox.server.config import ServerConfig
 from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse_resolve

@@ -13,9 +13,9 @@ import contextlib
 import logging
 
 from firebox import protocol
+from firebox.agent_client import AgentError, AgentGone
 from firebox.backends.base import Backend
 from firebox.server.admission import Admission
-from firebox.server.agent_client import AgentError, AgentGone
 from firebox.server.boot import HELLO_DEADLINE, START_DEADLINE, Booted, boot, spec_for
 from firebox.server.errors import ApiError
 from firebox.settings import Limits

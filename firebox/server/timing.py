@@ -8,24 +8,17 @@ with a browser's devtools) can tell the daemon's overhead from the sandbox's tim
 
 ``app`` runs from the request's arrival to the answer's first byte: the whole call for a plain
 answer, the time to the first line for a streamed one (a command's output). ``agent`` is the
-part of it spent waiting for the agent's first reply to each request made to it.
+part of it spent waiting for the agent's first reply to each request made to it, which the
+agent client records in ``agent_waits`` for the request being served.
 """
 
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_agent_wait: ContextVar[list[float] | None] = ContextVar("agent_wait", default=None)
-
-
-def agent_waited(seconds: float) -> None:
-    """Count ``seconds`` of waiting for an agent against the request being served, if any."""
-    waits = _agent_wait.get()
-    if waits is not None:
-        waits.append(seconds)
+from firebox.agent_client import agent_waits
 
 
 class ServerTiming:
@@ -38,7 +31,7 @@ class ServerTiming:
             return
         started = time.perf_counter()
         waits: list[float] = []
-        token = _agent_wait.set(waits)
+        token = agent_waits.set(waits)
 
         async def timed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -51,4 +44,4 @@ class ServerTiming:
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            _agent_wait.reset(token)
+            agent_waits.reset(token)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from firebox import Sandbox, SandboxNotFoundException
-from firebox.backends.jail import rwdisk
+from firebox.backends.owner import Owner
 from firebox.images.cache import image_root
 from firebox.testing import LocalDaemon
 from tests.conftest import Daemon
@@ -67,4 +67,4 @@ def test_killed_daemon_leaves_nothing_running_and_the_next_reclaims(
     root = Path("/sys/fs/cgroup")
     parents = list(root.glob(first.cgroup_parent)) + list(root.glob("*/" + first.cgroup_parent))
     assert not parents, "nor its own parent cgroup"
-    assert not rwdisk.parent_for(tmp_path).exists(), "nor the directory of its jails' disks"
+    assert not Owner.of_home(tmp_path).jail_disks.exists(), "nor the directory of its jails' disks"

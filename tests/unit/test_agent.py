@@ -28,7 +28,7 @@ import pytest_asyncio
 
 from firebox import protocol
 from firebox.agent import privs
-from firebox.server.agent_client import AgentClient, AgentError, AgentGone, AgentTimeout
+from firebox.agent_client import AgentClient, AgentError, AgentGone, AgentTimeout
 
 PY = (
     "/usr/bin/python3"
@@ -81,11 +81,15 @@ class Agent:
 
 @pytest.fixture(scope="session")
 def agent_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What the backend stages into /opt/firebox/lib: protocol.py and agent/, nothing else."""
+    """What the backend stages into /opt/firebox/lib: protocol/ and agent/, nothing else."""
     lib = tmp_path_factory.mktemp("agent-lib")
     (lib / "firebox" / "agent").mkdir(parents=True)
     (lib / "firebox" / "__init__.py").write_text("")
-    shutil.copy(PACKAGE / "protocol.py", lib / "firebox" / "protocol.py")
+    shutil.copytree(
+        PACKAGE / "protocol",
+        lib / "firebox" / "protocol",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     for src in (PACKAGE / "agent").glob("*.py"):
         shutil.copy(src, lib / "firebox" / "agent" / src.name)
     return lib

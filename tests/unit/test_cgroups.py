@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from firebox.backends.jail import cgroups
-from firebox.backends.jail.cgroups import CgroupError, CgroupSet, Limits
+from firebox.confine import cgroups
+from firebox.confine.cgroups import CgroupError, CgroupSet, Limits, fs
 
 MiB = 1 << 20
 
@@ -63,8 +63,8 @@ def fake_fs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         top = path.relative_to(tmp_path).parts[0]
         populate(path, V2_FILES if top == "v2" else V1_FILES[top])
 
-    monkeypatch.setattr(cgroups, "_mkdir_cgroup", mkdir)
-    monkeypatch.setattr(cgroups, "_rmdir_cgroup", shutil.rmtree)
+    monkeypatch.setattr(fs, "mkdir", mkdir)
+    monkeypatch.setattr(fs, "rmdir", shutil.rmtree)
     monkeypatch.delenv(cgroups.PARENT_ENV, raising=False)
     return tmp_path
 
@@ -190,7 +190,7 @@ def test_v2_leaves_enabled_parents_alone_and_skips_absent_swap(
         os.mkdir(path)
         populate(path, no_swap)
 
-    monkeypatch.setattr(cgroups, "_mkdir_cgroup", mkdir)
+    monkeypatch.setattr(fs, "mkdir", mkdir)
     monkeypatch.setenv(cgroups.PARENT_ENV, "sandboxes/firebox")
     cg = cgroups.create("sbx_2", Limits(MiB, 5, 0.25), host=host)
     assert cg.paths == [root / "sandboxes" / "firebox" / "sbx_2"]
@@ -204,14 +204,14 @@ def test_v2_busy_root_gets_an_actionable_error(
     fake_fs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host = cgroups.detect(v2_host(fake_fs))
-    real_write = cgroups._write
+    real_write = fs.write
 
     def write(path: Path, value: object) -> None:
         if path.name == "cgroup.subtree_control":
             raise CgroupError(errno.EBUSY, f"writing to {path}: Device or resource busy")
         real_write(path, value)
 
-    monkeypatch.setattr(cgroups, "_write", write)
+    monkeypatch.setattr(fs, "write", write)
     with pytest.raises(CgroupError, match="holds processes.*FIREBOX_CGROUP_PARENT"):
         cgroups.create("sbx_3", Limits(MiB, 5, 1.0), host=host)
 
@@ -232,14 +232,14 @@ def test_existing_cgroup_is_an_error_and_cleanup_stale_removes_it(fake_fs: Path)
 
 def test_failed_create_removes_what_it_made(fake_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     host = cgroups.detect(v2_host(fake_fs))
-    fake_mkdir = cgroups._mkdir_cgroup
+    fake_mkdir = fs.mkdir
 
     def mkdir_without_cpu(path: Path) -> None:  # as if the cpu controller were not enabled
         fake_mkdir(path)
         if path.name == "sbx_4":
             (path / "cpu.max").unlink()
 
-    monkeypatch.setattr(cgroups, "_mkdir_cgroup", mkdir_without_cpu)
+    monkeypatch.setattr(fs, "mkdir", mkdir_without_cpu)
     with pytest.raises(CgroupError, match="cpu.max does not exist: the cpu controller"):
         cgroups.create("sbx_4", Limits(MiB, 5, 1.0), host=host)
     assert not (fake_fs / "v2" / "firebox" / "sbx_4").exists()
@@ -356,7 +356,7 @@ def test_cpu_quota_throttles(parent: str) -> None:
     cg = cgroups.create("cpu", Limits(256 * MiB, 20, 0.1), parent)
     proc = start_in(cg, "import time\nt = time.time()\nwhile time.time() - t < 0.5: pass")
     proc.wait(timeout=30)
-    stats = cgroups._read_kv(cg.dirs["cpu"] / "cpu.stat")
+    stats = fs.read_kv(cg.dirs["cpu"] / "cpu.stat")
     assert stats["nr_throttled"] >= 1, stats
     cg.destroy()
 

@@ -32,7 +32,7 @@ import pytest
 import pytest_asyncio
 
 from firebox import protocol
-from firebox.server.agent_client import AgentClient, AgentError
+from firebox.agent_client import AgentClient, AgentError
 
 PACKAGE = Path(__file__).resolve().parents[2] / "firebox"
 PY = "/usr/bin/python3"
@@ -66,6 +66,7 @@ async def _jail_host(tmp: Path) -> Host:
     from firebox import images
     from firebox.backends.base import SandboxSpec
     from firebox.backends.jail.backend import JailBackend
+    from firebox.backends.owner import Owner
 
     rootfs = images.image_path("python")
     if rootfs is None:
@@ -73,7 +74,7 @@ async def _jail_host(tmp: Path) -> Host:
     # A uid range and cgroup parent of our own: a daemon of the functional tests may run
     # beside us with the defaults.
     os.environ["FIREBOX_CGROUP_PARENT"] = f"firebox-ctxtest-{os.getpid()}"
-    backend = JailBackend(tmp, uid_base=1_800_000_000)
+    backend = JailBackend(Owner.of_home(tmp), uid_base=1_800_000_000)
     verdict = backend.availability()
     if not verdict.ok:
         pytest.skip(f"the jail backend cannot run here: {verdict.reason}")
@@ -100,7 +101,11 @@ async def _local_host(tmp: Path) -> Host:
     lib = tmp / "agent-lib"
     (lib / "firebox" / "agent").mkdir(parents=True)
     (lib / "firebox" / "__init__.py").write_text("")
-    shutil.copy(PACKAGE / "protocol.py", lib / "firebox" / "protocol.py")
+    shutil.copytree(
+        PACKAGE / "protocol",
+        lib / "firebox" / "protocol",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     for src in (PACKAGE / "agent").glob("*.py"):
         shutil.copy(src, lib / "firebox" / "agent" / src.name)
     ours, theirs = socket.socketpair()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firebox.backends.confine import id_conflicts
+from firebox.confine.uids import id_conflicts
 from firebox.protocol import display
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from firebox.backends.jail import seccomp
 from firebox.backends.microvm import initramfs, qemu, snapshot
+from firebox.confine import seccomp
 from firebox.images.vmboot import MODULES, BootPieces
 
 

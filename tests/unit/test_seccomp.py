@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from firebox.backends.jail import seccomp
-from firebox.backends.jail.seccomp import (
+from firebox.confine import seccomp
+from firebox.confine.seccomp import (
     AUDIT_ARCH_X86_64,
     SECCOMP_RET_ALLOW,
     SECCOMP_RET_ERRNO,

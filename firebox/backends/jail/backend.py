@@ -1,8 +1,10 @@
 """The jail backend: bubblewrap + seccomp + cgroups, sharing the host kernel.
 
-Start-up order matters and each step fails loudly:
+Start-up order matters and each step fails loudly (``_Start`` runs them; entry.py says how the
+agent comes in at the end: exec'd by bwrap, or forked by the template's zygote):
 
-1. a cgroup with the sandbox's memory, pids and CPU limits;
+1. a host uid range of its own, its disk, a cgroup with the sandbox's memory, pids and CPU
+   limits;
 2. a gate process (``sh`` waiting on a pipe) is moved into the cgroup, then execs bwrap as an
    unprivileged host uid: bwrap is born inside the cgroup, so everything it forks is too, and
    the cgroup namespace it creates is rooted at the sandbox's own cgroup (the jail cannot see
@@ -40,50 +42,20 @@ from firebox.backends.base import (
     RunningSandbox,
     SandboxSpec,
 )
-from firebox.backends.confine import (
-    UID_RANGE,
-    ConfinedSandbox,
-    UidSlots,
-    range_problem,
-    spawn_gated,
-)
-from firebox.backends.jail import cgroups, rwdisk, seccomp
+from firebox.backends.confined import ConfinedSandbox, take_slot
+from firebox.backends.jail import rwdisk
 from firebox.backends.jail.bwrap import JailFds, bwrap_argv, identity_fds
-from firebox.backends.jail.zygote import HOLDER, AgentFork, Zygote
+from firebox.backends.jail.entry import Entry, Exec, Forked
+from firebox.backends.jail.start_pipes import read_until
+from firebox.backends.jail.zygote import Zygote
+from firebox.backends.owner import Owner
+from firebox.confine import cgroups, seccomp
+from firebox.confine.gate import spawn_gated
+from firebox.confine.uids import UID_RANGE, UidSlots, range_problem
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
 
-START_DEADLINE = 10.0  # seconds from spawning bwrap to its info fd answering
 log = logging.getLogger("firebox.jail")
-
-
-async def _read_until(fd: int, marker: bytes, waiting_for: str) -> bytes:
-    """What a pipe of bwrap's start holds once ``marker`` has come, or once it ended, read by
-    the event loop (no thread is left reading a descriptor that is closed when the wait is
-    given up); BackendError "bwrap did not <waiting_for>" after START_DEADLINE."""
-    loop = asyncio.get_running_loop()
-    buf = b""
-    done: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        nonlocal buf
-        try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            return
-        buf += chunk
-        if (not chunk or marker in buf) and not done.done():
-            done.set_result(None)
-
-    os.set_blocking(fd, False)
-    loop.add_reader(fd, readable)
-    try:
-        await asyncio.wait_for(done, START_DEADLINE)
-    except TimeoutError:
-        raise BackendError(f"bwrap did not {waiting_for} within {START_DEADLINE:.0f} s") from None
-    finally:
-        loop.remove_reader(fd)
-    return buf
 
 
 class JailSandbox(ConfinedSandbox):
@@ -113,11 +85,10 @@ class JailSandbox(ConfinedSandbox):
 class JailBackend(Backend):
     name = "jail"
 
-    def __init__(self, home: Path, uid_base: int) -> None:
-        self.home = home
+    def __init__(self, owner: Owner, uid_base: int) -> None:
+        self.owner = owner
         self.uid_base = uid_base
-        self._slots = UidSlots(uid_base)  # host uid ranges of running sandboxes
-        self._rw_parent = rwdisk.parent_for(home)
+        self._slots = UidSlots(uid_base)  # host uid ranges, taken host-wide (confine/uids.py)
         self._agent_lib: Path | None = None
         self._availability: Availability | None = None
         # a zygote per image (zygote.py); FIREBOX_JAIL_ZYGOTE=0 starts every agent with bwrap
@@ -156,15 +127,24 @@ class JailBackend(Backend):
             seccomp.compiled_filter()
         except Exception as e:  # a broken policy file must stop the backend, loudly
             return Availability(False, f"the seccomp policy does not compile: {e}")
-        # A real probe: an unprivileged uid creating every namespace, as a sandbox will.
-        probe = subprocess.run(
-            [bwrap, "--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "--", "/bin/true"],
-            user=self.uid_base,
-            group=self.uid_base,
-            extra_groups=[],
-            capture_output=True,
-            timeout=10,
-        )
+        # A real probe: an unprivileged uid (a range of our own) creating every namespace, as
+        # a sandbox will.
+        try:
+            slot = take_slot(self._slots)
+        except BackendError as e:
+            return Availability(False, str(e))
+        try:
+            uid = self._slots.first_id(slot)
+            probe = subprocess.run(
+                [bwrap, "--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "/bin/true"],
+                user=uid,
+                group=uid,
+                extra_groups=[],
+                capture_output=True,
+                timeout=10,
+            )
+        finally:
+            self._slots.release(slot)
         if probe.returncode != 0:
             return Availability(
                 False,
@@ -180,18 +160,18 @@ class JailBackend(Backend):
         )
 
     async def reclaim_stale(self) -> int:
-        disks = await asyncio.to_thread(rwdisk.remove_stale, self._rw_parent)
-        return disks + await asyncio.to_thread(cgroups.cleanup_stale)
+        disks = await asyncio.to_thread(rwdisk.remove_stale, self.owner.jail_disks)
+        return disks + await asyncio.to_thread(cgroups.cleanup_stale, self.owner.cgroup_parent)
 
     async def close(self) -> None:
         for zygote in self._zygotes.values():
             await zygote.close()
         self._zygotes.clear()
-        await asyncio.to_thread(cgroups.remove_parent)
-        # every disk is gone by now: the daemon's own directory of them goes too (it is made
-        # again by the next daemon of this home)
+        await asyncio.to_thread(cgroups.remove_parent, self.owner.cgroup_parent)
+        # every disk is gone by now: the owner's directory of them goes too (made again by
+        # the next daemon of this home)
         with contextlib.suppress(OSError):
-            self._rw_parent.rmdir()
+            self.owner.jail_disks.rmdir()
 
     # -- starting ------------------------------------------------------------------------
 
@@ -203,145 +183,27 @@ class JailBackend(Backend):
         return self._agent_lib
 
     async def start(self, spec: SandboxSpec) -> RunningSandbox:
+        """The steps of a jail's start, in order (the module's docstring says why each); what
+        is made is freed again, in reverse, if a later step fails."""
         ok = self.availability()
         if not ok.ok:
             raise BackendError(f"the jail backend cannot run here: {ok.reason}")
-        limits = cgroups.Limits(
-            memory_bytes=spec.limits.memory_mb << 20,
-            pids=spec.limits.processes,
-            cpu_quota=spec.limits.cpu_count,
-        )
-        slot = self._slots.take()
-        host_id = self._slots.first_id(slot)
+        start = _Start(self, spec)
         try:
-            rw = await asyncio.to_thread(
-                rwdisk.create, self._rw_parent, spec.sandbox_id, spec.limits.disk_mb, host_id
-            )
-        except OSError as e:
-            self._slots.release(slot)
-            raise BackendError(f"could not make the sandbox's disk: {e}") from e
-        try:
-            cgroup = await asyncio.to_thread(cgroups.create, spec.sandbox_id, limits)
-        except BaseException:
-            self._slots.release(slot)
-            await asyncio.to_thread(rwdisk.remove, rw)
-            raise
-        # With the template's zygote, the agent is forked now, so that its move into the
-        # cgroups overlaps the gate's; a zygote that fails here leaves bwrap to start it.
-        zygote = self._zygotes.get(spec.rootfs)
-        fork: AgentFork | None = None
-        if zygote is not None and zygote.ready:
-            try:
-                fork = await zygote.fork_agent(cgroup)
-            except (BackendError, OSError) as e:
-                log.warning("jail: the zygote failed (%s); starting the agent without it", e)
-            except BaseException:  # cancelled: nothing of this jail stays
-                await asyncio.to_thread(cgroup.destroy)
-                await asyncio.to_thread(rwdisk.remove, rw)
-                self._slots.release(slot)
-                raise
-        if fork is None:
-            zygote = None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        info_r, info_w = os.pipe()
-        block_r, block_w = os.pipe()
-        # with a zygote: the placeholder's "set up" signal, and one stderr for bwrap and agent
-        ready_r, ready_w = os.pipe() if zygote else (-1, -1)
-        # (a socket pair, not a pipe: asyncio reads it as it reads the agent's channel)
-        err_sock, err_theirs = socket.socketpair() if zygote else (None, None)
-        err_w = err_theirs.detach() if err_theirs is not None else -1
-        seccomp_fd = seccomp.write_filter_fd()
-        machine_id_fd, boot_id_fd = identity_fds()
-        child_fds = [seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd]
-        if not zygote:
-            child_fds.append(theirs.fileno())
-        proc: asyncio.subprocess.Process | None = None
-        try:
-            argv = bwrap_argv(
-                spec,
-                self._lib(),
-                JailFds(
-                    agent=theirs.fileno(),
-                    seccomp=seccomp_fd,
-                    info=info_w,
-                    userns_block=block_r,
-                    machine_id=machine_id_fd,
-                    boot_id=boot_id_fd,
-                ),
-                rw,
-                holder=HOLDER if zygote else None,
-            )
-            # bwrap's own processes (its pid 1 inside the jail among them) keep the
-            # environment they were started with: spawn_gated gives them nothing of the daemon's.
-            proc = await spawn_gated(
-                argv,
-                cgroup,
-                host_id,
-                pass_fds=child_fds,
-                stdout=ready_w if zygote else subprocess.DEVNULL,  # the placeholder's word
-                stderr=err_w if zygote else subprocess.PIPE,
-            )
-            for fd in (seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd, ready_w):
-                if fd >= 0:
-                    os.close(fd)
-            seccomp_fd = info_w = block_r = machine_id_fd = boot_id_fd = ready_w = -1
-            child_pid = await self._read_child_pid(info_r, proc)
-            self._map_ids(child_pid, host_id)
-            os.write(block_w, b"1")
-            if fork is not None:
-                await self._wait_set_up(ready_r)
-                fork.hand_over(child_pid, theirs, err_w)
-            theirs.close()
-            reader, writer = await asyncio.open_connection(sock=ours, limit=STREAM_LIMIT)
-            if err_sock is not None:
-                err_sock.shutdown(socket.SHUT_WR)
-                output, _ = await asyncio.open_connection(sock=err_sock, limit=STREAM_LIMIT)
-                err_sock = None
-            else:
-                assert proc.stderr is not None  # bwrap's and the agent's
-                output = proc.stderr
+            await start.disk_and_cgroup()
+            entry = await start.entry(self._zygotes.get(spec.rootfs))
+            await start.spawn_bwrap(entry, self._lib())
+            child_pid = await start.child_pid()
+            start.map_ids(child_pid)
+            await entry.enter(child_pid)
+            return await start.running(entry)
         except BaseException as e:
-            if proc is not None and proc.returncode is None:
-                proc.kill()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(proc.wait(), 5)
-            await asyncio.to_thread(cgroup.destroy)
-            await asyncio.to_thread(rwdisk.remove, rw)
-            self._slots.release(slot)
-            ours.close()
+            await start.undo()
             if isinstance(e, OSError | TimeoutError | json.JSONDecodeError):
                 raise BackendError(f"could not start the jail: {e}") from e
             raise
         finally:
-            for fd in (
-                *(seccomp_fd, info_w, block_r, info_r, block_w, machine_id_fd, boot_id_fd),
-                *(ready_r, ready_w, err_w),
-            ):
-                if fd >= 0:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            if err_sock is not None:
-                err_sock.close()
-            if fork is not None:
-                fork.close()
-            with contextlib.suppress(OSError):
-                theirs.close()
-        return JailSandbox(
-            proc,
-            cgroup,
-            ours,
-            reader,
-            writer,
-            release=lambda: self._slots.release(slot),
-            rw=rw,
-            output=output,
-        )
-
-    async def _wait_set_up(self, ready_r: int) -> None:
-        """Until the placeholder says bwrap has set the jail up (zygote.HOLDER)."""
-        said = await _read_until(ready_r, b"\n", "set the jail up")
-        if not said:
-            raise BackendError("bwrap stopped before it set the jail up")
+            start.close()
 
     async def prepare(self, spec: SandboxSpec) -> None:
         """Start the template's zygote (a few hundred ms: python and IPython imported), or
@@ -370,20 +232,158 @@ class JailBackend(Backend):
                 )
             self._zygotes[spec.rootfs] = zygote
 
-    async def _read_child_pid(self, fd: int, proc: asyncio.subprocess.Process) -> int:
+
+class _Start:
+    """One jail's start: what it has made so far, each step a method (JailBackend.start)."""
+
+    def __init__(self, backend: JailBackend, spec: SandboxSpec) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.slot: int | None = None
+        self.rw: Path | None = None
+        self.cgroup: cgroups.CgroupSet | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        # the channel: ours, and the agent's end (for bwrap to pass on, or the zygote's fork)
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._entry: Entry | None = None
+        self.info_r = self.block_w = -1  # bwrap's info (child pid) and its userns block
+
+    @property
+    def host_id(self) -> int:
+        assert self.slot is not None
+        return self.backend._slots.first_id(self.slot)
+
+    async def disk_and_cgroup(self) -> None:
+        """1. A host uid range, the sandbox's disk, its cgroup with the limits."""
+        slots, limits = self.backend._slots, self.spec.limits
+        self.slot = take_slot(slots)
+        self.rw = await asyncio.to_thread(
+            rwdisk.create,
+            self.backend.owner.jail_disks,
+            self.spec.sandbox_id,
+            limits.disk_mb,
+            self.host_id,
+        )
+        cgroup_limits = cgroups.Limits(
+            memory_bytes=limits.memory_mb << 20, pids=limits.processes, cpu_quota=limits.cpu_count
+        )
+        self.cgroup = await asyncio.to_thread(
+            cgroups.create, self.spec.sandbox_id, cgroup_limits, self.backend.owner.cgroup_parent
+        )
+
+    async def entry(self, zygote: Zygote | None) -> Entry:
+        """How the agent will come in: forked now by the template's zygote, so that its move
+        into the cgroups overlaps the gate's; exec'd by bwrap without one, or if it fails."""
+        assert self.cgroup is not None
+        if zygote is not None and zygote.ready:
+            try:
+                self._entry = Forked(await zygote.fork_agent(self.cgroup), self.theirs)
+            except (BackendError, OSError) as e:
+                log.warning("jail: the zygote failed (%s); starting the agent without it", e)
+        if self._entry is None:
+            self._entry = Exec(self.theirs)
+        return self._entry
+
+    async def spawn_bwrap(self, entry: Entry, agent_lib: Path) -> None:
+        """2-3. bwrap, gated into the cgroup as the uid, making every namespace and waiting
+        on its userns block for the id maps."""
+        assert self.cgroup is not None and self.rw is not None
+        self.info_r, info_w = os.pipe()
+        block_r, self.block_w = os.pipe()
+        seccomp_fd = seccomp.write_filter_fd()
+        machine_id_fd, boot_id_fd = identity_fds()
+        theirs = [seccomp_fd, info_w, block_r, machine_id_fd, boot_id_fd]
+        try:
+            argv = bwrap_argv(
+                self.spec,
+                agent_lib,
+                JailFds(
+                    agent=self.theirs.fileno(),
+                    seccomp=seccomp_fd,
+                    info=info_w,
+                    userns_block=block_r,
+                    machine_id=machine_id_fd,
+                    boot_id=boot_id_fd,
+                ),
+                self.rw,
+                holder=entry.holder,
+            )
+            # bwrap's own processes (its pid 1 inside the jail among them) keep the
+            # environment they were started with: spawn_gated gives them nothing of the daemon's.
+            self.proc = await spawn_gated(
+                argv,
+                self.cgroup,
+                self.host_id,
+                pass_fds=[*theirs, *entry.pass_fds()],
+                stdout=entry.stdout,
+                stderr=entry.stderr,
+            )
+            entry.spawned()
+        finally:
+            for fd in theirs:  # bwrap has its own copies
+                os.close(fd)
+
+    async def child_pid(self) -> int:
         """bwrap writes a JSON object with ``child-pid`` to the info fd once it has forked."""
-        buf = await _read_until(fd, b"}", "report its child")
+        assert self.proc is not None
+        buf = await read_until(self.info_r, b"}", "report its child")
         if b"}" not in buf:
             err = b""
-            if proc.stderr is not None:
+            if self.proc.stderr is not None:
                 with contextlib.suppress(Exception):
-                    err = await asyncio.wait_for(proc.stderr.read(4096), 2)
+                    err = await asyncio.wait_for(self.proc.stderr.read(4096), 2)
             raise BackendError(f"bwrap failed to start: {err.decode(errors='replace').strip()}")
         return int(json.loads(buf[: buf.index(b"}") + 1])["child-pid"])
 
-    def _map_ids(self, child_pid: int, host_id: int) -> None:
-        mapping = f"0 {host_id} {UID_RANGE}\n"
+    def map_ids(self, child_pid: int) -> None:
+        """The jail's ids 0..65535 onto its host range, then bwrap may go on (4.)."""
+        mapping = f"0 {self.host_id} {UID_RANGE}\n"
         with open(f"/proc/{child_pid}/uid_map", "w") as f:
             f.write(mapping)
         with open(f"/proc/{child_pid}/gid_map", "w") as f:
             f.write(mapping)
+        os.write(self.block_w, b"1")
+
+    async def running(self, entry: Entry) -> JailSandbox:
+        assert self.proc is not None and self.cgroup is not None and self.rw is not None
+        self.theirs.close()  # the agent has its own end now
+        reader, writer = await asyncio.open_connection(sock=self.ours, limit=STREAM_LIMIT)
+        output = await entry.output(self.proc)
+        slots, slot = self.backend._slots, self.slot
+        assert slot is not None
+        sandbox = JailSandbox(
+            self.proc,
+            self.cgroup,
+            self.ours,
+            reader,
+            writer,
+            release=lambda: slots.release(slot),
+            rw=self.rw,
+            output=output,
+        )
+        self.slot = self.rw = self.cgroup = self.proc = None  # the sandbox holds them now
+        return sandbox
+
+    async def undo(self) -> None:
+        """Free what was made, in reverse: nothing of the jail stays."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 5)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.destroy)
+        if self.rw is not None:
+            await asyncio.to_thread(rwdisk.remove, self.rw)
+        if self.slot is not None:
+            self.backend._slots.release(self.slot)
+        self.ours.close()
+
+    def close(self) -> None:
+        """Our ends of the start's pipes, whatever happened."""
+        for fd in (self.info_r, self.block_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if self._entry is not None:
+            self._entry.close()
+        self.theirs.close()

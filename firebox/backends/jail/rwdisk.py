@@ -12,7 +12,8 @@ writable ext4 disk. One mount instead of a tmpfs each means:
 
 Its pages and inodes are charged to the memory cgroup of the sandbox process that writes them,
 as with any tmpfs. The daemon (root) mounts it on the host, under the image directory (which
-the sandbox's unprivileged host uid can traverse, where the daemon's home may not be), and
+the sandbox's unprivileged host uid can traverse, where the daemon's home may not be: the
+directory is its owner's, backends/owner.py), and
 unmounts it when the sandbox ends or, after a crash, when the next daemon starts.
 """
 
@@ -20,11 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import os
 from pathlib import Path
-
-from firebox.images.cache import image_root
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.mount.argtypes = [
@@ -78,13 +76,6 @@ def create(parent: Path, sandbox_id: str, disk_mb: int, host_id: int) -> Path:
         remove(mnt)
         raise
     return mnt
-
-
-def parent_for(home: Path) -> Path:
-    """The directory of one daemon's disks: one per daemon home, so that two daemons never
-    reclaim each other's."""
-    key = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
-    return image_root() / "jail-rw" / key
 
 
 def remove(mnt: Path) -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from firebox.backends.agent_files import GUEST_LIB
 from firebox.backends.base import BackendError
-from firebox.backends.jail import seccomp
 from firebox.backends.jail.bwrap import AGENT_CAPS, AGENT_ENV, GUEST_PATH
-from firebox.backends.jail.cgroups import CgroupSet
+from firebox.confine import seccomp
+from firebox.confine.cgroups import CgroupSet
 
 log = logging.getLogger("firebox.jail")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import functools
 import json
 import logging
 import os
@@ -40,10 +40,22 @@ from firebox.backends.base import (
     RunningSandbox,
     SandboxSpec,
 )
-from firebox.backends.confine import UidSlots, range_problem, spawn_gated
-from firebox.backends.jail import cgroups
-from firebox.backends.microvm import accel, initramfs, qemu, snapshot, template, vmm
+from firebox.backends.confined import take_slot
+from firebox.backends.microvm import (
+    accel,
+    initramfs,
+    qemu,
+    restore_points,
+    snapshot,
+    template,
+    vmm,
+)
+from firebox.backends.microvm.restore_points import RestorePoint
 from firebox.backends.microvm.sandbox import MicroVMSandbox
+from firebox.backends.owner import Owner
+from firebox.confine import cgroups
+from firebox.confine.gate import spawn_gated
+from firebox.confine.uids import UidSlots, range_problem
 from firebox.images import vmboot
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
@@ -54,23 +66,18 @@ RESTORE_DEADLINE = 15.0  # seconds from spawning QEMU to the restored guest runn
 SHM_MB = 64
 # What the python template's warm context has imported in its snapshot.
 WARM_IMPORTS = "numpy,pandas,matplotlib,matplotlib.pyplot"
-# One directory per live VM (its overlay disk and sockets) under <image dir>/vm/<daemon>/:
-# beside the images, because each VM's unprivileged uid must reach it (a daemon's home may
-# sit in a private directory), and per daemon, so one daemon never reclaims another's.
-STATE_DIR = "vm"
 
 
 class MicroVMBackend(Backend):
     name = "microvm"
 
-    def __init__(self, home: Path, uid_base: int) -> None:
-        self.home = home
-        self._slots = UidSlots(uid_base)
+    def __init__(self, owner: Owner, uid_base: int) -> None:
+        self.owner = owner
+        self._slots = UidSlots(uid_base)  # host uid ranges, taken host-wide (confine/uids.py)
         self._availability: Availability | None = None
         self._accel: accel.Verdict | None = None
-        self._ram: dict[str, int] = {}  # snapshot name -> sealed memfd of its RAM
-        self._blank: dict[str, Path] = {}  # snapshot name -> empty overlay to copy
-        self._prepared: dict[tuple[str, int, int, int], tuple[Path, snapshot.SnapshotSpec]] = {}
+        # by (template, memory, vCPUs, disk): what sandboxes of that shape restore from
+        self._prepared: dict[tuple[str, int, int, int], RestorePoint] = {}
         self._prepare_lock = asyncio.Lock()
         self._qemu: str | None = None
         self._pieces: vmboot.BootPieces | None = None
@@ -132,14 +139,16 @@ class MicroVMBackend(Backend):
         return agent_files.stage(image_root())
 
     def _vm_root(self) -> Path:
-        daemon = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
-        return image_root() / STATE_DIR / daemon
+        # One directory per live VM (its overlay disk and sockets): beside the images, since
+        # each VM's unprivileged uid must reach it (a daemon's home may be private), and its
+        # owner's, so one daemon never reclaims another's.
+        return self.owner.vm_dirs
 
     def _boot_dir(self) -> Path:
         return image_root() / "vmboot-initramfs"
 
     async def reclaim_stale(self) -> int:
-        freed = await asyncio.to_thread(cgroups.cleanup_stale)
+        freed = await asyncio.to_thread(cgroups.cleanup_stale, self.owner.cgroup_parent)
         base = self._vm_root()
         if base.is_dir():
             for stale in base.iterdir():
@@ -151,24 +160,22 @@ class MicroVMBackend(Backend):
         return freed
 
     async def close(self) -> None:
-        for fd in self._ram.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._ram.clear()
-        for blank in self._blank.values():
-            blank.unlink(missing_ok=True)
-        self._blank.clear()
+        for point in self._prepared.values():
+            point.close()
+        self._prepared.clear()
         with contextlib.suppress(OSError):  # left only if a sandbox's directory is in it
             self._vm_root().rmdir()
-        await asyncio.to_thread(cgroups.remove_parent)
+        await asyncio.to_thread(cgroups.remove_parent, self.owner.cgroup_parent)
 
     # -- templates and their snapshots -----------------------------------------------------
 
     async def prepare(self, spec: SandboxSpec) -> None:
-        """Have the snapshot for sandboxes shaped like ``spec`` ready (made now if missing)."""
-        await self._snapshot(spec)
+        """Have the snapshot for sandboxes shaped like ``spec`` ready (made now if missing),
+        and remove its template's snapshots that nothing can restore any more and nobody
+        holds (each is ~300 MB)."""
+        await restore_points.prune_stale((await self._snapshot(spec)).spec)
 
-    async def _snapshot(self, spec: SandboxSpec) -> tuple[Path, snapshot.SnapshotSpec]:
+    async def _snapshot(self, spec: SandboxSpec) -> RestorePoint:
         limits = spec.limits
         shape = (spec.template, limits.memory_mb, _vcpus(limits.cpu_count), limits.disk_mb)
         found = self._prepared.get(shape)
@@ -181,7 +188,7 @@ class MicroVMBackend(Backend):
                 self._prepared[shape] = found
         return found
 
-    async def _make_snapshot(self, spec: SandboxSpec) -> tuple[Path, snapshot.SnapshotSpec]:
+    async def _make_snapshot(self, spec: SandboxSpec) -> RestorePoint:
         ok = self.availability()
         pieces = self._pieces
         if not ok.ok or self._accel is None or self._accel.accel is None or pieces is None:
@@ -205,33 +212,14 @@ class MicroVMBackend(Backend):
             cpus=_vcpus(spec.limits.cpu_count),
             disk_mb=spec.limits.disk_mb,
         )
-        root = image_root()
-        entry = snapshot.ready(root, snap)
-        if entry is None:
-            lock_fd = await asyncio.to_thread(snapshot.lock, root, snap)
-            try:
-                entry = snapshot.ready(root, snap)
-                if entry is None:
-                    log.warning(
-                        "making the %s snapshot %s (a cold boot, once)", spec.template, snap.key
-                    )
-                    started = time.monotonic()
-                    entry = await template.boot(snap, pieces, self._spawn, self._slots)
-                    log.warning("snapshot %s made in %.1f s", snap.name, time.monotonic() - started)
-            finally:
-                os.close(lock_fd)
-        if snap.name not in self._ram:
-            self._ram[snap.name] = await asyncio.to_thread(snapshot.load_ram, entry)
-            # an empty overlay on the snapshot's disk, copied for each sandbox (a copy of a
-            # small file, where running qemu-img each time costs ~10 ms)
-            self._vm_root().mkdir(mode=0o711, parents=True, exist_ok=True)
-            blank = self._vm_root() / f".blank-{snap.name}.qcow2"
-            await _run(
-                "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-                "-b", str(entry / "rw.img"), str(blank),
-            )  # fmt: skip
-            self._blank[snap.name] = blank
-        return entry, snap
+        boot = functools.partial(
+            template.boot,
+            pieces=pieces,
+            spawn=self._spawn,
+            slots=self._slots,
+            cgroup_parent=self.owner.cgroup_parent,
+        )
+        return await restore_points.load(snap, self._vm_root(), boot)
 
     # -- starting ------------------------------------------------------------------------
 
@@ -266,9 +254,9 @@ class MicroVMBackend(Backend):
         )
 
     async def start(self, spec: SandboxSpec) -> RunningSandbox:
-        entry, snap = await self._snapshot(spec)
-        ram_fd = self._ram[snap.name]
-        slot = self._slots.take()
+        point = await self._snapshot(spec)
+        entry, snap, ram_fd = point.entry, point.spec, point.ram_fd
+        slot = take_slot(self._slots)
         uid = self._slots.first_id(slot)
         vm_dir = self._vm_root() / spec.sandbox_id
         cgroup: cgroups.CgroupSet | None = None
@@ -279,11 +267,13 @@ class MicroVMBackend(Backend):
             os.chmod(vm_dir.parent.parent, 0o711)
             vm_dir.mkdir(mode=0o700)
             overlay = vm_dir / "rw.qcow2"
-            shutil.copyfile(self._blank[snap.name], overlay)
+            shutil.copyfile(point.blank, overlay)
             os.chown(vm_dir, uid, uid)
             os.chown(overlay, uid, uid)
             vm_limits = template.limits(snap.memory_mb, spec.limits.cpu_count)
-            cgroup = await asyncio.to_thread(cgroups.create, spec.sandbox_id, vm_limits)
+            cgroup = await asyncio.to_thread(
+                cgroups.create, spec.sandbox_id, vm_limits, self.owner.cgroup_parent
+            )
             state_fd = os.open(entry / "state", os.O_RDONLY)
             vm = qemu.VmConfig(
                 vmlinux=snap.vmlinux,
@@ -353,17 +343,3 @@ class MicroVMBackend(Backend):
 
 def _vcpus(cpus: float) -> int:
     return max(1, int(-(-cpus // 1)))
-
-
-async def _run(*cmd: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise BackendError(f"{cmd[0]} took over 30 s") from None
-    if proc.returncode != 0:
-        raise BackendError(f"{' '.join(cmd)} failed: {err.decode(errors='replace').strip()}")

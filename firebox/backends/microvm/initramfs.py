@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from firebox.backends.agent_files import AGENT_COMMAND, GUEST_LIB
-from firebox.backends.jail import seccomp
+from firebox.confine import seccomp
 from firebox.images.vmboot import MODULES, BootPieces
 
 PORT_NAME = "firebox.agent"  # the virtio-serial port the agent talks on

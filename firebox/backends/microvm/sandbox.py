@@ -8,9 +8,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from firebox.backends.confine import ConfinedSandbox
-from firebox.backends.jail import cgroups
+from firebox.backends.confined import ConfinedSandbox
 from firebox.backends.microvm import qemu
+from firebox.confine import cgroups
 
 
 class MicroVMSandbox(ConfinedSandbox):

@@ -51,8 +51,17 @@ class SnapshotSpec:
     disk_mb: int
 
     @property
+    def base(self) -> str:
+        """What the saved state depends on but the VM's size: snapshots of the same template
+        with another base can never be restored again (``stale``)."""
+        return self._hash(with_size=False)
+
+    @property
     def key(self) -> str:
-        fields = {
+        return self._hash(with_size=True)
+
+    def _hash(self, with_size: bool) -> str:
+        fields: dict[str, object] = {
             "version": SNAPSHOT_VERSION,
             "template": self.template,
             # the image entry's name carries its recipe hash; the files' own sizes and mtimes
@@ -62,10 +71,9 @@ class SnapshotSpec:
             "initramfs": self.initramfs.name,  # named by its content digest
             "qemu": self.qemu_identity,
             "accel": self.accel,
-            "memory_mb": self.memory_mb,
-            "cpus": self.cpus,
-            "disk_mb": self.disk_mb,
         }
+        if with_size:
+            fields.update(memory_mb=self.memory_mb, cpus=self.cpus, disk_mb=self.disk_mb)
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -90,6 +98,20 @@ def ready(image_root: Path, spec: SnapshotSpec) -> Path | None:
     except (OSError, ValueError):
         return None
     return entry if isinstance(marker, dict) and marker.get("key") == spec.key else None
+
+
+def stale(image_root: Path, spec: SnapshotSpec) -> list[Path]:
+    """Complete snapshots of ``spec``'s template made from other pieces (an older agent,
+    kernel, image or QEMU): none of them can be restored again."""
+    found = []
+    for entry in snapshots_dir(image_root).glob(f"{spec.template}-*"):
+        try:
+            marker = json.loads((entry / MARKER).read_text())
+        except (OSError, ValueError):
+            continue  # not a complete snapshot (or not a snapshot: a lock, a lease)
+        if marker.get("template") == spec.template and marker.get("base") != spec.base:
+            found.append(entry)
+    return found
 
 
 def make_rw_disk(path: Path, size_mb: int) -> None:
@@ -121,6 +143,7 @@ def seal_entry(tmp: Path, entry: Path, spec: SnapshotSpec) -> Path:
         os.chmod(tmp / name, 0o444)
     record = {
         "key": spec.key,
+        "base": spec.base,
         "template": spec.template,
         "memory_mb": spec.memory_mb,
         "cpus": spec.cpus,

@@ -15,10 +15,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from firebox import protocol
+from firebox.agent_client import AgentClient
 from firebox.backends.base import BackendError
-from firebox.backends.confine import UidSlots
-from firebox.backends.jail import cgroups
+from firebox.backends.confined import take_slot
 from firebox.backends.microvm import qemu, snapshot
+from firebox.confine import cgroups
+from firebox.confine.uids import UidSlots
 from firebox.images import vmboot
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
@@ -46,19 +48,22 @@ QEMU_PIDS = 128  # vCPU threads, I/O worker threads (up to 64), RCU, main loop
 
 
 async def boot(
-    snap: snapshot.SnapshotSpec, pieces: vmboot.BootPieces, spawn: Spawn, slots: UidSlots
+    snap: snapshot.SnapshotSpec,
+    pieces: vmboot.BootPieces,
+    spawn: Spawn,
+    slots: UidSlots,
+    cgroup_parent: str,
 ) -> Path:
-    """Boot ``snap``'s template cold, warm it, save it; returns the finished snapshot dir."""
-    from firebox.server.agent_client import AgentClient  # the daemon's; not the agent's
-
+    """Boot ``snap``'s template cold, warm it, save it; returns the finished snapshot dir.
+    The template VM runs as a range of ``slots``, in a cgroup under ``cgroup_parent``."""
     base = snapshot.snapshots_dir(image_root())
     tmp = base / f".{snap.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o700)
-    slot = slots.take()
+    slot = take_slot(slots)
     uid = slots.first_id(slot)
     cgroup = await asyncio.to_thread(
-        cgroups.create, f"template-{snap.key}", limits(snap.memory_mb, snap.cpus)
+        cgroups.create, f"template-{snap.key}", limits(snap.memory_mb, snap.cpus), cgroup_parent
     )
     proc: asyncio.subprocess.Process | None = None
     state_fd = -1

@@ -1,4 +1,5 @@
-"""The jail's seccomp deny list, compiled to a classic BPF program for ``bwrap --seccomp FD``.
+"""The sandboxes' seccomp deny list, compiled to a classic BPF program: for ``bwrap --seccomp
+FD`` around a jail, and for the agent to load inside a microVM (its own kernel filters there).
 
 The policy is data (``seccomp_policy.json``): rules naming syscalls, the errno to return and
 why. Everything not named is allowed; this is a deny list on top of bwrap's namespaces, dropped
@@ -204,7 +205,7 @@ def _parse_rule(raw: object, where: str) -> Rule:
         if name not in SYSCALLS_X86_64:
             raise PolicyError(
                 f"{where}: unknown syscall {name!r}; check the spelling, or add its x86_64 "
-                "number to SYSCALLS_X86_64 in firebox/backends/jail/seccomp.py"
+                "number to SYSCALLS_X86_64 in firebox/confine/seccomp.py"
             )
     action = raw.get("action", "errno")
     if action not in ACTIONS:

@@ -1,0 +1,68 @@
+"""cgroup v2: one directory in the unified hierarchy; controllers switched on level by level
+(subtree_control); memory.events counts OOM kills; cgroup.kill empties a cgroup at once."""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from firebox.confine.cgroups import fs
+from firebox.confine.cgroups.fs import CONTROLLERS, CPU_PERIOD_US, CgroupError
+from firebox.confine.cgroups.group import CgroupSet
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from firebox.confine.cgroups import Limits
+    from firebox.confine.cgroups.detect import CgroupHost
+
+
+class V2Set(CgroupSet):
+    version = 2
+
+    def memory_events(self) -> dict[str, int]:
+        # oom_kill and max, and the rest of memory.events (low, high, oom, ...)
+        return fs.read_kv(self.dirs["memory"] / "memory.events")
+
+    def _kill_at_once(self) -> None:
+        # Linux 5.14+: the kernel kills the whole subtree atomically, forks included.
+        kill_file = self.paths[0] / "cgroup.kill"
+        if kill_file.exists():
+            fs.write(kill_file, 1)
+
+
+def at(name: str, parent: str, host: CgroupHost) -> V2Set:
+    return V2Set(name, dict.fromkeys(CONTROLLERS, host.mounts["memory"] / parent / name))
+
+
+def _enable_controllers(directory: Path) -> None:
+    """Make the controllers available to ``directory``'s children (subtree_control)."""
+    control = directory / "cgroup.subtree_control"
+    enabled = fs.read(control).split() if control.exists() else []
+    if all(c in enabled for c in CONTROLLERS):
+        return  # already on (e.g. a delegated subtree we may not write to)
+    try:
+        fs.write(control, " ".join("+" + c for c in CONTROLLERS))
+    except CgroupError as e:
+        hint = ""
+        if e.errno == errno.EBUSY:
+            hint = (
+                f"; cgroup v2 refuses this while {directory} itself holds processes: move them "
+                "into a leaf cgroup, or set FIREBOX_CGROUP_PARENT to a subtree delegated to "
+                "the daemon (systemd: Delegate=yes)"
+            )
+        raise CgroupError(e.errno, f"cannot enable {' '.join(CONTROLLERS)}: {e}{hint}") from e
+
+
+def create(name: str, limits: Limits, parent: str, host: CgroupHost, made: list[Path]) -> V2Set:
+    # A cgroup can only use controllers its parent lists in cgroup.subtree_control, so they are
+    # switched on at every level from the root down to the parent.
+    d = fs.ensure_parents(host.mounts["memory"], parent, _enable_controllers) / name
+    fs.make(d)
+    made.append(d)
+    fs.write(d / "memory.max", limits.memory_bytes)
+    if (d / "memory.swap.max").exists():  # absent without swap accounting
+        fs.write(d / "memory.swap.max", 0)  # swap must not extend the memory limit
+    fs.write(d / "pids.max", limits.pids)
+    fs.write(d / "cpu.max", f"{limits.cpu_quota_us} {CPU_PERIOD_US}")
+    return at(name, parent, host)

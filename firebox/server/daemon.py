@@ -1,0 +1,163 @@
+"""The daemon's life: claim its home, get a backend ready, serve the API, stop.
+
+What can go wrong at start-up (another daemon on this home, the port taken, no backend that
+works here, an image that will not build) is found before the API is served, and ends the
+process with one line that says what to do (``StartError``), not a traceback. A signal that
+comes while it starts is kept (uvicorn's handlers are in place from the first step): the
+daemon then stops as soon as it has started, freeing what it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from dataclasses import dataclass
+
+import uvicorn
+
+from firebox import images
+from firebox.backends.base import BackendError
+from firebox.backends.owner import Owner
+from firebox.backends.select import select
+from firebox.images import ImageBuildError
+from firebox.server.app import create_app
+from firebox.server.auth import ensure_admin_key
+from firebox.server.boot import spec_for
+from firebox.server.config import ServerConfig
+from firebox.server.home import HomeLock, HomeTaken
+from firebox.server.manager import SandboxManager
+from firebox.server.registry import Registry
+
+log = logging.getLogger("firebox.server")
+
+
+class StartError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+@dataclass(eq=False)
+class Running:
+    """What a started daemon holds, to be let go of in reverse by ``stop``."""
+
+    home: HomeLock
+    registry: Registry
+    manager: SandboxManager
+
+    async def stop(self) -> None:
+        try:
+            await self.manager.shutdown()
+        finally:
+            self.registry.close()
+            self.home.release()
+
+
+def run(config: ServerConfig) -> int:
+    """``firebox serve``: serve until SIGINT or SIGTERM; 1 if the daemon cannot start."""
+    app = create_app()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            # No X-Forwarded-* handling: nothing in the daemon uses the client's address or
+            # scheme, and the middleware would cost every call its time.
+            proxy_headers=False,
+            access_log=False,
+            lifespan="off",  # start and stop are ours, below
+        )
+    )
+
+    async def main() -> None:
+        with server.capture_signals():
+            listener = _listen(config)
+            daemon = await start(config)
+            app.state.registry = daemon.registry
+            app.state.manager = daemon.manager
+            app.state.backend = daemon.manager.backend
+            try:
+                if not server.should_exit:  # no signal while it started
+                    await server.serve(sockets=[listener])
+            finally:
+                await daemon.stop()
+                listener.close()
+
+    try:
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(main())
+    except StartError as e:
+        print(f"firebox serve: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _listen(config: ServerConfig) -> socket.socket:
+    """The API's socket, bound before anything starts: a port in use is a clear error."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as e:
+        sock.close()
+        raise StartError(
+            f"cannot listen on {config.host}:{config.port} ({e.strerror}); another daemon or "
+            "program has it: choose another --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def start(config: ServerConfig) -> Running:
+    """Claim the home, open the registry, have the image and a backend ready, fill the pool."""
+    try:
+        home = HomeLock.claim(config.home, f"http://{config.host}:{config.port}")
+    except HomeTaken as e:
+        raise StartError(str(e)) from None
+    registry = None
+    try:
+        registry = Registry(config.db_path)
+        ensure_admin_key(registry, config.admin_key_path)
+        if config.build_image_on_start and images.image_path(images.DEFAULT_TEMPLATE) is None:
+            log.warning("the guest image is missing; building it now (a few minutes, once)")
+            await asyncio.to_thread(
+                images.build_image,
+                images.DEFAULT_TEMPLATE,
+                lambda m: log.warning("image: %s", m),
+            )
+        manager = await _ready_manager(config, registry)
+        removed = await asyncio.to_thread(images.prune_images)
+        if removed:
+            log.warning("removed images no template uses any more: %s", ", ".join(removed))
+    except BaseException as e:
+        if registry is not None:
+            registry.close()
+        home.release()
+        if isinstance(e, BackendError | ImageBuildError | OSError):
+            raise StartError(str(e)) from None
+        raise
+    manager.start_pool([images.DEFAULT_TEMPLATE])
+    return Running(home, registry, manager)
+
+
+async def _ready_manager(config: ServerConfig, registry: Registry) -> SandboxManager:
+    """The backend, got ready (a microVM's template snapshot is made here, once), after what
+    a dead daemon of this home left is reclaimed. With ``auto`` a backend that works but
+    cannot get ready (say, its snapshot fails) gives way to the next, loudly; a backend asked
+    for by name either gets ready or the daemon stops."""
+    owner = Owner.of_home(config.home)
+    ruled_out: dict[str, str] = {}
+    while True:
+        backend = select(config.isolation, owner, config.uid_base, ruled_out)
+        log.warning("isolation: %s (%s)", backend.name, backend.availability().reason)
+        manager = SandboxManager(config, registry, backend)
+        await manager.reclaim()
+        try:
+            await backend.prepare(spec_for(images.DEFAULT_TEMPLATE, manager.default_limits))
+            return manager
+        except BackendError as e:
+            log.error("isolation %s could not get ready: %s", backend.name, e)
+            await backend.close()
+            if config.isolation != "auto":
+                raise
+            ruled_out[backend.name] = f"could not get ready: {e}"
