@@ -35,8 +35,7 @@ from firebox.exceptions import (
     TooLargeException,
     UnavailableException,
 )
-
-__version__ = "0.1.0"
+from firebox.version import __version__ as __version__
 
 __all__ = [
     "AsyncCommandHandle",

@@ -15,8 +15,6 @@ import py_compile
 import shutil
 from pathlib import Path
 
-import firebox
-
 GUEST_LIB = "/opt/firebox/lib"
 AGENT_COMMAND = [
     "/usr/bin/python3",
@@ -26,7 +24,7 @@ AGENT_COMMAND = [
     f"import sys; sys.path.insert(0, {GUEST_LIB!r}); from firebox.agent.main import main; main()",
 ]
 
-_PACKAGE = Path(firebox.__file__).parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # firebox/
 # bump when the staged layout changes (2: with bytecode; 3: the protocol as a package)
 STAGE_VERSION = b"3"
 

@@ -10,11 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import firebox
 from firebox.server import code, commands, errors, files, sandboxes
 from firebox.server.body_limit import BodyLimit
 from firebox.server.models import ErrorBody, Health
 from firebox.server.timing import ServerTiming
+from firebox.version import __version__
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def create_app() -> FastAPI:
     ``backend``) is set by the daemon once it has started (daemon.py)."""
     app = FastAPI(
         title="firebox",
-        version=firebox.__version__,
+        version=__version__,
         description="Sandboxes for untrusted, LLM-generated code. See docs/API.md.",
         responses={status: {"model": ErrorBody} for status in sorted(set(errors.STATUS.values()))},
     )
@@ -57,7 +57,7 @@ def create_app() -> FastAPI:
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> Health:
-        return Health(status="ok", version=firebox.__version__, backend=app.state.backend.name)
+        return Health(status="ok", version=__version__, backend=app.state.backend.name)
 
     app.include_router(sandboxes.router)
     app.include_router(commands.router)
