@@ -1,10 +1,10 @@
 """Code contexts: named, stateful interpreters (python, javascript, bash) and ``code.run``.
 
 A context is an id, a language, a user and a working directory, and at most one live
-``Interpreter`` (interpreter.py) holding its state. Each language has a default context whose
-id is the language's name ("python", "javascript", "bash"), made on first use; the python one
-is started in the background as soon as the agent has said hello (``prestart``), so the first
-``run_code`` of a sandbox does not wait for IPython's start-up.
+``Interpreter`` (interpreter.py; launch.py starts it) holding its state. Each language has a
+default context whose id is the language's name ("python", "javascript", "bash"), made on
+first use; the python one is started in the background as soon as the agent has said hello
+(``prestart``), so the first ``run_code`` of a sandbox does not wait for IPython's start-up.
 
 A context runs one cell at a time; a second ``code.run`` waits its turn (as a notebook queues
 cells). A cell ends in one of these ways (``CodeDone`` fields in brackets):
@@ -28,15 +28,16 @@ import threading
 import time
 
 from firebox import protocol
-from firebox.agent import bash_worker, egress, process, users
+from firebox.agent import bash_worker, children, egress, launch, process, users
 from firebox.agent.cell import Cell
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail, log
-from firebox.agent.interpreter import Interpreter
 
 TYPE_CHECKING = False  # not typing's: see main.py
 if TYPE_CHECKING:
     from typing import Any
+
+    from firebox.agent.interpreter import Interpreter
 
 GRACE = 2.0  # seconds a cell gets to stop after SIGINT before its interpreter is killed
 FIRST_NUDGE = 0.02  # seconds after SIGINT until bash is asked to report the interrupted cell
@@ -65,7 +66,7 @@ class Context:
         interp = self.interp
         if interp is None or interp.dead is not None:
             # An interpreter that died between cells is replaced here, when next needed.
-            interp = Interpreter.spawn(self.language, self.user, self.cwd)
+            interp = launch.start(self.language, self.user, self.cwd)
             self.interp = interp
         return interp
 
@@ -160,7 +161,7 @@ def create(stream: Stream, msg: protocol.ContextCreate, payload: bytes) -> dict[
     user = users.lookup(msg.user)
     if msg.cwd is not None and not isinstance(msg.cwd, str):
         raise Fail("invalid", "cwd must be a path")
-    cwd = process.workdir(user, msg.cwd)
+    cwd = children.workdir(user, msg.cwd)
     ctx = Context(os.urandom(16).hex(), language, user, cwd)
     with ctx.lock:
         ctx.ensure()  # a context that cannot run says so now, not at its first cell
@@ -331,7 +332,7 @@ def _outcome(ctx: Context, cell: Cell) -> dict[str, Any]:
 
 def prestart(preforked: Interpreter | None = None) -> None:
     """Start the default python context's interpreter in the background (after hello), or
-    adopt the one the agent forked (Interpreter.prefork): either way the first cell finds it
+    adopt the one the agent forked (launch.prefork): either way the first cell finds it
     ready or waits for it."""
 
     def start() -> None:

@@ -9,7 +9,7 @@ IPython and the template's warm imports loaded, one thread, nothing of the user'
 interpreter is then a fork of it, which shares those pages until it writes them and is ready
 in milliseconds.
 
-The fork server is started as any of the user's processes is (process.spawn): as the user,
+The fork server is started as any of the user's processes is (children.spawn): as the user,
 with no capability, in a session of its own. So it can give its forks nothing the user's own
 code could not have; a user who tampers with it tampers with their own interpreters. It reads
 nothing but the agent's requests on a socket pair (SOCK_SEQPACKET): one JSON message with the
@@ -19,7 +19,7 @@ which waits for it and reads its exit status as for any interpreter it started. 
 then becomes what an interpreter started for the user would be (``python_worker.become``).
 
 Anything wrong with the fork server (an image without IPython, a server that died) leaves
-interpreters to start the ordinary way (interpreter.Interpreter.spawn).
+interpreters to start the ordinary way (launch.start).
 """
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ class ForkServer:
     def fork(self, cwd: str, env: dict[str, str], fds: list[int], deadline: float) -> int:
         """The pid of a new python worker (stdout, stderr, commands and messages are
         ``fds``); reparented to this process by the time it is returned."""
-        from firebox.agent import process
+        from firebox.agent import children
 
-        request = {"cwd": cwd, "env": env, "open_files": process.open_files()}
+        request = {"cwd": cwd, "env": env, "open_files": children.open_files()}
         with self._lock:
             try:
                 socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
@@ -102,7 +102,7 @@ class ForkServer:
         if "pid" not in reply:
             raise Unavailable(f"the fork server could not fork: {reply.get('error')}")
         pid = int(reply["pid"])
-        process.track(pid)
+        children.track(pid)
         return pid
 
     def stop(self) -> None:
@@ -150,25 +150,25 @@ def get(user: users.User, deadline: float) -> ForkServer:
 
 
 def _start(user: users.User, deadline: float) -> ForkServer:
-    from firebox.agent import interpreter, process
+    from firebox.agent import children, runtimes
     from firebox.agent.errors import log
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    argv = [interpreter.PYTHON, "-c", BOOT, interpreter.LIB, str(theirs.fileno())]
-    argv.append(interpreter.WARM_IMPORTS)
+    argv = [runtimes.PYTHON, "-c", BOOT, runtimes.LIB, str(theirs.fileno())]
+    argv.append(runtimes.WARM_IMPORTS)
     try:
-        popen = process.spawn(
+        popen = children.spawn(
             argv,
             user,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             pass_fds=(theirs.fileno(),),
             cwd="/",
-            env=interpreter.python_env(user, "/"),
+            env=runtimes.python_env(user, "/"),
         )
     except OSError as e:
         ours.close()
-        raise Impossible(f"cannot start {interpreter.PYTHON}: {e.strerror or e}") from None
+        raise Impossible(f"cannot start {runtimes.PYTHON}: {e.strerror or e}") from None
     finally:
         theirs.close()
     try:
@@ -178,7 +178,7 @@ def _start(user: users.User, deadline: float) -> ForkServer:
         unusable = f"cannot watch the fork server ({e})"
     # Left to the orphan reaper when it dies (no thread of ours waits for it): a zombie that
     # only the next context start would reap would keep the reaper from every other one.
-    process.forget(popen.pid)
+    children.forget(popen.pid)
     server = ForkServer(popen, pidfd, ours)
     if pidfd < 0:
         server.stop()
@@ -248,7 +248,7 @@ def serve(argv: list[str]) -> None:
 def _fork(request: dict[str, Any], fds: list[int], sock: int) -> int:
     """Fork, and fork again: the worker's pid once its parent has exited (it then belongs to
     the agent, the nearest subreaper)."""
-    from firebox.agent import interpreter, python_worker
+    from firebox.agent import python_worker, runtimes
 
     out, err, cmd, msg = fds
     pid_r, pid_w = os.pipe()
@@ -269,7 +269,7 @@ def _fork(request: dict[str, Any], fds: list[int], sock: int) -> int:
                         request["env"],
                         [out, err, cmd, msg],
                         request["open_files"],
-                        interpreter.python_args(cmd, msg),
+                        runtimes.python_args(cmd, msg),
                     )
                 except BaseException:  # on its stderr, which the agent reports
                     import traceback

@@ -1,12 +1,10 @@
-"""One interpreter process of a code context.
+"""One interpreter process of a code context: its cells in, their output and outcome out.
 
-``Interpreter.spawn`` starts a worker (python_worker.py, the node program of js_worker.py, or
-bash as bash_worker.py drives it; a python one is forked from the sandbox's fork server,
-forkserver.py, when it has one) as the sandbox user, in a session of its own, with three
-pipes to us (see wire.py): commands in, messages out, and its stdout/stderr. One pump thread
-per interpreter reads all of them and a pidfd: messages and output go to the ``Cell`` that is
-running (nothing runs between cells, so what arrives then is dropped), and the pidfd says
-the moment the process is gone, whoever else still holds its pipes.
+A worker (born as launch.py says) has three pipes to us (see wire.py): commands in, messages
+out, and its stdout/stderr. One pump thread per interpreter reads all of them and a pidfd:
+messages and output go to the ``Cell`` that is running (nothing runs between cells, so what
+arrives then is dropped), and the pidfd says the moment the process is gone, whoever else
+still holds its pipes.
 
 Output is forwarded as it comes (cell.py), with flow control all the way: a daemon that reads
 slowly stops the pump, then the worker's pipe, then the cell's prints.
@@ -19,49 +17,22 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import threading
 import time
 
 from firebox import protocol
-from firebox.agent import bash_worker, js_worker, process, users, wire
+from firebox.agent import bash_worker, children, wire
 from firebox.agent.cell import Cell, clean, text
-from firebox.agent.errors import Fail, from_os, log
+from firebox.agent.errors import Fail, log
+from firebox.agent.runtimes import TITLES
 
 TYPE_CHECKING = False  # not typing's: see main.py
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import subprocess
     from typing import Any
 
 START_TIMEOUT = protocol.INTERPRETER_START_TIMEOUT
 FLUSH_READS = 16  # pipe reads (of up to CHUNK) taken at the end of a cell
-
-# Each interpreter is found by path, overridable for development outside an image (a venv's
-# python with IPython, say) through the agent's environment, which only the backend sets.
-PYTHON = os.environ.get("FIREBOX_PYTHON", "/usr/bin/python3")
-NODE = os.environ.get("FIREBOX_NODE") or next(
-    (p for p in ("/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs") if os.path.exists(p)),
-    "/usr/bin/node",
-)
-BASH = os.environ.get("FIREBOX_BASH", "/bin/bash")
-
-# The python worker is imported from the agent's own directory, found from this module: in a
-# sandbox /opt/firebox/lib (read-only, world-readable).
-LIB = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PYTHON_BOOT = (
-    "import sys; sys.path.append(sys.argv[1]); "
-    "from firebox.agent.python_worker import main; main(sys.argv[1:])"
-)
-# Modules a python context imports before it reports ready (comma-separated; the microvm's
-# template sets numpy, pandas and matplotlib, so its snapshot holds them imported).
-WARM_IMPORTS = os.environ.get("FIREBOX_WARM_IMPORTS", "")
-PYTHON_ENV = {"MPLBACKEND": "Agg"}  # no display in a sandbox; inherited by its children
-TITLES = {"python": "the python interpreter", "javascript": "node", "bash": "bash"}
-MISSING = {
-    "python": "python contexts need {path} with IPython in the sandbox image",
-    "javascript": "javascript contexts need node ({path}) in the sandbox image",
-    "bash": "bash contexts need {path} in the sandbox image",
-}
 
 
 class Interpreter:
@@ -99,133 +70,11 @@ class Interpreter:
 
     # -- starting -------------------------------------------------------------------------
 
-    @classmethod
-    def spawn(cls, language: str, user: users.User, cwd: str) -> Interpreter:
-        """Start a worker and wait until it is ready; Fail("unavailable") with the reason if
-        it cannot start. A python worker is forked from the sandbox's fork server when it
-        has one (forkserver.py), and started when it has not."""
-        deadline = time.monotonic() + START_TIMEOUT
-        if language == "python":
-            interp = cls._from_forkserver(user, cwd, deadline)
-            if interp is not None:
-                interp.wait_ready(deadline)
-                return interp
-        cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
-        msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
-        env = python_env(user, cwd) if language == "python" else process.base_env(user, cwd)
-        stdin: int = subprocess.DEVNULL
-        if language == "python":
-            argv = [PYTHON, "-c", PYTHON_BOOT, *python_args(cmd_r, msg_w)]
-            keep: tuple[int, ...] = (cmd_r, msg_w)
-            path = PYTHON
-        elif language == "javascript":
-            # The program fits in the pipe's buffer: written whole before node starts.
-            program_r, program_w = os.pipe2(os.O_CLOEXEC)
-            os.write(program_w, js_worker.PROGRAM.encode())
-            os.close(program_w)
-            argv = js_worker.argv(NODE, program_r, cmd_r, msg_w)
-            keep = (program_r, cmd_r, msg_w)
-            path = NODE
-        else:
-            argv = bash_worker.argv(BASH)
-            stdin = cmd_r  # an interactive shell reads its commands on stdin
-            keep = (msg_w,)
-            path = BASH
-        try:
-            popen = process.spawn(
-                argv,
-                user,
-                stdin=stdin,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=keep,
-                cwd=cwd,
-                env=env,
-            )
-        except OSError as e:
-            for fd in {cmd_r, cmd_w, msg_r, msg_w, *keep}:
-                os.close(fd)
-            if e.filename == cwd:  # removed since it was checked
-                raise from_os(e, f"working directory {cwd}", user.name) from None
-            if isinstance(e, FileNotFoundError):
-                raise Fail("unavailable", MISSING[language].format(path=path)) from None
-            raise Fail("unavailable", f"cannot start {path}: {e.strerror or e}") from None
-        for fd in {cmd_r, msg_w, *keep}:  # the child's ends (msg_w's number is the child's too)
-            os.close(fd)
-        interp = cls(language, popen, cmd_w, msg_r, msg_w)
-        threading.Thread(target=interp._pump, name=f"code-{popen.pid}", daemon=True).start()
-        if language == "bash":
-            interp._write(bash_worker.setup(msg_w))
-        interp.wait_ready(deadline)
-        return interp
-
-    @classmethod
-    def prefork(cls, user: users.User) -> Interpreter | None:
-        """The default python context's worker forked from this process, if it has IPython
-        imported (an agent forked from the jail's zygote, zygote.py): a few ms, where
-        starting python and importing IPython takes ~0.3 s. Call it before any thread starts.
-        Its readiness is waited for as a started one's is (contexts.prestart)."""
-        from firebox.agent import python_worker
-
-        if not python_worker.preloaded():
-            return None
-        cwd = user.home
-        env = python_env(user, cwd)
-        ids = process.user_ids(user)
-
-        def fork(fds: list[int]) -> int:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child becomes the worker or exits
-                try:
-                    python_worker.become(
-                        user.uid,
-                        user.gid,
-                        "extra_groups" in ids,
-                        cwd,
-                        env,
-                        fds,
-                        process.open_files(),
-                        python_args(fds[2], fds[3]),
-                    )
-                finally:
-                    os._exit(70)
-            process.track(pid)
-            return pid
-
-        return cls._forked(fork)
-
-    @classmethod
-    def _from_forkserver(cls, user: users.User, cwd: str, deadline: float) -> Interpreter | None:
-        """A python worker forked by the fork server, or None to start one instead."""
-        from firebox.agent import forkserver
-
-        env = python_env(user, cwd)
-        try:
-            return cls._forked(lambda fds: forkserver.fork(user, cwd, env, fds, deadline))
-        except forkserver.Unavailable as e:
-            log(f"starting a python interpreter, not forking one: {e}")
-            return None
-
-    @classmethod
-    def _forked(cls, fork: Callable[[list[int]], int]) -> Interpreter:
-        """A python worker made by ``fork``, which is given its stdout, stderr, command and
-        message pipes and returns its pid (a child of this process)."""
-        cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
-        msg_r, msg_w = os.pipe2(os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            pid = fork([out_w, err_w, cmd_r, msg_w])
-        except BaseException:
-            for fd in (cmd_w, msg_r, out_r, err_r):
-                os.close(fd)
-            raise
-        finally:
-            for fd in (cmd_r, msg_w, out_w, err_w):  # the worker's ends
-                os.close(fd)
-        interp = cls("python", Forked(pid, out_r, err_r), cmd_w, msg_r, msg_w)  # type: ignore[arg-type]
-        threading.Thread(target=interp._pump, name=f"code-{pid}", daemon=True).start()
-        return interp
+    def listen(self) -> None:
+        """Start the pump thread (bash is then told where to report: its setup line)."""
+        threading.Thread(target=self._pump, name=f"code-{self.pid}", daemon=True).start()
+        if self.language == "bash":
+            self._write(bash_worker.setup(self._msg_fd))
 
     def wait_ready(self, deadline: float | None = None) -> None:
         """Raise Fail("unavailable") unless the worker says ready by ``deadline`` (default:
@@ -376,7 +225,7 @@ class Interpreter:
             popen.stdout.close()
             popen.stderr.close()
             code = popen.wait()
-            process.forget(self.pid)
+            children.forget(self.pid)
             self._close_commands()
             self._died(code)
 
@@ -488,45 +337,6 @@ class Interpreter:
         self.ready.set()  # wakes a spawn still waiting for it
         if cell is not None:
             cell.die(reason, by_agent=self.kill_reason is not None)
-
-
-def python_env(user: users.User, cwd: str) -> dict[str, str]:
-    """A python worker's environment (and its fork server's), however it is made."""
-    return {**process.base_env(user, cwd), **PYTHON_ENV}
-
-
-def python_args(cmd_r: int, msg_w: int) -> list[str]:
-    """python_worker.main's arguments: where it is imported from, its two pipes, what to
-    import before it says ready."""
-    return [LIB, str(cmd_r), str(msg_w), WARM_IMPORTS]
-
-
-class Forked:
-    """What an Interpreter uses of a Popen, for a forked worker (``prefork``, the fork
-    server): a child of this process all the same."""
-
-    def __init__(self, pid: int, out: int, err: int) -> None:
-        self.pid = pid
-        self.stdout = os.fdopen(out, "rb", buffering=0)
-        self.stderr = os.fdopen(err, "rb", buffering=0)
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            with contextlib.suppress(ChildProcessError):
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self) -> int:
-        if self.returncode is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:  # reaped by someone else: its status is lost
-                self.returncode = -1
-        return self.returncode
 
 
 def _decoder() -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from firebox import protocol
-from firebox.agent import process
+from firebox.agent import children
 from firebox.agent.errors import log
 
 PIDS_MAX = "/sys/fs/cgroup/sandbox/pids.max"  # made by a microVM's init; absent in a jail
@@ -26,7 +26,7 @@ def prepare() -> None:
 
 
 def configure(msg: protocol.Configure) -> None:
-    process.set_open_files(msg.open_files)
+    children.set_open_files(msg.open_files)
     processes = msg.processes
     if _pids_max >= 0 and isinstance(processes, int) and processes > 0:
         try:

@@ -203,10 +203,10 @@ def _own_kernel() -> None:
 def _prefork() -> Interpreter | None:
     """In a fork of the zygote (everything imported already, one thread): the default python
     interpreter forked now, before any thread starts (its limits come with Configure)."""
-    from firebox.agent.interpreter import Interpreter
+    from firebox.agent import launch
 
     try:
-        return Interpreter.prefork(users.lookup("user"))
+        return launch.prefork(users.lookup("user"))
     except (Fail, OSError) as e:
         log(f"could not fork the default python interpreter, starting one instead: {e}")
         return None
@@ -234,13 +234,13 @@ def main(forked: bool = False) -> None:
     conn = Conn(fd)
     conn.send(protocol.CONTROL_CHANNEL, _hello())
     handlers = _handlers()
-    from firebox.agent import contexts, process
+    from firebox.agent import children, contexts, process
 
     try:
         privs.become_subreaper()
     except OSError as e:  # python workers are then started, not forked (forkserver.py)
         log(f"could not become a child subreaper: {e}")
-    process.start_reaper()
+    children.start_reaper()
     if os.environ.get("FIREBOX_BACKEND") == "microvm":
         # Imported and prepared now, so that it is already in the template's snapshot: a
         # restored clone resumes without paying for imports under emulation.

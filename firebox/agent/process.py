@@ -1,16 +1,10 @@
-"""Processes the daemon starts: spawn as a user, stream output, report the exit, reap.
+"""Commands the daemon starts (``process.*``): stream their output, report the exit.
 
-Every process leads its own session and process group (``start_new_session``), so a signal,
-a timeout or the agent's shutdown reaches everything it forked. Users are switched by
-subprocess itself (``user=``/``group=``/``extra_groups=``), never by a ``preexec_fn``, which
-is unsafe in a threaded program.
-
-Each process has one thread that pumps both its pipes into ``data`` frames and then waits for
-it (``Popen.wait``); sending blocks on credit, so a process that writes faster than the
-daemon's client reads is stopped by its full pipe, not buffered here. Timeouts share one
-thread. When the agent is the sandbox's
-pid 1 or a child subreaper, orphans are reparented to it, and a reaper thread collects them
-without ever waiting for a pid that a Popen owns (which would lose that process's status).
+Each command is started as any process of the agent's is (children.py: as its user, in a
+session of its own, with the sandbox's limits). It has one thread that pumps both its pipes
+into ``data`` frames and then waits for it (``Popen.wait``); sending blocks on credit, so a
+process that writes faster than the daemon's client reads is stopped by its full pipe, not
+buffered here. Timeouts share one thread.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ import contextlib
 import fcntl
 import heapq
 import os
-import resource
 import select
 import signal
 import subprocess
@@ -27,7 +20,7 @@ import threading
 import time
 
 from firebox import protocol
-from firebox.agent import privs, shell, spawner, users
+from firebox.agent import children, shell, users
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail, from_os, log
 
@@ -35,7 +28,6 @@ TYPE_CHECKING = False  # not typing's: importing typing costs the agent's start-
 if TYPE_CHECKING:
     from typing import IO, Any
 
-BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PIPE_SIZE = protocol.CHUNK  # fewer, fuller data frames from a fast writer
 KILL_GRACE = 2.0  # seconds to wait for pipes to close after a timeout kill
 
@@ -47,138 +39,8 @@ class Proc:
         self.stdin_lock = threading.Lock()
 
 
+# The commands running now, by pid; kept under children's spawn lock.
 _procs: dict[int, Proc] = {}
-# Held across Popen() and registration, and by the reaper before it reaps a pid: a pid is
-# either known to be a Popen's (the reaper leaves it) or not a Popen's at all.
-_spawn_lock = threading.Lock()
-_tracked: set[int] = set()
-_spawned = threading.Event()
-
-
-def user_ids(user: users.User) -> dict[str, Any]:
-    """Popen arguments that switch to ``user``; none when we already are that user."""
-    if os.getuid() == os.geteuid() == user.uid and os.getgid() == os.getegid() == user.gid:
-        return {}
-    if os.geteuid() != 0:
-        raise Fail(
-            "permission_denied",
-            f"the agent runs as uid {os.geteuid()} and cannot start processes as {user.name!r}",
-        )
-    ids: dict[str, Any] = {"user": user.uid, "group": user.gid}
-    if privs.setgroups_allowed():
-        ids["extra_groups"] = []
-    return ids
-
-
-def workdir(user: users.User, path: str | None) -> str:
-    """The absolute working directory for ``path`` (default: the user's home), checked as the
-    user: chdir happens in the child before it switches to them, so the check must not."""
-    cwd = users.resolve(user, path) if path else user.home
-    with privs.as_user(user.uid, user.gid, user.name):
-        try:
-            os.stat(os.path.join(cwd, "."))
-        except OSError as e:
-            raise from_os(e, f"working directory {cwd}", user.name) from None
-    return cwd
-
-
-def base_env(user: users.User, cwd: str) -> dict[str, str]:
-    """The environment everything started for ``user`` begins with: nothing of the agent's,
-    and the egress proxy's variables once the sandbox has one."""
-    from firebox.agent import egress
-
-    return {
-        "PATH": BASE_PATH,
-        "HOME": user.home,
-        "USER": user.name,
-        "LOGNAME": user.name,
-        "SHELL": "/bin/bash",
-        "LANG": "C.UTF-8",
-        "PWD": cwd,
-        **egress.proxy_env(),
-    }
-
-
-# The sandbox's open-files limit (RLIMIT_NOFILE, soft and hard) for everything the agent
-# starts (protocol.Configure; 0 until then); the agent keeps its own, larger one, so a
-# sandbox's processes cannot starve it.
-_open_files = 0
-
-
-def open_files() -> int:
-    return _open_files
-
-
-def set_open_files(n: int) -> None:
-    """From now on, and for what was started before (the default python interpreter)."""
-    global _open_files
-    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-        _open_files = n
-        with _spawn_lock:
-            started = list(_tracked)
-        for pid in started:
-            _limit_files(pid)
-
-
-# What the agent starts is the OOM killer's first choice at the sandbox's memory limit, never
-# the agent (which in a jail cannot lower its own score: that takes a host privilege).
-CHILD_OOM_SCORE_ADJ = "500"
-
-
-def _limit(pid: int) -> None:
-    _limit_files(pid)
-    try:
-        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-            f.write(CHILD_OOM_SCORE_ADJ)
-    except OSError as e:
-        log(f"cannot raise the OOM score of {pid}: {e}")
-
-
-def _limit_files(pid: int) -> None:
-    # Set from outside right after the start: a child exec'ing its program cannot have run
-    # any of the user's code yet, and what it starts inherits the limit. The hard limit is
-    # lowered too, so the process cannot raise it back.
-    if _open_files:
-        try:
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, (_open_files, _open_files))
-        except (OSError, ValueError) as e:
-            log(f"cannot set the open-files limit of {pid}: {e}")
-
-
-_AGENT_NICE = os.getpriority(os.PRIO_PROCESS, 0)
-
-
-def spawn(argv: list[str], user: users.User, **popen: Any) -> subprocess.Popen[bytes]:
-    """Start a process as ``user`` in a session of its own, known to the orphan reaper (which
-    must leave its exit status to us). Callers ``popen.wait()`` and then ``forget`` it."""
-    ids = user_ids(user)
-    popen["start_new_session"] = True
-    with _spawn_lock:
-        child = None
-        if ids:  # another user: vfork from that user's spawner thread (spawner.py)
-            child = spawner.popen(argv, user.uid, user.gid, "extra_groups" in ids, popen)
-        if child is None:
-            child = subprocess.Popen(argv, **popen, **ids)
-        _tracked.add(child.pid)
-        _limit(child.pid)
-        if _AGENT_NICE < 0:  # the agent runs ahead of user code (a microVM); its children not
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, child.pid, 0)
-    _spawned.set()
-    return child
-
-
-def track(pid: int) -> None:
-    """A child this process forked itself (no Popen): the reaper must leave it to its owner,
-    which ``forget``s it once waited for."""
-    with _spawn_lock:
-        _tracked.add(pid)
-
-
-def forget(pid: int) -> None:
-    """``pid`` (spawned above) was waited for: the reaper may see that pid again, reused."""
-    with _spawn_lock:
-        _tracked.discard(pid)
 
 
 def _check_str_list(value: object, what: str) -> list[str]:
@@ -204,8 +66,8 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise Fail("invalid", f"timeout must be a positive number of seconds, not {timeout!r}")
     user = users.lookup(msg.user)
-    cwd = workdir(user, msg.cwd)
-    env = {**base_env(user, cwd), **msg.envs}
+    cwd = children.workdir(user, msg.cwd)
+    env = {**children.base_env(user, cwd), **msg.envs}
     info = protocol.ProcessInfo(
         pid=0, cmd=msg.cmd, argv=msg.argv, cwd=cwd, user=user.name, tag=msg.tag, envs=msg.envs
     )
@@ -223,20 +85,20 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
         direct = shell.direct_argv(msg.cmd, direct_env)
         if direct is not None:
             with contextlib.suppress(OSError):
-                popen = spawn(direct, user, env=direct_env, **options)
+                popen = children.spawn(direct, user, env=direct_env, **options)
     if popen is None:
         try:
-            popen = spawn(argv, user, env=env, **options)
+            popen = children.spawn(argv, user, env=env, **options)
         except OSError as e:
             raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None
     info.pid = popen.pid
     proc = Proc(popen, info)
-    with _spawn_lock:
+    with children.spawn_lock:
         _procs[popen.pid] = proc
     try:
         return _run(stream, proc, timeout, output_limit(msg.output_limit))
     finally:
-        with _spawn_lock:
+        with children.spawn_lock:
             _procs.pop(popen.pid, None)
 
 
@@ -366,7 +228,7 @@ def _reap(popen: subprocess.Popen[bytes]) -> int:
     """Wait for ``popen`` (reaping it) and give its pid back to the orphan reaper, once."""
     if popen.returncode is None:
         popen.wait()
-        forget(popen.pid)
+        children.forget(popen.pid)
     return popen.returncode
 
 
@@ -456,7 +318,7 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 def _find(pid: object) -> Proc:
-    with _spawn_lock:
+    with children.spawn_lock:
         proc = _procs.get(pid) if isinstance(pid, int) else None
     if proc is None:
         raise Fail("not_found", f"no process with pid {pid!r} started by the agent is running")
@@ -507,39 +369,13 @@ def kill(stream: Stream, msg: protocol.ProcessSignal, payload: bytes) -> None:
 
 
 def list_(stream: Stream, msg: protocol.ProcessList, payload: bytes) -> list[dict[str, Any]]:
-    with _spawn_lock:
+    with children.spawn_lock:
         return [protocol.as_dict(p.info) for p in _procs.values()]
 
 
 def kill_all() -> None:
     """SIGKILL every process group we started: the daemon is gone, nobody will read them."""
-    with _spawn_lock:
+    with children.spawn_lock:
         pids = list(_procs)
     for pid in pids:
         _killpg(pid, signal.SIGKILL)
-
-
-def start_reaper() -> None:
-    if privs.is_subreaper():
-        threading.Thread(target=_reap_orphans, name="reaper", daemon=True).start()
-
-
-def _reap_orphans() -> None:
-    while True:
-        # Cleared before looking, so a spawn between "no children" and the wait still wakes us.
-        _spawned.clear()
-        try:
-            # WNOWAIT: look without reaping, so a Popen's child is left to its Popen.
-            found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            _spawned.wait()
-            continue
-        if found is None:
-            continue
-        with _spawn_lock:
-            if found.si_pid not in _tracked:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(found.si_pid, os.WNOHANG)
-                continue
-        # A Popen's zombie: its waiting thread reaps it within moments; look again after.
-        time.sleep(0.005)

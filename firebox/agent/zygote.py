@@ -22,7 +22,7 @@ it forks a child that:
    descriptor but the channel and its stderr, the agent's capabilities and no other, no new
    privileges, the jail's seccomp filter and a clean environment;
 5. runs the agent (``main.main(forked=True)``), which forks its default python interpreter before it
-   starts a thread (interpreter.Interpreter.prefork).
+   starts a thread (launch.prefork).
 
 Every step that fails ends the child with a message on its stderr, which the daemon reads; the
 jail is then not started, never started half-confined.
@@ -56,13 +56,18 @@ def preload() -> None:
     """Import what every jail's agent and python interpreter will use."""
     from firebox.agent import (  # noqa: F401  (imported to be shared, not used here)
         charts,
+        children,
         contexts,
         egress,
         files,
         interpreter,
+        launch,
         main,
         process,
+        python_output,
+        python_shell,
         python_worker,
+        runtimes,
         shell,
         spawner,
         watch,
