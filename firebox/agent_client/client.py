@@ -46,6 +46,8 @@ class AgentClient:
         self._gone: AgentGone | None = None
         self._hello: protocol.Hello | None = None
         self._hello_event = asyncio.Event()
+        # when a frame last came from the agent: its liveness (server/liveness.py)
+        self.last_heard = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
@@ -281,6 +283,7 @@ class AgentClient:
                 cid, plen, hlen = protocol.decode_head(head)
                 header = protocol.decode_header(await self._reader.readexactly(hlen))
                 payload = await self._reader.readexactly(plen) if plen else b""
+                self.last_heard = time.monotonic()
                 self._route(cid, header, payload)
         except asyncio.IncompleteReadError:
             pass

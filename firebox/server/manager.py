@@ -20,6 +20,7 @@ from firebox import protocol
 from firebox.agent_client import AgentClient, AgentError, AgentGone
 from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
 from firebox.images.cache import image_root
+from firebox.server import liveness
 from firebox.server.admission import Admission, HostLimits
 from firebox.server.boot import boot, spec_for
 from firebox.server.config import ServerConfig
@@ -35,10 +36,6 @@ log = logging.getLogger("firebox.manager")
 
 WATCH_EVENTS_MAX = 10_000  # per watcher, oldest dropped: a busy directory cannot grow memory
 WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
-# The agent answers pings on its reading thread, so a guest that hangs or an agent that is
-# stopped shows within interval + timeout (the issue's bound is 5 s).
-HEARTBEAT_INTERVAL = 1.0
-HEARTBEAT_TIMEOUT = 4.0
 # A sandbox of a new shape may need its backend to get ready first: the microvm makes a
 # snapshot for it (a cold boot, once per shape; ~20 s here under software emulation).
 PREPARE_DEADLINE = 300.0
@@ -205,7 +202,11 @@ class SandboxManager:
             live.id, owner, settings.template, live.backend, settings.metadata, now, live.end_at
         )
         self._schedule(live)
-        live.monitor = asyncio.create_task(self._monitor(live))
+        live.monitor = asyncio.create_task(
+            liveness.watch(
+                live.running, live.agent, live.backend, lambda why: self._crashed(live, why)
+            )
+        )
         return live
 
     def _checked(self, settings: SandboxSettings) -> tuple[Limits, Policy]:
@@ -309,32 +310,7 @@ class SandboxManager:
             delay, lambda: asyncio.ensure_future(self._end(live, "timeout"))
         )
 
-    async def _monitor(self, live: LiveSandbox) -> None:
-        """Until the sandbox ends: its host process exiting (a guest panic ends QEMU), its agent
-        closing the channel, or its agent not answering the heartbeat (a hung guest, a stopped
-        agent) each end it as crashed, within HEARTBEAT_INTERVAL + HEARTBEAT_TIMEOUT."""
-        exited = asyncio.ensure_future(live.running.wait())
-        try:
-            while not live.ended:
-                done, _ = await asyncio.wait({exited}, timeout=HEARTBEAT_INTERVAL)
-                if done:
-                    why = f"crashed: its {live.backend} process exited"
-                    break
-                if live.agent.closed:
-                    why = "crashed: its agent closed the channel"
-                    break
-                try:
-                    await live.agent.call(protocol.Ping(), timeout=HEARTBEAT_TIMEOUT)
-                except (TimeoutError, AgentGone):
-                    why = f"crashed: its agent did not answer within {HEARTBEAT_TIMEOUT:g} s"
-                    break
-                except AgentError:
-                    continue  # busy (every request thread taken): it answered all the same
-            else:
-                return
-        finally:
-            if not exited.done():
-                exited.cancel()
+    async def _crashed(self, live: LiveSandbox, why: str) -> None:
         if not live.ended:
             log.warning("sandbox %s %s: %s", live.id, why, live.running.limit_events())
             await self._end(live, why)
@@ -348,12 +324,13 @@ class SandboxManager:
         self.registry.mark_ended(live.id, reason)
         if live.timer is not None:
             live.timer.cancel()
+        # next: every call still waiting on the agent ends now, not after the rest is freed
+        await live.agent.close()
         for watcher in live.watchers.values():
             await _cancel(watcher.task)
         live.watchers.clear()
         if live.egress is not None:
             await live.egress.close()
-        await live.agent.close()
         try:
             await live.running.cleanup()
         except Exception:  # recorded as ended all the same; what is left shows in the log
