@@ -23,6 +23,7 @@ cells). A cell ends in one of these ways (``CodeDone`` fields in brackets):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from firebox.agent import bash_worker, children, egress, launch, process, users
 from firebox.agent.cell import Cell
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail, log
+from firebox.agent.turns import Turns
 
 TYPE_CHECKING = False  # not typing's: see main.py
 if TYPE_CHECKING:
@@ -39,7 +41,10 @@ if TYPE_CHECKING:
 
     from firebox.agent.interpreter import Interpreter
 
-GRACE = 2.0  # seconds a cell gets to stop after SIGINT before its interpreter is killed
+# Seconds a cell gets to stop after SIGINT before its interpreter is killed (its state lost):
+# IPython formats the interrupt's traceback first, which takes a loaded, emulated guest more
+# than a second or two; a cell that ignores SIGINT is only let go of that much later.
+GRACE = 5.0
 FIRST_NUDGE = 0.02  # seconds after SIGINT until bash is asked to report the interrupted cell
 NUDGE = 0.25  # ... and between the next asks, should it have dropped one
 ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript"}
@@ -54,15 +59,16 @@ class Context:
         self.user = user
         self.cwd = cwd
         self.interp: Interpreter | None = None
-        # Held by a running cell and by (re)starts: one thing at a time per interpreter.
-        self.lock = threading.Lock()
+        # Held by a running cell and by (re)starts: one thing at a time per interpreter, in
+        # the order they came (turns.py).
+        self.turns = Turns()
         self.removed = False
 
     def info(self) -> dict[str, Any]:
         return protocol.as_dict(protocol.ContextInfo(self.id, self.language, self.cwd))
 
     def ensure(self) -> Interpreter:
-        """The live interpreter, started if there is none (call with ``lock`` held)."""
+        """The live interpreter, started if there is none (call holding ``turns``)."""
         interp = self.interp
         if interp is None or interp.dead is not None:
             # An interpreter that died between cells is replaced here, when next needed.
@@ -74,7 +80,7 @@ class Context:
         """Start a fresh interpreter in the background, so the next cell does not wait."""
 
         def start() -> None:
-            with self.lock:
+            with self.turns.hold():
                 if self.removed:
                     return
                 try:
@@ -84,23 +90,30 @@ class Context:
 
         threading.Thread(target=start, name=f"restart-{self.id}", daemon=True).start()
 
-    def acquire(self, stream: Stream, deadline: float | None) -> None:
-        """Wait for the cell ahead of us; give up if the daemon cancels, the context goes, or
-        the cell's own timeout (which counts the wait) runs out first."""
-        while not self.lock.acquire(timeout=0.2):
+    def acquire(self, stream: Stream, deadline: float | None, ticket: int | None = None) -> None:
+        """Wait for our turn (``ticket``, else one drawn now) behind the cells ahead; give up
+        if the daemon cancels, the context goes, or the cell's own timeout (which counts the
+        wait) runs out first."""
+        if ticket is None:
+            ticket = self.turns.draw()
+        while not self.turns.wait(ticket, 0.2):
+            why = None
             if stream.cancelled:
-                raise Fail("invalid", "cancelled while waiting for the cell ahead")
-            if self.removed:
-                raise _removed(self.id)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Fail(
+                why = Fail("invalid", "cancelled while waiting for the cell ahead")
+            elif self.removed:
+                why = _removed(self.id)
+            elif deadline is not None and time.monotonic() >= deadline:
+                why = Fail(
                     "busy",
                     f"code context {self.id!r} was still running an earlier cell when this "
                     "one's timeout ran out; wait for it, interrupt it (restart the context) "
                     "or use another context",
                 )
+            if why is not None:
+                self.turns.give_up(ticket)
+                raise why
         if self.removed:
-            self.lock.release()
+            self.turns.release()
             raise _removed(self.id)
 
 
@@ -163,7 +176,7 @@ def create(stream: Stream, msg: protocol.ContextCreate, payload: bytes) -> dict[
         raise Fail("invalid", "cwd must be a path")
     cwd = children.workdir(user, msg.cwd)
     ctx = Context(os.urandom(16).hex(), language, user, cwd)
-    with ctx.lock:
+    with ctx.turns.hold():
         ctx.ensure()  # a context that cannot run says so now, not at its first cell
     with _registry:
         _contexts[ctx.id] = ctx
@@ -181,13 +194,13 @@ def restart(stream: Stream, msg: protocol.ContextRestart, payload: bytes) -> dic
     if interp is not None:
         # Not waiting for the lock first: restarting is how a user unsticks a hung cell.
         interp.kill(RESTARTED)
-    ctx.acquire(stream, time.monotonic() + RESTART_WAIT)
+    ctx.acquire(stream, time.monotonic() + RESTART_WAIT, ctx.turns.draw(first=True))
     try:
         if ctx.interp is interp:  # else one started since we killed: fresh already
             ctx.interp = None
         ctx.ensure()
     finally:
-        ctx.lock.release()
+        ctx.turns.release()
     return ctx.info()
 
 
@@ -200,11 +213,7 @@ def remove(stream: Stream, msg: protocol.ContextRemove, payload: bytes) -> None:
         ctx.interp.kill("the context was removed")
 
 
-def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]:
-    code, env, timeout = _check_run(msg)
-    # A context may predate the sandbox's egress (a pooled sandbox's): every cell gets the
-    # proxy variables, and what it starts inherits them.
-    env = {**egress.proxy_env(), **env}
+def _context_of(msg: protocol.CodeRun) -> Context:
     if msg.context_id is not None:
         ctx = _find(msg.context_id)
         if msg.language is not None and _language(msg.language) != ctx.language:
@@ -212,16 +221,51 @@ def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]
                 "invalid",
                 f"code context {ctx.id!r} runs {ctx.language}, not {_language(msg.language)}",
             )
-    else:
-        ctx = _default(_language(msg.language or "python"))
-    if ctx.language == "bash":
-        if "\0" in code:
-            raise Fail("invalid", "bash code cannot contain NUL characters")
-        bad = [name for name in env if not bash_worker.NAME.match(name)]
-        if bad:
-            raise Fail("invalid", f"{bad[0]!r} is not a name bash can export")
+        return ctx
+    return _default(_language(msg.language or "python"))
+
+
+# a cell's context and ticket, drawn as its request was read
+_arrivals: dict[Stream, tuple[Context, int]] = {}
+
+
+def arrived(stream: Stream, msg: protocol.CodeRun) -> None:
+    """On the reading thread, as a cell's request is read: its place in its context's queue
+    (a request that names no valid context gets none: ``run`` says why)."""
+    with contextlib.suppress(Fail):
+        ctx = _context_of(msg)
+        ticket = ctx.turns.draw()
+        with _registry:
+            _arrivals[stream] = (ctx, ticket)
+
+
+def not_run(stream: Stream) -> None:
+    """A cell that ``arrived`` will not run (the agent had no thread for it): its turn goes."""
+    with _registry:
+        arrival = _arrivals.pop(stream, None)
+    if arrival is not None:
+        ctx, ticket = arrival
+        ctx.turns.give_up(ticket)
+
+
+def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]:
+    with _registry:
+        arrival = _arrivals.pop(stream, None)
+    ctx = _context_of(msg)
+    if arrival is not None and arrival[0] is not ctx:  # its context was replaced meanwhile
+        arrival[0].turns.give_up(arrival[1])
+        arrival = None
+    ticket = arrival[1] if arrival is not None else ctx.turns.draw()
+    try:
+        code, env, timeout = _check_run(ctx, msg)
+    except Fail:
+        ctx.turns.give_up(ticket)
+        raise
+    # A context may predate the sandbox's egress (a pooled sandbox's): every cell gets the
+    # proxy variables, and what it starts inherits them.
+    env = {**egress.proxy_env(), **env}
     deadline = time.monotonic() + timeout if timeout is not None else None
-    ctx.acquire(stream, deadline)
+    ctx.acquire(stream, deadline, ticket)
     try:
         if deadline is not None:  # the time spent queued behind another cell counts
             timeout = max(0.001, deadline - time.monotonic())
@@ -233,11 +277,11 @@ def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]
         interp.start(cell, code, env, silent=msg.silent is True)
         _wait(cell, interp, timeout)
     finally:
-        ctx.lock.release()
+        ctx.turns.release()
     return _outcome(ctx, cell)
 
 
-def _check_run(msg: protocol.CodeRun) -> tuple[str, dict[str, str], float | None]:
+def _check_run(ctx: Context, msg: protocol.CodeRun) -> tuple[str, dict[str, str], float | None]:
     if not isinstance(msg.code, str):
         raise Fail("invalid", "code must be a string")
     env = msg.envs if msg.envs is not None else {}
@@ -251,6 +295,12 @@ def _check_run(msg: protocol.CodeRun) -> tuple[str, dict[str, str], float | None
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
     ):
         raise Fail("invalid", f"timeout must be a positive number of seconds, not {timeout!r}")
+    if ctx.language == "bash":
+        if "\0" in msg.code:
+            raise Fail("invalid", "bash code cannot contain NUL characters")
+        bad = [name for name in env if not bash_worker.NAME.match(name)]
+        if bad:
+            raise Fail("invalid", f"{bad[0]!r} is not a name bash can export")
     return msg.code, env, timeout
 
 
@@ -338,7 +388,7 @@ def prestart(preforked: Interpreter | None = None) -> None:
     def start() -> None:
         try:
             ctx = _default("python")
-            with ctx.lock:
+            with ctx.turns.hold():
                 if preforked is not None and ctx.interp is None:
                     ctx.interp = preforked
                     preforked.wait_ready()

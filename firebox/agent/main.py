@@ -87,6 +87,7 @@ def _run(handler: Handler, stream: Stream, msg: protocol.Message, payload: bytes
 
 
 def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
+    from firebox.agent import contexts
     from firebox.agent.workers import Workers
 
     workers = Workers(floor=WORKER_FLOOR)
@@ -121,9 +122,13 @@ def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
         if handler is None:
             stream.finish(protocol.Error(code="invalid", message=f"{kind!r} is not a request"))
             continue
+        if isinstance(msg, protocol.CodeRun):  # its place among its context's cells: now
+            contexts.arrived(stream, msg)
         try:
             workers.submit(_run, handler, stream, msg, frame.payload)
         except RuntimeError:  # every thread busy and no pid left for another
+            if isinstance(msg, protocol.CodeRun):
+                contexts.not_run(stream)
             stream.finish(
                 protocol.Error(
                     code="busy",
