@@ -8,50 +8,48 @@ from firebox.protocol.records import dataclass
 
 
 @dataclass(slots=True)
-class FileRead(Message):
-    """Replies: ``Data`` frames with the content, then ``Result`` whose value is the size."""
+class AtPath(Message):
+    """What every request on one path has: the path, and whose permissions it is used with."""
 
-    T = "file.read"
     path: str = ""
     user: str = "user"
 
 
 @dataclass(slots=True)
-class FileWrite(Message):
+class FileRead(AtPath):
+    """Replies: ``Data`` frames with the content, then ``Result`` whose value is the size."""
+
+    T = "file.read"
+
+
+@dataclass(slots=True)
+class FileWrite(AtPath):
     """The daemon then sends ``Data`` frames and ``End``; the agent replies with ``Result``
     whose value is the written file's ``EntryInfo``. Parent directories are created."""
 
     T = "file.write"
-    path: str = ""
-    user: str = "user"
 
 
 @dataclass(slots=True)
-class FileList(Message):
+class FileList(AtPath):
     """Result value: list of ``EntryInfo`` dicts. ``depth`` 1 lists the directory itself."""
 
     T = "file.list"
-    path: str = ""
-    user: str = "user"
     depth: int = 1
 
 
 @dataclass(slots=True)
-class FileStat(Message):
+class FileStat(AtPath):
     """Result value: ``EntryInfo`` dict; error ``not_found`` when it does not exist."""
 
     T = "file.stat"
-    path: str = ""
-    user: str = "user"
 
 
 @dataclass(slots=True)
-class FileRemove(Message):
+class FileRemove(AtPath):
     """Removes a file or a whole directory tree."""
 
     T = "file.remove"
-    path: str = ""
-    user: str = "user"
 
 
 @dataclass(slots=True)
@@ -65,24 +63,20 @@ class FileRename(Message):
 
 
 @dataclass(slots=True)
-class FileMakeDir(Message):
+class FileMakeDir(AtPath):
     """Result value: true when created, false when it already existed (parents are made)."""
 
     T = "file.mkdir"
-    path: str = ""
-    user: str = "user"
 
 
 @dataclass(slots=True)
-class WatchStart(Message):
+class WatchStart(AtPath):
     """Watch a directory: ``WatchStarted``, then ``WatchEvent`` frames (each costs a credit)
     until ``Cancel``, or until the directory itself is removed; then ``Result``. Errors (missing
     directory) come as ``Error`` instead of ``WatchStarted``; a watch that falls so far behind
     that the kernel dropped events ends with ``Error`` code ``busy``."""
 
     T = "watch.start"
-    path: str = ""
-    user: str = "user"
     recursive: bool = False
 
 

@@ -45,6 +45,11 @@ def ensure_capacity(sbx: LiveSandbox) -> None:
         )
 
 
+# How a streamed answer is documented in the OpenAPI document (app.openapi_document keeps it)
+NDJSON_TYPE = "application/x-ndjson"
+NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {NDJSON_TYPE: {}}}}
+
+
 def ndjson_line(obj: dict[str, Any]) -> bytes:
     """One line of a streamed answer (commands, code)."""
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"

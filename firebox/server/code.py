@@ -23,7 +23,14 @@ from fastapi.responses import StreamingResponse
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone, CodeStream
-from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity, ndjson_line
+from firebox.server.agent_calls import (
+    NDJSON,
+    NDJSON_TYPE,
+    agent_call,
+    agent_error,
+    ensure_capacity,
+    ndjson_line,
+)
 from firebox.server.deps import Sandbox
 from firebox.server.errors import ApiError
 from firebox.server.manager import LiveSandbox
@@ -84,10 +91,7 @@ async def _stream(
                 await cell.detach()
 
 
-@router.post(
-    "/sandboxes/{sandbox_id}/code",
-    responses={200: {"content": {"application/x-ndjson": {}}}},
-)
+@router.post("/sandboxes/{sandbox_id}/code", responses=NDJSON)
 async def run_code(body: RunCode, sbx: Sandbox) -> Response:
     ensure_capacity(sbx)
     req = protocol.CodeRun(
@@ -109,8 +113,8 @@ async def run_code(body: RunCode, sbx: Sandbox) -> Response:
     if pending.done() and pending.result() is None:
         # Over already, with nothing printed or shown (an assignment, an import, a def): the
         # one line is the whole answer, without a stream's machinery (~0.1 ms a cell).
-        return Response(content=_end_line(cell), media_type="application/x-ndjson")
-    return StreamingResponse(_stream(sbx, cell, pending), media_type="application/x-ndjson")
+        return Response(content=_end_line(cell), media_type=NDJSON_TYPE)
+    return StreamingResponse(_stream(sbx, cell, pending), media_type=NDJSON_TYPE)
 
 
 def _context(raw: Any) -> ContextInfo:

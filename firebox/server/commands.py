@@ -12,7 +12,14 @@ from fastapi.responses import StreamingResponse
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone, ProcessStream
-from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity, ndjson_line
+from firebox.server.agent_calls import (
+    NDJSON,
+    NDJSON_TYPE,
+    agent_call,
+    agent_error,
+    ensure_capacity,
+    ndjson_line,
+)
 from firebox.server.deps import Sandbox
 from firebox.server.errors import ApiError
 from firebox.server.manager import LiveSandbox
@@ -102,10 +109,7 @@ async def _stream(sbx: LiveSandbox, proc: ProcessStream) -> AsyncIterator[bytes]
                 await proc.detach()
 
 
-@router.post(
-    "/sandboxes/{sandbox_id}/commands",
-    responses={200: {"content": {"application/x-ndjson": {}}}},
-)
+@router.post("/sandboxes/{sandbox_id}/commands", responses=NDJSON)
 async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
     if (body.cmd is None) == (body.argv is None):
         raise ApiError("invalid_argument", "give exactly one of `cmd` (a shell line) or `argv`")
@@ -128,7 +132,7 @@ async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
             await sbx.agent.send_stdin(proc.pid, body.stdin_data.encode(), eof=not body.stdin)
     except (AgentError, AgentGone) as e:
         raise agent_error(e, sbx) from None
-    return StreamingResponse(_stream(sbx, proc), media_type="application/x-ndjson")
+    return StreamingResponse(_stream(sbx, proc), media_type=NDJSON_TYPE)
 
 
 @router.get("/sandboxes/{sandbox_id}/commands", response_model=list[ProcessInfo])

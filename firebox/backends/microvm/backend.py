@@ -214,7 +214,6 @@ class MicroVMBackend(Backend):
         )
         boot = functools.partial(
             template.boot,
-            pieces=pieces,
             spawn=self._spawn,
             slots=self._slots,
             cgroup_parent=self.owner.cgroup_parent,
@@ -275,21 +274,7 @@ class MicroVMBackend(Backend):
                 cgroups.create, spec.sandbox_id, vm_limits, self.owner.cgroup_parent
             )
             state_fd = os.open(entry / "state", os.O_RDONLY)
-            vm = qemu.VmConfig(
-                vmlinux=snap.vmlinux,
-                initramfs=snap.initramfs,
-                root_disk=snap.root_disk,
-                rw_disk=overlay,
-                rw_format="qcow2",
-                agent_socket=vm_dir / "agent.sock",
-                qmp_socket=vm_dir / "qmp.sock",
-                memory_mb=snap.memory_mb,
-                cpus=snap.cpus,
-                accel=snap.accel,
-                mem_path=f"/proc/self/fd/{ram_fd}",
-                share_ram=False,
-                incoming=True,
-            )
+            vm = snap.vm(vm_dir, overlay, f"/proc/self/fd/{ram_fd}", clone=True)
             # the snapshot dir read-only: the overlay's backing file, at the path the overlay names
             proc = await self._spawn(vm, uid, cgroup, [entry], [vm_dir], (ram_fd,))
             async with asyncio.timeout(RESTORE_DEADLINE):

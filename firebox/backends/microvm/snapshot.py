@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firebox.backends.base import BackendError
+from firebox.backends.microvm import qemu
 
 SNAPSHOT_VERSION = 1
 MARKER = "snapshot.json"
@@ -80,6 +81,26 @@ class SnapshotSpec:
     @property
     def name(self) -> str:
         return f"{self.template}-{self.key}"
+
+    def vm(self, directory: Path, rw_disk: Path, mem_path: str, clone: bool) -> qemu.VmConfig:
+        """A QEMU of this snapshot's shape, its sockets in ``directory``: the template VM that
+        makes it (its RAM in a shared file, its own raw disk), or a ``clone`` restored from it
+        (the RAM mapped copy-on-write, a qcow2 overlay, waiting for the saved state)."""
+        return qemu.VmConfig(
+            vmlinux=self.vmlinux,
+            initramfs=self.initramfs,
+            root_disk=self.root_disk,
+            rw_disk=rw_disk,
+            rw_format="qcow2" if clone else "raw",
+            agent_socket=directory / "agent.sock",
+            qmp_socket=directory / "qmp.sock",
+            memory_mb=self.memory_mb,
+            cpus=self.cpus,
+            accel=self.accel,
+            mem_path=mem_path,
+            share_ram=not clone,
+            incoming=clone,
+        )
 
 
 def _file_id(path: Path) -> str:

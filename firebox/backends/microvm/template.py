@@ -21,7 +21,6 @@ from firebox.backends.confined import take_slot
 from firebox.backends.microvm import qemu, snapshot
 from firebox.confine import cgroups
 from firebox.confine.uids import UidSlots
-from firebox.images import vmboot
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
 
@@ -49,7 +48,6 @@ QEMU_PIDS = 128  # vCPU threads, I/O worker threads (up to 64), RCU, main loop
 
 async def boot(
     snap: snapshot.SnapshotSpec,
-    pieces: vmboot.BootPieces,
     spawn: Spawn,
     slots: UidSlots,
     cgroup_parent: str,
@@ -72,20 +70,7 @@ async def boot(
         state_fd = os.open(tmp / "state", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         for path in (tmp, tmp / "rw.img", tmp / "state"):
             os.chown(path, uid, uid)
-        vm = qemu.VmConfig(
-            vmlinux=pieces.vmlinux,
-            initramfs=snap.initramfs,
-            root_disk=snap.root_disk,
-            rw_disk=tmp / "rw.img",
-            rw_format="raw",
-            agent_socket=tmp / "agent.sock",
-            qmp_socket=tmp / "qmp.sock",
-            memory_mb=snap.memory_mb,
-            cpus=snap.cpus,
-            accel=snap.accel,
-            mem_path=str(tmp / "mem"),
-            share_ram=True,
-        )
+        vm = snap.vm(tmp, tmp / "rw.img", str(tmp / "mem"), clone=False)
         proc = await spawn(vm, uid, cgroup, [], [tmp], ())
         console = asyncio.create_task(_collect(proc))
         try:
