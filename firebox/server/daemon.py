@@ -70,8 +70,13 @@ def run(config: ServerConfig) -> int:
 
     async def main() -> None:
         with server.capture_signals():
-            listener = _listen(config)
-            daemon = await start(config)
+            home = _claim(config)  # first: "another daemon serves this home" says the most
+            try:
+                listener = _listen(config)
+            except StartError:
+                home.release()
+                raise
+            daemon = await start(config, home)
             app.state.registry = daemon.registry
             app.state.manager = daemon.manager
             app.state.backend = daemon.manager.backend
@@ -108,12 +113,16 @@ def _listen(config: ServerConfig) -> socket.socket:
     return sock
 
 
-async def start(config: ServerConfig) -> Running:
-    """Claim the home, open the registry, have the image and a backend ready, fill the pool."""
+def _claim(config: ServerConfig) -> HomeLock:
     try:
-        home = HomeLock.claim(config.home, f"http://{config.host}:{config.port}")
+        return HomeLock.claim(config.home, f"http://{config.host}:{config.port}")
     except HomeTaken as e:
         raise StartError(str(e)) from None
+
+
+async def start(config: ServerConfig, home: HomeLock) -> Running:
+    """With the home claimed: open the registry, have the image and a backend ready, fill
+    the pool. What it made is let go of again if it fails (the home too)."""
     registry = None
     try:
         registry = Registry(config.db_path)

@@ -49,7 +49,8 @@ class HomeLock:
             os.close(fd)
             raise HomeTaken(
                 f"another firebox daemon{holder} already serves {home}; stop it, or give this "
-                "one a home of its own (FIREBOX_HOME=/some/dir or --home DIR)"
+                "one a home of its own: FIREBOX_HOME=/some/dir firebox serve (or firebox "
+                "--home /some/dir serve)"
             ) from None
         record = {"pid": os.getpid(), "address": address, "since": time.time()}
         os.ftruncate(fd, 0)
