@@ -167,6 +167,6 @@ class MemoryLimitExceeded(CommandExitException):
 
 
 class DiskFullError(CommandExitException, NotEnoughSpaceException):
-    """A command failed while its sandbox's disk (home and /tmp, ``limits={"disk_mb": …}``)
+    """A command failed while its sandbox's disk (home, /tmp and /root, ``limits={"disk_mb": …}``)
     had no space or no inodes left (``error`` is "disk_full"); both a
     ``CommandExitException`` and a ``NotEnoughSpaceException``."""

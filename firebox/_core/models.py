@@ -33,7 +33,7 @@ class SandboxInfo:
     backend: str  # "microvm" or "jail"
     cpu_count: float | None = None
     memory_mb: int | None = None
-    disk_mb: int | None = None  # home and /tmp, each
+    disk_mb: int | None = None  # the writable disk: home, /tmp and /root share it
     processes: int | None = None
     open_files: int | None = None  # per process
     output_mb: int | None = None  # printed output forwarded per command or cell
