@@ -135,9 +135,6 @@ async def start(config: ServerConfig, home: HomeLock) -> Running:
                 lambda m: log.warning("image: %s", m),
             )
         manager = await _ready_manager(config, registry)
-        removed = await asyncio.to_thread(images.prune_images)
-        if removed:
-            log.warning("removed images no template uses any more: %s", ", ".join(removed))
     except BaseException as e:
         if registry is not None:
             registry.close()
@@ -145,6 +142,12 @@ async def start(config: ServerConfig, home: HomeLock) -> Running:
         if isinstance(e, BackendError | ImageBuildError | OSError):
             raise StartError(str(e)) from None
         raise
+    try:  # best effort: a cache that cannot be pruned now is pruned by a later start
+        removed = await asyncio.to_thread(images.prune_images)
+        if removed:
+            log.warning("removed images no template uses any more: %s", ", ".join(removed))
+    except (OSError, ImageBuildError) as e:
+        log.warning("could not prune the image cache: %s", e)
     manager.start_pool([images.DEFAULT_TEMPLATE])
     return Running(home, registry, manager)
 

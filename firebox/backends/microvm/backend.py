@@ -173,7 +173,7 @@ class MicroVMBackend(Backend):
         """Have the snapshot for sandboxes shaped like ``spec`` ready (made now if missing),
         and remove its template's snapshots that nothing can restore any more and nobody
         holds (each is ~300 MB)."""
-        await restore_points.prune_stale((await self._snapshot(spec)).spec)
+        await self._snapshot(spec)
 
     async def _snapshot(self, spec: SandboxSpec) -> RestorePoint:
         limits = spec.limits
@@ -186,6 +186,8 @@ class MicroVMBackend(Backend):
             if found is None:
                 found = await self._make_snapshot(spec)
                 self._prepared[shape] = found
+                # once per shape: what its template's older snapshots left is of no use now
+                await restore_points.prune_stale(found.spec)
         return found
 
     async def _make_snapshot(self, spec: SandboxSpec) -> RestorePoint:
