@@ -135,8 +135,10 @@ def daemon(
         d.stop()
 
 
+# A sandbox's timeout is a lifetime that would end it under a slow test on a loaded host: the
+# fixtures give long ones, and kill their sandboxes at teardown anyway.
 def _running_sandbox() -> Iterator[Sandbox]:
-    sbx = Sandbox.create(timeout=120)
+    sbx = Sandbox.create(timeout=1800)
     try:
         yield sbx
     finally:
@@ -151,7 +153,7 @@ def sandbox(daemon: Daemon) -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def sbx(daemon: Daemon) -> Iterator[Sandbox]:
     """One python sandbox for a whole module's tests, which share it."""
-    s = Sandbox.create(template="python", timeout=600)
+    s = Sandbox.create(template="python", timeout=3600)
     try:
         yield s
     finally:

@@ -28,7 +28,7 @@ def _daemon(backend_name: str, *args: str) -> Iterator[LocalDaemon]:
 
 
 def _create(d: LocalDaemon) -> Sandbox:
-    return Sandbox.create(api_key=d.key, api_url=d.url, timeout=120)
+    return Sandbox.create(api_key=d.key, api_url=d.url, timeout=1800)  # each test kills its own
 
 
 def test_the_host_runs_at_most_its_maximum_of_sandboxes(daemon: Daemon, backend_name: str) -> None:

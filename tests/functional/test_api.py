@@ -9,9 +9,7 @@ from tests.conftest import Daemon
 
 
 def test_requests_without_or_with_a_wrong_key_are_401(daemon: Daemon) -> None:
-    import httpx
-
-    assert httpx.get(daemon.url + "/sandboxes").status_code == 401
+    assert httpx.get(daemon.url + "/sandboxes", timeout=60).status_code == 401
     with daemon.client("fbx_wrong") as c:
         r = c.get("/sandboxes")
     assert r.status_code == 401

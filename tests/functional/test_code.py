@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import base64
+import secrets
+import threading
 import time
 
 import pytest
 
-from firebox import Sandbox
+from firebox import Execution, OutputMessage, Sandbox
+from firebox.agent.contexts import GRACE
+from firebox.exceptions import FireboxException
 from tests.conftest import Daemon
+from tests.functional.handshake import GIVE_UP, wait_for_file_py, write_when
 
 
 def test_state_persists_across_cells(sbx: Sandbox) -> None:
@@ -31,14 +36,28 @@ def test_two_contexts_are_independent(sbx: Sandbox) -> None:
 
 
 def test_stdout_streams_before_the_cell_ends(sbx: Sandbox) -> None:
-    seen: list[tuple[float, str]] = []
-    start = time.monotonic()
+    # The cell prints "tick 1" only once a file exists that this test writes when it has
+    # received "tick 0": so "tick 0" streamed while the cell still ran.
+    go = f"/tmp/go-{secrets.token_hex(4)}"
+    seen: list[str] = []
+    first = threading.Event()
+
+    def on_stdout(m: OutputMessage) -> None:
+        seen.append(m.line)
+        if "tick 0" in m.line:
+            first.set()
+
+    writer = write_when(first, sbx, go)
     ex = sbx.run_code(
-        "import time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.3)",
-        on_stdout=lambda m: seen.append((time.monotonic() - start, m.line)),
+        "import os\nprint('tick 0', flush=True)\n"
+        + wait_for_file_py(go)
+        + f"print('tick 1' if os.path.exists({go!r}) else 'gave up')",
+        on_stdout=on_stdout,
+        timeout=2 * GIVE_UP,
     )
-    assert "".join(ex.logs.stdout) == "tick 0\ntick 1\ntick 2\n"
-    assert seen and seen[0][0] < 0.6  # the first line came long before the ~0.9 s cell ended
+    writer.join(GIVE_UP)
+    assert ex.error is None, ex.error
+    assert "".join(ex.logs.stdout) == "".join(seen) == "tick 0\ntick 1\n"
 
 
 def test_dataframe_gives_html_and_text(sbx: Sandbox) -> None:
@@ -199,31 +218,64 @@ def test_huge_non_ascii_results_and_errors_keep_the_context(sbx: Sandbox) -> Non
 
 
 def test_time_queued_behind_another_cell_counts_against_the_timeout(sbx: Sandbox) -> None:
-    import threading
-
+    # The first cell says it holds the context, then holds it until this test lets it go: the
+    # second cell, sent in between, can only wait its 1 s and fail (busy or timed out).
     ctx = sbx.create_code_context()
-    first = threading.Thread(target=lambda: sbx.run_code("import time; time.sleep(6)", context=ctx))
+    release = f"/tmp/release-{secrets.token_hex(4)}"
+    holding = threading.Event()
+    first_done: list[Execution] = []
+
+    def hold() -> None:
+        first_done.append(
+            sbx.run_code(
+                "print('holding', flush=True)\n" + wait_for_file_py(release) + "'released'",
+                context=ctx,
+                on_stdout=lambda m: holding.set(),
+                timeout=2 * GIVE_UP,
+            )
+        )
+
+    first = threading.Thread(target=hold)
     first.start()
-    time.sleep(0.5)
-    start = time.monotonic()
-    ex = sbx.run_code("1", context=ctx, timeout=1)
-    assert time.monotonic() - start < 4
-    assert ex.error is not None
-    first.join(30)
+    try:
+        assert holding.wait(GIVE_UP), "the first cell never started"
+        start = time.monotonic()
+        try:
+            ex = sbx.run_code("1", context=ctx, timeout=1)
+            failed = ex.error is not None
+        except FireboxException:  # refused as busy before the answer began
+            failed = True
+        # its wait counted against its 1 s: it ended long before the first cell could have;
+        # the bound is a sanity check with a loaded host's slack, not a speed
+        assert time.monotonic() - start < 1 + 10
+        assert failed, "the queued cell ran although its timeout had passed"
+    finally:
+        sbx.files.write(release, "")
+        first.join(2 * GIVE_UP)
+    assert first_done and first_done[0].text == "'released'"
 
 
 def test_a_worker_that_stops_reading_cannot_hold_a_cell_past_its_timeout(sbx: Sandbox) -> None:
     ctx = sbx.create_code_context(language="javascript")
-    # the cell returns at once, then node's event loop is blocked for 20 s
+    token = secrets.token_hex(4)
+    blocked, unblock = f"/tmp/blocked-{token}", f"/tmp/unblock-{token}"
+    # the cell returns at once; then node's event loop says so and is blocked (until a file
+    # nobody writes exists, 60 s at most)
     sbx.run_code(
-        "setTimeout(() => { const end = Date.now() + 20000; while (Date.now() < end) {} }, 200); 1",
+        f"setTimeout(() => {{ const fs = require('fs'); fs.writeFileSync('{blocked}', ''); "
+        "const end = Date.now() + 60000; "
+        f"while (Date.now() < end && !fs.existsSync('{unblock}')) {{}} }}, 200); 1",
         context=ctx,
     )
-    time.sleep(0.5)
+    deadline = time.monotonic() + GIVE_UP
+    while not sbx.files.exists(blocked) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sbx.files.exists(blocked), "node's event loop never got blocked"
     start = time.monotonic()
     big = "let filler = 0;\n" + "filler += 1;\n" * 20000  # larger than a pipe's buffer
     ex = sbx.run_code(big, context=ctx, timeout=2)
-    assert time.monotonic() - start < 8
+    # ended at its timeout and the worker's kill GRACE after it, with a loaded host's slack
+    assert time.monotonic() - start < 2 + GRACE + 8
     assert ex.error is not None
     assert sbx.run_code("1 + 1", context=ctx).text == "2"  # restarted, usable again
 

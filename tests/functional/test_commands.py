@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
+import threading
 import time
 
 import pytest
 
 from firebox import CommandExitException, Sandbox, TimeoutException
+from tests.functional.handshake import wait_for_file, write_when
 
 
 def test_run_returns_output_and_exit_code(sandbox: Sandbox) -> None:
@@ -22,26 +25,54 @@ def test_non_zero_exit_raises_with_the_result(sandbox: Sandbox) -> None:
 
 
 def test_output_streams_before_the_command_ends(sandbox: Sandbox) -> None:
-    seen: list[tuple[float, str]] = []
-    start = time.monotonic()
-    sandbox.commands.run(
-        "for i in 1 2 3; do echo line$i; sleep 0.3; done",
-        on_stdout=lambda s: seen.append((time.monotonic() - start, s)),
+    # line2 is printed only once the go file exists, which this test writes only once it has
+    # received line1: so line1 streamed while the command still ran.
+    go = f"/tmp/go-{secrets.token_hex(4)}"
+    seen: list[str] = []
+    first = threading.Event()
+
+    def on_stdout(s: str) -> None:
+        seen.append(s)
+        if "line1" in s:
+            first.set()
+
+    writer = write_when(first, sandbox, go)
+    r = sandbox.commands.run(
+        f"echo line1; {wait_for_file(go)}; [ -e {go} ] && echo line2 || echo gave-up",
+        on_stdout=on_stdout,
+        timeout=120,
     )
-    text = "".join(s for _, s in seen)
-    assert text == "line1\nline2\nline3\n"
-    # the first line arrived well before the command's ~0.9 s were over
-    assert seen[0][0] < 0.6
-    assert [s for _, s in seen][0].startswith("line1")
+    writer.join(60)
+    assert r.stdout == "".join(seen) == "line1\nline2\n"
+    assert seen[0].startswith("line1")
 
 
 def test_stdout_and_stderr_keep_their_order(sandbox: Sandbox) -> None:
+    # Each line is written only once the test has received the one before (a file handshake),
+    # so each is read on its own and their order is the order they were written in.
+    token = secrets.token_hex(4)
+    go_b, go_c = f"/tmp/go-b-{token}", f"/tmp/go-c-{token}"
     events: list[str] = []
+    saw_a, saw_b = threading.Event(), threading.Event()
+
+    def record(stream: str, s: str) -> None:
+        line = s.strip()
+        events.append(f"{stream}:{line}")
+        if line == "a":
+            saw_a.set()
+        elif line == "b":
+            saw_b.set()
+
+    writers = [write_when(saw_a, sandbox, go_b), write_when(saw_b, sandbox, go_c)]
     sandbox.commands.run(
-        "echo a; sleep 0.1; echo b >&2; sleep 0.1; echo c",
-        on_stdout=lambda s: events.append("out:" + s.strip()),
-        on_stderr=lambda s: events.append("err:" + s.strip()),
+        f"echo a; {wait_for_file(go_b)}; [ -e {go_b} ] && echo b >&2 || echo gave-up >&2; "
+        f"{wait_for_file(go_c)}; [ -e {go_c} ] && echo c || echo gave-up",
+        on_stdout=lambda s: record("out", s),
+        on_stderr=lambda s: record("err", s),
+        timeout=180,
     )
+    for w in writers:
+        w.join(60)
     assert events == ["out:a", "err:b", "out:c"]
 
 

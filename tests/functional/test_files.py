@@ -79,7 +79,7 @@ def test_watch_dir_reports_events(sandbox: Sandbox) -> None:
             ("api.txt", FilesystemEventType.RENAME),
         }
         seen: set[tuple[str, FilesystemEventType]] = set()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not wanted <= seen and time.monotonic() < deadline:
             seen |= {(e.name, e.type) for e in handle.get_new_events()}
             time.sleep(0.05)

@@ -138,7 +138,8 @@ def canary() -> Iterator[Canary]:
 
 
 def _create(daemon: Daemon, **kw: object) -> Sandbox:
-    return Sandbox.create(timeout=120, **kw)  # type: ignore[arg-type]
+    # every caller kills it (a with block, or kill): a long lifetime, not a hidden deadline
+    return Sandbox.create(timeout=1800, **kw)  # type: ignore[arg-type]
 
 
 def _curl(sbx: Sandbox, url: str, *extra: str) -> tuple[int, str]:

@@ -1,6 +1,7 @@
 """Exhaustion: every limit ends in its classified error, and the daemon and a neighbour sandbox
-keep answering (the neighbour's ``run_code`` round trip within 2× of its idle value while the
-hostile sandbox pushes at a limit).
+keep answering: while a hostile sandbox pushes at a limit, every call of the neighbour's is
+answered, right, within its deadline. (How fast the neighbour stays meanwhile is a figure, not
+a promise: bench/neighbours.py measures it.)
 
 Each case runs on both backends. ``small`` is a sandbox created with limits of its own
 (``limits=``), to show the create API's limits are the ones enforced.
@@ -8,8 +9,8 @@ Each case runs on both backends. ``small`` is a sandbox created with limits of i
 
 from __future__ import annotations
 
+import contextlib
 import os
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,7 @@ def still_fine(sbx: Sandbox, neighbour: Sandbox, daemon: Daemon) -> None:
 @pytest.fixture(scope="module")
 def small(daemon: Daemon) -> Iterator[Sandbox]:
     # on the microvm a new size is a new snapshot: made once, on this first create
-    sbx = Sandbox.create(timeout=600, limits=SMALL, request_timeout=400)
+    sbx = Sandbox.create(timeout=3600, limits=SMALL, request_timeout=400)
     yield sbx
     sbx.kill()
 
@@ -277,51 +278,85 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 # -- the neighbour meanwhile ------------------------------------------------------------------
+#
+# The hostile sandbox is small (SMALL) with a quarter of a core: every load below reaches its
+# limit whatever else loads the host (a quarter core is less than any fair share a CI host
+# leaves a busy cgroup), and shows that it did before the neighbour is asked anything.
 
-HOSTILE = {
-    "cpu spin": "python3 -c 'while True: pass'",
-    "fork bomb": "python3 /tmp/bomb.py fork; sleep 60",
-    "memory churn": "while true; do python3 -c 'b = bytearray(1024**3)'; done",
-    "disk fill": "while true; do dd if=/dev/zero of=/tmp/fill bs=1M count=300; rm -f /tmp/fill;"
-    " done",
+PUSHY = {**SMALL, "cpu_count": 0.25}
+SPIN = "print('spinning', flush=True)\nwhile True:\n    pass\n"
+# each load loops until killed; what it prints once it is at its limit
+HOSTILE: dict[str, tuple[str, str]] = {
+    "cpu spin": ("python3 /tmp/spin.py", "spinning"),  # at the limit: the cgroup throttles it
+    "fork bomb": ("while true; do python3 /tmp/bomb.py fork; done", "failed after"),
+    "memory churn": (
+        "while true; do python3 -c 'b = bytearray(400 * 1024**2)'; echo ended $?; done",
+        "ended 137",  # SIGKILLed: the OOM killer
+    ),
+    "disk fill": (
+        "while true; do dd if=/dev/zero of=/home/user/fill bs=1M count=300; "
+        "rm -f /home/user/fill; done",
+        "No space left on device",
+    ),
 }
+SAMPLES = 10
 
 
-def _round_trip_ms(sbx: Sandbox, n: int) -> float:
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        sbx.run_code("x += 1")
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+@pytest.fixture(scope="module")
+def pushy(daemon: Daemon) -> Iterator[Sandbox]:
+    sbx = Sandbox.create(timeout=3600, limits=PUSHY, request_timeout=400)
+    sbx.files.write("/tmp/bomb.py", BOMB)
+    sbx.files.write("/tmp/spin.py", SPIN)
+    yield sbx
+    sbx.kill()
+
+
+def _throttled(daemon: Daemon, sandbox_id: str) -> int:
+    """How many CFS periods the sandbox's cgroup has been throttled in, so far."""
+    for base in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup"):
+        stat = Path(f"{base}/{daemon.cgroup_parent}/{sandbox_id}/cpu.stat")
+        if stat.exists():
+            fields = dict(line.split() for line in stat.read_text().splitlines())
+            return int(fields["nr_throttled"])
+    raise AssertionError(f"no cpu.stat for the cgroup of {sandbox_id}")
 
 
 @pytest.mark.parametrize("hostile", list(HOSTILE))
-def test_the_neighbour_keeps_its_speed_while_a_sandbox_pushes_a_limit(
-    sandbox: Sandbox, neighbour: Sandbox, daemon: Daemon, hostile: str
+def test_the_neighbour_keeps_working_while_a_sandbox_pushes_a_limit(
+    pushy: Sandbox, neighbour: Sandbox, daemon: Daemon, hostile: str
 ) -> None:
-    # Idle and busy samples interleave (the hostile process group stopped, then continued), so
-    # whatever else loads the host weighs on both alike.
     neighbour.run_code("x = 0")
-    _round_trip_ms(neighbour, 3)
-    sandbox.files.write("/tmp/bomb.py", BOMB)
-    handle = sandbox.commands.run(HOSTILE[hostile], background=True, timeout=120)
-    idle, during = [], []
+    cmd, at_limit = HOSTILE[hostile]
+    handle = pushy.commands.run(cmd, background=True, timeout=0)  # until killed below
     try:
-        time.sleep(1.0)  # at the limit by now
-        signal = f"/sandboxes/{sandbox.sandbox_id}/commands/{handle.pid}/signal"
-        with daemon.client() as c:
-            for _ in range(5):
-                c.post(signal, json={"signal": "SIGSTOP"}).raise_for_status()
-                time.sleep(0.2)
-                idle.append(_round_trip_ms(neighbour, 3))
-                c.post(signal, json={"signal": "SIGCONT"}).raise_for_status()
-                time.sleep(0.5)
-                during.append(_round_trip_ms(neighbour, 3))
+        for _ in handle:  # read the load's output until it says it is at its limit
+            if at_limit in handle.stdout + handle.stderr:
+                break
+        said = (handle.stdout + handle.stderr)[-500:]
+        assert at_limit in said, f"{hostile} ended before its limit: {said}"
+        throttled = _throttled(daemon, pushy.sandbox_id)
+        for i in range(1, SAMPLES + 1):
+            ex = neighbour.run_code("x += 1; x", timeout=10, request_timeout=10)
+            assert ex.error is None and ex.text == str(i), (hostile, i, ex.error)
+            with daemon.client() as c:
+                assert c.get("/health", timeout=10).status_code == 200
+        # the load was still at it when the last sample was answered
+        assert handle.pid in {p.pid for p in pushy.commands.list()}, f"{hostile} ended early"
+        if hostile == "cpu spin":
+            assert _throttled(daemon, pushy.sandbox_id) > throttled, "the spin never hit its quota"
     finally:
         handle.kill()
-    quiet, busy = statistics.median(idle), statistics.median(during)
-    assert busy <= 2 * quiet, f"{hostile}: {busy:.1f} ms against {quiet:.1f} ms idle"
+        with contextlib.suppress(CommandExitException):
+            handle.wait()  # its output ends once the last of its processes is gone
+    # and the hostile sandbox itself is usable again once its load is gone
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            pushy.commands.run("rm -f /home/user/fill")  # the file is the user's
+            break
+        except CommandExitException as e:  # the last of a bomb's processes still exiting
+            assert time.monotonic() < deadline, f"{hostile}: the sandbox did not recover: {e}"
+            time.sleep(0.2)
 
 
 @pytest.mark.parametrize(

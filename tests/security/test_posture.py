@@ -136,7 +136,7 @@ def test_namespaces_of_its_own(sandbox: Sandbox, daemon: Daemon) -> None:
             assert link != os.readlink(f"/proc/self/ns/{ns}"), (pid, ns)
             namespaces.add(link)
     # and none of another sandbox's: a second sandbox's processes share none of them
-    with Sandbox.create(timeout=120) as other:
+    with Sandbox.create(timeout=1800) as other:
         for pid in host_processes(daemon, other.sandbox_id):
             with contextlib.suppress(OSError):
                 for ns in OWN_NAMESPACES:
@@ -245,9 +245,9 @@ def test_only_loopback_and_no_route_to_the_host(sandbox: Sandbox) -> None:
 
 @pytest.mark.backends("jail")  # a microVM's processes are not host processes
 def test_root_inside_is_an_unprivileged_uid_on_the_host(sandbox: Sandbox, daemon: Daemon) -> None:
-    handle = sandbox.commands.run("exec sleep 30", background=True, user="root")
+    handle = sandbox.commands.run("exec sleep 300", background=True, user="root")
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         seen: dict[int, tuple[int, str]] = {}
         while time.monotonic() < deadline:
             seen = {}

@@ -1,4 +1,5 @@
 """The in-sandbox agent, run for real on this host, driven through the daemon's AgentClient.
+(The client against a fake agent on a socket pair is tests/unit/test_agent_client.py.)
 
 The agent runs exactly as in a sandbox (``python3 -I -S`` from a lib dir whose
 ``firebox/__init__.py`` is empty, so any import beyond protocol and agent fails), on a socket
@@ -28,7 +29,8 @@ import pytest_asyncio
 
 from firebox import protocol
 from firebox.agent import privs
-from firebox.agent_client import AgentClient, AgentError, AgentGone, AgentTimeout
+from firebox.agent.process import KILL_GRACE
+from firebox.agent_client import AgentClient, AgentError, AgentGone
 
 PY = (
     "/usr/bin/python3"
@@ -37,6 +39,9 @@ PY = (
 )
 PACKAGE = Path(__file__).resolve().parents[2] / "firebox"
 MB = 1_000_000
+# How long a test waits for what must happen (an agent's hello, a watch event, a reaped
+# orphan): a deadline that holds on a loaded host, never a speed.
+WAIT = 30.0
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent tests run as root")
 
@@ -108,7 +113,7 @@ async def start_agent(lib: Path, subreaper: bool = True, wrap: tuple[str, ...] =
     )
     theirs.close()
     client = await AgentClient.from_socket(ours)
-    await client.wait_hello(10)
+    await client.wait_hello(WAIT)
     return Agent(proc, client)
 
 
@@ -148,15 +153,12 @@ async def run(client: AgentClient, req: protocol.ProcessStart) -> tuple[bytes, b
 
 
 async def test_hello_with_the_sandbox_launch_command(agent_lib: Path) -> None:
-    t0 = time.perf_counter()
-    a = await start_agent(agent_lib, subreaper=False)
-    elapsed = time.perf_counter() - t0
+    a = await start_agent(agent_lib, subreaper=False)  # its hello came within WAIT
     try:
-        hello = await a.client.wait_hello(1)
+        hello = await a.client.wait_hello(WAIT)
         assert hello.agent_pid == a.pid
         assert hello.backend == "test"
         assert hello.version == protocol.PROTOCOL_VERSION
-        assert elapsed < 2
         # Nothing it starts holds a capability, root included (securebits NOROOT, locked).
         out, _, _ = await run(a.client, sh("grep -E '^Cap(Inh|Eff|Prm|Amb)' /proc/self/status"))
         lines = out.decode().splitlines()
@@ -189,16 +191,27 @@ async def test_ping_and_unknown_requests(client: AgentClient) -> None:
 # -- processes --------------------------------------------------------------------------------
 
 
-async def test_output_streams_before_exit(client: AgentClient) -> None:
-    stream = await client.start_process(sh("for i in 1 2 3; do echo $i; sleep 0.15; done"))
+async def test_output_streams_before_exit(client: AgentClient, tmp_path: Path) -> None:
+    # The second line waits for a file this test writes only once it has read the first: the
+    # process can print it only if the first came out while it still ran.
+    go = tmp_path / "go"
+    stream = await client.start_process(
+        sh(f"echo 1; {wait_for_file(go)}; [ -e {go} ] && echo 2 || echo gave-up")
+    )
     assert stream.pid > 0
-    arrivals = []
-    async for fd, data in stream:
-        arrivals.append((time.monotonic(), fd, data))
-    done = time.monotonic()
-    assert b"".join(d for _, _, d in arrivals) == b"1\n2\n3\n"
-    assert done - arrivals[0][0] > 0.25  # the first line came while the loop still ran
+    out = b""
+    async with asyncio.timeout(WAIT):
+        async for _, data in stream:
+            out += data
+            if out.startswith(b"1\n"):
+                go.touch()
+    assert out == b"1\n2\n"
     assert stream.exit == protocol.ProcessExit(exit_code=0, signal=None, timed_out=False)
+
+
+def wait_for_file(path: Path, seconds: int = 60) -> str:
+    """Shell that waits until ``path`` exists, for ``seconds`` at most (then goes on)."""
+    return f"while [ ! -e {path} ] && [ $SECONDS -lt {seconds} ]; do sleep 0.01; done"
 
 
 async def test_exit_codes_and_stderr(client: AgentClient) -> None:
@@ -255,8 +268,10 @@ async def test_list_and_signal_a_background_process(client: AgentClient) -> None
 
 async def test_timeout_kills_the_process_group(client: AgentClient) -> None:
     t0 = time.monotonic()
-    out, _, ex = await run(client, sh("echo start; sleep 30 & sleep 30", timeout=0.3))
-    assert time.monotonic() - t0 < 3  # the background sleep, holding stdout, died too
+    out, _, ex = await run(client, sh("echo start; sleep 30 & sleep 30", timeout=2))
+    # the background sleep, holding stdout, died too: the output ended at the timeout plus
+    # the agent's KILL_GRACE, with a loaded host's slack, not at the sleeps' 30 s
+    assert time.monotonic() - t0 < 2 + KILL_GRACE + 5
     assert out == b"start\n"
     assert ex == protocol.ProcessExit(exit_code=137, signal=9, timed_out=True)
 
@@ -283,9 +298,8 @@ async def test_detach_leaves_the_process_running(client: AgentClient, tmp_path: 
     async for _ in stream:
         break  # read one chunk, then go away like a disconnected HTTP client
     await stream.detach()
-    for _ in range(100):
-        if marker.exists():
-            break
+    deadline = time.monotonic() + WAIT
+    while not marker.exists() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert marker.exists()
     assert await client.call(protocol.Ping()) is None
@@ -295,7 +309,7 @@ async def test_orphans_are_reaped(agent: Agent) -> None:
     # The subshell exits at once; its sleep is orphaned and reparented to the agent.
     _, _, ex = await run(agent.client, sh("(sleep 0.2 >/dev/null 2>&1 &); exit 0"))
     assert ex == protocol.ProcessExit(exit_code=0)
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         kids = children(agent.pid)
         if not kids:
@@ -331,8 +345,8 @@ async def test_channel_eof_kills_process_groups_and_ends_the_agent(fresh: Agent)
     stream = await fresh.client.start_process(sh("sleep 60 & sleep 60"))
     pgid = stream.pid
     await fresh.client.close()
-    assert fresh.proc.wait(5) == 0
-    deadline = time.monotonic() + 3
+    assert fresh.proc.wait(WAIT) == 0
+    deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline and group_alive(pgid):
         await asyncio.sleep(0.05)
     assert not group_alive(pgid)
@@ -345,7 +359,9 @@ async def test_agent_death_fails_pending_calls(fresh: Agent) -> None:
     with pytest.raises(AgentGone):
         async for _ in stream:
             pass
-    assert time.monotonic() - t0 < 2
+    # at once (the channel's EOF), not at the sleep's 30 s; the bound only has a loaded host's
+    # slack
+    assert time.monotonic() - t0 < 10
     assert fresh.client.closed
     with pytest.raises(AgentGone):
         await fresh.client.call(protocol.Ping())
@@ -356,8 +372,18 @@ async def test_agent_death_fails_pending_calls(fresh: Agent) -> None:
 
 
 async def test_concurrent_operations(client: AgentClient, tmp_path: Path) -> None:
+    # A barrier: each process marks its arrival, then waits until all six have arrived, so
+    # each can only print its number if all six ran at once (60 s at most, then "alone").
+    arrived = tmp_path / "arrived"
+    arrived.mkdir()
+
     async def proc(i: int) -> bytes:
-        out, _, _ = await run(client, sh(f"sleep 0.2; echo {i}"))
+        cmd = (
+            f"touch {arrived}/s{i}; set -- {arrived}/s*; "
+            f"while [ $# -lt 6 ] && [ $SECONDS -lt 60 ]; do sleep 0.01; set -- {arrived}/s*; done; "
+            f"[ $# -ge 6 ] && echo {i} || echo alone"
+        )
+        out, _, _ = await run(client, sh(cmd))
         return out
 
     async def upload(i: int) -> int:
@@ -367,15 +393,14 @@ async def test_concurrent_operations(client: AgentClient, tmp_path: Path) -> Non
         info = await client.write_file(str(tmp_path / f"f{i}"), "root", body())
         return int(info["size"])
 
-    t0 = time.monotonic()
-    results = await asyncio.gather(
-        *(proc(i) for i in range(6)),
-        *(upload(i) for i in range(4)),
-        *(client.call(protocol.Ping()) for _ in range(4)),
-        client.call(protocol.FileStat(path=str(tmp_path), user="root")),
-    )
-    assert time.monotonic() - t0 < 1.5  # six 0.2 s processes overlapped
-    assert results[:6] == [f"{i}\n".encode() for i in range(6)]
+    async with asyncio.timeout(2 * 60):
+        results = await asyncio.gather(
+            *(proc(i) for i in range(6)),
+            *(upload(i) for i in range(4)),
+            *(client.call(protocol.Ping()) for _ in range(4)),
+            client.call(protocol.FileStat(path=str(tmp_path), user="root")),
+        )
+    assert results[:6] == [f"{i}\n".encode() for i in range(6)]  # all six overlapped
     assert results[6:10] == [300_000] * 4
     for i in range(4):
         assert (tmp_path / f"f{i}").read_bytes() == bytes([i]) * 300_000
@@ -458,9 +483,8 @@ async def test_write_errors(client: AgentClient, tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError):
         await client.write_file(str(tmp_path / "file"), "root", broken())
-    for _ in range(500):  # the cancel reaches the agent asynchronously (10 s at most)
-        if sorted(os.listdir(tmp_path)) == ["dir", "file"]:
-            break
+    deadline = time.monotonic() + WAIT  # the cancel reaches the agent asynchronously
+    while sorted(os.listdir(tmp_path)) != ["dir", "file"] and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert sorted(os.listdir(tmp_path)) == ["dir", "file"]
     assert (tmp_path / "file").read_text() == "keep"  # never half-replaced
@@ -621,7 +645,7 @@ async def test_watch_reports_changes(client: AgentClient, tmp_path: Path) -> Non
     seen: list[tuple[str, str]] = []
 
     async def collect(until: set[tuple[str, str]]) -> None:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(WAIT):
             async for ev in watch:
                 seen.append((ev.type, ev.name))
                 if until <= set(seen):
@@ -658,7 +682,7 @@ async def test_watch_ends_when_its_directory_goes(client: AgentClient, tmp_path:
     (tmp_path / "w").mkdir()
     watch = await client.watch(str(tmp_path / "w"), "root", recursive=False)
     (tmp_path / "w").rmdir()
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(WAIT):
         events = [(ev.type, ev.name) async for ev in watch]
     assert events == []
 
@@ -752,56 +776,3 @@ async def test_user_processes_and_files_are_the_users(
     # root, through the same agent, still may
     chunks = [c async for c in client.read_file(str(locked / "secret"), "root")]
     assert chunks == [b"root only"]
-
-
-# -- the client against a misbehaving agent -----------------------------------------------
-
-
-@pytest.fixture
-def fake_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
-
-
-async def test_client_drops_an_agent_that_ignores_credit(
-    fake_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    ours, theirs = fake_pair
-    client = await AgentClient.from_socket(ours)
-    theirs.sendall(protocol.encode(0, protocol.Hello(agent_pid=1)))
-    await client.wait_hello(1)
-    download = client.read_file("/x", "root")
-    task = asyncio.ensure_future(download.__anext__())
-    await asyncio.sleep(0.05)
-    head = theirs.recv(65536)
-    channel = protocol.decode_head(head)[0]
-    for _ in range(protocol.WINDOW + 1):  # one frame beyond the window
-        theirs.sendall(protocol.encode(channel, protocol.Data(), b"x"))
-    assert await task == b"x"
-    for _ in range(100):
-        if client.closed:
-            break
-        await asyncio.sleep(0.01)
-    assert client.closed
-    with pytest.raises(AgentGone):
-        async for _ in download:
-            pass
-
-
-async def test_client_times_out_and_cancels(
-    fake_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    ours, theirs = fake_pair
-    client = await AgentClient.from_socket(ours)
-    with pytest.raises(TimeoutError):
-        await client.wait_hello(0.05)
-    with pytest.raises(AgentTimeout) as e:
-        await client.call(protocol.Ping(), timeout=0.05)
-    assert e.value.code == "timeout"
-    await asyncio.sleep(0.05)
-    decoder = protocol.FrameDecoder()
-    kinds = [f.type for f in decoder.feed(theirs.recv(65536))]
-    assert kinds == ["ping", "cancel"]
-    await client.close()
