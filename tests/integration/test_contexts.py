@@ -520,9 +520,11 @@ async def test_javascript_state_persists(host: Host) -> None:
     r = await run(host.client, "function f() { throw new TypeError('bad') }\nf()", context_id=cid)
     assert r.error is not None and (r.error.name, r.error.value) == ("TypeError", "bad")
     assert "at f (cell5:1:" in r.error.traceback and "node:" not in r.error.traceback
-    r = await run(host.client, "while (true) {}", context_id=cid, timeout=0.5)
+    # 3 s, not less: an interrupt that comes before node has read the cell (a loaded host) is
+    # ignored as between cells, and the cell is then killed at the grace instead
+    r = await run(host.client, "while (true) {}", context_id=cid, timeout=3)
     assert r.error is not None and r.error.name == "TimeoutError" and not r.done["restarted"]
-    r = await run(host.client, "await new Promise(() => {})", context_id=cid, timeout=0.5)
+    r = await run(host.client, "await new Promise(() => {})", context_id=cid, timeout=3)
     assert r.error is not None and r.error.name == "TimeoutError" and not r.done["restarted"]
     assert (await run(host.client, "n", context_id=cid)).value == "40"
 
@@ -535,7 +537,10 @@ async def test_bash_state_persists(host: Host) -> None:
     r = await run(host.client, "echo oops >&2; false", context_id=cid)
     assert r.stderr == "oops\n"
     assert r.error is not None and (r.error.name, r.error.value) == ("ExitCode", "1")
-    r = await run(host.client, "sleep 30; echo never", context_id=cid, timeout=0.5)
+    # 3 s: time for bash to have read the whole cell. An interrupt while it still parses the
+    # cell's framing (a loaded host, a short timeout) leaves the cell's lines to run outside
+    # it, and the interpreter is restarted instead (agent/bash_worker.py).
+    r = await run(host.client, "sleep 30; echo never", context_id=cid, timeout=3)
     assert r.error is not None and r.error.name == "TimeoutError"
     assert "never" not in r.stdout and not r.done["restarted"]
     r = await run(host.client, 'echo "$count $ONCE"', context_id=cid, envs={"ONCE": "x"})
