@@ -12,7 +12,7 @@ cells). A cell ends in one of these ways (``CodeDone`` fields in brackets):
 - it finishes; an error it raised is its one ``CodeError``;
 - its ``timeout`` passes: SIGINT, as a terminal's ^C (``timed_out``). The cell's error is then
   named ``TimeoutError``; the context and its variables are kept. If the cell has not stopped
-  ``GRACE`` seconds later, the interpreter is killed and started afresh (``restarted``);
+  ``interrupts.GRACE`` seconds later, the interpreter is killed and started afresh (``restarted``);
 - its interpreter dies (``os._exit``, the OOM killer, ``exit`` in bash): ``InterpreterDied``
   (``restarted``); a fresh interpreter is started at once, in the background;
 - ``context.restart`` or ``context.remove`` ends it: ``ContextRestarted`` (``restarted``), or
@@ -29,7 +29,7 @@ import threading
 import time
 
 from firebox import protocol
-from firebox.agent import bash_worker, children, egress, launch, process, users
+from firebox.agent import bash_worker, children, egress, interrupts, launch, process, users
 from firebox.agent.cell import Cell
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail, log
@@ -41,12 +41,6 @@ if TYPE_CHECKING:
 
     from firebox.agent.interpreter import Interpreter
 
-# Seconds a cell gets to stop after SIGINT before its interpreter is killed (its state lost):
-# IPython formats the interrupt's traceback first, which takes a loaded, emulated guest more
-# than a second or two; a cell that ignores SIGINT is only let go of that much later.
-GRACE = 5.0
-FIRST_NUDGE = 0.02  # seconds after SIGINT until bash is asked to report the interrupted cell
-NUDGE = 0.25  # ... and between the next asks, should it have dropped one
 ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript"}
 ALIASES.update(sh="bash", shell="bash")
 RESTARTED = "the context was restarted by request"
@@ -275,7 +269,7 @@ def run(stream: Stream, msg: protocol.CodeRun, payload: bytes) -> dict[str, Any]
         cell.output_left = process.output_limit(msg.output_limit)
         stream.on_cancel(cell.cancel)
         interp.start(cell, code, env, silent=msg.silent is True)
-        _wait(cell, interp, timeout)
+        interrupts.wait(cell, interp, timeout)
     finally:
         ctx.turns.release()
     return _outcome(ctx, cell)
@@ -302,39 +296,6 @@ def _check_run(ctx: Context, msg: protocol.CodeRun) -> tuple[str, dict[str, str]
         if bad:
             raise Fail("invalid", f"{bad[0]!r} is not a name bash can export")
     return msg.code, env, timeout
-
-
-def _wait(cell: Cell, interp: Interpreter, timeout: float | None) -> None:
-    """Until the cell ends: on timeout (or cancel) interrupt it, and after GRACE kill it."""
-    end = None if timeout is None else time.monotonic() + timeout
-    with cell.cond:
-        while not cell.finished and not cell.cancelled:
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                cell.timed_out = True
-                break
-            cell.cond.wait(left)
-        if cell.finished:
-            return
-    interp.interrupt()
-    give_up = time.monotonic() + GRACE
-    pause = FIRST_NUDGE
-    while True:
-        with cell.cond:
-            left = give_up - time.monotonic()
-            if cell.wait_finished(min(pause, left)):
-                return
-        if left <= pause:
-            break
-        interp.nudge(cell)  # outside the lock: a write to a busy shell may block a while
-        pause = NUDGE
-    if cell.timed_out:
-        why = f"the cell did not stop within {GRACE:g} s of being interrupted at its timeout"
-    else:
-        why = f"the cell did not stop within {GRACE:g} s of being interrupted (cancelled)"
-    interp.kill(why)
-    with cell.cond:
-        cell.wait_finished(None)
 
 
 def _outcome(ctx: Context, cell: Cell) -> dict[str, Any]:

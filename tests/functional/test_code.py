@@ -10,7 +10,7 @@ import time
 import pytest
 
 from firebox import Execution, OutputMessage, Sandbox
-from firebox.agent.contexts import GRACE
+from firebox.agent.interrupts import GRACE
 from firebox.exceptions import FireboxException
 from tests.conftest import Daemon
 from tests.functional.handshake import GIVE_UP, wait_for_file_py, write_when

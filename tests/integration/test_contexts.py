@@ -34,7 +34,7 @@ import pytest
 import pytest_asyncio
 
 from firebox import protocol
-from firebox.agent.contexts import GRACE
+from firebox.agent.interrupts import GRACE
 from firebox.agent_client import AgentClient, AgentError
 from firebox.confine.cgroups import PARENT_ENV
 
