@@ -14,6 +14,7 @@ we started is killed and the agent exits.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 
 from firebox import protocol
@@ -217,9 +218,29 @@ def _prefork() -> Interpreter | None:
         return None
 
 
+# Signals a shell ignores in what it starts in the background (SIGINT, SIGQUIT) or nohup
+# ignores (SIGHUP).
+INHERITED_IGNORES = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+
+
+def _caught(signum: int, frame: object) -> None:
+    """Nothing of the sandbox may signal the agent; what does (a stray ^C) is let go."""
+
+
+def _catch_inherited_ignores() -> None:
+    """What a sandbox's processes start with must not depend on how the daemon was started: a
+    daemon run by nohup or from a shell's background ignores these, an ignored signal stays
+    ignored across exec, and so a command's or a bash cell's processes could not be
+    interrupted (the timeout's ^C did nothing). A caught signal is reset to its default
+    across exec: the agent catches them."""
+    for sig in INHERITED_IGNORES:
+        signal.signal(sig, _caught)
+
+
 def main(forked: bool = False) -> None:
     """Serve the daemon; ``forked`` when this process is a fork of the jail's zygote (which has
     confined it as bwrap would have: zygote.py), not a program bwrap started."""
+    _catch_inherited_ignores()
     fd = _open_channel()
     _close_strays(fd)
     privs.set_name(AGENT_NAME)

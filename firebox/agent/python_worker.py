@@ -88,6 +88,8 @@ def become(
     # as with any of their processes) may read and write them.
     privs.set_dumpable(True)
     privs.set_name("python3")  # not the agent's name it was forked with
+    for sig in (signal.SIGHUP, signal.SIGQUIT):  # the agent's catches, as an exec would reset
+        signal.signal(sig, signal.SIG_DFL)
     os.setsid()
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)

@@ -776,3 +776,24 @@ async def test_user_processes_and_files_are_the_users(
     # root, through the same agent, still may
     chunks = [c async for c in client.read_file(str(locked / "secret"), "root")]
     assert chunks == [b"root only"]
+
+
+async def test_what_it_starts_can_be_interrupted_however_it_was_started(agent_lib: Path) -> None:
+    # A daemon run by nohup or from a shell's background ignores SIGHUP, SIGINT and SIGQUIT,
+    # and an ignored signal stays ignored across exec: the agent must not pass that on, or a
+    # command (a bash cell's `sleep`) could not be interrupted at its timeout.
+    ignoring = ("/bin/sh", "-c", 'trap "" HUP INT QUIT; exec "$@"', "sh")
+    a = await start_agent(agent_lib, wrap=ignoring)
+    try:
+        out, _, exit = await run(a.client, sh("grep SigIgn /proc/self/status"))
+        ignored = int(out.split()[1], 16)
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+            assert not ignored & (1 << (sig - 1)), f"{sig.name} is ignored: {out!r}"
+        stream = await a.client.start_process(sh("sleep 30"))
+        await a.client.signal(stream.pid, signal.SIGINT)
+        async with asyncio.timeout(WAIT):
+            async for _ in stream:
+                pass
+        assert stream.exit is not None and stream.exit.signal == signal.SIGINT
+    finally:
+        await a.stop()
