@@ -8,6 +8,7 @@ firebox sandbox kill ID
 firebox sandbox exec ID -- COMMAND...
 firebox run (--code CODE | FILE) [--language L] [--sandbox ID] [--out DIR] [--timeout S]
 firebox doctor
+firebox e2b env
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from firebox.images import DEFAULT_TEMPLATE
+from firebox.server.auth import e2b_shaped
 from firebox.server.config import DEFAULT_PORT, ServerConfig, default_home
 from firebox.settings import Limits
 
@@ -167,6 +169,29 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_e2b_env(args: argparse.Namespace) -> int:
+    """Print the environment that points E2B's own SDKs at this daemon, for a shell to eval:
+    the control API under /e2b, in-sandbox traffic at the daemon itself, and the key."""
+    from firebox._core.config import resolve_config
+    from firebox.exceptions import FireboxException
+
+    try:
+        config = resolve_config()
+    except FireboxException as e:
+        raise SystemExit(f"firebox: {e}") from None
+    env = {
+        "E2B_API_URL": f"{config.api_url}/e2b",
+        "E2B_SANDBOX_URL": config.api_url,
+        "E2B_API_KEY": config.api_key,
+    }
+    if not e2b_shaped(config.api_key):
+        # a key minted before keys took E2B's form: E2B's JavaScript SDK would refuse it
+        env["E2B_VALIDATE_API_KEY"] = "false"
+    for name, value in env.items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
 IMAGE_SUFFIXES = {"png": "png", "jpeg": "jpg", "svg": "svg", "pdf": "pdf"}
 
 
@@ -311,6 +336,13 @@ def parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="which isolation backends work here, and why not")
     doctor.set_defaults(func=cmd_doctor)
+
+    e2b = sub.add_parser("e2b", help="use E2B's own SDKs with this daemon")
+    e2b_sub = e2b.add_subparsers(dest="action", required=True)
+    e2b_env = e2b_sub.add_parser(
+        "env", help='print the environment for E2B\'s SDKs: eval "$(firebox e2b env)"'
+    )
+    e2b_env.set_defaults(func=cmd_e2b_env)
     return p
 
 

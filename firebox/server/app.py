@@ -12,6 +12,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from firebox.server import code, commands, errors, files, sandboxes
 from firebox.server.body_limit import BodyLimit
+from firebox.server.e2b.control import control_app
+from firebox.server.e2b.routing import SandboxTraffic
+from firebox.server.e2b.sandbox_app import SandboxApp
 from firebox.server.models import ErrorBody, Health
 from firebox.server.timing import ServerTiming
 from firebox.version import __version__
@@ -49,6 +52,8 @@ def create_app() -> FastAPI:
     )
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit)
+    # E2B's in-sandbox requests (an E2b-Sandbox-Id header) never reach firebox's own routes
+    app.add_middleware(SandboxTraffic, sandbox_app=SandboxApp(), state=app.state)
     app.add_middleware(ServerTiming)  # the outermost: it times everything else
     app.add_exception_handler(errors.ApiError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
@@ -63,4 +68,7 @@ def create_app() -> FastAPI:
     app.include_router(commands.router)
     app.include_router(files.router)
     app.include_router(code.router)
+    e2b = control_app()
+    e2b.state = app.state  # the same manager, registry and backend
+    app.mount("/e2b", e2b)
     return app

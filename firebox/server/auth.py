@@ -3,6 +3,10 @@
 Keys carry 256 random bits, so a plain SHA-256 of the key is a safe lookup value (there is
 nothing to brute-force); the plain key is shown once and, for the admin key, written to a
 0600 file for the local SDK and CLI to find.
+
+Keys are minted in E2B's form (``e2b_`` and hex digits) because E2B's JavaScript SDK checks
+that form before it sends a request: the same key then works with firebox's SDKs and E2B's.
+Keys minted before (``fbx_…``) keep working everywhere but there.
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ from fastapi import Request
 from firebox.server.errors import ApiError
 from firebox.server.registry import KeyRecord, Registry
 
-KEY_PREFIX = "fbx_"
+KEY_PREFIX = "e2b_"
+
+
+def e2b_shaped(key: str) -> bool:
+    """Whether E2B's SDKs accept ``key`` without a setting to skip their check."""
+    return key.startswith(KEY_PREFIX) and all(c in "0123456789abcdef" for c in key[4:])
 
 
 def hash_key(key: str) -> str:
@@ -25,7 +34,7 @@ def hash_key(key: str) -> str:
 
 
 def new_key(registry: Registry, name: str, admin: bool = False) -> str:
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = KEY_PREFIX + secrets.token_hex(32)
     registry.add_key("key_" + secrets.token_hex(8), name, hash_key(key), admin)
     return key
 
@@ -35,8 +44,8 @@ def ensure_admin_key(registry: Registry, path: Path) -> str:
     if path.exists():
         key = path.read_text().strip()
         record = registry.key_by_hash(hash_key(key))
-        if record is not None and record.admin:
-            return key
+        if record is not None and record.admin and e2b_shaped(key):
+            return key  # a key of the old form stays valid; the file gets one of the new
     key = new_key(registry, "admin", admin=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -69,6 +69,9 @@ class LiveSandbox:
     policy: Policy = field(default_factory=Policy)
     egress: SandboxEgress | None = None
     committed_mb: int = 0  # what it holds of the host's memory (admission)
+    # opens the sandbox's insides without an API key: E2B's in-sandbox protocol (envd) sends
+    # only this (X-Access-Token), so every sandbox has one; it never opens another sandbox
+    access_token: str = field(default_factory=lambda: secrets.token_hex(24))
 
     @property
     def envs(self) -> dict[str, str]:
@@ -242,6 +245,15 @@ class SandboxManager:
                 "sandbox_not_found", f"sandbox {sandbox_id} is not running: {why}; create a new one"
             )
         return live
+
+    def live(self, sandbox_id: str) -> LiveSandbox | None:
+        """The running sandbox of that id, whoever owns it: for callers that check access
+        themselves (the E2B edge's access tokens)."""
+        live = self._live.get(sandbox_id)
+        return None if live is None or live.ended else live
+
+    def all_live(self) -> list[LiveSandbox]:
+        return [s for s in self._live.values() if not s.ended]
 
     def list(self, owner: str, metadata: dict[str, str]) -> list[LiveSandbox]:
         return [

@@ -223,7 +223,7 @@ def test_only_the_admin_key_mints_keys(daemon: Daemon, owned: Owned) -> None:
         for body in ({"name": "x"}, {"name": "x", "admin": True}):
             r = c.post("/keys", json=body)
             assert r.status_code in (400, 403), r.text
-            assert "fbx_" not in r.text
+            assert "e2b_" not in r.text and "fbx_" not in r.text
 
 
 # -- malformed and oversized input ---------------------------------------------------------------

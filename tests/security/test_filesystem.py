@@ -197,7 +197,11 @@ def test_host_files_outside_the_image_are_invisible(
     # the daemon's state dir, admin key and registry do not exist inside
     code, out = run(sandbox, f"ls {daemon.home} {daemon.home}/admin.key", "root")
     assert code != 0 and daemon.key not in out
-    code, out = run(sandbox, "grep -r fbx_ /etc /opt /home /tmp 2>/dev/null | head -1", "root")
+    code, out = run(
+        sandbox,
+        "grep -rE 'e2b_[0-9a-f]{20}|fbx_' /etc /opt /home /tmp 2>/dev/null | head -1",
+        "root",
+    )
     assert daemon.key not in out
 
 

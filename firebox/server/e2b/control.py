@@ -1,0 +1,340 @@
+"""E2B's control API (spec/openapi.yml in e2b-dev/E2B), served under ``/e2b`` of the daemon's
+own listener: ``E2B_API_URL=http://<daemon>/e2b``. A translation onto the manager, as
+firebox's own sandboxes.py is: no second copy of a behaviour.
+
+What differs from E2B, on purpose (docs/E2B.md): every sandbox gets an access token, secure
+or not (access.py); no internet unless the create asks for it; E2B's template names for its
+default images (``base``, ``code-interpreter-v1``) start firebox's default template.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from firebox.server.deps import Caller, Manager
+from firebox.server.errors import ApiError
+from firebox.server.manager import LiveSandbox, SandboxManager
+from firebox.server.models import iso
+from firebox.settings import DEFAULT_TEMPLATE, MAX_TIMEOUT, Network, SandboxSettings
+
+# What E2B's SDKs gate features on (e2b/envd/versions.py): firebox's in-sandbox protocol has
+# every feature up to this envd version.
+ENVD_VERSION = "0.6.4"
+# E2B's names for its own default images; firebox's default template stands in for them.
+TEMPLATE_ALIASES = {"base": DEFAULT_TEMPLATE, "code-interpreter-v1": DEFAULT_TEMPLATE}
+NOT_YET = {
+    "pause": "pausing a sandbox",
+    "resume": "resuming a paused sandbox",
+    "fork": "forking a sandbox",
+    "snapshots": "snapshots of a sandbox",
+}
+PAGE_MAX = 100
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class NetworkConfig(_Body):
+    allow_public_traffic: bool | None = Field(default=None, alias="allowPublicTraffic")
+    allow_out: list[str] = Field(default_factory=list, alias="allowOut")
+    deny_out: list[str] = Field(default_factory=list, alias="denyOut")
+    egress_proxy: dict[str, Any] | None = Field(default=None, alias="egressProxy")
+    mask_request_host: str | None = Field(default=None, alias="maskRequestHost")
+    rules: dict[str, Any] | None = None
+
+
+class AutoResume(_Body):
+    enabled: bool = False
+
+
+class NewSandbox(_Body):
+    template_id: str = Field(alias="templateID")
+    timeout: int = Field(default=15, ge=0)
+    auto_pause: bool = Field(default=False, alias="autoPause")
+    auto_resume: AutoResume | None = Field(default=None, alias="autoResume")
+    secure: bool | None = None
+    allow_internet_access: bool | None = None
+    network: NetworkConfig | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    env_vars: dict[str, str] = Field(default_factory=dict, alias="envVars")
+    mcp: dict[str, Any] | None = None
+    volume_mounts: list[Any] | None = Field(default=None, alias="volumeMounts")
+
+
+class Timeout(_Body):
+    timeout: int = Field(ge=0)
+
+
+class Refresh(_Body):
+    duration: int = Field(default=0, ge=0, le=3600)
+
+
+def _refuse_missing_features(body: NewSandbox) -> None:
+    """Fields of features firebox lacks: refused by name, never silently dropped."""
+    if body.auto_pause or (body.auto_resume is not None and body.auto_resume.enabled):
+        raise ApiError(
+            "invalid_argument",
+            "auto-pause and auto-resume are not available in firebox yet; create without them",
+        )
+    if body.mcp:
+        raise ApiError("invalid_argument", "MCP gateways in a sandbox are not available")
+    if body.volume_mounts:
+        raise ApiError("invalid_argument", "volume mounts are not available in firebox")
+    net = body.network
+    if net is not None and (net.egress_proxy or net.mask_request_host or net.rules):
+        raise ApiError(
+            "invalid_argument",
+            "network.egressProxy, maskRequestHost and rules are not available in firebox; "
+            "use allowOut / denyOut",
+        )
+
+
+def settings_of(body: NewSandbox) -> SandboxSettings:
+    _refuse_missing_features(body)
+    network = None
+    if body.network is not None and (body.network.allow_out or body.network.deny_out):
+        network = Network(allow_out=body.network.allow_out, deny_out=body.network.deny_out)
+    try:
+        return SandboxSettings(
+            template=TEMPLATE_ALIASES.get(body.template_id, body.template_id),
+            timeout=max(1, min(body.timeout, MAX_TIMEOUT)),
+            metadata=body.metadata,
+            envs=body.env_vars,
+            allow_internet_access=bool(body.allow_internet_access),
+            network=network,
+        )
+    except ValidationError as e:
+        problem = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ApiError("invalid_argument", f"invalid sandbox settings: {problem}") from None
+
+
+# -- answers -------------------------------------------------------------------------------------
+
+
+def sandbox_created(live: LiveSandbox) -> dict[str, Any]:
+    """E2B's ``Sandbox``: what create and connect answer."""
+    return {
+        "templateID": live.spec.template,
+        "sandboxID": live.id,
+        "clientID": "firebox",
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": live.access_token,
+        "trafficAccessToken": None,
+        "domain": None,
+    }
+
+
+def sandbox_listed(live: LiveSandbox) -> dict[str, Any]:
+    """E2B's ``ListedSandbox``."""
+    limits = live.spec.limits
+    return {
+        "templateID": live.spec.template,
+        "alias": live.settings.template,
+        "sandboxID": live.id,
+        "clientID": "firebox",
+        "startedAt": iso(live.started_at),
+        "endAt": iso(live.end_at),
+        "cpuCount": max(1, round(limits.cpu_count)),
+        "memoryMB": limits.memory_mb,
+        "diskSizeMB": limits.disk_mb,
+        "metadata": dict(live.settings.metadata),
+        "state": "running",
+        "envdVersion": ENVD_VERSION,
+    }
+
+
+def sandbox_detail(live: LiveSandbox) -> dict[str, Any]:
+    """E2B's ``SandboxDetail``."""
+    return {
+        **sandbox_listed(live),
+        "envdAccessToken": live.access_token,
+        "allowInternetAccess": live.policy.allow_internet_access,
+        "domain": None,
+        "network": {
+            "allowOut": [r.text for r in live.policy.allow_out],
+            "denyOut": [r.text for r in live.policy.deny_out],
+        },
+        "lifecycle": {"autoResume": False, "onTimeout": "kill"},
+    }
+
+
+def _extend(mgr: SandboxManager, live: LiveSandbox, seconds: int) -> None:
+    """Keep a sandbox for at least ``seconds`` more: never shortens its life."""
+    if time.time() + seconds > live.end_at:
+        mgr.set_timeout(live.owner, live.id, max(1, min(seconds, MAX_TIMEOUT)))
+
+
+# -- paging --------------------------------------------------------------------------------------
+
+
+def _cursor(live: LiveSandbox) -> str:
+    return base64.urlsafe_b64encode(f"{live.started_at!r}|{live.id}".encode()).decode()
+
+
+def _after(token: str) -> tuple[float, str]:
+    try:
+        started, sandbox_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return float(started), sandbox_id
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(
+            "invalid_argument", "nextToken is not one this API gave; start from the first page"
+        ) from None
+
+
+def _metadata_filter(raw: str | None) -> dict[str, str]:
+    if not raw:
+        return {}
+    try:
+        return dict(parse_qsl(raw, keep_blank_values=True, strict_parsing=True))
+    except ValueError:
+        raise ApiError(
+            "invalid_argument", "metadata must be URL-encoded pairs like 'user=alice&app=prod'"
+        ) from None
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+@router.post("/sandboxes", status_code=201)
+@router.post("/v2/sandboxes", status_code=201)  # v2: no `secure` (always secure, as here)
+async def create(body: NewSandbox, caller: Caller, mgr: Manager) -> dict[str, Any]:
+    live = await mgr.create(caller.id, settings_of(body))
+    return sandbox_created(live)
+
+
+@router.get("/sandboxes")
+async def list_v1(caller: Caller, mgr: Manager, metadata: str | None = None) -> list[Any]:
+    return [sandbox_listed(s) for s in _ordered(mgr.list(caller.id, _metadata_filter(metadata)))]
+
+
+def _ordered(sandboxes: list[LiveSandbox], newest_first: bool = True) -> list[LiveSandbox]:
+    return sorted(sandboxes, key=lambda s: (s.started_at, s.id), reverse=newest_first)
+
+
+@router.get("/v2/sandboxes")
+async def list_v2(
+    caller: Caller,
+    mgr: Manager,
+    response: Response,
+    metadata: str | None = None,
+    state: str | None = None,
+    order: str = "desc",
+    started_after: datetime | None = Query(default=None, alias="startedAfter"),
+    template: str | None = None,
+    limit: int = Query(default=PAGE_MAX, ge=1, le=PAGE_MAX),
+    next_token: str | None = Query(default=None, alias="nextToken"),
+) -> list[Any]:
+    states = {s.strip() for s in state.split(",")} if state else {"running", "paused"}
+    if unknown := states - {"running", "paused"}:
+        raise ApiError("invalid_argument", f"unknown state {sorted(unknown)}: running or paused")
+    if order not in ("asc", "desc"):
+        raise ApiError("invalid_argument", "order is asc or desc")
+    found = [] if "running" not in states else mgr.list(caller.id, _metadata_filter(metadata))
+    if started_after is not None:
+        found = [s for s in found if s.started_at >= started_after.timestamp()]
+    if template is not None:
+        name = TEMPLATE_ALIASES.get(template, template)
+        found = [s for s in found if name in (s.spec.template, s.settings.template)]
+    response.headers["X-Total-Running"] = str(len(found))
+    newest_first = order == "desc"
+    found = _ordered(found, newest_first)
+    if next_token:
+        mark = _after(next_token)
+        found = [s for s in found if ((s.started_at, s.id) < mark) == newest_first]
+    page = found[:limit]
+    if len(found) > limit:
+        response.headers["X-Next-Token"] = _cursor(page[-1])
+    return [sandbox_listed(s) for s in page]
+
+
+@router.get("/sandboxes/{sandbox_id}")
+async def get(sandbox_id: str, caller: Caller, mgr: Manager) -> dict[str, Any]:
+    return sandbox_detail(mgr.get(caller.id, sandbox_id))
+
+
+@router.delete("/sandboxes/{sandbox_id}", status_code=204)
+async def kill(sandbox_id: str, caller: Caller, mgr: Manager) -> Response:
+    await mgr.kill(caller.id, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
+async def set_timeout(sandbox_id: str, body: Timeout, caller: Caller, mgr: Manager) -> Response:
+    live = mgr.get(caller.id, sandbox_id)
+    mgr.set_timeout(live.owner, live.id, max(1, min(body.timeout, MAX_TIMEOUT)))
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/refreshes", status_code=204)
+async def refresh(sandbox_id: str, body: Refresh, caller: Caller, mgr: Manager) -> Response:
+    _extend(mgr, mgr.get(caller.id, sandbox_id), body.duration)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/connect")
+@router.post("/v2/sandboxes/{sandbox_id}/connect")
+async def connect(sandbox_id: str, body: Timeout, caller: Caller, mgr: Manager) -> JSONResponse:
+    live = mgr.get(caller.id, sandbox_id)
+    _extend(mgr, live, body.timeout)
+    return JSONResponse(sandbox_created(live), status_code=200)  # 200: it was running
+
+
+@router.api_route("/sandboxes/{sandbox_id}/{feature}", methods=["GET", "POST"])
+async def not_yet(sandbox_id: str, feature: str, caller: Caller, mgr: Manager) -> Response:
+    mgr.get(caller.id, sandbox_id)  # another key's sandbox stays a 404, whatever the route
+    what = NOT_YET.get(feature)
+    if what is None:
+        raise ApiError("not_found", f"no route /sandboxes/{{id}}/{feature} in E2B's API")
+    raise ApiError(
+        "invalid_argument", f"{what} is not available in firebox yet (docs/E2B.md lists what is)"
+    )
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    """E2B's error shape: ``{"code": <HTTP status>, "message": ...}``."""
+    return JSONResponse({"code": status, "message": message}, status_code=status)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _error(exc.status, exc.message)
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problem = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
+    )
+    return _error(400, f"invalid request: {problem}")
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _error(exc.status_code, str(exc.detail))
+
+
+def control_app() -> FastAPI:
+    """The control API as its own app (mounted at /e2b): E2B's error shape, not firebox's.
+    Its state is the daemon app's (create_app shares it)."""
+    app = FastAPI(title="firebox: E2B control API", openapi_url=None, docs_url=None)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.include_router(router)
+    return app

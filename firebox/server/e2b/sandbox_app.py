@@ -1,0 +1,59 @@
+"""The app that answers E2B's in-sandbox requests (routing.py sends them here, with the access
+decision made): the Connect RPC services by their paths, and E2B's HTTP routes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from firebox.server.e2b import access, interpreter
+from firebox.server.e2b.envd import files_http
+from firebox.server.e2b.envd.errors import http_error_handler
+from firebox.server.e2b.envd.filesystem import FilesystemService
+from firebox.server.e2b.envd.process import ProcessService
+from firebox.server.e2b.envd.proto.filesystem.filesystem_connect import (
+    FilesystemASGIApplication,
+)
+from firebox.server.e2b.envd.proto.process.process_connect import ProcessASGIApplication
+from firebox.server.errors import ApiError
+
+# Connect's own limit on one request message; file contents travel over /files, not RPC.
+RPC_READ_MAX = 4 << 20
+
+
+def _http_app() -> FastAPI:
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_exception_handler(ApiError, http_error_handler)
+
+    @app.get("/health", status_code=204)
+    async def health() -> Response:
+        access.current()
+        return Response(status_code=204)
+
+    @app.get("/envs")
+    async def envs() -> dict[str, str]:
+        return dict(access.current().envs)
+
+    app.include_router(files_http.router)
+    app.include_router(interpreter.router)
+    return app
+
+
+class SandboxApp:
+    """Connect services by path prefix; everything else to the HTTP routes."""
+
+    def __init__(self) -> None:
+        self.process = ProcessASGIApplication(ProcessService(), read_max_bytes=RPC_READ_MAX)
+        self.filesystem = FilesystemASGIApplication(
+            FilesystemService(), read_max_bytes=RPC_READ_MAX
+        )
+        self.http = _http_app()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        app: ASGIApp = self.http
+        if path.startswith("/process.Process/"):
+            app = self.process
+        elif path.startswith("/filesystem.Filesystem/"):
+            app = self.filesystem
+        await app(scope, receive, send)
