@@ -72,6 +72,9 @@ class LiveSandbox:
     # opens the sandbox's insides without an API key: E2B's in-sandbox protocol (envd) sends
     # only this (X-Access-Token), so every sandbox has one; it never opens another sandbox
     access_token: str = field(default_factory=lambda: secrets.token_hex(24))
+    # opens the sandbox's ports other than the in-sandbox daemon's (E2B's traffic token: its
+    # code-interpreter SDK sends only this); never its files or processes
+    traffic_token: str = field(default_factory=lambda: secrets.token_hex(24))
 
     @property
     def envs(self) -> dict[str, str]:

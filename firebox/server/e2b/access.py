@@ -4,7 +4,8 @@ E2B's SDKs send no API key with in-sandbox requests: they name the sandbox (``E2
 and, for a secure sandbox, show its access token (``X-Access-Token``). E2B lets anyone who
 knows a non-secure sandbox's id in; firebox does not: every sandbox has an access token, the
 E2B edge always hands it out (so E2B's SDKs always send it), and a request must show that
-token or the owner's API key. A wrong token and a missing sandbox get the same answer, so
+token or the owner's API key. Ports other than the in-sandbox daemon's (the code
+interpreter's) also open to the sandbox's traffic token, which E2B's SDKs send there. A wrong token and a missing sandbox get the same answer, so
 the edge is no oracle for which ids exist. A signed file URL (E2B's ``download_url`` /
 ``upload_url``) is its own credential: a v1 signature made with the sandbox's token.
 """
@@ -28,6 +29,7 @@ from firebox.server.registry import Registry
 SANDBOX_HEADER = "e2b-sandbox-id"
 PORT_HEADER = "e2b-sandbox-port"
 TOKEN_HEADER = "x-access-token"
+TRAFFIC_HEADER = "e2b-traffic-access-token"
 ENVD_PORT = 49983  # E2B's in-sandbox daemon
 INTERPRETER_PORT = 49999  # E2B's code interpreter
 
@@ -103,7 +105,10 @@ def resolve(
     if live is None:
         return Access(None, _not_running(sandbox_id))
     token = headers.get(TOKEN_HEADER)
-    if token is not None and hmac.compare_digest(token.encode(), live.access_token.encode()):
+    if token is not None and _same(token, live.access_token):
+        return Access(live, port=port)
+    traffic = headers.get(TRAFFIC_HEADER)
+    if traffic is not None and port != ENVD_PORT and _same(traffic, live.traffic_token):
         return Access(live, port=port)
     key = headers.get("x-api-key")
     if key:
@@ -112,7 +117,7 @@ def resolve(
             return Access(live, port=port)
     if signature and path == "/files" and _signed_by(live, signature, query):
         return Access(live, port=port)
-    if token is None and not key:
+    if token is None and traffic is None and not key:
         return Access(
             None,
             ApiError(
@@ -122,6 +127,10 @@ def resolve(
             ),
         )
     return Access(None, _not_running(sandbox_id))
+
+
+def _same(shown: str, token: str) -> bool:
+    return hmac.compare_digest(shown.encode(), token.encode())
 
 
 def sign(path: str, operation: str, user: str, token: str, expiration: int | None) -> str:

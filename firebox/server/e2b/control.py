@@ -25,7 +25,13 @@ from firebox.server.deps import Caller, Manager
 from firebox.server.errors import ApiError
 from firebox.server.manager import LiveSandbox, SandboxManager
 from firebox.server.models import iso
-from firebox.settings import DEFAULT_TEMPLATE, MAX_TIMEOUT, Network, SandboxSettings
+from firebox.settings import (
+    DEFAULT_TEMPLATE,
+    DEFAULT_TIMEOUT,
+    MAX_TIMEOUT,
+    Network,
+    SandboxSettings,
+)
 
 # What E2B's SDKs gate features on (e2b/envd/versions.py): firebox's in-sandbox protocol has
 # every feature up to this envd version.
@@ -74,6 +80,12 @@ class NewSandbox(_Body):
 
 class Timeout(_Body):
     timeout: int = Field(ge=0)
+
+
+class Connect(_Body):
+    # E2B's SDKs leave it out when their caller did: then the daemon's default lifetime
+    timeout: int = Field(default=DEFAULT_TIMEOUT, ge=0)
+    memory: bool | None = None  # v2: resume with memory; nothing is paused here yet
 
 
 class Refresh(_Body):
@@ -130,7 +142,7 @@ def sandbox_created(live: LiveSandbox) -> dict[str, Any]:
         "clientID": "firebox",
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": live.access_token,
-        "trafficAccessToken": None,
+        "trafficAccessToken": live.traffic_token,
         "domain": None,
     }
 
@@ -286,7 +298,7 @@ async def refresh(sandbox_id: str, body: Refresh, caller: Caller, mgr: Manager) 
 
 @router.post("/sandboxes/{sandbox_id}/connect")
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
-async def connect(sandbox_id: str, body: Timeout, caller: Caller, mgr: Manager) -> JSONResponse:
+async def connect(sandbox_id: str, body: Connect, caller: Caller, mgr: Manager) -> JSONResponse:
     live = mgr.get(caller.id, sandbox_id)
     _extend(mgr, live, body.timeout)
     return JSONResponse(sandbox_created(live), status_code=200)  # 200: it was running
