@@ -157,8 +157,22 @@ def empty_machine_id(root: Path) -> None:
     _write_file(root, "etc/machine-id", "")
 
 
+# E2B's sandboxes let their user sudo without a password, and code written for them does. Root
+# inside a firebox sandbox is never root on the host (its own kernel, or a user namespace), so
+# this gives nothing the sandbox did not have through user="root". Templates without sudo
+# just carry an unused file.
+SUDOERS = "# Written by firebox: as in E2B's sandboxes\nuser ALL=(ALL:ALL) NOPASSWD: ALL\n"
+
+
+def allow_user_sudo(root: Path) -> None:
+    if _inside(root, "etc/sudoers.d").is_dir():
+        _write_file(root, "etc/sudoers.d/user", SUDOERS)
+        _inside(root, "etc/sudoers.d/user").chmod(0o440)  # sudo ignores a writable file
+
+
 STEPS = (
     add_user,
+    allow_user_sudo,
     empty_machine_id,
     make_home,
     make_dirs,

@@ -52,6 +52,11 @@ _PYTHON = _BASE.plus(
         "nodejs",
         "python3-pip",  # pip install, through the egress proxy where a policy allows
         "curl",
+        # what code written for E2B's default template expects: `python`, git (its SDK's
+        # sandbox.git helpers), sudo
+        "python-is-python3",
+        "git",
+        "sudo",
     ),
 )
 TEMPLATES: dict[str, Template] = {t.name: t for t in (_BASE, _PYTHON)}

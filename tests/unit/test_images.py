@@ -219,6 +219,9 @@ PYTHON_EXTRAS = {
     "curl",
     "fonts-dejavu-core",
     "nodejs",
+    "python-is-python3",
+    "git",
+    "sudo",
 }
 
 

@@ -77,8 +77,9 @@ def _not_running(sandbox_id: str) -> ApiError:
     # "was not found" is what E2B's SDKs look for to raise SandboxNotRunningException
     return ApiError(
         "sandbox_not_found",
-        f"sandbox {sandbox_id} was not found: it is not running, or this token does not open "
-        "it; create a new one or connect with its owner's API key",
+        f"sandbox {sandbox_id} was not found: it is not running, or the request shows neither "
+        "its access token (X-Access-Token, from the create or connect answer) nor its owner's "
+        "API key (X-API-Key)",
     )
 
 
@@ -117,15 +118,7 @@ def resolve(
             return Access(live, port=port)
     if signature and path == "/files" and _signed_by(live, signature, query):
         return Access(live, port=port)
-    if token is None and traffic is None and not key:
-        return Access(
-            None,
-            ApiError(
-                "unauthenticated",
-                "this sandbox needs its access token (X-Access-Token, from the create or "
-                "connect answer) or its owner's API key (X-API-Key)",
-            ),
-        )
+    # No credentials get the answer a wrong one gets: which ids exist is nobody's business.
     return Access(None, _not_running(sandbox_id))
 
 
