@@ -2,16 +2,23 @@
 read a chart without looking at its pixels.
 
 Imported only by python_worker.py, in the worker, once a figure is rendered (tick labels
-exist only after drawing). ``extract`` answers a dict for a figure whose one plot is purely a
-line, bar, scatter or pie chart, and None for anything else: images, 3D or polar axes, several
-plots, mixed kinds, fills, error bars. Never a guess::
+exist only after drawing). ``extract`` answers a dict for a figure whose plot is purely a line,
+bar, scatter, pie or box-and-whisker chart, and None for anything else: images, 3D or polar
+axes, mixed kinds, fills, error bars. Never a guess::
 
-    {"type": "line" | "bar" | "scatter" | "pie", "title": str, "x_label": str, "y_label": str,
-     "x_scale": str, "y_scale": str, "elements": [...]}
+    {"type": "line" | "bar" | "scatter" | "pie" | "box_and_whisker", "title": str,
+     "x_label": str, "y_label": str, "x_scale": str, "y_scale": str, "elements": [...]}
 
-    line, scatter   {"label": str, "points": [[x, y], ...]}
+    line, scatter   {"label": str, "points": [[x, y], ...]}, and the axes' ticks:
+                    "x_ticks": [x, ...], "x_tick_labels": [str, ...] (y_ alike)
     bar             {"label": str, "group": str, "value": number}     (label: the series)
     pie             {"label": str, "angle": degrees, "fraction": 0..1, "radius": number}
+    box_and_whisker {"label": str, "min", "first_quartile", "median", "third_quartile",
+                     "max": number, "outliers": [number, ...]}  (matplotlib's boxplot with
+                     patch_artist=True: its boxes are patches, not lines)
+
+A figure of several plots is ``{"type": "superchart", "title": the figure's title,
+"elements": [one chart, or None, per plot]}`` when at least one of them can be read.
 
 x values on date axes are ISO 8601 strings; numbers are plain floats/ints, NaN and infinities
 None.
@@ -36,18 +43,28 @@ def extract(fig: Any) -> dict[str, Any] | None:
 def _extract(fig: Any) -> dict[str, Any] | None:
     # A colorbar is an Axes of its own, but part of the plot it annotates.
     axes = [ax for ax in fig.axes if ax.get_visible() and getattr(ax, "_colorbar", None) is None]
-    if len(axes) != 1:
-        return None
-    ax = axes[0]
+    if len(axes) > 1:
+        parts = [_of_axes(fig, ax) for ax in axes]
+        if all(part is None for part in parts):
+            return None
+        suptitle = getattr(fig, "_suptitle", None)
+        title = str(suptitle.get_text()) if suptitle is not None else ""
+        return {"type": "superchart", "title": title, "elements": parts}
+    return _of_axes(fig, axes[0]) if axes else None
+
+
+def _of_axes(fig: Any, ax: Any) -> dict[str, Any] | None:
     if ax.name != "rectilinear" or ax.images or ax.tables:
         return None
     kind = _kind(ax)
     if kind is None:
         return None
-    elements = {"line": _lines, "scatter": _scatter, "bar": _bars, "pie": _pie}[kind](ax)
+    readers = {"line": _lines, "scatter": _scatter, "bar": _bars, "pie": _pie, "box": _boxes}
+    elements = readers[kind](ax)
     if elements is None:
         return None
-    chart: dict[str, Any] = {"type": kind, "title": _title(fig, ax)}
+    chart: dict[str, Any] = {"type": "box_and_whisker" if kind == "box" else kind}
+    chart["title"] = _title(fig, ax) if len(fig.axes) == 1 else str(ax.get_title())
     if kind != "pie":
         chart.update(
             x_label=ax.get_xlabel(),
@@ -55,6 +72,9 @@ def _extract(fig: Any) -> dict[str, Any] | None:
             x_scale=ax.get_xscale(),
             y_scale=ax.get_yscale(),
         )
+    if kind in ("line", "scatter"):
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            chart[f"{name}_ticks"], chart[f"{name}_tick_labels"] = _ticks(axis)
     chart["elements"] = elements
     return chart
 
@@ -62,7 +82,7 @@ def _extract(fig: Any) -> dict[str, Any] | None:
 def _kind(ax: Any) -> str | None:
     from matplotlib.collections import PathCollection
     from matplotlib.container import BarContainer
-    from matplotlib.patches import Rectangle, Wedge
+    from matplotlib.patches import PathPatch, Rectangle, Wedge
 
     lines = _plotted(ax)
     collections = [c for c in ax.collections if c.get_visible()]
@@ -74,6 +94,8 @@ def _kind(ax: Any) -> str | None:
         if all(isinstance(p, Rectangle) and id(p) in in_bars for p in patches):
             return "bar"
         return None
+    if patches and lines and not collections:
+        return "box" if all(type(p) is PathPatch for p in patches) else None
     if collections and not lines and not patches:
         return "scatter" if all(type(c) is PathCollection for c in collections) else None
     if lines and not collections and not patches:
@@ -114,8 +136,7 @@ def _converter(axis: Any) -> Any:
 
     formatter = axis.get_major_formatter()
     name = type(formatter).__name__
-    date_formatters = (mdates.AutoDateFormatter, mdates.ConciseDateFormatter, mdates.DateFormatter)
-    if isinstance(formatter, date_formatters):  # pandas' own date formatters included
+    if _on_dates(axis):
 
         def from_date(value: Any) -> Any:
             number = _number(value)
@@ -239,3 +260,75 @@ def _pie(ax: Any) -> list[dict[str, Any]]:
             }
         )
     return elements
+
+
+def _ticks(axis: Any) -> tuple[list[Any], list[str]]:
+    """The axis's ticks in its own terms (dates as ISO text) and their labels as drawn."""
+    import matplotlib.dates as mdates
+
+    dates = _on_dates(axis)
+    ticks: list[Any] = []
+    labels: list[str] = []
+    for tick in axis.get_major_ticks():
+        where = tick.get_loc()
+        number = _number(where)
+        ticks.append(_iso(mdates.num2date(number)) if dates and number is not None else number)
+        labels.append(str(tick.label1.get_text()))
+    return ticks, labels
+
+
+def _on_dates(axis: Any) -> bool:
+    import matplotlib.dates as mdates
+
+    formatters = (mdates.AutoDateFormatter, mdates.ConciseDateFormatter, mdates.DateFormatter)
+    return isinstance(axis.get_major_formatter(), formatters)  # pandas' own included
+
+
+def _boxes(ax: Any) -> list[dict[str, Any]] | None:
+    """Each box's five numbers and outliers, read from its artists: the box (a patch from the
+    quartiles), the median (a segment across it), the whiskers (segments from its ends along
+    the value axis) and the fliers (markers without a line)."""
+    import numpy as np
+
+    segments = []
+    fliers = []
+    for ln in _plotted(ax):
+        xy = np.asarray(ln.get_xydata(), dtype=float)
+        if str(ln.get_linestyle()).lower() in ("none", "", " "):
+            fliers.append(xy)
+        elif len(xy) == 2:
+            segments.append(xy)
+    # A vertical plot's whiskers are vertical: its segments mostly share their x (2 whiskers
+    # against a median and 2 caps per box the other way).
+    upright = sum(s[0][0] == s[1][0] for s in segments) < sum(s[0][1] == s[1][1] for s in segments)
+    pos, val = (0, 1) if upright else (1, 0)
+    axis = ax.xaxis if upright else ax.yaxis
+    fixed = type(axis.get_major_locator()).__name__ == "FixedLocator"
+    ticks = _tick_labels(axis) if fixed else {}
+    elements = []
+    for patch in [p for p in ax.patches if p.get_visible()]:
+        ext = patch.get_path().get_extents()
+        lo_pos, hi_pos = (ext.x0, ext.x1) if upright else (ext.y0, ext.y1)
+        q1, q3 = (ext.y0, ext.y1) if upright else (ext.x0, ext.x1)
+        box: dict[str, Any] = {
+            "label": _group(ticks, (lo_pos + hi_pos) / 2, hi_pos - lo_pos, _converter(axis))
+        }
+        box.update(min=q1, first_quartile=q1, median=None, third_quartile=q3, max=q3)
+        for seg in segments:
+            a, v = seg[:, pos], seg[:, val]
+            if not all(lo_pos <= x <= hi_pos for x in a):
+                continue
+            if v[0] == v[1] and q1 <= v[0] <= q3 and a[0] != a[1]:
+                box["median"] = v[0]
+            elif a[0] == a[1] and min(v) < q1 <= max(v):
+                box["min"] = min(v)
+            elif a[0] == a[1] and min(v) <= q3 < max(v):
+                box["max"] = max(v)
+        outliers = [p[val] for xy in fliers for p in xy if lo_pos <= p[pos] <= hi_pos]
+        if box["median"] is None:
+            return None  # not a box plot we understand
+        for key in ("min", "first_quartile", "median", "third_quartile", "max"):
+            box[key] = _number(box[key])
+        box["outliers"] = [_number(v) for v in outliers]
+        elements.append(box)
+    return elements or None

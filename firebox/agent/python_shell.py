@@ -162,12 +162,33 @@ def show_figures(*args: Any, **kwargs: Any) -> None:
         display(pyplot.figure(num))
 
 
+def show_image(image: Any, title: Any = None, **options: Any) -> bool:
+    """Our ``PIL.ImageShow.show``: no viewer in a sandbox, so ``image.show()`` displays it
+    (a PNG result), as in a notebook."""
+    from IPython.display import display
+
+    display(image)
+    return True
+
+
+def _patch_pyplot(module: Any) -> None:
+    module.show = show_figures
+
+
+def _patch_imageshow(module: Any) -> None:
+    module.show = show_image
+
+
 class PyplotHook:
-    """Swaps ``pyplot.show`` for ours as pyplot is first imported (MPLBACKEND=Agg would only
-    warn that it cannot show), with no cost to cells that never use matplotlib."""
+    """Swaps ``pyplot.show`` (and PIL's ``ImageShow.show``) for ours as the module is first
+    imported (MPLBACKEND=Agg would only warn that it cannot show; PIL would look for a viewer),
+    with no cost to cells that never use them."""
+
+    PATCHES = {"matplotlib.pyplot": _patch_pyplot, "PIL.ImageShow": _patch_imageshow}
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "matplotlib.pyplot":
+        patch = self.PATCHES.get(name)
+        if patch is None:
             return None
         from importlib.machinery import PathFinder
 
@@ -179,7 +200,7 @@ class PyplotHook:
 
         def patched(module: Any) -> None:
             exec_module(module)
-            module.show = show_figures
+            patch(module)
 
         loader.exec_module = patched  # type: ignore[method-assign]
         return spec

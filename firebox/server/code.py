@@ -91,30 +91,65 @@ async def _stream(
                 await cell.detach()
 
 
-@router.post("/sandboxes/{sandbox_id}/code", responses=NDJSON)
-async def run_code(body: RunCode, sbx: Sandbox) -> Response:
+class Cell:
+    """A cell the agent has accepted: its stream, and its first event (or None: the cell is
+    over already, having printed and shown nothing) once ``first`` is done."""
+
+    def __init__(self, stream: CodeStream, first: asyncio.Future[tuple[str, Any] | None]) -> None:
+        self.stream = stream
+        self.first = first
+
+    @property
+    def silent_end(self) -> bool:
+        return self.first.done() and self.first.result() is None
+
+
+async def start_cell(
+    sbx: LiveSandbox,
+    code: str,
+    *,
+    context_id: str | None = None,
+    language: str | None = None,
+    envs: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> Cell:
+    """Start a cell in the sandbox: what every edge that runs code shares (firebox's API and
+    E2B's interpreter). A request the agent refuses at once raises as an ApiError."""
     ensure_capacity(sbx)
     req = protocol.CodeRun(
-        code=body.code,
-        context_id=body.context_id,
-        language=body.language,
-        envs={**sbx.envs, **body.envs},
-        timeout=body.timeout or None,
+        code=code,
+        context_id=context_id,
+        language=language,
+        envs={**sbx.envs, **(envs or {})},
+        timeout=timeout or None,
         output_limit=sbx.output_limit,
     )
-    cell = await agent_call(sbx, sbx.agent.run_code(req))
+    stream = await agent_call(sbx, sbx.agent.run_code(req))
     # Wait briefly for the first event before answering, so that a request the agent refuses
     # at once (an unknown context, say) is a 4xx rather than a broken 200. Not longer: a cell
     # may be silent for minutes, and only an answer that has begun notices its client leave.
-    pending = asyncio.ensure_future(anext(cell, None))
+    pending = asyncio.ensure_future(anext(stream, None))
     await asyncio.wait({pending}, timeout=FIRST_EVENT_WAIT)
     if pending.done() and isinstance(pending.exception(), AgentError | AgentGone):
         raise agent_error(pending.exception(), sbx) from None  # type: ignore[arg-type]
-    if pending.done() and pending.result() is None:
+    return Cell(stream, pending)
+
+
+@router.post("/sandboxes/{sandbox_id}/code", responses=NDJSON)
+async def run_code(body: RunCode, sbx: Sandbox) -> Response:
+    cell = await start_cell(
+        sbx,
+        body.code,
+        context_id=body.context_id,
+        language=body.language,
+        envs=body.envs,
+        timeout=body.timeout,
+    )
+    if cell.silent_end:
         # Over already, with nothing printed or shown (an assignment, an import, a def): the
         # one line is the whole answer, without a stream's machinery (~0.1 ms a cell).
-        return Response(content=_end_line(cell), media_type=NDJSON_TYPE)
-    return StreamingResponse(_stream(sbx, cell, pending), media_type=NDJSON_TYPE)
+        return Response(content=_end_line(cell.stream), media_type=NDJSON_TYPE)
+    return StreamingResponse(_stream(sbx, cell.stream, cell.first), media_type=NDJSON_TYPE)
 
 
 def _context(raw: Any) -> ContextInfo:
@@ -125,29 +160,47 @@ def _context(raw: Any) -> ContextInfo:
         raise ApiError("sandbox_error", f"the sandbox's agent sent a malformed context: {e}") from e
 
 
-@router.post("/sandboxes/{sandbox_id}/contexts", status_code=201, response_model=ContextInfo)
-async def create_context(body: CreateContext, sbx: Sandbox) -> ContextInfo:
-    msg = protocol.ContextCreate(language=body.language, cwd=body.cwd, user=body.user)
+async def new_context(
+    sbx: LiveSandbox, language: str, cwd: str | None, user: str = "user"
+) -> ContextInfo:
+    msg = protocol.ContextCreate(language=language, cwd=cwd, user=user)
     return _context(await agent_call(sbx, sbx.agent.call(msg, timeout=CONTEXT_START_TIMEOUT)))
 
 
-@router.get("/sandboxes/{sandbox_id}/contexts", response_model=list[ContextInfo])
-async def list_contexts(sbx: Sandbox) -> list[ContextInfo]:
+async def contexts_of(sbx: LiveSandbox) -> list[ContextInfo]:
     raw = await agent_call(sbx, sbx.agent.call(protocol.ContextList()))
     if not isinstance(raw, list):
         raise ApiError("sandbox_error", "the sandbox's agent sent a malformed context list")
     return [_context(c) for c in raw]
 
 
-@router.post("/sandboxes/{sandbox_id}/contexts/{context_id}/restart", status_code=204)
-async def restart_context(context_id: str, sbx: Sandbox) -> Response:
+async def restart_context_of(sbx: LiveSandbox, context_id: str) -> None:
     msg = protocol.ContextRestart(id=context_id)
     timeout = CONTEXT_START_TIMEOUT + protocol.CONTEXT_RESTART_WAIT
     await agent_call(sbx, sbx.agent.call(msg, timeout=timeout))
+
+
+async def remove_context_of(sbx: LiveSandbox, context_id: str) -> None:
+    await agent_call(sbx, sbx.agent.call(protocol.ContextRemove(id=context_id)))
+
+
+@router.post("/sandboxes/{sandbox_id}/contexts", status_code=201, response_model=ContextInfo)
+async def create_context(body: CreateContext, sbx: Sandbox) -> ContextInfo:
+    return await new_context(sbx, body.language, body.cwd, body.user)
+
+
+@router.get("/sandboxes/{sandbox_id}/contexts", response_model=list[ContextInfo])
+async def list_contexts(sbx: Sandbox) -> list[ContextInfo]:
+    return await contexts_of(sbx)
+
+
+@router.post("/sandboxes/{sandbox_id}/contexts/{context_id}/restart", status_code=204)
+async def restart_context(context_id: str, sbx: Sandbox) -> Response:
+    await restart_context_of(sbx, context_id)
     return Response(status_code=204)
 
 
 @router.delete("/sandboxes/{sandbox_id}/contexts/{context_id}", status_code=204)
 async def remove_context(context_id: str, sbx: Sandbox) -> Response:
-    await agent_call(sbx, sbx.agent.call(protocol.ContextRemove(id=context_id)))
+    await remove_context_of(sbx, context_id)
     return Response(status_code=204)

@@ -5,8 +5,9 @@ and, for a secure sandbox, show its access token (``X-Access-Token``). E2B lets 
 knows a non-secure sandbox's id in; firebox does not: every sandbox has an access token, the
 E2B edge always hands it out (so E2B's SDKs always send it), and a request must show that
 token or the owner's API key. Ports other than the in-sandbox daemon's (the code
-interpreter's) also open to the sandbox's traffic token, which E2B's SDKs send there. A wrong token and a missing sandbox get the same answer, so
-the edge is no oracle for which ids exist. A signed file URL (E2B's ``download_url`` /
+interpreter's) also open to the sandbox's traffic token, which E2B's SDKs send there. No
+credentials, wrong ones and a missing sandbox all get the same answer, so the edge is no
+oracle for which ids exist. A signed file URL (E2B's ``download_url`` /
 ``upload_url``) is its own credential: a v1 signature made with the sandbox's token.
 """
 

@@ -15,7 +15,7 @@ from firebox.server.e2b.envd.proto.filesystem.filesystem_connect import (
     FilesystemASGIApplication,
 )
 from firebox.server.e2b.envd.proto.process.process_connect import ProcessASGIApplication
-from firebox.server.errors import ApiError
+from firebox.server.errors import ApiError, unexpected_handler
 
 # Connect's own limit on one request message; file contents travel over /files, not RPC.
 RPC_READ_MAX = 4 << 20
@@ -24,6 +24,9 @@ RPC_READ_MAX = 4 << 20
 def _http_app() -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.add_exception_handler(ApiError, http_error_handler)
+    # the daemon's own last resort: a stream broken off (StreamAborted) stays out of the log
+    # as noise, anything else is logged once and answered 500
+    app.add_exception_handler(Exception, unexpected_handler)
 
     @app.get("/health", status_code=204)
     async def health() -> Response:
