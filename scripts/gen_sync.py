@@ -43,6 +43,8 @@ RENAMES = {
     "AsyncCodeExecution": "CodeExecution",
     "AsyncWatchHandle": "WatchHandle",
     "AsyncApiClient": "ApiClient",
+    "AsyncBackground": "Background",  # firebox/_core/background.py: a task, or a thread
+    "AsyncQueue": "Queue",  # asyncio's, or queue's
     "_async": "_sync",
     # typing and the standard library
     "AsyncIterator": "Iterator",

@@ -8,15 +8,17 @@ from typing import TYPE_CHECKING
 import httpx
 
 from firebox._async._callbacks import emit
+from firebox._core.background import AsyncBackground, AsyncQueue
 from firebox._core.errors import error_from_transport
 from firebox._core.models import (
     CommandEnd,
     CommandEvent,
     CommandOutput,
+    CommandOutputTriple,
     CommandResult,
     OutputHandler,
 )
-from firebox._core.responses import command_result, parse_command_event
+from firebox._core.responses import command_result, end_failure, parse_command_event
 from firebox.exceptions import SandboxException
 
 if TYPE_CHECKING:
@@ -24,13 +26,17 @@ if TYPE_CHECKING:
 
 
 class AsyncCommandHandle:
-    """A command started with ``commands.run(..., background=True)``.
+    """A command started with ``commands.run(..., background=True)`` or reached with
+    ``commands.connect(pid)``.
 
-    Its output is read as you consume it: ``await handle.wait()`` reads to the end, and
-    ``async for stdout, stderr in handle`` yields each chunk (one of the two is None). The
-    ``on_stdout`` / ``on_stderr`` callbacks given to ``run`` are called during either. Output you
-    do not read waits in the daemon, which may eventually pause a very chatty command; call
-    ``disconnect()`` to stop reading while it runs on.
+    Its output is read as it comes, by a reader beside your code (a task in the async SDK, a
+    thread in the sync one), which calls the ``on_stdout`` / ``on_stderr`` callbacks whether
+    or not you iterate; ``stdout`` and ``stderr`` grow meanwhile. ``async for stdout, stderr,
+    pty in handle`` yields each chunk, as E2B's handles do (two of the three are None; ``pty``
+    always is: firebox has no PTY yet), and raises what the command's stream ended in
+    (``TimeoutException`` at its timeout, a ``SandboxException`` if the sandbox went away).
+    ``await handle.wait()`` reads to the end. ``disconnect()`` stops reading while the command
+    runs on; ``commands.connect(pid)`` listens to it again.
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class AsyncCommandHandle:
         on_stdout: OutputHandler[str] | None = None,
         on_stderr: OutputHandler[str] | None = None,
         timeout: float | None = None,
+        background: bool = True,
     ) -> None:
         self._pid = pid
         self._response = response
@@ -54,6 +61,14 @@ class AsyncCommandHandle:
         self._stderr: list[str] = []
         self._end: CommandEnd | None = None
         self._disconnected = False
+        self._failure: Exception | None = None
+        # In the background the reader takes the stream and queues its chunks (None: the end)
+        # for whoever iterates; in the foreground (``run`` waiting) the caller reads it itself.
+        self._queue: AsyncQueue[CommandOutputTriple | None] | None = None
+        self._reader: AsyncBackground | None = None
+        if background:
+            self._queue = AsyncQueue()
+            self._reader = AsyncBackground(self._read)
 
     @property
     def pid(self) -> int:
@@ -80,33 +95,74 @@ class AsyncCommandHandle:
         """Why the command did not finish normally ("timeout", an agent failure), if it did not."""
         return None if self._end is None else self._end.error
 
-    async def __aiter__(self) -> AsyncIterator[tuple[str | None, str | None]]:
-        if self._disconnected:
-            return
+    async def _output(self) -> AsyncIterator[CommandOutputTriple]:
+        """The stream's output as it is read, kept and passed to the callbacks; at its end,
+        raises what it ended in if that was not the command's own exit."""
         async for event in self._events:
             if isinstance(event, CommandOutput) and event.stream == "stdout":
                 self._stdout.append(event.data)
-                await emit(self._on_stdout, event.data)
-                yield event.data, None
+                if not self._disconnected:
+                    await emit(self._on_stdout, event.data)
+                yield event.data, None, None
             elif isinstance(event, CommandOutput):
                 self._stderr.append(event.data)
-                await emit(self._on_stderr, event.data)
-                yield None, event.data
+                if not self._disconnected:
+                    await emit(self._on_stderr, event.data)
+                yield None, event.data, None
             elif isinstance(event, CommandEnd):
                 self._end = event
+        failure = None if self._end is None else end_failure(self._end, self._timeout)
+        if failure is not None:
+            raise failure
 
-    async def wait(self) -> CommandResult:
-        """Reads to the command's end and returns its result.
+    async def _read(self) -> None:
+        """The background reader: the whole stream into the queue, then None; a failure (the
+        stream's, or a callback's) is kept for ``wait`` and iteration to raise."""
+        assert self._queue is not None
+        try:
+            async for chunk in self._output():
+                self._queue.put_nowait(chunk)
+        except Exception as e:
+            self._failure = e
+        finally:
+            self._queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[CommandOutputTriple]:
+        if self._disconnected:
+            return
+        if self._queue is None:
+            async for chunk in self._output():
+                yield chunk
+            return
+        while True:
+            queued = await self._queue.get()
+            if queued is None:
+                break
+            yield queued
+        self._queue.put_nowait(None)  # the end stays visible to a later iteration or wait
+        if self._failure is not None:
+            raise self._failure
+
+    async def wait(
+        self,
+        on_stdout: OutputHandler[str] | None = None,
+        on_stderr: OutputHandler[str] | None = None,
+    ) -> CommandResult:
+        """Reads to the command's end and returns its result; ``on_stdout`` / ``on_stderr``
+        are called with the chunks not yet iterated over (as E2B's ``wait`` takes them).
 
         Raises ``CommandExitException`` if it exited non-zero and ``TimeoutException`` if its
         timeout killed it, as ``commands.run`` does.
         """
-        async for _ in self:
-            pass
+        async for stdout, stderr, _ in self:
+            if stdout is not None:
+                await emit(on_stdout, stdout)
+            elif stderr is not None:
+                await emit(on_stderr, stderr)
         if self._end is None and self._disconnected:
             raise SandboxException(
                 f"disconnected from command {self._pid}, so its result cannot be read; "
-                "see commands.list() whether it still runs, or kill it by pid"
+                "see commands.list() whether it still runs, commands.connect() to it, or kill it"
             )
         if self._end is None:
             raise SandboxException(
@@ -130,6 +186,8 @@ class AsyncCommandHandle:
     async def disconnect(self) -> None:
         """Stops reading the command's output; the command keeps running in the sandbox."""
         self._disconnected = True
+        if self._reader is not None:
+            await self._reader.cancel()
         await self._response.aclose()
 
 

@@ -73,7 +73,8 @@ class AsyncCommands:
         calling ``on_stdout`` / ``on_stderr`` with each chunk of output as it arrives; it raises
         ``CommandExitException`` (which carries the output) if the command exits non-zero and
         ``TimeoutException`` if ``timeout`` killed it. With ``background=True`` it returns an
-        ``AsyncCommandHandle`` as soon as the command has started.
+        ``AsyncCommandHandle`` as soon as the command has started, whose reader calls the
+        callbacks as output arrives, whether or not you iterate the handle.
 
         ``user`` is "user" (uid 1000) or "root". ``timeout`` in seconds kills the command's
         process group (0 or None: no limit). ``stdin``: text or bytes are written to the
@@ -81,10 +82,67 @@ class AsyncCommands:
         default the command reads end-of-file at once. ``tag`` names the command in
         ``commands.list()``.
         """
+        handle = await self._open(
+            sandbox_path(self._sandbox_id, "commands"),
+            run_body(cmd, envs, user, cwd, timeout, stdin, tag),
+            f"running {cmd!r:.80}",
+            on_stdout,
+            on_stderr,
+            timeout,
+            request_timeout,
+            background,
+        )
+        if background:
+            return handle
+        try:
+            return await handle.wait()
+        finally:
+            await handle.disconnect()  # also when a callback raises or the caller is cancelled
+
+    async def connect(
+        self,
+        pid: int,
+        timeout: float | None = 60,
+        request_timeout: float | None = None,
+        on_stdout: OutputHandler[str] | None = None,
+        on_stderr: OutputHandler[str] | None = None,
+    ) -> AsyncCommandHandle:
+        """Listens to a running command (by its pid, from ``run`` or ``commands.list()``) and
+        returns a handle, as ``run(background=True)`` does: its output from now on (what it
+        wrote before is not repeated), then its end through ``wait()``. Several handles may
+        listen to one command at once.
+
+        ``timeout`` in seconds bounds the listening, not the command: past it the handle
+        raises ``TimeoutException`` and the command runs on (0 or None: until it ends).
+        Raises ``NotFoundException`` if no such command is running.
+        """
+        return await self._open(
+            sandbox_path(self._sandbox_id, "commands", str(pid), "connect"),
+            {"timeout": timeout or 0},
+            f"connecting to command {pid}",
+            on_stdout,
+            on_stderr,
+            timeout,
+            request_timeout,
+            True,
+        )
+
+    async def _open(
+        self,
+        path: str,
+        body: dict[str, object],
+        what: str,
+        on_stdout: OutputHandler[str] | None,
+        on_stderr: OutputHandler[str] | None,
+        timeout: float | None,
+        request_timeout: float | None,
+        background: bool,
+    ) -> AsyncCommandHandle:
+        """A handle on a command's NDJSON stream, once its start event is in."""
         response = await self._api.open_stream(
             "POST",
-            sandbox_path(self._sandbox_id, "commands"),
-            json=run_body(cmd, envs, user, cwd, timeout, stdin, tag),
+            path,
+            json=body,
             timeout=command_timeout(timeout, request_timeout or self._api.config.request_timeout),
         )
         events = read_events(response, self._api.config.api_url)
@@ -92,18 +150,12 @@ class AsyncCommands:
         if not isinstance(start, CommandStart):
             await response.aclose()
             raise SandboxException(
-                f"the daemon's answer to running {cmd!r:.80} did not begin with a start event "
+                f"the daemon's answer to {what} did not begin with a start event "
                 f"(got {start!r}); the daemon and SDK may be different versions"
             )
-        handle = AsyncCommandHandle(
-            start.pid, response, events, self, on_stdout, on_stderr, timeout
+        return AsyncCommandHandle(
+            start.pid, response, events, self, on_stdout, on_stderr, timeout, background
         )
-        if background:
-            return handle
-        try:
-            return await handle.wait()
-        finally:
-            await response.aclose()  # also when a callback raises or the caller is cancelled
 
     async def list(self, request_timeout: float | None = None) -> builtins.list[ProcessInfo]:
         """The commands running in the sandbox."""

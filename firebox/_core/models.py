@@ -42,6 +42,21 @@ class SandboxInfo:
 
 
 @dataclass
+class SandboxMetrics:
+    """A sandbox's CPU, memory and disk at one time (``get_metrics``), as E2B's. The daemon
+    samples every 5 s and keeps an hour; a figure the host cannot measure is None."""
+
+    timestamp: datetime
+    cpu_count: float  # its CPU limit
+    cpu_used_pct: float | None  # of that limit, since the sample before
+    mem_used: int  # bytes it holds, less file cache the kernel would drop first
+    mem_total: int | None  # what it may hold before an OOM kill
+    mem_cache: int  # page cache charged to it
+    disk_used: int | None  # its writable disk: home, /tmp and /root
+    disk_total: int | None
+
+
+@dataclass
 class CommandResult:
     """The outcome of a finished command."""
 
@@ -142,3 +157,7 @@ class CommandEnd:
 
 
 CommandEvent = CommandStart | CommandOutput | CommandEnd
+
+# What iterating a command handle yields, as E2B's handles do: ``(stdout, None, None)``,
+# ``(None, stderr, None)``, or ``(None, None, pty)`` (firebox has no PTY yet: never sent).
+CommandOutputTriple = tuple[str, None, None] | tuple[None, str, None] | tuple[None, None, bytes]

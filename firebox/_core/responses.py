@@ -23,10 +23,12 @@ from firebox._core.models import (
     FileType,
     ProcessInfo,
     SandboxInfo,
+    SandboxMetrics,
 )
 from firebox.exceptions import (
     CommandExitException,
     DiskFullError,
+    FireboxException,
     MemoryLimitExceeded,
     SandboxException,
     TimeoutException,
@@ -83,6 +85,25 @@ def parse_sandbox_info(obj: Any) -> SandboxInfo:
         allow_internet_access=r.get("allow_internet_access", bool, False),
         network=dict(r.get("network", dict, {}) or {}),
     )
+
+
+def parse_metrics(obj: Any) -> list[SandboxMetrics]:
+    out = []
+    for item in parse_list(obj, "sandbox metrics"):
+        r = _Reader(item, "SandboxMetric")
+        out.append(
+            SandboxMetrics(
+                timestamp=r.time("timestamp"),
+                cpu_count=r.get("cpu_count", (int, float)),
+                cpu_used_pct=r.get("cpu_used_pct", (int, float), None),  # None: unmeasured
+                mem_used=r.get("mem_used", int),
+                mem_total=r.get("mem_total", int, None),
+                mem_cache=r.get("mem_cache", int, 0),
+                disk_used=r.get("disk_used", int, None),
+                disk_total=r.get("disk_total", int, None),
+            )
+        )
+    return out
 
 
 def parse_entry_info(obj: Any) -> EntryInfo:
@@ -166,21 +187,31 @@ def parse_command_event(line: str) -> CommandEvent | None:
     return None
 
 
+def end_failure(end: CommandEnd, timeout: float | None) -> FireboxException | None:
+    """What a command's stream ended in when it did not end with the command's own exit: its
+    timeout, the end of listening to it (exit_code -1: it runs on), or the agent failing."""
+    if end.error == "timeout":
+        if end.exit_code == -1:  # no exit of its own: listening stopped (connect's timeout)
+            return TimeoutException(end.message or "the command's stream timed out", code="timeout")
+        limit = f" of {timeout:g} s" if timeout else ""
+        return TimeoutException(
+            f"the command was killed when its timeout{limit} expired; pass a larger timeout= "
+            "to commands.run (0 means no limit), or run it with background=True",
+            code="timeout",
+        )
+    failure = ERROR_CODES.get(end.error or "")
+    if failure is not None:  # the agent failed: the command has no exit code of its own
+        return failure(end.message or f"the command failed: {end.error}", code=end.error)
+    return None
+
+
 def command_result(
     stdout: str, stderr: str, end: CommandEnd, timeout: float | None
 ) -> CommandResult:
     """The result of a finished command, or the exception it ends in, as E2B raises them."""
-    if end.error == "timeout":
-        limit = f" of {timeout:g} s" if timeout else ""
-        raise TimeoutException(
-            f"the command was killed when its timeout{limit} expired; pass a larger timeout= "
-            "to commands.run (0 means no limit), or run it with background=True"
-        )
-    failure = ERROR_CODES.get(end.error or "")
-    if failure is not None:  # the agent failed: the command has no exit code of its own
-        raise failure(
-            end.message or f"the command failed: {end.error}", code=end.error, status=None
-        )
+    failure = end_failure(end, timeout)
+    if failure is not None:
+        raise failure
     if end.exit_code != 0:
         kind = _EXIT_ERRORS.get(end.error or "", CommandExitException)
         raise kind(stdout, stderr, end.exit_code, end.error, end.message)

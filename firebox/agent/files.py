@@ -6,10 +6,13 @@ user's own processes; the agent's capabilities do not apply while it acts as a n
 
 Uploads go to a temporary file beside the target and are renamed over it only once complete,
 so an interrupted or failed upload never leaves a half-written file in the target's place.
+What the files report follows E2B's envd, whose SDKs read it: permissions with the type
+character (``-rw-r--r--``), a symlink as its target's type, a missing path's removal as done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
 MAX_ENTRIES = 20_000  # a listing larger than this is refused: one result must fit a header
 
 _TYPES = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}
+META_XATTR = "user.e2b."  # E2B's namespace for file metadata, kept for its SDKs to find
+UPLOAD_SUFFIX = ".upload"  # temporary upload files: .<name>.<12 hex>.upload (watch.py hides them)
 
 
 def _as(user: users.User) -> Any:
@@ -35,9 +40,15 @@ def _as(user: users.User) -> Any:
 def entry_info(
     path: str, names: tuple[dict[int, str], dict[int, str]], st: os.stat_result | None = None
 ) -> dict[str, Any]:
-    """``protocol.EntryInfo`` of ``path`` itself (a symlink is reported, not followed)."""
+    """``protocol.EntryInfo`` of ``path``, as E2B's envd gives it: a symlink reports its
+    target's type (``symlink`` only when the target is missing) and its resolved target."""
     if st is None:
         st = os.lstat(path)
+    target = None
+    if stat.S_ISLNK(st.st_mode):
+        target = protocol.display(os.path.realpath(path))
+        with contextlib.suppress(OSError):  # a dangling link: reported as the link itself
+            st = os.stat(path)
     kind = _TYPES.get(stat.S_IFMT(st.st_mode), "other")
     info = protocol.EntryInfo(
         name=protocol.display(os.path.basename(path) or path),
@@ -45,13 +56,43 @@ def entry_info(
         type=kind,
         size=st.st_size,
         mode=stat.S_IMODE(st.st_mode),
-        permissions=stat.filemode(st.st_mode)[1:],
+        permissions=stat.filemode(st.st_mode),
         owner=names[0].get(st.st_uid, str(st.st_uid)),
         group=names[1].get(st.st_gid, str(st.st_gid)),
         modified_time=st.st_mtime,
-        symlink_target=protocol.display(os.readlink(path)) if kind == "symlink" else None,
+        symlink_target=target,
+        metadata=_metadata(path) if kind in ("file", "dir") else None,
     )
     return protocol.as_dict(info)
+
+
+def _metadata(path: str) -> dict[str, str] | None:
+    """The file's ``user.e2b.*`` extended attributes (E2B's file metadata), prefix dropped."""
+    try:
+        found = {
+            name[len(META_XATTR) :]: os.getxattr(path, name).decode("utf-8", "replace")
+            for name in os.listxattr(path)
+            if name.startswith(META_XATTR)
+        }
+    except OSError:
+        return None  # no xattrs on this filesystem, or the file went away meanwhile
+    return found or None
+
+
+def _set_metadata(fd: int, path: str, metadata: dict[str, str]) -> None:
+    try:
+        for key, value in metadata.items():
+            os.setxattr(fd, META_XATTR + key, value.encode())
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise Fail(
+                "invalid",
+                f"{path}: this filesystem cannot hold file metadata (extended attributes); "
+                "write the file without metadata or under /home or /tmp",
+            ) from None
+        if e.errno in (errno.ENOSPC, errno.E2BIG, errno.ERANGE):
+            raise Fail("invalid", f"{path}: the metadata is too large for the file") from None
+        raise
 
 
 def read(stream: Stream, msg: protocol.FileRead, payload: bytes) -> int | None:
@@ -84,10 +125,13 @@ def read(stream: Stream, msg: protocol.FileRead, payload: bytes) -> int | None:
 def write(stream: Stream, msg: protocol.FileWrite, payload: bytes) -> dict[str, Any] | None:
     user = users.lookup(msg.user)
     path = users.resolve(user, msg.path)
+    metadata = msg.metadata if isinstance(msg.metadata, dict) else {}
     with _as(user):
-        fd, tmp, target = _create_temp(path, user)
+        fd, tmp, target, placeholder = _create_temp(path, user)
     try:
         try:
+            if metadata:
+                _set_metadata(fd, path, {str(k): str(v) for k, v in metadata.items()})
             while True:
                 item = stream.receive()
                 if item is None:
@@ -106,13 +150,13 @@ def write(stream: Stream, msg: protocol.FileWrite, payload: bytes) -> dict[str, 
             os.rename(tmp, target)
             return entry_info(target, users.id_names())
     except _Cancelled:
-        _discard(tmp, user)
+        _discard(tmp, user, target, placeholder)
         return None
     except OSError as e:
-        _discard(tmp, user)
+        _discard(tmp, user, target, placeholder)
         raise from_os(e, path, user.name) from None
     except BaseException:
-        _discard(tmp, user)
+        _discard(tmp, user, target, placeholder)
         raise
 
 
@@ -120,8 +164,11 @@ class _Cancelled(Exception):
     pass
 
 
-def _create_temp(path: str, user: users.User) -> tuple[int, str, str]:
-    """Open a new temporary file next to the upload's target; (fd, temp path, target)."""
+def _create_temp(path: str, user: users.User) -> tuple[int, str, str, int | None]:
+    """Open a new temporary file next to the upload's target: (fd, temp path, target, the
+    inode of the empty placeholder made for a new target). A new target is created empty
+    first so that watchers see what a plain write shows them (create, then write), not the
+    temporary file (watch.py hides it and reports its rename into place as a write)."""
     try:
         # Write through a symlink, as `cp` or a shell redirect would, rather than replace it.
         target = os.path.realpath(path) if os.path.islink(path) else path
@@ -133,7 +180,14 @@ def _create_temp(path: str, user: users.User) -> tuple[int, str, str]:
             existing = None
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             raise Fail("is_a_directory", f"{path}: is a directory")
-        tmp = os.path.join(parent, f".{os.path.basename(target)}.{os.urandom(6).hex()}.upload")
+        placeholder = None
+        if existing is None:
+            # read-only: closing it must not look like a finished write to the watchers
+            pfd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            placeholder = os.fstat(pfd).st_ino
+            os.close(pfd)
+        name = f".{os.path.basename(target)}.{os.urandom(6).hex()}{UPLOAD_SUFFIX}"
+        tmp = os.path.join(parent, name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except FileExistsError as e:  # makedirs: a file where a parent directory should be
         raise Fail("not_a_directory", f"{path}: {e.filename} is not a directory") from None
@@ -148,15 +202,19 @@ def _create_temp(path: str, user: users.User) -> tuple[int, str, str]:
                 os.fchown(fd, existing.st_uid, existing.st_gid)
         except OSError:
             pass  # not the owner's to give away: the new file stays the writer's
-    return fd, tmp, target
+    return fd, tmp, target, placeholder
 
 
-def _discard(tmp: str, user: users.User) -> None:
-    try:
-        with _as(user):
-            os.unlink(tmp)
-    except (OSError, Fail):
-        pass
+def _discard(tmp: str, user: users.User, target: str, placeholder: int | None) -> None:
+    """Remove what a failed upload made: its temporary file, and the target's placeholder
+    unless another upload has put a file there meanwhile."""
+    with contextlib.suppress(OSError, Fail), _as(user):
+        os.unlink(tmp)
+    if placeholder is None:
+        return
+    with contextlib.suppress(OSError, Fail), _as(user):
+        if os.lstat(target).st_ino == placeholder:
+            os.unlink(target)
 
 
 def list_(stream: Stream, msg: protocol.FileList, payload: bytes) -> list[dict[str, Any]]:
@@ -217,7 +275,11 @@ def remove(stream: Stream, msg: protocol.FileRemove, payload: bytes) -> None:
         raise Fail("invalid", "refusing to remove /")
     try:
         with _as(user):
-            if stat.S_ISDIR(os.lstat(path).st_mode):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return  # already gone: E2B's envd removes a missing path without complaint
+            if stat.S_ISDIR(st.st_mode):
                 import shutil  # only here: most agents never remove a tree
 
                 shutil.rmtree(path)

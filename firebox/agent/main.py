@@ -47,6 +47,7 @@ def _handlers() -> dict[type[protocol.Message], Handler]:
 
     return {
         protocol.ProcessStart: process.start,
+        protocol.ProcessAttach: process.attach,
         protocol.ProcessStdin: process.stdin,
         protocol.ProcessSignal: process.kill,
         protocol.ProcessList: process.list_,

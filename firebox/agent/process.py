@@ -1,16 +1,16 @@
 """Commands the daemon starts (``process.*``): stream their output, report the exit.
 
 Each command is started as any process of the agent's is (children.py: as its user, in a
-session of its own, with the sandbox's limits). It has one thread that pumps both its pipes
-into ``data`` frames and then waits for it (``Popen.wait``); sending blocks on credit, so a
-process that writes faster than the daemon's client reads is stopped by its full pipe, not
-buffered here. Timeouts share one thread.
+session of its own, with the sandbox's limits). The thread of its ``process.start`` request
+pumps both its pipes into ``data`` frames for every channel listening (process_output.py: the
+starting one, and those of ``process.attach``) and then waits for it (``Popen.wait``);
+sending blocks on credit, so a process that writes faster than the daemon's clients read is
+stopped by its full pipe, not buffered here. Timeouts share one thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import heapq
 import os
 import select
@@ -22,21 +22,22 @@ import time
 from firebox import protocol
 from firebox.agent import children, shell, users
 from firebox.agent.channel import Stream
-from firebox.agent.errors import Fail, from_os, log
+from firebox.agent.errors import Fail, from_os
+from firebox.agent.process_output import Listeners, pump
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the agent's start-up ~5 ms
 if TYPE_CHECKING:
-    from typing import IO, Any
-
-PIPE_SIZE = protocol.CHUNK  # fewer, fuller data frames from a fast writer
-KILL_GRACE = 2.0  # seconds to wait for pipes to close after a timeout kill
+    from typing import Any
 
 
 class Proc:
-    def __init__(self, popen: subprocess.Popen[bytes], info: protocol.ProcessInfo) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], info: protocol.ProcessInfo, stream: Stream
+    ) -> None:
         self.popen = popen
         self.info = info
         self.stdin_lock = threading.Lock()
+        self.listeners = Listeners(popen.pid, stream)
 
 
 # The commands running now, by pid; kept under children's spawn lock.
@@ -92,7 +93,7 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
         except OSError as e:
             raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None
     info.pid = popen.pid
-    proc = Proc(popen, info)
+    proc = Proc(popen, info, stream)
     with children.spawn_lock:
         _procs[popen.pid] = proc
     try:
@@ -100,6 +101,8 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
     finally:
         with children.spawn_lock:
             _procs.pop(popen.pid, None)
+        if not proc.listeners.over:  # _run failed: attached channels must not wait forever
+            proc.listeners.finish(None)
 
 
 class _Deadlines:
@@ -154,9 +157,6 @@ class _Deadline:
 _deadlines = _Deadlines()
 
 
-TRUNCATED = "\n[firebox: output truncated at {limit} bytes; the rest was discarded]\n"
-
-
 def output_limit(value: object) -> int | None:
     """A request's ``output_limit`` (commands' and cells'), checked."""
     if value is None:
@@ -172,7 +172,7 @@ def _run(stream: Stream, proc: Proc, timeout: float | None, limit: int | None) -
     deadline = _deadlines.add(timeout, popen.pid) if timeout is not None else None
     try:
         # The result follows all the output: pipes first, then the exit status.
-        truncated = _pump(stream, popen, deadline, limit)
+        truncated = pump(proc.listeners, popen, deadline, limit, _reap)
         code = _reap(popen)
     finally:
         if deadline is not None:
@@ -190,7 +190,9 @@ def _run(stream: Stream, proc: Proc, timeout: float | None, limit: int | None) -
         output_truncated=truncated,
         disk_full=code != 0 and disk_full(),
     )
-    return protocol.as_dict(exit)
+    value = protocol.as_dict(exit)
+    proc.listeners.finish(value)
+    return value
 
 
 # Where the sandbox's writes go (each is capped by the sandbox's disk limit).
@@ -232,86 +234,6 @@ def _reap(popen: subprocess.Popen[bytes]) -> int:
     return popen.returncode
 
 
-def _pump(
-    stream: Stream, popen: subprocess.Popen[bytes], deadline: _Deadline | None, limit: int | None
-) -> bool:
-    """Forward stdout and stderr as they come, from this one thread, until both close; True
-    if the output went past ``limit`` bytes and its rest was discarded.
-
-    Sending blocks on credit, so a process that writes faster than the daemon's client reads
-    is stopped by its full pipe, not buffered here. After a cancel (the client went away) or
-    past the limit the pipes are still drained, so the process never blocks; its output goes
-    nowhere.
-    """
-    left = limit
-    truncated = False
-    assert popen.stdout is not None and popen.stderr is not None
-    pipes: dict[int, tuple[int, IO[bytes]]] = {
-        popen.stdout.fileno(): (1, popen.stdout),
-        popen.stderr.fileno(): (2, popen.stderr),
-    }
-    poller = select.poll()
-    for raw in pipes:
-        # Over the system's pipe-max-size this fails: the default size works, in smaller frames.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(raw, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        poller.register(raw, select.POLLIN)
-    # The process is reaped the moment it exits, though what it started may hold its pipes for
-    # long: while a zombie of ours waits, the orphan reaper can reap no other dead process, and
-    # each one counts against the sandbox's process limit.
-    try:
-        pidfd = os.pidfd_open(popen.pid)
-        poller.register(pidfd, select.POLLIN)
-    except OSError:  # an old kernel: reaped once its pipes close
-        pidfd = -1
-    live = True
-    grace_end: float | None = None
-    try:
-        while pipes:
-            if grace_end is None and deadline is not None and deadline.fired.is_set():
-                # A child that left the process group may hold the pipes open: after a timeout
-                # kill, stop waiting for them once the grace is over.
-                grace_end = time.monotonic() + KILL_GRACE
-            wait = 500 if grace_end is None else max(0.0, grace_end - time.monotonic()) * 1000
-            events = poller.poll(wait)
-            if not events:
-                if grace_end is not None and time.monotonic() >= grace_end:
-                    log(f"process {popen.pid}: output still open after the timeout kill")
-                    return truncated
-                continue
-            for raw, _ in events:
-                if raw == pidfd:
-                    _reap(popen)
-                    poller.unregister(pidfd)
-                    continue
-                try:
-                    data = os.read(raw, protocol.CHUNK)
-                except OSError as e:
-                    log(f"reading fd {raw} of process {popen.pid} failed: {e}")
-                    data = b""
-                if not data:
-                    poller.unregister(raw)
-                    # through its file object, which would otherwise close the number again
-                    pipes.pop(raw)[1].close()
-                elif live and not truncated:
-                    if left is not None:
-                        if len(data) >= left:
-                            truncated = True
-                            data = data[:left]
-                        left -= len(data)
-                    if data:
-                        live = stream.send_counted(protocol.Data(fd=pipes[raw][0]), data)
-                    if truncated and live:
-                        marker = TRUNCATED.format(limit=limit).encode()
-                        live = stream.send_counted(protocol.Data(fd=2), marker)
-    finally:
-        for _, pipe in pipes.values():
-            pipe.close()
-        if pidfd >= 0:
-            os.close(pidfd)
-    return truncated
-
-
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
@@ -323,6 +245,12 @@ def _find(pid: object) -> Proc:
     if proc is None:
         raise Fail("not_found", f"no process with pid {pid!r} started by the agent is running")
     return proc
+
+
+def attach(stream: Stream, msg: protocol.ProcessAttach, payload: bytes) -> dict[str, Any] | None:
+    """Listen to a running command from now on (process_output.Listeners.attach); the channel's
+    result is its exit, as for the channel that started it."""
+    return _find(msg.pid).listeners.attach(stream)
 
 
 def stdin(stream: Stream, msg: protocol.ProcessStdin, payload: bytes) -> None:

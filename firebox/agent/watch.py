@@ -8,6 +8,11 @@ Event mapping (the ``type`` of ``protocol.WatchEvent``):
   (IN_MODIFY would report a 50 MB copy as thousands of events). A process that keeps a file
   open and appends to it is therefore reported when it closes the file.
 
+The files API's uploads (files.py) write a hidden temporary file and rename it into place;
+watchers are shown what a plain write shows them instead: the temporary file's own events are
+left out, and its rename into place is reported as a ``write`` of the target (a new target was
+created empty first, so that shows as ``create``).
+
 Recursive watches add a watch for every subdirectory, and for directories created or moved in
 later. A directory created under a watched one may fill before its own watch is in place
 (``mkdir -p a/b``), so its entries are reported as ``create`` right after the watch is added;
@@ -21,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import select
 import stat
 import struct
@@ -58,6 +64,8 @@ MASK = (
     | IN_ONLYDIR
 )
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
+_UPLOAD_TEMP = re.compile(r"\..+\.[0-9a-f]{12}\.upload")  # files.py's temporary names
+UPLOADS_IN_FLIGHT = 1024  # renames of temporary files awaiting their other half, at most
 POLL_MS = 500  # the longest a cancel can go unnoticed if the wake-up pipe were missed
 
 _libc = privs.libc
@@ -76,6 +84,7 @@ class _Tree:
         self.rel: dict[int, str] = {}
         self.wd: dict[str, int] = {}
         self.root_gone = False
+        self.uploads: list[int] = []  # cookies of temporary files moved away, oldest first
 
     def add(self, rel: str, found: list[tuple[str, str]] | None = None) -> None:
         """Watch directory ``rel`` (and, if recursive, all below it); new entries go to
@@ -117,7 +126,7 @@ class _Tree:
         out: list[tuple[str, str]] = []
         pos = 0
         while pos + _EVENT.size <= len(buf):
-            wd, mask, _cookie, length = _EVENT.unpack_from(buf, pos)
+            wd, mask, cookie, length = _EVENT.unpack_from(buf, pos)
             raw = buf[pos + _EVENT.size : pos + _EVENT.size + length].rstrip(b"\0")
             pos += _EVENT.size + length
             if mask & IN_Q_OVERFLOW:
@@ -138,6 +147,14 @@ class _Tree:
                 continue  # an event on a watched directory itself: its parent reports it
             name = os.fsdecode(raw)
             rel = os.path.join(base, name) if base else name
+            if _UPLOAD_TEMP.fullmatch(name) and not mask & IN_ISDIR:
+                if mask & IN_MOVED_FROM:
+                    self.uploads = [*self.uploads[-UPLOADS_IN_FLIGHT + 1 :], cookie]
+                continue
+            if mask & IN_MOVED_TO and cookie in self.uploads:
+                self.uploads.remove(cookie)
+                out.append(("write", rel))
+                continue
             subdir = self.recursive and mask & IN_ISDIR
             if mask & IN_CREATE:
                 out.append(("create", rel))

@@ -117,6 +117,18 @@ class AgentClient:
             _raise_error(reply, req.T)
         return ProcessStream(self, ch, reply.pid)
 
+    async def attach_process(self, pid: int, timeout: float = 30) -> ProcessStream:
+        """Listen to a running process from now on: its later output, then its exit, as the
+        stream of ``start_process`` gives them. AgentError ``not_found`` for a pid the agent
+        did not start or whose output is over. Any number may listen at once; ``detach()``
+        stops this one listening (the process runs on)."""
+        req = protocol.ProcessAttach(pid=pid)
+        ch, reply = await self._open_stream(req, timeout)
+        if not isinstance(reply, protocol.ProcessStarted) or reply.pid != pid:
+            self._abandon(ch)
+            _raise_error(reply, req.T)
+        return ProcessStream(self, ch, pid)
+
     async def run_code(self, req: protocol.CodeRun) -> CodeStream:
         """Start a cell; its output, results and end come through the returned stream."""
         ch = self._open()
@@ -155,13 +167,19 @@ class AgentClient:
         return FileDownload(self, protocol.FileRead(path=path, user=user), timeout)
 
     async def write_file(
-        self, path: str, user: str, chunks: AsyncIterable[bytes], timeout: float = 60
+        self,
+        path: str,
+        user: str,
+        chunks: AsyncIterable[bytes],
+        timeout: float = 60,
+        metadata: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Upload ``chunks`` to ``path``; returns the new file's EntryInfo dict.
+        """Upload ``chunks`` to ``path``; returns the new file's EntryInfo dict. ``metadata``
+        (E2B's) replaces what the file had.
 
         ``timeout`` bounds each wait for the agent (credit, the final answer), not the upload.
         """
-        req = protocol.FileWrite(path=path, user=user)
+        req = protocol.FileWrite(path=path, user=user, metadata=metadata or None)
         ch = self._open()
         try:
             await self._send(ch.id, req)

@@ -56,9 +56,9 @@ class _Reply:
 
 
 class ProcessStream(_Reply):
-    """Output of a started process: ``async for fd, data in stream`` with fd "stdout" or
-    "stderr"; afterwards ``exit`` holds the ProcessExit. ``detach()`` stops reading (the
-    process runs on)."""
+    """Output of a started (or attached) process: ``async for fd, data in stream`` with fd
+    "stdout" or "stderr"; afterwards ``exit`` holds the ProcessExit. ``detach()`` stops
+    reading (the process runs on, and ``attach_process`` can listen to it again)."""
 
     def __init__(self, client: AgentClient, ch: _Channel, pid: int) -> None:
         super().__init__(client, ch)

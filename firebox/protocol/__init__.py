@@ -103,6 +103,7 @@ from firebox.protocol.messages import (
     Resume,
 )
 from firebox.protocol.processes import (
+    ProcessAttach,
     ProcessExit,
     ProcessInfo,
     ProcessList,
@@ -156,6 +157,7 @@ __all__ = [
     "Cancel",
     "ProcessStart",
     "ProcessStarted",
+    "ProcessAttach",
     "ProcessExit",
     "ProcessStdin",
     "ProcessSignal",

@@ -29,6 +29,7 @@ MESSAGES: dict[str, type[Message]] = {
         messages.Cancel,
         processes.ProcessStart,
         processes.ProcessStarted,
+        processes.ProcessAttach,
         processes.ProcessStdin,
         processes.ProcessSignal,
         processes.ProcessList,

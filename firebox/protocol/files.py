@@ -25,9 +25,11 @@ class FileRead(AtPath):
 @dataclass(slots=True)
 class FileWrite(AtPath):
     """The daemon then sends ``Data`` frames and ``End``; the agent replies with ``Result``
-    whose value is the written file's ``EntryInfo``. Parent directories are created."""
+    whose value is the written file's ``EntryInfo``. Parent directories are created.
+    ``metadata`` replaces the file's E2B metadata (``user.e2b.*`` extended attributes)."""
 
     T = "file.write"
+    metadata: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -47,7 +49,7 @@ class FileStat(AtPath):
 
 @dataclass(slots=True)
 class FileRemove(AtPath):
-    """Removes a file or a whole directory tree."""
+    """Removes a file or a whole directory tree; a path that does not exist is no error."""
 
     T = "file.remove"
 
@@ -103,11 +105,12 @@ class WatchEvent(Message):
 class EntryInfo:
     name: str
     path: str
-    type: str  # "file" | "dir" | "symlink" | "other"
+    type: str  # "file" | "dir" | "other"; a symlink: its target's, "symlink" if dangling
     size: int
     mode: int
-    permissions: str
+    permissions: str  # with the type character, as ls shows it: "-rw-r--r--"
     owner: str
     group: str
     modified_time: float
-    symlink_target: str | None = None
+    symlink_target: str | None = None  # resolved, absolute
+    metadata: dict[str, str] | None = None  # E2B's file metadata, when the file has any

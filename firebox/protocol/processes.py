@@ -1,5 +1,6 @@
-"""Process messages: start one (by argv or by a shell command line), feed its stdin, signal
-it, list what the agent started; its output comes back as ``Data`` on the request's channel."""
+"""Process messages: start one (by argv or by a shell command line), attach to one that runs,
+feed its stdin, signal it, list what the agent started; its output comes back as ``Data`` on
+the channels listening to it."""
 
 from __future__ import annotations
 
@@ -49,6 +50,27 @@ class ProcessExit:
     # a writable filesystem of the sandbox (home, /tmp) had no blocks or inodes left when it
     # failed, so the daemon can name the disk limit as the likely cause
     disk_full: bool = False
+
+
+@dataclass(slots=True)
+class ProcessAttach(Message):
+    """Listen to a running process (started with ``ProcessStart``) from now on.
+
+    Replies on the channel exactly as a ``ProcessStart`` channel does after its
+    ``ProcessStarted``: ``ProcessStarted`` (the same pid), then the ``Data`` frames the process
+    writes from then on (what it wrote before is gone), then the final ``Result`` with the
+    ``ProcessExit`` fields. An unknown pid, or a process whose output is over, is an ``Error``
+    ``not_found``.
+
+    A process has any number of listeners: the channel that started it (while it is open) and
+    every attached one; each gets all the output from the moment it joined. The slowest
+    listener paces the process (its pipe fills while a listener owes credit), as a lone one
+    does; a listener that cancels is dropped and the others carry on. With none left the
+    output is read and discarded, so the process never blocks on it.
+    """
+
+    T = "process.attach"
+    pid: int = 0
 
 
 @dataclass(slots=True)

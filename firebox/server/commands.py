@@ -1,7 +1,9 @@
-"""Commands: run (streamed as NDJSON), list, stdin, signal, kill."""
+"""Commands: run (streamed as NDJSON), connect to a running one (streamed the same way), list,
+stdin, signal, kill."""
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import signal as signals
@@ -9,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone, ProcessStream
@@ -24,6 +27,7 @@ from firebox.server.deps import Sandbox
 from firebox.server.errors import ApiError
 from firebox.server.manager import LiveSandbox
 from firebox.server.models import ProcessInfo, RunCommand, SendSignal, SendStdin
+from firebox.settings import MAX_TIMEOUT
 
 router = APIRouter(tags=["commands"])
 
@@ -71,21 +75,48 @@ def _limit_hit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | None
     return None, None
 
 
-async def _stream(sbx: LiveSandbox, proc: ProcessStream) -> AsyncIterator[bytes]:
+async def _stream(
+    sbx: LiveSandbox, proc: ProcessStream, listen_for: float | None = None
+) -> AsyncIterator[bytes]:
+    """The NDJSON lines of a command: start, its output, end. ``listen_for`` seconds past, the
+    stream ends (an ``end`` with exit_code -1 and error "timeout") and the command runs on."""
     yield ndjson_line({"type": "start", "pid": proc.pid})
     decoders = {
         "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
         "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
     }
+    deadline = None if listen_for is None else asyncio.get_running_loop().time() + listen_for
     finished = False
     try:
+        output = proc.__aiter__()
         try:
-            async for fd, data in proc:
+            while True:
+                try:
+                    if deadline is None:
+                        fd, data = await anext(output)
+                    else:
+                        left = deadline - asyncio.get_running_loop().time()
+                        fd, data = await asyncio.wait_for(anext(output), max(left, 0))
+                except StopAsyncIteration:
+                    break
                 text = decoders[fd].decode(data)
                 if text:
                     yield ndjson_line({"type": fd, "text": text})
+        except TimeoutError:
+            finished = True
+            await proc.detach()
+            yield ndjson_line(
+                {
+                    "type": "end",
+                    "exit_code": -1,
+                    "error": "timeout",
+                    "message": f"stopped listening to command {proc.pid} after {listen_for:g} s "
+                    "(the timeout of connect); it runs on: connect again, or kill it",
+                }
+            )
+            return
         except (AgentError, AgentGone) as e:
-            err = agent_error(e, sbx)
+            err = agent_error(e, sbx) if not sbx.ended else _ended(sbx, proc.pid)
             finished = True
             yield ndjson_line(
                 {"type": "end", "exit_code": -1, "error": err.code, "message": err.message}
@@ -107,6 +138,14 @@ async def _stream(sbx: LiveSandbox, proc: ProcessStream) -> AsyncIterator[bytes]
             # be killed by pid; we only stop reading its output.
             with contextlib.suppress(Exception):
                 await proc.detach()
+
+
+def _ended(sbx: LiveSandbox, pid: int) -> ApiError:
+    return ApiError(
+        "sandbox_not_found",
+        f"sandbox {sbx.id} was killed or reached its end of life while command {pid} ran; "
+        "create a new one (and a longer timeout, if it timed out)",
+    )
 
 
 @router.post("/sandboxes/{sandbox_id}/commands", responses=NDJSON)
@@ -133,6 +172,31 @@ async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
     except (AgentError, AgentGone) as e:
         raise agent_error(e, sbx) from None
     return StreamingResponse(_stream(sbx, proc), media_type=NDJSON_TYPE)
+
+
+class ConnectCommand(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(
+        default=60,
+        ge=0,
+        le=MAX_TIMEOUT,
+        description="seconds to listen (the command runs on past it); 0 means until it ends",
+    )
+
+
+@router.post("/sandboxes/{sandbox_id}/commands/{pid}/connect", responses=NDJSON)
+async def connect_command(
+    pid: int, sbx: Sandbox, body: ConnectCommand | None = None
+) -> StreamingResponse:
+    """Listen to a running command: its output from now on and its end, as ``run`` streams
+    them. Any number of clients may listen to one command at once."""
+    ensure_capacity(sbx)
+    listen_for = (body or ConnectCommand()).timeout or None
+    try:
+        proc = await sbx.agent.attach_process(pid)
+    except (AgentError, AgentGone) as e:
+        raise agent_error(e, sbx) from None
+    return StreamingResponse(_stream(sbx, proc, listen_for), media_type=NDJSON_TYPE)
 
 
 @router.get("/sandboxes/{sandbox_id}/commands", response_model=list[ProcessInfo])

@@ -38,3 +38,22 @@ async def test_many_async_commands_at_once(daemon: Daemon) -> None:
             *(sbx.commands.run(f"sleep 0.2; echo {i}") for i in range(20))
         )
         assert [r.stdout for r in results] == [f"{i}\n" for i in range(20)]
+
+
+async def test_async_handles_read_in_a_task_and_connect(daemon: Daemon) -> None:
+    async with await AsyncSandbox.create() as sbx:
+        seen = asyncio.Event()
+        handle = await sbx.commands.run(
+            "cat", background=True, stdin=True, on_stdout=lambda s: seen.set()
+        )
+        await handle.send_stdin("hello\n")
+        await asyncio.wait_for(seen.wait(), 60)  # nothing iterates: the handle's task read it
+        assert handle.stdout == "hello\n"
+        connected = await sbx.commands.connect(handle.pid)
+        await handle.send_stdin("again\n")
+        await handle.close_stdin()
+        chunks = [chunk async for chunk in connected]
+        assert "".join(c[0] for c in chunks if c[0] is not None) == "again\n"
+        assert all(len(c) == 3 and c[1] is None and c[2] is None for c in chunks)
+        assert (await connected.wait()).exit_code == 0
+        assert (await handle.wait()).stdout == "hello\nagain\n"

@@ -8,8 +8,16 @@ import time
 
 import pytest
 
-from firebox import CommandExitException, Sandbox, TimeoutException
-from tests.functional.handshake import wait_for_file, write_when
+from firebox import (
+    CommandExitException,
+    NotFoundException,
+    Sandbox,
+    SandboxException,
+    SandboxNotFoundException,
+    TimeoutException,
+)
+from tests.conftest import Daemon
+from tests.functional.handshake import GIVE_UP, wait_for_file, write_when
 
 
 def test_run_returns_output_and_exit_code(sandbox: Sandbox) -> None:
@@ -146,3 +154,106 @@ def test_many_commands_at_once(sandbox: Sandbox) -> None:
 def test_binary_output_is_decoded_with_replacement(sandbox: Sandbox) -> None:
     r = sandbox.commands.run(r"printf 'ok \377\n'")
     assert r.stdout.startswith("ok ") and "\ufffd" in r.stdout
+
+
+# -- command handles as E2B's: triples, a reader beside the caller, connect --------------------
+
+
+def test_iterating_a_handle_yields_stdout_stderr_pty_triples(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("echo out; echo err >&2", background=True)
+    chunks = list(handle)
+    assert all(len(c) == 3 and c[2] is None for c in chunks)
+    assert all((c[0] is None) != (c[1] is None) for c in chunks)
+    assert "".join(c[0] for c in chunks if c[0] is not None) == "out\n"
+    assert "".join(c[1] for c in chunks if c[1] is not None) == "err\n"
+    assert handle.wait().exit_code == 0
+
+
+def test_background_callbacks_fire_without_iterating(sandbox: Sandbox) -> None:
+    # cat echoes its stdin: the callback can only have fired while the command still ran,
+    # from the handle's own reader, since nothing here iterates before close_stdin
+    seen = threading.Event()
+    chunks: list[str] = []
+
+    def on_stdout(s: str) -> None:
+        chunks.append(s)
+        seen.set()
+
+    handle = sandbox.commands.run("cat", background=True, stdin=True, on_stdout=on_stdout)
+    handle.send_stdin("hello\n")
+    assert seen.wait(GIVE_UP)
+    assert "".join(chunks) == handle.stdout == "hello\n"
+    assert handle.exit_code is None  # still running
+    handle.close_stdin()
+    assert handle.wait().stdout == "hello\n"
+
+
+def test_wait_raises_on_a_non_zero_exit_and_iterating_on_a_timeout(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("echo partial; exit 5", background=True)
+    with pytest.raises(CommandExitException) as info:
+        handle.wait()
+    assert (info.value.exit_code, info.value.stdout) == (5, "partial\n")
+    handle = sandbox.commands.run("sleep 30", background=True, timeout=1)
+    with pytest.raises(TimeoutException):
+        for _ in handle:
+            pass
+    with pytest.raises(TimeoutException):
+        handle.wait()
+
+
+def test_connect_gets_the_output_from_then_on_and_the_end(sandbox: Sandbox) -> None:
+    go = f"/tmp/go-{secrets.token_hex(4)}"
+    saw_before = threading.Event()
+    handle = sandbox.commands.run(
+        f"echo before; {wait_for_file(go)}; [ -e {go} ] && echo after || echo gave-up; exit 3",
+        background=True,
+        on_stdout=lambda s: saw_before.set(),
+    )
+    assert saw_before.wait(GIVE_UP)
+    handle.disconnect()  # nobody listens now; the command waits on
+    assert handle.pid in {p.pid for p in sandbox.commands.list()}
+    seen: list[str] = []
+    connected = sandbox.commands.connect(handle.pid, on_stdout=seen.append)
+    assert connected.pid == handle.pid
+    also = sandbox.commands.connect(handle.pid)  # a second listener at once
+    sandbox.files.write(go, "")
+    with pytest.raises(CommandExitException) as info:
+        connected.wait()
+    assert (info.value.exit_code, info.value.stdout) == (3, "after\n")
+    assert "".join(seen) == "after\n"
+    with pytest.raises(CommandExitException) as info:
+        also.wait()
+    assert (info.value.exit_code, info.value.stdout) == (3, "after\n")
+    with pytest.raises(SandboxException, match="disconnected"):
+        handle.wait()
+
+
+def test_connect_to_a_missing_or_finished_command_is_not_found(sandbox: Sandbox) -> None:
+    with pytest.raises(NotFoundException):
+        sandbox.commands.connect(999999)
+    done = sandbox.commands.run("true", background=True)
+    done.wait()
+    with pytest.raises(NotFoundException):
+        sandbox.commands.connect(done.pid)
+
+
+def test_connect_timeout_stops_listening_and_the_command_runs_on(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("sleep 300", background=True, timeout=0)
+    connected = sandbox.commands.connect(handle.pid, timeout=1)
+    with pytest.raises(TimeoutException, match="runs on"):
+        connected.wait()
+    assert handle.pid in {p.pid for p in sandbox.commands.list()}
+    assert sandbox.commands.kill(handle.pid) is True
+    with pytest.raises(CommandExitException) as info:
+        handle.wait()
+    assert info.value.exit_code == 137
+
+
+def test_a_sandbox_killed_mid_command_raises(daemon: Daemon) -> None:
+    sbx = Sandbox.create()
+    try:
+        handle = sbx.commands.run("sleep 300", background=True, timeout=0)
+    finally:
+        sbx.kill()
+    with pytest.raises(SandboxNotFoundException, match="was killed or reached its end of life"):
+        handle.wait()

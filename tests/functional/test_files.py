@@ -70,13 +70,15 @@ def test_watch_dir_reports_events(sandbox: Sandbox) -> None:
     try:
         sandbox.commands.run("echo x > watched/new.txt; echo more >> watched/new.txt")
         sandbox.commands.run("rm watched/new.txt")
-        # the files API writes a temporary file and renames it into place (never half-written)
+        # the files API renames a complete temporary file into place (never half-written),
+        # but watchers see what E2B's show: the file created, then written
         sandbox.files.write("watched/api.txt", "x")
         wanted = {
             ("new.txt", FilesystemEventType.CREATE),
             ("new.txt", FilesystemEventType.WRITE),
             ("new.txt", FilesystemEventType.REMOVE),
-            ("api.txt", FilesystemEventType.RENAME),
+            ("api.txt", FilesystemEventType.CREATE),
+            ("api.txt", FilesystemEventType.WRITE),
         }
         seen: set[tuple[str, FilesystemEventType]] = set()
         deadline = time.monotonic() + 30
@@ -84,6 +86,7 @@ def test_watch_dir_reports_events(sandbox: Sandbox) -> None:
             seen |= {(e.name, e.type) for e in handle.get_new_events()}
             time.sleep(0.05)
         assert wanted <= seen
+        assert {name for name, _ in seen} == {"new.txt", "api.txt"}  # no temporary file
     finally:
         handle.stop()
 

@@ -29,8 +29,8 @@ import pytest_asyncio
 
 from firebox import protocol
 from firebox.agent import privs
-from firebox.agent.process import KILL_GRACE
-from firebox.agent_client import AgentClient, AgentError, AgentGone
+from firebox.agent.process_output import KILL_GRACE
+from firebox.agent_client import AgentClient, AgentError, AgentGone, ProcessStream
 
 PY = (
     "/usr/bin/python3"
@@ -305,6 +305,83 @@ async def test_detach_leaves_the_process_running(client: AgentClient, tmp_path: 
     assert await client.call(protocol.Ping()) is None
 
 
+async def read_all(stream: ProcessStream) -> bytes:
+    out = b""
+    async with asyncio.timeout(WAIT):
+        async for _, data in stream:
+            out += data
+    return out
+
+
+async def test_attach_after_detach_gets_later_output_and_the_exit(
+    client: AgentClient, tmp_path: Path
+) -> None:
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    stream = await client.start_process(
+        sh(
+            f"echo before; head -c 3000000 /dev/zero; touch {ready}; {wait_for_file(go)}; "
+            f"[ -e {go} ] && echo after || echo gave-up; exit 3"
+        )
+    )
+    async for _, data in stream:
+        assert data.startswith(b"before")
+        break
+    await stream.detach()
+    # Nobody listens while it writes megabytes: only if they are drained does it get on
+    deadline = time.monotonic() + WAIT
+    while not ready.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert ready.exists()
+    attached = await client.attach_process(stream.pid)
+    assert attached.pid == stream.pid
+    go.touch()
+    out = await read_all(attached)
+    # what was written before the attach is not repeated (but for the zeros that may still
+    # have sat in the pipe when it came)
+    assert out.lstrip(b"\0") == b"after\n"
+    assert attached.exit == protocol.ProcessExit(exit_code=3)
+
+
+async def test_several_listeners_each_get_the_output_from_when_they_joined(
+    client: AgentClient, tmp_path: Path
+) -> None:
+    go1, go2 = tmp_path / "go1", tmp_path / "go2"
+    started = await client.start_process(
+        sh(
+            f"echo one; {wait_for_file(go1)}; [ -e {go1} ] && echo two || echo gave-up; "
+            f"{wait_for_file(go2)}; [ -e {go2} ] && echo three || echo gave-up"
+        )
+    )
+    async for _, data in started:
+        assert data == b"one\n"  # read before the attach: not repeated to the attached one
+        break
+    first = await client.attach_process(started.pid)
+    go1.touch()
+    async for _, data in first:
+        assert data == b"two\n"
+        break
+    await first.detach()  # one listener leaves: the others and the process carry on
+    second = await client.attach_process(started.pid)
+    go2.touch()
+    assert await read_all(second) == b"three\n"
+    assert await read_all(started) == b"two\nthree\n"
+    assert started.exit == second.exit == protocol.ProcessExit(exit_code=0)
+
+
+async def test_attach_to_an_unknown_or_finished_process_is_not_found(
+    client: AgentClient,
+) -> None:
+    with pytest.raises(AgentError) as e:
+        await client.attach_process(999_999_999)
+    assert e.value.code == "not_found"
+    stream = await client.start_process(sh("true"))
+    await read_all(stream)
+    with pytest.raises(AgentError) as e:
+        await client.attach_process(stream.pid)
+    assert e.value.code == "not_found"
+    assert await client.call(protocol.Ping()) is None
+
+
 async def test_orphans_are_reaped(agent: Agent) -> None:
     # The subshell exits at once; its sleep is orphaned and reparented to the agent.
     _, _, ex = await run(agent.client, sh("(sleep 0.2 >/dev/null 2>&1 &); exit 0"))
@@ -426,7 +503,7 @@ async def test_large_file_round_trip_keeps_agent_memory_flat(fresh: Agent, tmp_p
     before = fresh.hwm_kb()
     info = await fresh.client.write_file(path, "root", body())
     assert info["size"] == size and info["type"] == "file" and info["path"] == path
-    assert info["permissions"] == "rw-r--r--"
+    assert info["permissions"] == "-rw-r--r--"  # with the type character, as E2B
     got = hashlib.sha256()
     download = fresh.client.read_file(path, "root")
     async for chunk in download:
@@ -488,6 +565,13 @@ async def test_write_errors(client: AgentClient, tmp_path: Path) -> None:
         await asyncio.sleep(0.02)
     assert sorted(os.listdir(tmp_path)) == ["dir", "file"]
     assert (tmp_path / "file").read_text() == "keep"  # never half-replaced
+    # a new file's upload that breaks leaves nothing, its empty placeholder included
+    with pytest.raises(RuntimeError):
+        await client.write_file(str(tmp_path / "new"), "root", broken())
+    deadline = time.monotonic() + WAIT
+    while sorted(os.listdir(tmp_path)) != ["dir", "file"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file"]
 
 
 async def test_full_disk_is_no_space_and_leaves_no_temp_file(
@@ -557,7 +641,7 @@ async def test_list_with_depth(client: AgentClient, tmp_path: Path) -> None:
     assert await names(5) == ["a", "a/b", "a/b/deep.txt", "link", "top.txt"]  # link not entered
     entries = await client.call(protocol.FileList(path=str(tmp_path), user="root"))
     by_name = {e["name"]: e for e in entries}
-    assert by_name["link"]["type"] == "symlink"
+    assert by_name["link"]["type"] == "dir"  # a symlink reports its target's type, as E2B's
     assert by_name["link"]["symlink_target"] == str(tmp_path / "a")
     assert by_name["a"]["type"] == "dir" and by_name["top.txt"]["size"] == 5
     with pytest.raises(AgentError) as e:
@@ -571,7 +655,7 @@ async def test_stat(client: AgentClient, tmp_path: Path) -> None:
     f.chmod(0o640)
     info = await client.call(protocol.FileStat(path=str(f), user="root"))
     assert info["name"] == "f.txt" and info["type"] == "file" and info["size"] == 3
-    assert info["permissions"] == "rw-r-----" and info["mode"] == 0o640
+    assert info["permissions"] == "-rw-r-----" and info["mode"] == 0o640
     assert info["owner"] == "root" and info["group"] == "root"
     assert abs(info["modified_time"] - f.stat().st_mtime) < 1e-3
     with pytest.raises(AgentError) as e:
@@ -610,9 +694,8 @@ async def test_mkdir_rename_remove(client: AgentClient, tmp_path: Path) -> None:
     assert not os.path.exists(new)
     await client.call(protocol.FileRemove(path=str(tmp_path / "x"), user="root"))
     assert not (tmp_path / "x").exists()
-    with pytest.raises(AgentError) as e:
-        await client.call(protocol.FileRemove(path=str(tmp_path / "x"), user="root"))
-    assert e.value.code == "not_found"
+    # removing what is not there is no error, as in E2B
+    assert await client.call(protocol.FileRemove(path=str(tmp_path / "x"), user="root")) is None
 
 
 def test_as_user_checks_permissions_as_that_user(tmp_path: Path) -> None:
@@ -676,6 +759,38 @@ async def test_watch_reports_changes(client: AgentClient, tmp_path: Path) -> Non
     await collect({("create", "sub/deeper/d.txt"), ("write", "sub/deeper/d.txt")})
     await watch.cancel()
     assert await client.call(protocol.Ping()) is None
+
+
+async def test_watch_shows_an_upload_as_a_plain_write(client: AgentClient, tmp_path: Path) -> None:
+    (tmp_path / "old.txt").write_text("1")
+    watch = await client.watch(str(tmp_path), "root", recursive=False)
+    await client.write_file(str(tmp_path / "old.txt"), "root", one(b"2"))
+    await client.write_file(str(tmp_path / "new.txt"), "root", one(b"3"))
+    want = {("write", "old.txt"), ("create", "new.txt"), ("write", "new.txt")}
+    seen: set[tuple[str, str]] = set()
+    async with asyncio.timeout(WAIT):
+        async for ev in watch:
+            seen.add((ev.type, ev.name))
+            if want <= seen:
+                break
+    await watch.cancel()
+    assert seen == want  # nothing of the temporary file, no rename
+
+
+async def test_upload_metadata(client: AgentClient, tmp_path: Path) -> None:
+    target = str(tmp_path / "m.txt")
+    try:
+        info = await client.write_file(target, "root", one(b"x"), metadata={"author": "ada"})
+    except AgentError as e:
+        if "extended attributes" in e.message:
+            pytest.skip("this filesystem holds no user extended attributes")
+        raise
+    assert info["metadata"] == {"author": "ada"}
+    assert os.getxattr(target, "user.e2b.author") == b"ada"
+    stat = await client.call(protocol.FileStat(path=target, user="root"))
+    assert stat["metadata"] == {"author": "ada"}
+    # a new upload without metadata replaces what the file had
+    assert (await client.write_file(target, "root", one(b"y")))["metadata"] is None
 
 
 async def test_watch_ends_when_its_directory_goes(client: AgentClient, tmp_path: Path) -> None:

@@ -235,6 +235,9 @@ def test_command_result_raises_as_e2b_does() -> None:
     assert (info.value.stdout, info.value.stderr, info.value.exit_code) == ("out", "boom", 2)
     with pytest.raises(TimeoutException, match="60 s"):
         command_result("", "", CommandEnd(-9, "timeout"), 60)
+    # no exit of its own (-1): the daemon stopped listening, and says why
+    with pytest.raises(TimeoutException, match="stopped listening"):
+        command_result("", "", CommandEnd(-1, "timeout", "stopped listening; it runs on"), 60)
 
 
 def test_command_end_reasons() -> None:

@@ -42,6 +42,9 @@ class Access:
     sandbox: LiveSandbox | None
     error: ApiError | None = None
     port: int = ENVD_PORT
+    # the core the routes translate onto (watchers live in the manager); Connect handlers
+    # cannot see the app's state, so the routing step hands it over with the decision
+    manager: SandboxManager | None = None
 
 
 _current: ContextVar[Access] = ContextVar("e2b_access")
@@ -56,6 +59,14 @@ def current() -> LiveSandbox:
         assert access.error is not None
         raise access.error
     return access.sandbox
+
+
+def manager() -> SandboxManager:
+    """The manager of the request in progress (after current() let it in)."""
+    access = _current.get(None)
+    if access is None or access.manager is None:
+        raise ApiError("internal", "an in-sandbox route ran without the E2B routing step")
+    return access.manager
 
 
 def current_port() -> int:
@@ -108,17 +119,17 @@ def resolve(
         return Access(None, _not_running(sandbox_id))
     token = headers.get(TOKEN_HEADER)
     if token is not None and _same(token, live.access_token):
-        return Access(live, port=port)
+        return Access(live, port=port, manager=mgr)
     traffic = headers.get(TRAFFIC_HEADER)
     if traffic is not None and port != ENVD_PORT and _same(traffic, live.traffic_token):
-        return Access(live, port=port)
+        return Access(live, port=port, manager=mgr)
     key = headers.get("x-api-key")
     if key:
         record = registry.key_by_hash(hash_key(key))
         if record is not None and record.id == live.owner:
-            return Access(live, port=port)
+            return Access(live, port=port, manager=mgr)
     if signature and path == "/files" and _signed_by(live, signature, query):
-        return Access(live, port=port)
+        return Access(live, port=port, manager=mgr)
     # No credentials get the answer a wrong one gets: which ids exist is nobody's business.
     return Access(None, _not_running(sandbox_id))
 
@@ -158,7 +169,7 @@ def _by_signature(
 ) -> Access:
     for live in mgr.all_live():
         if _signed_by(live, signature, query):
-            return Access(live, port=port)
+            return Access(live, port=port, manager=mgr)
     return Access(None, ApiError("unauthenticated", "the signature is invalid or expired"))
 
 
