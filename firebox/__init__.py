@@ -14,6 +14,7 @@ from firebox._core.models import (
     FileType,
     ProcessInfo,
     SandboxInfo,
+    SandboxMetrics,
     WriteEntry,
 )
 from firebox._sync import CommandHandle, Sandbox, WatchHandle
@@ -68,6 +69,7 @@ __all__ = [
     "Sandbox",
     "SandboxException",
     "SandboxInfo",
+    "SandboxMetrics",
     "SandboxNotFoundException",
     "TimeoutException",
     "TooLargeException",

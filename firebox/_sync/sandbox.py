@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
@@ -14,13 +15,13 @@ from firebox._sync.commands import Commands
 from firebox._sync.files import Filesystem
 from firebox._core.config import resolve_config
 from firebox._core.dual import ClassOrInstanceMethod
-from firebox._core.models import SandboxInfo
+from firebox._core.models import SandboxInfo, SandboxMetrics
 from firebox._core.requests import create_body, metadata_query, sandbox_path
-from firebox._core.responses import parse_list, parse_sandbox_info
+from firebox._core.responses import parse_list, parse_metrics, parse_sandbox_info
 from firebox.exceptions import NotFoundException
 
-# The class-level forms of ``kill``, ``set_timeout`` and ``get_info``, which open a client for
-# the one call.
+# The class-level forms of ``kill``, ``set_timeout``, ``get_info`` and ``get_metrics``, which
+# open a client for the one call.
 
 
 def _kill_by_id(
@@ -57,6 +58,19 @@ def _get_info_by_id(
         return _fetch_info(api, sandbox_id, None)
 
 
+def _get_metrics_by_id(
+    sandbox_id: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    request_timeout: float | None = None,
+) -> builtins.list[SandboxMetrics]:
+    """The sandbox ``sandbox_id``'s CPU, memory and disk, sampled every 5 s."""
+    with _client(api_key, api_url, request_timeout) as api:
+        return _fetch_metrics(api, sandbox_id, start, end, None)
+
+
 def _client(
     api_key: str | None, api_url: str | None, request_timeout: float | None
 ) -> ApiClient:
@@ -68,6 +82,20 @@ def _fetch_info(
 ) -> SandboxInfo:
     response = api.request("GET", sandbox_path(sandbox_id), timeout=request_timeout)
     return parse_sandbox_info(response.json())
+
+
+def _fetch_metrics(
+    api: ApiClient,
+    sandbox_id: str,
+    start: datetime | None,
+    end: datetime | None,
+    request_timeout: float | None,
+) -> builtins.list[SandboxMetrics]:
+    params = {k: v.timestamp() for k, v in (("start", start), ("end", end)) if v is not None}
+    response = api.request(
+        "GET", sandbox_path(sandbox_id, "metrics"), params=params, timeout=request_timeout
+    )
+    return parse_metrics(response.json())
 
 
 def _post_timeout(
@@ -213,10 +241,25 @@ class Sandbox(CodeExecution):
         """
         return _fetch_info(self._api, self._sandbox_id, request_timeout)
 
+    def _get_metrics_self(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        request_timeout: float | None = None,
+    ) -> builtins.list[SandboxMetrics]:
+        """The sandbox's CPU, memory and disk, oldest first: a sample every 5 s taken by the
+        daemon, kept for an hour, from ``start`` (default: its start) to ``end`` (default:
+        now). A new sandbox has none for its first 5 to 10 seconds.
+
+        Also callable on the class: ``Sandbox.get_metrics(sandbox_id)``.
+        """
+        return _fetch_metrics(self._api, self._sandbox_id, start, end, request_timeout)
+
     # One name for both forms, as in E2B: ``sbx.kill()`` and ``Sandbox.kill(sandbox_id)``.
     kill = ClassOrInstanceMethod(_kill_by_id, _kill_self)
     set_timeout = ClassOrInstanceMethod(_set_timeout_by_id, _set_timeout_self)
     get_info = ClassOrInstanceMethod(_get_info_by_id, _get_info_self)
+    get_metrics = ClassOrInstanceMethod(_get_metrics_by_id, _get_metrics_self)
 
     def is_running(self, request_timeout: float | None = None) -> bool:
         """Whether the sandbox still runs; False once it is killed or its timeout expired."""

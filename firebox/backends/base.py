@@ -38,6 +38,19 @@ class Availability:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class SandboxUsage:
+    """What a sandbox uses now, as the host measures it (bytes; CPU time in nanoseconds).
+    None where this host cannot tell: the field is left out, never made up."""
+
+    cpu_ns: int | None  # CPU time used since it started, all its CPUs together
+    mem_used: int  # memory it holds, less file cache the kernel would drop first
+    mem_cache: int  # page cache charged to it (a jail's files in /tmp and home included)
+    mem_total: int | None  # what it may hold before the kernel OOM-kills in it
+    disk_used: int | None  # its writable disk (home, /tmp, /root)
+    disk_total: int | None
+
+
 class BackendError(Exception):
     """A backend could not start or manage a sandbox; the message says what to do."""
 
@@ -81,6 +94,11 @@ class RunningSandbox(abc.ABC):
     @abc.abstractmethod
     def limit_events(self) -> dict[str, int]:
         """Counters of limits hit so far (``oom_kill``, ``pids_max``), to classify failures."""
+
+    def usage(self) -> SandboxUsage | None:
+        """CPU, memory and disk used now, or None where the backend cannot tell. Reads a few
+        host files: call it off the event loop."""
+        return None
 
 
 class Backend(abc.ABC):

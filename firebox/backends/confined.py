@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from firebox.backends.base import BackendError, RunningSandbox
+from firebox.backends.base import BackendError, RunningSandbox, SandboxUsage
 from firebox.confine import cgroups
 from firebox.confine.uids import UidSlots
 
@@ -94,3 +94,27 @@ class ConfinedSandbox(RunningSandbox):
             return {"oom_kill": int(mem.get("oom_kill", 0)), "pids_max": self._cgroup.pids_events()}
         except OSError:
             return {}
+
+    def usage(self) -> SandboxUsage | None:
+        # The cgroup holds everything of the sandbox on the host. For a jail that is its
+        # processes (and its disk: tmpfs pages are charged to it). For a microVM it is QEMU:
+        # its memory is the guest RAM QEMU has touched since the snapshot (copy-on-write pages
+        # of the template's) plus QEMU's own, and its CPU time is the guest's and the
+        # emulator's together; the guest's own page cache sits inside that RAM, unseen here.
+        try:
+            cg = self._cgroup.usage()
+            disk_used, disk_total = self._disk()
+        except OSError:  # the cgroup or disk is being removed: the sandbox is ending
+            return None
+        return SandboxUsage(
+            cpu_ns=cg.cpu_ns,
+            mem_used=cg.working_set,
+            mem_cache=cg.cache,
+            mem_total=cg.memory_limit,
+            disk_used=disk_used,
+            disk_total=disk_total,
+        )
+
+    def _disk(self) -> tuple[int | None, int | None]:
+        """Bytes used and total of the sandbox's writable disk, where the host can tell."""
+        return None, None

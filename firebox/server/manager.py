@@ -27,6 +27,7 @@ from firebox.server.config import ServerConfig
 from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse_resolve
 from firebox.server.egress_policy import Policy, PolicyError, parse_networks, parse_policy
 from firebox.server.errors import ApiError
+from firebox.server.metrics import Sampler
 from firebox.server.models import iso
 from firebox.server.pool import WarmPool
 from firebox.server.registry import Registry
@@ -130,6 +131,7 @@ class SandboxManager:
             Resolver(parse_resolve(config.egress_resolve)), parse_networks(config.egress_permit)
         )
         self.pool = WarmPool(self.default_limits, backend, config.pool_size, self.admission)
+        self.metrics = Sampler(self.all_live)  # CPU, memory, disk of each sandbox (metrics.py)
 
     # -- lifecycle of the daemon ----------------------------------------------------------
 
@@ -143,9 +145,12 @@ class SandboxManager:
             log.warning("reclaimed %d sandbox resources left by a previous daemon", freed)
 
     def start_pool(self, templates: list[str]) -> None:
+        """The daemon's background work: the warm pool, and the metrics sampler."""
         self.pool.start(templates)
+        self.metrics.start()
 
     async def shutdown(self) -> None:
+        await self.metrics.stop()
         await self.pool.close()
         await asyncio.gather(
             *(self._end(s, "daemon stopped") for s in list(self._live.values())),
@@ -272,6 +277,25 @@ class SandboxManager:
         live.end_at = time.time() + timeout
         self.registry.set_end_at(live.id, live.end_at)
         self._schedule(live)
+
+    async def set_network(self, owner: str, sandbox_id: str, settings: SandboxSettings) -> None:
+        """Replace a running sandbox's egress policy with the one ``settings`` ask for (only
+        its network fields count). Connections already open keep going; new ones meet the new
+        policy. A sandbox that had no egress gets its proxy now."""
+        live = self.get(owner, sandbox_id)
+        _, policy = self._checked(settings.model_copy(update={"limits": None}))
+        if live.egress is None and policy.opens_anything:
+            egress = SandboxEgress(live.id, live.agent, policy, self.egress)
+            try:
+                await egress.start()
+            except (AgentError, AgentGone) as e:
+                raise ApiError(
+                    "sandbox_error", f"the sandbox's egress could not start: {e}"
+                ) from None
+            live.egress = egress
+        elif live.egress is not None:
+            live.egress.policy = policy
+        live.policy = policy
 
     async def kill(self, owner: str, sandbox_id: str) -> None:
         await self._end(self.get(owner, sandbox_id), "killed")

@@ -38,6 +38,7 @@ PUBLIC = [
     "Sandbox",
     "SandboxException",
     "SandboxInfo",
+    "SandboxMetrics",
     "SandboxNotFoundException",
     "TimeoutException",
     "TooLargeException",

@@ -74,6 +74,9 @@ class JailSandbox(ConfinedSandbox):
         self._sock = sock
         self._rw = rw
 
+    def _disk(self) -> tuple[int | None, int | None]:
+        return rwdisk.usage(self._rw)
+
     async def cleanup(self) -> None:
         try:
             await super().cleanup()

@@ -96,6 +96,15 @@ def remove_stale(parent: Path) -> int:
     return freed
 
 
+def usage(mnt: Path) -> tuple[int, int]:
+    """Bytes used and total of the sandbox's disk: exact, as its tmpfs counts them."""
+    # a disk already unmounted must not report the filesystem beneath it
+    if not os.path.ismount(mnt):
+        raise FileNotFoundError(f"the sandbox's disk is not mounted on {mnt}")
+    st = os.statvfs(mnt)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+
+
 def bwrap_args(mnt: Path) -> list[str]:
     """bubblewrap's binds of the places, in place of a tmpfs each."""
     args: list[str] = []

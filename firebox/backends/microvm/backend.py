@@ -324,7 +324,15 @@ class MicroVMBackend(Backend):
             if state_fd >= 0:
                 os.close(state_fd)
         return MicroVMSandbox(
-            proc, cgroup, vm_dir, reader, writer, qmp, release=lambda: self._slots.release(slot)
+            proc,
+            cgroup,
+            vm_dir,
+            reader,
+            writer,
+            qmp,
+            release=lambda: self._slots.release(slot),
+            backing=entry / "rw.img",
+            disk_bytes=snap.disk_mb << 20,
         )
 
 

@@ -8,6 +8,7 @@ hierarchy::
     cg = create("sbx_1", Limits(512 << 20, 256, 1.0))
     cg.add(pid)                                       # children follow automatically
     cg.memory_events()["oom_kill"]; cg.pids_events()
+    cg.usage().cpu_ns                                 # CPU time, memory and page cache used
     cg.destroy()                                      # SIGKILL everything, then rmdir
 
 fs.py touches the files, detect.py reads the host, group.py is a set of cgroups of either
@@ -28,13 +29,14 @@ from typing import Any
 from firebox.confine.cgroups import fs, v1, v2
 from firebox.confine.cgroups.detect import CgroupHost, detect
 from firebox.confine.cgroups.fs import (
+    ACCOUNTING,
     CONTROLLERS,
     CPU_PERIOD_US,
     DEFAULT_PARENT,
     PARENT_ENV,
     CgroupError,
 )
-from firebox.confine.cgroups.group import KILL_TIMEOUT, CgroupSet
+from firebox.confine.cgroups.group import KILL_TIMEOUT, CgroupSet, Usage
 
 __all__ = [
     "CONTROLLERS",
@@ -45,6 +47,7 @@ __all__ = [
     "CgroupHost",
     "CgroupSet",
     "Limits",
+    "Usage",
     "attach",
     "cleanup_stale",
     "create",
@@ -125,7 +128,7 @@ def cleanup_stale(
     if host.version is None:
         return 0
     names: set[str] = set()
-    for c in CONTROLLERS:
+    for c in CONTROLLERS + ACCOUNTING:
         if c in host.mounts:
             base = host.mounts[c] / parent
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
@@ -135,7 +138,9 @@ def cleanup_stale(
     for name in sorted(names - set(keep)):
         if not fs.is_name(name):
             continue  # not ours
-        dirs = {c: host.mounts[c] / parent / name for c in CONTROLLERS if c in host.mounts}
+        dirs = {
+            c: host.mounts[c] / parent / name for c in CONTROLLERS + ACCOUNTING if c in host.mounts
+        }
         try:
             (v2.V2Set if host.version == 2 else v1.V1Set)(name, dirs).destroy()
             count += 1
@@ -153,7 +158,7 @@ def remove_parent(parent: str | None = None, host: CgroupHost | None = None) -> 
     host = host or detect()
     if host.version is None:
         return
-    for c in CONTROLLERS:
+    for c in CONTROLLERS + ACCOUNTING:
         if c in host.mounts:
             # innermost first, for a nested parent like "a/b"
             parts = parent.split("/")

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 CONTROLLERS = ("memory", "pids", "cpu")  # what a sandbox needs, in every version
+# v1 hierarchies a sandbox also joins where the host mounts them, though no limit needs them:
+# cpuacct counts its CPU time (v2 counts it in cpu.stat, with no controller of its own)
+ACCOUNTING = ("cpuacct",)
 CPU_PERIOD_US = 100_000
 PARENT_ENV = "FIREBOX_CGROUP_PARENT"
 DEFAULT_PARENT = "firebox"
@@ -71,6 +74,10 @@ def read_kv(path: Path) -> dict[str, int]:
         with contextlib.suppress(ValueError):
             out[key] = int(value)
     return out
+
+
+def read_int(path: Path) -> int:
+    return int(read(path).strip())
 
 
 def check_name(name: str, what: str) -> None:

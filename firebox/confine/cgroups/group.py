@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from firebox.confine.cgroups import fs
@@ -16,6 +17,23 @@ from firebox.confine.cgroups.fs import CgroupError
 
 KILL_TIMEOUT = 5.0  # seconds to empty a cgroup; only processes stuck in D state take long
 RMDIR_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a cgroup has used, as the kernel counts it (bytes, nanoseconds)."""
+
+    cpu_ns: int | None  # CPU time of everything ever in it; None: v1 host without cpuacct
+    memory: int  # charged now: its processes' RAM, page cache, tmpfs files, kernel objects
+    cache: int  # of ``memory``, page cache (tmpfs files included: they are cache too)
+    inactive_file: int  # of ``cache``, file pages not used lately: the first reclaimed
+    memory_limit: int | None  # the memory limit; None when unlimited
+
+    @property
+    def working_set(self) -> int:
+        """Memory it holds that the kernel would not simply drop under pressure: ``memory``
+        less inactive file cache (what ``docker stats`` and the kubelet report as used)."""
+        return max(0, self.memory - self.inactive_file)
 
 
 class CgroupSet:
@@ -43,6 +61,11 @@ class CgroupSet:
     def memory_events(self) -> dict[str, int]:
         """Counters; always has ``oom_kill`` (processes OOM-killed) and ``max`` (times the
         limit was hit)."""
+        raise NotImplementedError  # each version's own files (v1.py, v2.py)
+
+    def usage(self) -> Usage:
+        """CPU time and memory used so far; reads a few small files (fast, never blocks on
+        the sandbox)."""
         raise NotImplementedError  # each version's own files (v1.py, v2.py)
 
     def pids_events(self) -> int:

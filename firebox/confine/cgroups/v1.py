@@ -1,19 +1,23 @@
 """cgroup v1: a directory per controller hierarchy; memory counted in failcnt files and
-memory.oom_control; swap counted with memory where the kernel accounts it (memsw)."""
+memory.oom_control; swap counted with memory where the kernel accounts it (memsw); CPU time
+in cpuacct, a hierarchy of its own on some hosts."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from firebox.confine.cgroups import fs
-from firebox.confine.cgroups.fs import CONTROLLERS, CPU_PERIOD_US
-from firebox.confine.cgroups.group import CgroupSet
+from firebox.confine.cgroups.fs import ACCOUNTING, CONTROLLERS, CPU_PERIOD_US
+from firebox.confine.cgroups.group import CgroupSet, Usage
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from firebox.confine.cgroups import Limits
     from firebox.confine.cgroups.detect import CgroupHost
+
+# v1 says "no limit" with the largest page-aligned counter (9223372036854771712 on 4 KiB pages)
+_UNLIMITED = 1 << 62
 
 
 class V1Set(CgroupSet):
@@ -32,14 +36,33 @@ class V1Set(CgroupSet):
         oom_kill = fs.read_kv(mem / "memory.oom_control").get("oom_kill", 0)
         return {"oom_kill": oom_kill, "max": hits}
 
+    def usage(self) -> Usage:
+        mem = self.dirs["memory"]
+        stat = fs.read_kv(mem / "memory.stat")
+        acct = self.dirs.get("cpuacct")
+        limit = fs.read_int(mem / "memory.limit_in_bytes")
+        return Usage(
+            cpu_ns=fs.read_int(acct / "cpuacct.usage") if acct is not None else None,
+            memory=fs.read_int(mem / "memory.usage_in_bytes"),
+            # total_*: this cgroup and its children, as usage_in_bytes counts them
+            cache=stat.get("total_cache", stat.get("cache", 0)),
+            inactive_file=stat.get("total_inactive_file", stat.get("inactive_file", 0)),
+            memory_limit=None if limit >= _UNLIMITED else limit,
+        )
+
+
+def _joined(host: CgroupHost) -> list[str]:
+    """The controllers a sandbox's set has here: the ones it needs, and cpuacct where mounted."""
+    return [c for c in CONTROLLERS + ACCOUNTING if c in host.mounts]
+
 
 def at(name: str, parent: str, host: CgroupHost) -> V1Set:
-    return V1Set(name, {c: host.mounts[c] / parent / name for c in CONTROLLERS})
+    return V1Set(name, {c: host.mounts[c] / parent / name for c in _joined(host)})
 
 
 def create(name: str, limits: Limits, parent: str, host: CgroupHost, made: list[Path]) -> V1Set:
     cg = at(name, parent, host)
-    for mount in dict.fromkeys(host.mounts[c] for c in CONTROLLERS):  # co-mounted: once
+    for mount in dict.fromkeys(host.mounts[c] for c in _joined(host)):  # co-mounted: once
         d = fs.ensure_parents(mount, parent) / name
         fs.make(d)
         made.append(d)

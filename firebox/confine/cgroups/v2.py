@@ -1,5 +1,6 @@
 """cgroup v2: one directory in the unified hierarchy; controllers switched on level by level
-(subtree_control); memory.events counts OOM kills; cgroup.kill empties a cgroup at once."""
+(subtree_control); memory.events counts OOM kills; cgroup.kill empties a cgroup at once;
+cpu.stat counts CPU time."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from firebox.confine.cgroups import fs
 from firebox.confine.cgroups.fs import CONTROLLERS, CPU_PERIOD_US, CgroupError
-from firebox.confine.cgroups.group import CgroupSet
+from firebox.confine.cgroups.group import CgroupSet, Usage
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,6 +24,20 @@ class V2Set(CgroupSet):
     def memory_events(self) -> dict[str, int]:
         # oom_kill and max, and the rest of memory.events (low, high, oom, ...)
         return fs.read_kv(self.dirs["memory"] / "memory.events")
+
+    def usage(self) -> Usage:
+        d = self.dirs["memory"]
+        stat = fs.read_kv(d / "memory.stat")  # hierarchical in v2
+        limit = fs.read(d / "memory.max").strip()
+        # usage_usec is in every cgroup's cpu.stat, the cpu controller on or not
+        usec = fs.read_kv(d / "cpu.stat").get("usage_usec")
+        return Usage(
+            cpu_ns=None if usec is None else usec * 1000,
+            memory=fs.read_int(d / "memory.current"),
+            cache=stat.get("file", 0),  # shmem (tmpfs) included, as v1's cache has it
+            inactive_file=stat.get("inactive_file", 0),
+            memory_limit=None if limit == "max" else int(limit),
+        )
 
     def _kill_at_once(self) -> None:
         # Linux 5.14+: the kernel kills the whole subtree atomically, forks included.

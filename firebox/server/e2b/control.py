@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from firebox.server.deps import Caller, Manager
+from firebox.server.e2b import metrics
 from firebox.server.errors import ApiError
 from firebox.server.manager import LiveSandbox, SandboxManager
 from firebox.server.models import iso
@@ -76,6 +77,15 @@ class NewSandbox(_Body):
     env_vars: dict[str, str] = Field(default_factory=dict, alias="envVars")
     mcp: dict[str, Any] | None = None
     volume_mounts: list[Any] | None = Field(default=None, alias="volumeMounts")
+
+
+class NetworkUpdate(_Body):
+    allow_out: list[str] | None = Field(default=None, alias="allowOut")
+    deny_out: list[str] | None = Field(default=None, alias="denyOut")
+    allow_internet_access: bool | None = None
+    dns_servers: list[str] | None = Field(default=None, alias="dnsServers")
+    egress_proxy: dict[str, Any] | None = Field(default=None, alias="egressProxy")
+    rules: dict[str, Any] | None = None
 
 
 class Timeout(_Body):
@@ -304,6 +314,32 @@ async def connect(sandbox_id: str, body: Connect, caller: Caller, mgr: Manager) 
     return JSONResponse(sandbox_created(live), status_code=200)  # 200: it was running
 
 
+@router.put("/sandboxes/{sandbox_id}/network", status_code=204)
+async def update_network(
+    sandbox_id: str, body: NetworkUpdate, caller: Caller, mgr: Manager
+) -> Response:
+    """As E2B's: the rules are replaced as a whole (what the body leaves out is cleared);
+    internet access stays as created unless the body says. The floor (private, loopback,
+    link-local, the host's own addresses) stays closed whatever it says."""
+    live = mgr.get(caller.id, sandbox_id)
+    if body.dns_servers or body.egress_proxy or body.rules:
+        raise ApiError(
+            "invalid_argument",
+            "dnsServers, egressProxy and rules are not available in firebox; use allowOut / "
+            "denyOut / allow_internet_access",
+        )
+    now = live.policy
+    network = Network(allow_out=body.allow_out or [], deny_out=body.deny_out or [])
+    internet = now.allow_internet_access
+    if body.allow_internet_access is not None:
+        internet = body.allow_internet_access
+    settings = live.settings.model_copy(
+        update={"network": network, "allow_internet_access": internet}
+    )
+    await mgr.set_network(caller.id, live.id, settings)
+    return Response(status_code=204)
+
+
 @router.api_route("/sandboxes/{sandbox_id}/{feature}", methods=["GET", "POST"])
 async def not_yet(sandbox_id: str, feature: str, caller: Caller, mgr: Manager) -> Response:
     mgr.get(caller.id, sandbox_id)  # another key's sandbox stays a 404, whatever the route
@@ -348,5 +384,8 @@ def control_app() -> FastAPI:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
+    # first: its /sandboxes/metrics and /sandboxes/{id}/metrics would otherwise be taken by
+    # GET /sandboxes/{id} and by the "not available yet" catch-all
+    app.include_router(metrics.router)
     app.include_router(router)
     return app

@@ -37,6 +37,30 @@ def _http_app() -> FastAPI:
     async def envs() -> dict[str, str]:
         return dict(access.current().envs)
 
+    @app.get("/metrics")
+    async def metrics() -> dict[str, int | float | None]:
+        """envd's view of its sandbox, from the daemon's sampler (server/metrics.py): the
+        latest sample; 503 until the first one (never made-up zeros)."""
+        sbx = access.current()
+        sample = access.manager().metrics.latest(sbx.id)
+        if sample is None:
+            raise ApiError(
+                "unavailable", "no sample of this sandbox yet: the first comes 5 to 10 s in"
+            )
+        mib = 1 << 20
+        return {
+            "ts": int(sample.timestamp),
+            "cpu_count": max(1, round(sample.cpu_count)),
+            "cpu_used_pct": sample.cpu_used_pct,
+            "mem_total": sample.mem_total,
+            "mem_used": sample.mem_used,
+            "mem_cache": sample.mem_cache,
+            "mem_total_mib": sample.mem_total // mib if sample.mem_total is not None else None,
+            "mem_used_mib": sample.mem_used // mib,
+            "disk_used": sample.disk_used,
+            "disk_total": sample.disk_total,
+        }
+
     app.include_router(files_http.router)
     app.include_router(interpreter.router)
     return app
