@@ -57,6 +57,13 @@ def test_background_stdin_list_and_kill(e2b_sandbox: Sandbox) -> None:
     assert e2b_sandbox.commands.kill(sleeper.pid) is False  # E2B: False for a gone pid
 
 
+def test_stdin_streamed_in_chunks(e2b_sandbox: Sandbox) -> None:
+    handle = e2b_sandbox.commands.run("cat", background=True, stdin=True)
+    e2b_sandbox.commands.stream_input(handle.pid, iter(["one ", b"two ", "three\n"]))
+    e2b_sandbox.commands.close_stdin(handle.pid)
+    assert handle.wait().stdout == "one two three\n"
+
+
 def test_connect_to_a_running_command(e2b_sandbox: Sandbox) -> None:
     handle = e2b_sandbox.commands.run(
         "read line; echo got-$line; sleep 0.2; echo done", background=True, stdin=True
