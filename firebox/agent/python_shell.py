@@ -205,6 +205,15 @@ class PyplotHook:
         loader.exec_module = patched  # type: ignore[method-assign]
         return spec
 
+    @classmethod
+    def install(cls) -> None:
+        """Patch the modules to come as they are imported, and those already imported now:
+        a microVM's fork server warm-imports matplotlib.pyplot before its workers exist."""
+        sys.meta_path.insert(0, cls())
+        for name, patch in cls.PATCHES.items():
+            if name in sys.modules:
+                patch(sys.modules[name])
+
 
 def show_open_figures() -> None:
     if "matplotlib.pyplot" in sys.modules:

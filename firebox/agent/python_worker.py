@@ -160,7 +160,7 @@ def main(argv: list[str]) -> None:
         sys.path.remove(lib)
     for name in [n for n in sys.modules if n == "firebox" or n.startswith("firebox.")]:
         del sys.modules[name]
-    sys.meta_path.insert(0, PyplotHook())
+    PyplotHook.install()
     warm_up(warm)
     outbox.send({"k": wire.READY})
     # Between cells SIGINT raises nothing (ignore_sigint), so this read is never cut short.

@@ -88,6 +88,14 @@ def test_each_chart_kind_gives_png_and_data(sbx: Sandbox, kind: str) -> None:
     assert chart.get("elements")
 
 
+def test_each_show_of_a_cell_is_a_result_of_its_own(sbx: Sandbox) -> None:
+    # plt.show() is ours on every backend, also where pyplot was imported before the
+    # sandbox's interpreter existed (a microVM's fork server warm-imports it)
+    ex = sbx.run_code("import matplotlib.pyplot as plt\n" + CHARTS["line"] + "\n" + CHARTS["bar"])
+    assert ex.error is None, ex.error
+    assert [r.chart["type"] for r in ex.results if r.chart] == ["line", "bar"]
+
+
 def test_line_chart_data_is_what_was_plotted(sbx: Sandbox) -> None:
     ex = sbx.run_code("import matplotlib.pyplot as plt\n" + CHARTS["line"])
     chart = next(r.chart for r in ex.results if r.chart)
