@@ -87,14 +87,13 @@ def measure(backend: str, runs: int, creates: int) -> dict[str, dict[str, list[f
                 s.kill()
 
         def pause() -> None:
-            time.sleep(1.0)  # the warm pool refills between creates: steady state, not a burst
+            time.sleep(3.0)  # the warm pool refills between creates: steady state, not a burst
 
         fb, e2 = [], []
-        for _ in range(creates):
-            fb.append(ms(fb_first))
-            pause()
-            e2.append(ms(e2b_first))
-            pause()
+        for i in range(creates):  # alternating which goes first: neither meets a refill more
+            for first in (fb_first, e2b_first) if i % 2 == 0 else (e2b_first, fb_first):
+                (fb if first is fb_first else e2).append(ms(first))
+                pause()
         out["create → first command"] = {"firebox SDK": fb, "E2B SDK": e2}
 
         fsb = Sandbox.create(timeout=1800)
@@ -121,12 +120,15 @@ def measure(backend: str, runs: int, creates: int) -> dict[str, dict[str, list[f
                 a, b = alternate(stat_native, stat_edge, runs)
                 out["edge: file stat"] = {"firebox API": a, "E2B edge": b}
 
+                # the same argv both ways (firebox's `cmd` would skip bash for a plain command)
+                argv = ["/bin/bash", "-c", "true"]
+
                 def cmd_native() -> None:
-                    r = c.post(f"/sandboxes/{sid}/commands", json={"cmd": "true"}, headers=native)
+                    r = c.post(f"/sandboxes/{sid}/commands", json={"argv": argv}, headers=native)
                     assert b'"end"' in r.content, r.content
 
                 stream = _connect_stream(
-                    {"process": {"cmd": "/bin/bash", "args": ["-c", "true"]}, "stdin": False}
+                    {"process": {"cmd": argv[0], "args": argv[1:]}, "stdin": False}
                 )
 
                 def cmd_edge() -> None:
