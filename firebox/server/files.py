@@ -21,6 +21,7 @@ from firebox.agent_client import AgentError, AgentGone
 from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity
 from firebox.server.deps import Manager, Sandbox
 from firebox.server.errors import ApiError, StreamAborted
+from firebox.server.manager import LiveSandbox
 from firebox.server.models import (
     CreateWatcher,
     EntryInfo,
@@ -61,9 +62,15 @@ def entry(raw: Any) -> EntryInfo:
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def download(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> StreamingResponse:
+    body = await file_content(sbx, check_path(path), user)
+    return StreamingResponse(body, media_type="application/octet-stream")
+
+
+async def file_content(sbx: LiveSandbox, path: str, user: str) -> AsyncIterator[bytes]:
+    """A file's bytes, streamed from the agent, for a download of either edge. The first chunk
+    is read before this returns, so a missing file is an error answer, not a broken 200."""
     ensure_capacity(sbx)
-    chunks = sbx.agent.read_file(check_path(path), user).__aiter__()
-    # Take the first chunk before answering, so a missing file is a 404, not a broken 200.
+    chunks = sbx.agent.read_file(path, user).__aiter__()
     try:
         first = await chunks.__anext__()
     except StopAsyncIteration:
@@ -83,7 +90,7 @@ async def download(sbx: Sandbox, path: str = PathQuery, user: User = "user") -> 
             log.warning("download of %s from %s broke off: %s", path, sbx.id, e)
             raise StreamAborted(str(e)) from None
 
-    return StreamingResponse(body(), media_type="application/octet-stream")
+    return body()
 
 
 @router.put(

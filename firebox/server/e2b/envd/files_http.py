@@ -16,14 +16,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from firebox import protocol
-from firebox.agent_client import AgentError, AgentGone
-from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity
+from firebox.server.agent_calls import agent_call, ensure_capacity
 from firebox.server.e2b import access
 from firebox.server.e2b.envd.multipart import MultipartReader, boundary_of
 from firebox.server.e2b.envd.process import USERS
-from firebox.server.errors import ApiError, StreamAborted
+from firebox.server.errors import ApiError
 from firebox.server.files import _body as upload_body
-from firebox.server.files import check_path
+from firebox.server.files import check_path, file_content
 from firebox.server.manager import LiveSandbox
 
 router = APIRouter()
@@ -58,28 +57,8 @@ async def download(request: Request) -> StreamingResponse:
     path = check_path(request.query_params.get("path") or "")
     if not path:
         raise ApiError("invalid_argument", "name the file to download in the path parameter")
-    ensure_capacity(sbx)
-    chunks = sbx.agent.read_file(path, user).__aiter__()
-    # The first chunk before answering, so a missing file is a 404, not a broken 200.
-    try:
-        first = await chunks.__anext__()
-    except StopAsyncIteration:
-        first = b""
-    except (AgentError, AgentGone) as e:
-        raise agent_error(e, sbx) from None
-
-    async def content() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except (AgentError, AgentGone) as e:
-            # the answer has begun: the client sees a truncated body, never a whole-looking one
-            raise StreamAborted(str(e)) from None
-
+    body = await file_content(sbx, path, user)
     headers = {"Content-Disposition": f"attachment; filename*=UTF-8''{_quoted(path)}"}
-    body = content()
     if "gzip" in request.headers.get("accept-encoding", "").lower():
         headers["Content-Encoding"] = "gzip"
         body = _gzipped(body)
