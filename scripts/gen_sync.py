@@ -45,6 +45,7 @@ RENAMES = {
     "AsyncApiClient": "ApiClient",
     "AsyncBackground": "Background",  # firebox/_core/background.py: a task, or a thread
     "AsyncQueue": "Queue",  # asyncio's, or queue's
+    "async_pause": "pause",  # asyncio.sleep, or time.sleep
     "_async": "_sync",
     # typing and the standard library
     "AsyncIterator": "Iterator",

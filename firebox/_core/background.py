@@ -1,4 +1,4 @@
-"""A command handle's reader, which runs beside the caller: it reads a background command's
+"""What runs beside the caller: a command handle's reader: it reads a background command's
 output as it comes and calls its callbacks, whether or not the caller iterates (as E2B's SDK
 does), and queues what it read for a caller that iterates later.
 
@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from asyncio import Queue as AsyncQueue
 from collections.abc import Callable, Coroutine
 from queue import Queue
 from typing import Any
 
-__all__ = ["AsyncBackground", "AsyncQueue", "Background", "Queue"]
+__all__ = ["AsyncBackground", "AsyncQueue", "Background", "Queue", "async_pause", "pause"]
+
+
+async def async_pause(seconds: float) -> None:
+    """A background loop's wait between rounds (``pause`` in the sync SDK)."""
+    await asyncio.sleep(seconds)
+
+
+def pause(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 class AsyncBackground:

@@ -129,15 +129,16 @@ class Filesystem:
     def list(
         self,
         path: str,
-        depth: int = 1,
+        depth: int | None = 1,
         user: str = "user",
         request_timeout: float | None = None,
     ) -> builtins.list[EntryInfo]:
-        """The entries of a directory, and of its subdirectories down to ``depth`` levels."""
+        """The entries of a directory, and of its subdirectories down to ``depth`` levels
+        (None: one level, as E2B's)."""
         response = self._api.request(
             "GET",
             self._url("list"),
-            params=file_params(path, user, depth=depth),
+            params=file_params(path, user, depth=depth or 1),
             timeout=request_timeout,
         )
         return [parse_entry_info(e) for e in parse_list(response.json(), "entries")]
@@ -207,10 +208,8 @@ class Filesystem:
         user: str = "user",
         request_timeout: float | None = None,
     ) -> WatchHandle:
-        """Starts watching a directory; collect what changed with ``get_new_events()``.
-
-        ``on_event`` is called with each event as ``get_new_events()`` fetches it.
-        """
+        """Starts watching a directory; collect what changed with ``get_new_events()``, or
+        give ``on_event``, which is then called with each event as it comes (as E2B's)."""
         response = self._api.request(
             "POST",
             sandbox_path(self._sandbox_id, "watchers"),

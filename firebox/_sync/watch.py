@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from firebox._sync._callbacks import emit
 from firebox._sync._http import ApiClient
+from firebox._core.background import Background, pause
 from firebox._core.models import FilesystemEvent, OutputHandler
 from firebox._core.requests import sandbox_path
 from firebox._core.responses import parse_fs_events
 from firebox.exceptions import SandboxException
+
+POLL_EVERY = 0.2  # seconds between fetches for on_event: what a change waits at most
 
 
 class WatchHandle:
@@ -25,11 +28,14 @@ class WatchHandle:
         self._api = api
         self._on_event = on_event
         self._stopped = False
+        # As E2B's SDK: events reach on_event as they come, whether or not the caller asks
+        # for them; here a poller beside the caller fetches them (the sync SDK's: a thread).
+        self._poller = Background(self._poll) if on_event is not None else None
 
     def get_new_events(self, request_timeout: float | None = None) -> list[FilesystemEvent]:
         """The events since the last call (or since the watch began), oldest first.
 
-        Each is also passed to ``on_event``, if one was given to ``watch_dir``.
+        With an ``on_event`` given to ``watch_dir``, events go there as they come instead.
         """
         if self._stopped:
             raise SandboxException(
@@ -41,9 +47,17 @@ class WatchHandle:
             emit(self._on_event, event)
         return events
 
+    def _poll(self) -> None:
+        while not self._stopped:
+            try:
+                self.get_new_events()
+            except Exception:  # noqa: BLE001  (stopped meanwhile, or the sandbox ended)
+                return
+            pause(POLL_EVERY)
+
     def stop(self, request_timeout: float | None = None) -> None:
         """Stops watching; the events not yet fetched are dropped."""
         if self._stopped:
             return
+        self._stopped = True  # the poller ends at its next round
         self._api.request("DELETE", self._path, timeout=request_timeout)
-        self._stopped = True

@@ -43,13 +43,22 @@ FIRST_EVENT_WAIT = 0.5  # seconds
 CONTEXT_START_TIMEOUT = protocol.INTERPRETER_START_TIMEOUT + 10
 
 
+def unquoted(data: dict[str, Any]) -> dict[str, Any]:
+    """A result's MIME bundle with a string's plain text as its value, not its repr ('abc'
+    shows as abc), as E2B's interpreter gives it; for both edges."""
+    text = data.get("text/plain")
+    if isinstance(text, str) and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return {**data, "text/plain": text[1:-1]}
+    return data
+
+
 def _event(kind: str, value: Any) -> dict[str, Any]:
     if kind in ("stdout", "stderr"):
         return {"type": kind, "text": value}
     if kind == "result":
         return {
             "type": "result",
-            "data": value.data,
+            "data": unquoted(value.data),
             "is_main_result": bool(value.is_main_result),
             "chart": value.chart if isinstance(value.chart, dict) else None,
         }

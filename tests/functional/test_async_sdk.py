@@ -57,3 +57,19 @@ async def test_async_handles_read_in_a_task_and_connect(daemon: Daemon) -> None:
         assert all(len(c) == 3 and c[1] is None and c[2] is None for c in chunks)
         assert (await connected.wait()).exit_code == 0
         assert (await handle.wait()).stdout == "hello\nagain\n"
+
+
+async def test_async_watch_dir_calls_on_event_as_events_come(daemon: Daemon) -> None:
+    async with await AsyncSandbox.create() as sbx:
+        await sbx.files.make_dir("watched")
+        seen: list[str] = []
+        handle = await sbx.files.watch_dir("watched", on_event=lambda e: seen.append(e.name))
+        try:
+            await sbx.files.write("watched/a.txt", "x")
+            deadline = asyncio.get_running_loop().time() + 30
+            while "a.txt" not in seen and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)  # never asking: the events come on their own
+            assert "a.txt" in seen
+        finally:
+            await handle.stop()
+        assert [e.name for e in await sbx.files.list("watched", depth=None)] == ["a.txt"]

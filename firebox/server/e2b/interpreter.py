@@ -194,15 +194,11 @@ def _result(data: dict[str, Any], main: bool, chart: Any) -> dict[str, Any]:
     """A rich result in E2B's shape: one field per known MIME type, the rest in ``extra``."""
     out: dict[str, Any] = {"type": "result"}
     extra: dict[str, Any] = {}
-    for mime, value in data.items():
+    for mime, value in code.unquoted(data).items():
         if mime in FIELDS:
             out[FIELDS[mime]] = value
         elif mime != "e2b/chart":
             extra[mime] = value
-    text = out.get("text")
-    if isinstance(text, str) and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        # E2B's server shows a string's value without the quotes of its repr: 'abc' → abc
-        out["text"] = text[1:-1]
     if isinstance(chart, dict):
         converted = e2b_chart(chart)
         if converted is not None:
