@@ -15,6 +15,7 @@ from firebox._core.models import (
     ProcessInfo,
     SandboxInfo,
     SandboxMetrics,
+    SandboxQuery,
     WriteEntry,
 )
 from firebox._sync import CommandHandle, Sandbox, WatchHandle
@@ -71,6 +72,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "SandboxNotFoundException",
+    "SandboxQuery",
     "TimeoutException",
     "TooLargeException",
     "UnavailableException",

@@ -14,8 +14,8 @@ from firebox._async.commands import AsyncCommands
 from firebox._async.files import AsyncFilesystem
 from firebox._core.config import resolve_config
 from firebox._core.dual import ClassOrInstanceMethod
-from firebox._core.models import SandboxInfo, SandboxMetrics
-from firebox._core.requests import create_body, metadata_query, sandbox_path
+from firebox._core.models import SandboxInfo, SandboxMetrics, SandboxQuery
+from firebox._core.requests import create_body, list_query, sandbox_path
 from firebox._core.responses import parse_list, parse_metrics, parse_sandbox_info
 from firebox.exceptions import NotFoundException
 
@@ -213,10 +213,15 @@ class AsyncSandbox(AsyncCodeExecution):
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
+        query: SandboxQuery | None = None,
+        order: str | None = None,
     ) -> builtins.list[SandboxInfo]:
-        """The API key's sandboxes; with ``metadata``, only those carrying all of its pairs."""
+        """The API key's sandboxes, oldest first (``order="desc"``: newest first); with
+        ``metadata``, only those carrying all of its pairs; ``query`` filters as E2B's
+        (metadata, state, started_after, template)."""
+        params = list_query(metadata, query, order)
         async with _client(api_key, api_url, request_timeout) as api:
-            response = await api.request("GET", "/sandboxes", params=metadata_query(metadata))
+            response = await api.request("GET", "/sandboxes", params=params)
             return [parse_sandbox_info(s) for s in parse_list(response.json(), "sandboxes")]
 
     async def _kill_self(self, request_timeout: float | None = None) -> bool:

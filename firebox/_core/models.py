@@ -40,6 +40,23 @@ class SandboxInfo:
     allow_internet_access: bool = False
     network: dict[str, list[str]] = field(default_factory=dict)  # allow_out, deny_out
 
+    @property
+    def template_id(self) -> str:
+        """E2B's name for ``template``."""
+        return self.template
+
+
+@dataclass(frozen=True)
+class SandboxQuery:
+    """What ``Sandbox.list(query=...)`` keeps, as E2B's: sandboxes carrying all of
+    ``metadata``'s pairs, in one of ``state`` ("running", "paused"), started at or after
+    ``started_after``, made from ``template``."""
+
+    metadata: dict[str, str] | None = None
+    state: list[str] | None = None
+    started_after: datetime | None = None
+    template: str | None = None
+
 
 @dataclass
 class SandboxMetrics:

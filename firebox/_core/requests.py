@@ -13,6 +13,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from firebox._core.models import SandboxQuery
 from firebox.exceptions import InvalidArgumentException
 
 # Extra read time for a command stream beyond the command's own timeout: the daemon kills the
@@ -46,6 +47,23 @@ def create_body(
     if network:
         body["network"] = {k: list(v) for k, v in network.items()}
     return body
+
+
+def list_query(
+    metadata: Mapping[str, str] | None, query: SandboxQuery | None, order: str | None
+) -> dict[str, str]:
+    """``GET /sandboxes`` parameters: ``metadata`` and ``query.metadata`` together, and the
+    rest of the query as the daemon takes it."""
+    params = metadata_query({**(metadata or {}), **((query and query.metadata) or {})})
+    if query is not None and query.state:
+        params["state"] = ",".join(str(getattr(s, "value", s)) for s in query.state)
+    if query is not None and query.started_after is not None:
+        params["started_after"] = query.started_after.astimezone().isoformat()
+    if query is not None and query.template:
+        params["template"] = query.template
+    if order:
+        params["order"] = order
+    return params
 
 
 def metadata_query(metadata: Mapping[str, str] | None) -> dict[str, str]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
+from datetime import datetime
 
 from fastapi import APIRouter, Query, Request, Response
 
+from firebox.server import listing
 from firebox.server.auth import new_key
 from firebox.server.deps import Caller, Manager, Sandbox
 from firebox.server.errors import ApiError
@@ -25,20 +26,30 @@ async def create_sandbox(body: SandboxSettings, caller: Caller, mgr: Manager) ->
 async def list_sandboxes(
     caller: Caller,
     mgr: Manager,
+    response: Response,
     metadata: str | None = Query(
         default=None, description="URL-encoded `k=v&k2=v2`; every pair must match"
     ),
+    state: str | None = Query(default=None, description="running and/or paused, comma-separated"),
+    started_after: datetime | None = Query(default=None, description="ISO 8601"),
+    template: str | None = None,
+    order: str | None = Query(default=None, description="asc (default, oldest first) or desc"),
+    limit: int | None = Query(default=None, ge=1, le=1000),
+    next_token: str | None = Query(default=None, description="X-Next-Token of the page before"),
 ) -> list[SandboxInfo]:
-    wanted: dict[str, str] = {}
-    if metadata:
-        try:
-            wanted = dict(parse_qsl(metadata, keep_blank_values=True, strict_parsing=True))
-        except ValueError:
-            raise ApiError(
-                "invalid_argument",
-                "metadata filter must be URL-encoded pairs like 'user=alice&app=prod'",
-            ) from None
-    return [SandboxInfo(**s.info()) for s in mgr.list(caller.id, wanted)]
+    q = listing.Query(
+        metadata=listing.parse_metadata(metadata),
+        states=listing.parse_states(state),
+        started_after=started_after,
+        templates=frozenset({template}) if template is not None else None,
+        newest_first=listing.parse_order(order, "asc"),
+        limit=limit,
+        next_token=next_token,
+    )
+    page = listing.select(mgr, caller.id, q)
+    if page.next_token:
+        response.headers["X-Next-Token"] = page.next_token
+    return [SandboxInfo(**s.info()) for s in page.sandboxes]
 
 
 @router.get("/sandboxes/{sandbox_id}", response_model=SandboxInfo)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from firebox import NotFoundException, Sandbox
+from firebox import NotFoundException, Sandbox, SandboxQuery
 from tests.conftest import Daemon
 
 
@@ -33,6 +34,40 @@ def test_list_filters_by_metadata(daemon: Daemon) -> None:
     finally:
         a.kill()
         b.kill()
+
+
+def test_list_query_order_and_pages(daemon: Daemon) -> None:
+    run = str(time.monotonic_ns())
+    made = [Sandbox.create(metadata={"run": run}) for _ in range(3)]
+    try:
+        mine = SandboxQuery(metadata={"run": run})
+        ids = [s.sandbox_id for s in made]
+        assert [s.sandbox_id for s in Sandbox.list(query=mine)] == ids  # oldest first
+        newest = Sandbox.list(query=mine, order="desc")
+        assert [s.sandbox_id for s in newest] == ids[::-1]
+        assert newest[0].template_id == "python"
+        assert Sandbox.list(query=SandboxQuery(metadata={"run": run}, state=["paused"])) == []
+        later = SandboxQuery(metadata={"run": run}, started_after=datetime.now(UTC) + timedelta(1))
+        assert Sandbox.list(query=later) == []
+        assert len(Sandbox.list(query=SandboxQuery(metadata={"run": run}, template="python"))) == 3
+        # the REST API pages: X-Next-Token names where the next page starts
+        pages, token = [], None
+        with daemon.client() as c:
+            while True:
+                params = {
+                    "metadata": f"run={run}",
+                    "limit": 2,
+                    **({"next_token": token} if token else {}),
+                }
+                r = c.get("/sandboxes", params=params)
+                pages.append([s["sandbox_id"] for s in r.json()])
+                token = r.headers.get("x-next-token")
+                if token is None:
+                    break
+        assert pages == [ids[:2], ids[2:]]
+    finally:
+        for s in made:
+            s.kill()
 
 
 def test_connect_reaches_the_same_sandbox(sandbox: Sandbox) -> None:

@@ -40,6 +40,7 @@ PUBLIC = [
     "SandboxInfo",
     "SandboxMetrics",
     "SandboxNotFoundException",
+    "SandboxQuery",
     "TimeoutException",
     "TooLargeException",
     "UnavailableException",

@@ -9,11 +9,9 @@ default images (``base``, ``code-interpreter-v1``) start firebox's default templ
 
 from __future__ import annotations
 
-import base64
 import time
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from firebox.server import listing
 from firebox.server.deps import Caller, Manager
 from firebox.server.e2b import metrics
 from firebox.server.errors import ApiError
@@ -197,34 +196,6 @@ def _extend(mgr: SandboxManager, live: LiveSandbox, seconds: int) -> None:
         mgr.set_timeout(live.owner, live.id, max(1, min(seconds, MAX_TIMEOUT)))
 
 
-# -- paging --------------------------------------------------------------------------------------
-
-
-def _cursor(live: LiveSandbox) -> str:
-    return base64.urlsafe_b64encode(f"{live.started_at!r}|{live.id}".encode()).decode()
-
-
-def _after(token: str) -> tuple[float, str]:
-    try:
-        started, sandbox_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
-        return float(started), sandbox_id
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(
-            "invalid_argument", "nextToken is not one this API gave; start from the first page"
-        ) from None
-
-
-def _metadata_filter(raw: str | None) -> dict[str, str]:
-    if not raw:
-        return {}
-    try:
-        return dict(parse_qsl(raw, keep_blank_values=True, strict_parsing=True))
-    except ValueError:
-        raise ApiError(
-            "invalid_argument", "metadata must be URL-encoded pairs like 'user=alice&app=prod'"
-        ) from None
-
-
 # -- routes --------------------------------------------------------------------------------------
 
 router = APIRouter()
@@ -239,11 +210,8 @@ async def create(body: NewSandbox, caller: Caller, mgr: Manager) -> dict[str, An
 
 @router.get("/sandboxes")
 async def list_v1(caller: Caller, mgr: Manager, metadata: str | None = None) -> list[Any]:
-    return [sandbox_listed(s) for s in _ordered(mgr.list(caller.id, _metadata_filter(metadata)))]
-
-
-def _ordered(sandboxes: list[LiveSandbox], newest_first: bool = True) -> list[LiveSandbox]:
-    return sorted(sandboxes, key=lambda s: (s.started_at, s.id), reverse=newest_first)
+    q = listing.Query(metadata=listing.parse_metadata(metadata), newest_first=True)
+    return [sandbox_listed(s) for s in listing.select(mgr, caller.id, q).sandboxes]
 
 
 @router.get("/v2/sandboxes")
@@ -253,33 +221,29 @@ async def list_v2(
     response: Response,
     metadata: str | None = None,
     state: str | None = None,
-    order: str = "desc",
+    order: str | None = None,
     started_after: datetime | None = Query(default=None, alias="startedAfter"),
     template: str | None = None,
     limit: int = Query(default=PAGE_MAX, ge=1, le=PAGE_MAX),
     next_token: str | None = Query(default=None, alias="nextToken"),
 ) -> list[Any]:
-    states = {s.strip() for s in state.split(",")} if state else {"running", "paused"}
-    if unknown := states - {"running", "paused"}:
-        raise ApiError("invalid_argument", f"unknown state {sorted(unknown)}: running or paused")
-    if order not in ("asc", "desc"):
-        raise ApiError("invalid_argument", "order is asc or desc")
-    found = [] if "running" not in states else mgr.list(caller.id, _metadata_filter(metadata))
-    if started_after is not None:
-        found = [s for s in found if s.started_at >= started_after.timestamp()]
+    templates = None
     if template is not None:
-        name = TEMPLATE_ALIASES.get(template, template)
-        found = [s for s in found if name in (s.spec.template, s.settings.template)]
-    response.headers["X-Total-Running"] = str(len(found))
-    newest_first = order == "desc"
-    found = _ordered(found, newest_first)
-    if next_token:
-        mark = _after(next_token)
-        found = [s for s in found if ((s.started_at, s.id) < mark) == newest_first]
-    page = found[:limit]
-    if len(found) > limit:
-        response.headers["X-Next-Token"] = _cursor(page[-1])
-    return [sandbox_listed(s) for s in page]
+        templates = frozenset({template, TEMPLATE_ALIASES.get(template, template)})
+    q = listing.Query(
+        metadata=listing.parse_metadata(metadata),
+        states=listing.parse_states(state),
+        started_after=started_after,
+        templates=templates,
+        newest_first=listing.parse_order(order, "desc"),  # E2B's default: newest first
+        limit=limit,
+        next_token=next_token,
+    )
+    page = listing.select(mgr, caller.id, q)
+    response.headers["X-Total-Running"] = str(page.matching)
+    if page.next_token:
+        response.headers["X-Next-Token"] = page.next_token
+    return [sandbox_listed(s) for s in page.sandboxes]
 
 
 @router.get("/sandboxes/{sandbox_id}")
