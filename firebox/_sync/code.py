@@ -126,12 +126,14 @@ class CodeExecution:
         language: str = "python",
         cwd: str | None = None,
         request_timeout: float | None = None,
+        user: str = "user",
     ) -> Context:
-        """A new, independent context (its own variables) for ``language``."""
+        """A new, independent context (its own variables) for ``language``, run as ``user``
+        ("user" or "root": E2B's contexts run as root, so ``cwd="/root"`` needs it here)."""
         response = self._api.request(
             "POST",
             sandbox_path(self._sandbox_id, "contexts"),
-            json={"language": language, "cwd": cwd},
+            json={"language": language, "cwd": cwd, "user": user},
             timeout=request_timeout,
         )
         return parse_context(response.json())

@@ -88,6 +88,11 @@ def test_each_chart_kind_gives_png_and_data(sbx: Sandbox, kind: str) -> None:
     assert chart.get("elements")
 
 
+def test_a_context_of_root_may_start_in_roots_home(sbx: Sandbox) -> None:
+    ctx = sbx.create_code_context(cwd="/root", user="root")
+    assert sbx.run_code("import os; os.getcwd(), os.getuid()", context=ctx).text == "('/root', 0)"
+
+
 def test_each_show_of_a_cell_is_a_result_of_its_own(sbx: Sandbox) -> None:
     # plt.show() is ours on every backend, also where pyplot was imported before the
     # sandbox's interpreter existed (a microVM's fork server warm-imports it)
