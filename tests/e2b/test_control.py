@@ -115,6 +115,9 @@ def test_list_pages_in_a_stable_order(e2b_env: dict[str, str]) -> None:
 def test_features_firebox_lacks_are_refused_by_name(e2b_env: dict[str, str]) -> None:
     with pytest.raises(Exception, match="auto-pause"):
         Sandbox.create(timeout=60, lifecycle={"on_timeout": "pause"})
+    # what firebox does anyway is accepted when asked for explicitly
+    kept = Sandbox.create(timeout=60, lifecycle={"on_timeout": "kill", "auto_resume": False})
+    kept.kill()
     sbx = Sandbox.create(timeout=600)
     try:
         with pytest.raises(Exception, match="not available in firebox yet"):
