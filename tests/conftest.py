@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -148,6 +150,69 @@ def _running_sandbox() -> Iterator[Sandbox]:
 @pytest.fixture
 def sandbox(daemon: Daemon) -> Iterator[Sandbox]:
     yield from _running_sandbox()
+
+
+# -- one client or the other ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sdk:
+    """One SDK's names, so that a test written once runs with firebox's own SDK (through
+    firebox's API) and with E2B's (through the E2B edge): the same method names, their own
+    exception classes."""
+
+    name: str
+    sandbox_class: Any
+    not_found: type[Exception]
+    error: type[Exception]  # the root of its exceptions
+    command_exit: type[Exception]
+    timeout: type[Exception]
+    connection: dict[str, str]
+
+    def create(self, **kw: Any) -> Any:
+        return self.sandbox_class.create(timeout=1800, **self.connection, **kw)
+
+
+def _sdk(name: str, daemon: Daemon) -> Sdk:
+    if name == "firebox-sdk":
+        import firebox
+
+        return Sdk(
+            name,
+            firebox.Sandbox,
+            firebox.NotFoundException,
+            firebox.FireboxException,
+            firebox.CommandExitException,
+            firebox.TimeoutException,
+            {},
+        )
+    import e2b
+
+    return Sdk(
+        name,
+        e2b.Sandbox,
+        e2b.NotFoundException,
+        e2b.SandboxException,
+        e2b.CommandExitException,
+        e2b.TimeoutException,
+        {"api_key": daemon.key, "api_url": f"{daemon.url}/e2b", "sandbox_url": daemon.url},
+    )
+
+
+@pytest.fixture(params=["firebox-sdk", "e2b-sdk"])
+def sdk(request: pytest.FixtureRequest, daemon: Daemon) -> Sdk:
+    """Each test that takes it runs with firebox's SDK and with E2B's, on every backend."""
+    return _sdk(str(request.param), daemon)
+
+
+@pytest.fixture
+def any_sandbox(sdk: Sdk) -> Iterator[Any]:
+    """A sandbox made and driven by the ``sdk`` of the test's parameter."""
+    sbx = sdk.create()
+    try:
+        yield sbx
+    finally:
+        sbx.kill()
 
 
 @pytest.fixture(scope="module")

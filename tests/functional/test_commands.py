@@ -1,10 +1,13 @@
-"""Commands through the real daemon into a real jail."""
+"""Commands through the real daemon into a real sandbox. The tests taking ``sdk`` run with
+firebox's SDK and with E2B's (through the E2B edge); the rest use what firebox's alone has
+(tags, stdin data, a handle's stdin, its connect timeout)."""
 
 from __future__ import annotations
 
 import secrets
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -16,17 +19,19 @@ from firebox import (
     SandboxNotFoundException,
     TimeoutException,
 )
-from tests.conftest import Daemon
+from tests.conftest import Daemon, Sdk
 from tests.functional.handshake import GIVE_UP, wait_for_file, write_when
 
 
-def test_run_returns_output_and_exit_code(sandbox: Sandbox) -> None:
+def test_run_returns_output_and_exit_code(any_sandbox: Any) -> None:
+    sandbox = any_sandbox
     r = sandbox.commands.run("echo out; echo err >&2")
     assert (r.stdout, r.stderr, r.exit_code) == ("out\n", "err\n", 0)
 
 
-def test_non_zero_exit_raises_with_the_result(sandbox: Sandbox) -> None:
-    with pytest.raises(CommandExitException) as info:
+def test_non_zero_exit_raises_with_the_result(any_sandbox: Any, sdk: Sdk) -> None:
+    sandbox = any_sandbox
+    with pytest.raises(sdk.command_exit) as info:
         sandbox.commands.run("echo partial; exit 3")
     assert info.value.exit_code == 3
     assert info.value.stdout == "partial\n"
@@ -84,7 +89,8 @@ def test_stdout_and_stderr_keep_their_order(sandbox: Sandbox) -> None:
     assert events == ["out:a", "err:b", "out:c"]
 
 
-def test_envs_cwd_and_user(sandbox: Sandbox) -> None:
+def test_envs_cwd_and_user(any_sandbox: Any) -> None:
+    sandbox = any_sandbox
     r = sandbox.commands.run("echo $FOO; pwd; id -un", envs={"FOO": "bar"})
     assert r.stdout.split() == ["bar", "/home/user", "user"]
     r = sandbox.commands.run("pwd; id -u", cwd="/tmp", user="root")
@@ -117,16 +123,18 @@ def test_background_command_list_and_kill(sandbox: Sandbox) -> None:
     assert sandbox.commands.kill(999999) is False
 
 
-def test_command_timeout_kills_it(sandbox: Sandbox) -> None:
+def test_command_timeout_kills_it(any_sandbox: Any, sdk: Sdk) -> None:
+    sandbox = any_sandbox
     start = time.monotonic()
-    with pytest.raises(TimeoutException):
+    with pytest.raises(sdk.timeout):
         sandbox.commands.run("sleep 30", timeout=1)
     assert time.monotonic() - start < 10
     assert sandbox.commands.run("echo still here").stdout == "still here\n"
 
 
-def test_missing_program_is_a_clear_failure(sandbox: Sandbox) -> None:
-    with pytest.raises(CommandExitException) as info:
+def test_missing_program_is_a_clear_failure(any_sandbox: Any, sdk: Sdk) -> None:
+    sandbox = any_sandbox
+    with pytest.raises(sdk.command_exit) as info:
         sandbox.commands.run("no-such-program-xyz")
     assert info.value.exit_code == 127
     assert "not found" in info.value.stderr
@@ -146,12 +154,14 @@ def test_plain_command_lines_run_as_under_bash(sandbox: Sandbox) -> None:
     assert "Permission denied" in info.value.stderr
 
 
-def test_many_commands_at_once(sandbox: Sandbox) -> None:
+def test_many_commands_at_once(any_sandbox: Any) -> None:
+    sandbox = any_sandbox
     handles = [sandbox.commands.run(f"sleep 0.2; echo {i}", background=True) for i in range(10)]
     assert [h.wait().stdout for h in handles] == [f"{i}\n" for i in range(10)]
 
 
-def test_binary_output_is_decoded_with_replacement(sandbox: Sandbox) -> None:
+def test_binary_output_is_decoded_with_replacement(any_sandbox: Any) -> None:
+    sandbox = any_sandbox
     r = sandbox.commands.run(r"printf 'ok \377\n'")
     assert r.stdout.startswith("ok ") and "\ufffd" in r.stdout
 
@@ -159,7 +169,8 @@ def test_binary_output_is_decoded_with_replacement(sandbox: Sandbox) -> None:
 # -- command handles as E2B's: triples, a reader beside the caller, connect --------------------
 
 
-def test_iterating_a_handle_yields_stdout_stderr_pty_triples(sandbox: Sandbox) -> None:
+def test_iterating_a_handle_yields_stdout_stderr_pty_triples(any_sandbox: Any) -> None:
+    sandbox = any_sandbox
     handle = sandbox.commands.run("echo out; echo err >&2", background=True)
     chunks = list(handle)
     assert all(len(c) == 3 and c[2] is None for c in chunks)

@@ -1,18 +1,20 @@
-"""The files API through the real daemon into a real jail."""
+"""The files API through the real daemon into a real sandbox, with firebox's SDK and with E2B's
+(the ``sdk`` fixture: the same test through both edges)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import time
+from typing import Any
 
 import pytest
 
-from firebox import FilesystemEventType, FileType, NotFoundException, Sandbox
-from tests.conftest import Daemon
+from tests.conftest import Daemon, Sdk
 
 
-def test_text_and_bytes_round_trip(sandbox: Sandbox) -> None:
+def test_text_and_bytes_round_trip(any_sandbox: Any) -> None:
+    sandbox = any_sandbox
     info = sandbox.files.write("notes/hello.txt", "héllo\n")
     assert info.path == "/home/user/notes/hello.txt"
     assert sandbox.files.read("/home/user/notes/hello.txt") == "héllo\n"
@@ -21,7 +23,8 @@ def test_text_and_bytes_round_trip(sandbox: Sandbox) -> None:
     assert owner == "user"
 
 
-def test_fifty_megabyte_binary_round_trip(sandbox: Sandbox, daemon: Daemon) -> None:
+def test_fifty_megabyte_binary_round_trip(any_sandbox: Any, daemon: Daemon) -> None:
+    sandbox = any_sandbox
     peak_before = daemon.peak_rss_mb()
     data = os.urandom(50 * 1024 * 1024)
     sandbox.files.write("/home/user/big.bin", data)
@@ -38,17 +41,19 @@ def test_fifty_megabyte_binary_round_trip(sandbox: Sandbox, daemon: Daemon) -> N
     assert daemon.peak_rss_mb() - peak_before < 30
 
 
-def test_list_with_depth(sandbox: Sandbox) -> None:
+def test_list_with_depth(any_sandbox: Any) -> None:
+    sandbox = any_sandbox
     sandbox.commands.run("mkdir -p d/a/b && touch d/x d/a/y d/a/b/z")
     names = {e.name for e in sandbox.files.list("d")}
     assert names == {"a", "x"}
     deep = {e.path for e in sandbox.files.list("d", depth=3)}
     assert {"/home/user/d/a/b/z", "/home/user/d/a/y", "/home/user/d/x"} <= deep
-    kinds = {e.name: e.type for e in sandbox.files.list("d")}
-    assert kinds == {"a": FileType.DIR, "x": FileType.FILE}
+    kinds = {e.name: e.type.value for e in sandbox.files.list("d")}
+    assert kinds == {"a": "dir", "x": "file"}
 
 
-def test_exists_remove_rename_make_dir(sandbox: Sandbox) -> None:
+def test_exists_remove_rename_make_dir(any_sandbox: Any, sdk: Sdk) -> None:
+    sandbox = any_sandbox
     assert sandbox.files.exists("nope") is False
     assert sandbox.files.make_dir("sub/dir") is True
     assert sandbox.files.make_dir("sub/dir") is False
@@ -58,13 +63,14 @@ def test_exists_remove_rename_make_dir(sandbox: Sandbox) -> None:
     assert sandbox.files.exists("sub/g") and not sandbox.files.exists("sub/dir/f")
     sandbox.files.remove("sub")
     assert not sandbox.files.exists("sub")
-    with pytest.raises(NotFoundException):
+    with pytest.raises(sdk.not_found):
         sandbox.files.read("sub/g")
-    with pytest.raises(NotFoundException):
+    with pytest.raises(sdk.not_found):
         sandbox.files.get_info("sub")
 
 
-def test_watch_dir_reports_events(sandbox: Sandbox) -> None:
+def test_watch_dir_reports_events(any_sandbox: Any) -> None:
+    sandbox = any_sandbox
     sandbox.files.make_dir("watched")
     handle = sandbox.files.watch_dir("watched")
     try:
@@ -74,16 +80,16 @@ def test_watch_dir_reports_events(sandbox: Sandbox) -> None:
         # but watchers see what E2B's show: the file created, then written
         sandbox.files.write("watched/api.txt", "x")
         wanted = {
-            ("new.txt", FilesystemEventType.CREATE),
-            ("new.txt", FilesystemEventType.WRITE),
-            ("new.txt", FilesystemEventType.REMOVE),
-            ("api.txt", FilesystemEventType.CREATE),
-            ("api.txt", FilesystemEventType.WRITE),
+            ("new.txt", "create"),
+            ("new.txt", "write"),
+            ("new.txt", "remove"),
+            ("api.txt", "create"),
+            ("api.txt", "write"),
         }
-        seen: set[tuple[str, FilesystemEventType]] = set()
+        seen: set[tuple[str, str]] = set()
         deadline = time.monotonic() + 30
         while not wanted <= seen and time.monotonic() < deadline:
-            seen |= {(e.name, e.type) for e in handle.get_new_events()}
+            seen |= {(e.name, e.type.value) for e in handle.get_new_events()}
             time.sleep(0.05)
         assert wanted <= seen
         assert {name for name, _ in seen} == {"new.txt", "api.txt"}  # no temporary file
@@ -91,10 +97,9 @@ def test_watch_dir_reports_events(sandbox: Sandbox) -> None:
         handle.stop()
 
 
-def test_user_permissions_apply_to_the_files_api(sandbox: Sandbox) -> None:
-    from firebox import FireboxException
-
-    with pytest.raises(FireboxException):
+def test_user_permissions_apply_to_the_files_api(any_sandbox: Any, sdk: Sdk) -> None:
+    sandbox = any_sandbox
+    with pytest.raises(sdk.error):
         sandbox.files.write("/etc/evil", "x")  # read-only root image
     sandbox.files.write("/tmp/root-owned", "x", user="root")
     assert sandbox.commands.run("stat -c %u /tmp/root-owned").stdout.strip() == "0"

@@ -13,11 +13,8 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-from tests.conftest import Daemon
 
 # A secret in the environment of every daemon this session starts: LocalDaemon passes the
 # test process's environment on, and conftests are imported before any test (and so any
@@ -26,26 +23,6 @@ SECRET_ENV = "FIREBOX_TEST_SECRET_ENV"
 os.environ.setdefault(SECRET_ENV, "fbx-test-secret-" + secrets.token_hex(16))
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(params=["firebox-sdk", "e2b-sdk"])
-def files_sandbox(request: pytest.FixtureRequest, daemon: Daemon) -> Iterator[Any]:
-    """A sandbox driven through firebox's own SDK and API, or through E2B's SDK and the E2B
-    edge: the path-handling cases run through both edges (same method names)."""
-    if request.param == "firebox-sdk":
-        from firebox import Sandbox
-
-        sbx: Any = Sandbox.create(timeout=1800)
-    else:
-        from e2b import Sandbox as E2BSandbox
-
-        sbx = E2BSandbox.create(
-            timeout=1800, api_key=daemon.key, api_url=f"{daemon.url}/e2b", sandbox_url=daemon.url
-        )
-    try:
-        yield sbx
-    finally:
-        sbx.kill()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Filesystem: sandbox code and the files API reach nothing of the host's files.
 
 The files-API cases run through both edges: firebox's own SDK and API, and E2B's SDK through
-the E2B edge (the ``files_sandbox`` fixture).
+the E2B edge (the ``sdk`` and ``any_sandbox`` fixtures).
 
 Judged by what the host sees: a marker file on the host holding a random secret never shows in
 anything a sandbox returns, host files are unchanged after write attempts, and nothing appears
@@ -32,7 +32,7 @@ from tests.conftest import Daemon
 from tests.security.helpers import py, run
 
 USERS = ("user", "root")
-# What a refused file call raises: through firebox's SDK, or E2B's (the files_sandbox fixture)
+# What a refused file call raises: through firebox's SDK, or E2B's (the any_sandbox fixture)
 FILE_ERRORS = (FireboxException, SandboxException)
 
 
@@ -63,14 +63,14 @@ def _host_only_files(daemon: Daemon, marker: Path) -> list[Path]:
 
 
 def test_files_api_reads_never_reach_host_files(
-    files_sandbox: Any, marker: tuple[Path, str], daemon: Daemon
+    any_sandbox: Any, marker: tuple[Path, str], daemon: Daemon
 ) -> None:
     path, secret = marker
     for target in _host_only_files(daemon, path):
         for p in _paths_to(target):
             for user in USERS:
                 try:
-                    data = files_sandbox.files.read(p, format="bytes", user=user)
+                    data = any_sandbox.files.read(p, format="bytes", user=user)
                 except FILE_ERRORS:
                     continue
                 assert secret.encode() not in data and daemon.key.encode() not in data, p
@@ -78,76 +78,72 @@ def test_files_api_reads_never_reach_host_files(
 
 
 def test_symlinks_pointing_out_stay_inside(
-    files_sandbox: Any, marker: tuple[Path, str], daemon: Daemon
+    any_sandbox: Any, marker: tuple[Path, str], daemon: Daemon
 ) -> None:
     path, secret = marker
-    files_sandbox.commands.run(
-        f"ln -s {path} /home/user/link; ln -s {daemon.home} /home/user/dlink"
-    )
+    any_sandbox.commands.run(f"ln -s {path} /home/user/link; ln -s {daemon.home} /home/user/dlink")
     for p in ("/home/user/link", "link", "dlink/admin.key"):
         for user in USERS:
             with pytest.raises(FILE_ERRORS):
-                files_sandbox.files.read(p, user=user)
+                any_sandbox.files.read(p, user=user)
     # writing through a link that points at a host path creates nothing on the host
     escape = Path("/tmp") / f"firebox-escape-{uuid.uuid4().hex}"
-    files_sandbox.commands.run(f"ln -s {escape} /home/user/out")
-    files_sandbox.files.write("/home/user/out", "written through a link")
+    any_sandbox.commands.run(f"ln -s {escape} /home/user/out")
+    any_sandbox.files.write("/home/user/out", "written through a link")
     assert not escape.exists()
-    assert (
-        files_sandbox.files.read(str(escape)) == "written through a link"
-    )  # the sandbox's own /tmp
+    assert any_sandbox.files.read(str(escape)) == "written through a link"  # the sandbox's own /tmp
     # a link to the host file's directory, written through; and the host path itself (for
     # root that is the sandbox's own /root, a tmpfs: whatever lands there stays inside)
-    files_sandbox.commands.run(f"ln -s {path.parent} /tmp/rootdir", user="root")
+    any_sandbox.commands.run(f"ln -s {path.parent} /tmp/rootdir", user="root")
     for user in USERS:
         for p in (f"/tmp/rootdir/{path.name}", str(path)):
             try:
-                files_sandbox.files.write(p, "overwrite", user=user)
+                any_sandbox.files.write(p, "overwrite", user=user)
             except FILE_ERRORS:
                 assert user == "user" or p != str(path), p
     with pytest.raises(FILE_ERRORS):
-        files_sandbox.files.write(str(path), "overwrite", user="user")
+        any_sandbox.files.write(str(path), "overwrite", user="user")
     assert path.read_text() == secret
 
 
-def test_writes_with_dotdot_land_inside(files_sandbox: Any) -> None:
+def test_writes_with_dotdot_land_inside(any_sandbox: Any) -> None:
     name = f"firebox-escape-{uuid.uuid4().hex}"
-    info = files_sandbox.files.write("../../../../../../tmp/" + name, "x")
+    info = any_sandbox.files.write("../../../../../../tmp/" + name, "x")
     assert info.path == f"/tmp/{name}"
     assert not Path("/tmp", name).exists()
     for target in (f"/root/{name}", f"/etc/{name}", f"/var/lib/{name}"):
         with pytest.raises(FILE_ERRORS):
-            files_sandbox.files.write(target, "x")
+            any_sandbox.files.write(target, "x")
         assert not os.path.exists(target)
     for user in USERS:
         for target in (f"/etc/{name}", f"/usr/{name}", f"/var/lib/{name}", f"/work/{name}"):
             with contextlib.suppress(FILE_ERRORS):
-                files_sandbox.files.write(target, "x", user=user)
+                any_sandbox.files.write(target, "x", user=user)
             assert not os.path.exists(target), target
 
 
 def test_rename_remove_and_mkdir_never_touch_the_host(
-    files_sandbox: Any, marker: tuple[Path, str], daemon: Daemon
+    any_sandbox: Any, marker: tuple[Path, str], daemon: Daemon
 ) -> None:
     path, secret = marker
     name = f"firebox-escape-{uuid.uuid4().hex}"
-    files_sandbox.files.write("/home/user/mine", "mine")
+    any_sandbox.files.write("/home/user/mine", "mine")
     for user in USERS:
         for p in _paths_to(path) + _paths_to(daemon.home / "admin.key"):
             with contextlib.suppress(FILE_ERRORS):
-                files_sandbox.files.remove(p, user=user)
+                any_sandbox.files.remove(p, user=user)
             try:
-                moved = files_sandbox.files.rename(p, f"/home/user/stolen-{user}", user=user)
+                moved = any_sandbox.files.rename(p, f"/home/user/stolen-{user}", user=user)
             except FILE_ERRORS:
                 continue
             # whatever was there was the sandbox's own file, never the host's
-            assert files_sandbox.files.read(moved.path, user=user) != secret
+            assert any_sandbox.files.read(moved.path, user=user) != secret
         for p in (f"/tmp/../../../../root/{name}", f"/proc/1/root/tmp/{name}", f"/work/{name}"):
             with contextlib.suppress(FILE_ERRORS):
-                files_sandbox.files.make_dir(p, user=user)
+                any_sandbox.files.make_dir(p, user=user)
             try:
-                files_sandbox.files.rename("/home/user/mine", p, user=user)
-                files_sandbox.files.rename(p, "/home/user/mine", user=user)
+                any_sandbox.files.rename("/home/user/mine", p, user=user)
+                any_sandbox.files.rename(p, "/home/user/mine", user=user)
             except FILE_ERRORS:
                 pass
     assert path.read_text() == secret
@@ -155,19 +151,19 @@ def test_rename_remove_and_mkdir_never_touch_the_host(
     for host_path in (f"/root/{name}", f"/tmp/{name}", f"/work/{name}"):
         assert not os.path.exists(host_path), host_path
     with pytest.raises(FILE_ERRORS):
-        files_sandbox.files.watch_dir(str(daemon.home))
+        any_sandbox.files.watch_dir(str(daemon.home))
 
 
-def test_listing_the_root_shows_the_image_not_the_host(files_sandbox: Any) -> None:
+def test_listing_the_root_shows_the_image_not_the_host(any_sandbox: Any) -> None:
     for user in USERS:
-        names = {e.name for e in files_sandbox.files.list("/", user=user)}
+        names = {e.name for e in any_sandbox.files.list("/", user=user)}
         assert {"usr", "etc", "home", "tmp"} <= names
         assert "work" not in names  # the host's /work (this checkout) is not there
         with pytest.raises(FILE_ERRORS):
-            files_sandbox.files.list("/work", user=user)
+            any_sandbox.files.list("/work", user=user)
         for p in ("/proc/1/root", "/proc/self/root", "/" + "../" * 8):
             try:
-                inner = {e.name for e in files_sandbox.files.list(p, user=user)}
+                inner = {e.name for e in any_sandbox.files.list(p, user=user)}
             except FILE_ERRORS:
                 continue  # /proc/1/root of the sandbox's init is not the user's to look into
             assert "work" not in inner and "usr" in inner, p
