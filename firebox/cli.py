@@ -328,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run code in a sandbox (a new one unless --sandbox)")
     run.add_argument("file", nargs="?", help="a file of code (.py, .js, .sh)")
     run.add_argument("--code", help="the code itself")
-    run.add_argument("--language", choices=["python", "javascript", "bash"])
+    run.add_argument("--language", choices=["python", "javascript", "typescript", "bash"])
     run.add_argument("--sandbox", help="run in this running sandbox instead of a new one")
     run.add_argument("--out", default=".", help="where image results are written")
     run.add_argument("--timeout", type=float, default=60)

@@ -31,7 +31,7 @@ from firebox._core.requests import command_timeout, sandbox_path
 from firebox._core.responses import parse_list
 from firebox.exceptions import SandboxException
 
-LANGUAGES = ("python", "javascript", "bash")
+LANGUAGES = ("python", "javascript", "typescript", "bash")
 
 
 class CodeExecution:

@@ -1,10 +1,12 @@
-"""Code contexts: named, stateful interpreters (python, javascript, bash) and ``code.run``.
+"""Code contexts: named, stateful interpreters (python, javascript, typescript, bash) and
+``code.run``.
 
 A context is an id, a language, a user and a working directory, and at most one live
 ``Interpreter`` (interpreter.py; launch.py starts it) holding its state. Each language has a
-default context whose id is the language's name ("python", "javascript", "bash"), made on
-first use; the python one is started in the background as soon as the agent has said hello
-(``prestart``), so the first ``run_code`` of a sandbox does not wait for IPython's start-up.
+default context whose id is the language's name ("python", "javascript", "typescript",
+"bash"), made on first use; the python one is started in the background as soon as the agent
+has said hello (``prestart``), so the first ``run_code`` of a sandbox does not wait for
+IPython's start-up.
 
 A context runs one cell at a time; a second ``code.run`` waits its turn (as a notebook queues
 cells). A cell ends in one of these ways (``CodeDone`` fields in brackets):
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from firebox.agent.interpreter import Interpreter
 
 ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript"}
+ALIASES.update(ts="typescript")
 ALIASES.update(sh="bash", shell="bash")
 RESTARTED = "the context was restarted by request"
 

@@ -1,4 +1,5 @@
-"""A javascript code context: one node process evaluating cells through node's own REPL.
+"""A javascript (or typescript) code context: one node process evaluating cells through node's
+own REPL.
 
 The program is a string here (read by a one-line ``node -e`` loader from a pipe) so the agent
 package stays Python files only. Node's REPL evaluator is what gives notebook semantics for
@@ -12,6 +13,10 @@ lines on the message fd (written synchronously, so they follow anything the cell
 before). ``console.log`` goes straight to fd 1, which the agent forwards (pipes are written
 synchronously by node on Linux, so it is in the pipe before ``done``). The cell's final value
 becomes a text/plain result (``util.inspect``, as the REPL prints it); ``undefined`` gives none.
+
+A typescript context is the same with each cell first stripped of its types by the TypeScript
+compiler's transpiler (the image's node-typescript; no type checking, as E2B's kernel does
+not stop on types either): node older than 22.6 cannot strip types itself.
 
 Interrupts (the agent's timeout sends SIGINT): while synchronous code runs, the REPL's
 ``breakEvalOnSigint`` makes V8 throw; while a cell awaits, our SIGINT handler ends the cell
@@ -29,7 +34,22 @@ const repl = require('repl');
 const { PassThrough, Writable } = require('stream');
 const util = require('util');
 
+const dialect = process.argv[process.argv.length - 3];
 const [cmdFd, msgFd] = process.argv.slice(-2).map(Number);
+let ts = null;  // the TypeScript compiler, loaded by the first typescript cell
+
+function javascript(code) {
+  if (dialect !== 'ts') return code;
+  if (ts === null) {
+    try { ts = require('typescript'); } catch (e) {
+      throw new Error('typescript cells need the TypeScript compiler (Debian\'s node-typescript) '
+                      + 'in the sandbox image; use the python template');
+    }
+  }
+  // a script, not a module: declarations stay global, so the next cell sees them
+  return ts.transpile(code, { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.None,
+                              removeComments: false });
+}
 
 function send(message) {
   const line = Buffer.from(JSON.stringify(message) + '\n', 'utf8');
@@ -94,12 +114,17 @@ function run(request) {
     process.env[name] = String(value);
   }
   current = cell;
+  let code;
+  try { code = javascript(String(request.code)); } catch (error) {
+    finish(cell, error);
+    return;
+  }
   // Our SIGINT listener must be off while the REPL evaluates: node's SIGINT watchdog (what
   // breakEvalOnSigint uses) is undone when a listener is removed and re-added around the
   // script, and the signal would then kill the process instead of stopping the script.
   process.removeListener('SIGINT', onSigint);
   try {
-    server.eval(String(request.code) + '\n', server.context, `cell${cell.count}`,
+    server.eval(code + '\n', server.context, `cell${cell.count}`,
                 (error, value) => finish(cell, error, value));
   } finally {
     process.on('SIGINT', onSigint);
@@ -156,5 +181,8 @@ LOADER = (
 )
 
 
-def argv(node: str, program_fd: int, cmd_fd: int, msg_fd: int) -> list[str]:
-    return [node, "-e", LOADER, "--", str(program_fd), str(cmd_fd), str(msg_fd)]
+def argv(
+    node: str, program_fd: int, cmd_fd: int, msg_fd: int, typescript: bool = False
+) -> list[str]:
+    dialect = "ts" if typescript else "js"
+    return [node, "-e", LOADER, "--", str(program_fd), dialect, str(cmd_fd), str(msg_fd)]

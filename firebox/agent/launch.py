@@ -51,12 +51,12 @@ def start(language: str, user: users.User, cwd: str) -> Interpreter:
         argv = [PYTHON, "-c", PYTHON_BOOT, *python_args(cmd_r, msg_w)]
         keep: tuple[int, ...] = (cmd_r, msg_w)
         path = PYTHON
-    elif language == "javascript":
+    elif language in ("javascript", "typescript"):
         # The program fits in the pipe's buffer: written whole before node starts.
         program_r, program_w = os.pipe2(os.O_CLOEXEC)
         os.write(program_w, js_worker.PROGRAM.encode())
         os.close(program_w)
-        argv = js_worker.argv(NODE, program_r, cmd_r, msg_w)
+        argv = js_worker.argv(NODE, program_r, cmd_r, msg_w, typescript=language == "typescript")
         keep = (program_r, cmd_r, msg_w)
         path = NODE
     else:

@@ -34,10 +34,16 @@ PYTHON_BOOT = (
 # template sets numpy, pandas and matplotlib, so its snapshot holds them imported).
 WARM_IMPORTS = os.environ.get("FIREBOX_WARM_IMPORTS", "")
 PYTHON_ENV = {"MPLBACKEND": "Agg"}  # no display in a sandbox; inherited by its children
-TITLES = {"python": "the python interpreter", "javascript": "node", "bash": "bash"}
+TITLES = {
+    "python": "the python interpreter",
+    "javascript": "node",
+    "typescript": "node",
+    "bash": "bash",
+}
 MISSING = {
     "python": "python contexts need {path} with IPython in the sandbox image",
     "javascript": "javascript contexts need node ({path}) in the sandbox image",
+    "typescript": "typescript contexts need node ({path}) in the sandbox image",
     "bash": "bash contexts need {path} in the sandbox image",
 }
 

@@ -50,6 +50,7 @@ _PYTHON = _BASE.plus(
         "python3-matplotlib",
         "fonts-dejavu-core",  # matplotlib's default font; already a dependency, kept explicit
         "nodejs",
+        "node-typescript",  # typescript contexts: the compiler strips each cell's types
         "python3-pip",  # pip install, through the egress proxy where a policy allows
         "curl",
         # what code written for E2B's default template expects: `python`, git (its SDK's

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 INTERPRETER_START_TIMEOUT = 60.0
 CONTEXT_RESTART_WAIT = 20.0
 
-LANGUAGES = ("python", "javascript", "bash")
+LANGUAGES = ("python", "javascript", "typescript", "bash")
 
 
 @dataclass(slots=True)

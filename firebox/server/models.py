@@ -160,7 +160,7 @@ class Health(BaseModel):
     backend: str
 
 
-Language = Literal["python", "javascript", "bash"]
+Language = Literal["python", "javascript", "typescript", "bash"]
 
 
 class RunCode(BaseModel):

@@ -191,8 +191,19 @@ def test_a_pil_image_shown_is_a_png_result(e2b_ci_sandbox: Any) -> None:
     assert base64.b64decode(ex.results[0].png).startswith(b"\x89PNG")
 
 
-def test_typescript_is_refused_clearly(e2b_ci_sandbox: Any) -> None:
+def test_typescript_cells_keep_their_state(e2b_ci_sandbox: Any) -> None:
+    e2b_ci_sandbox.run_code("interface P { x: number }\nconst p: P = { x: 40 }", language="ts")
+    ex = e2b_ci_sandbox.run_code(
+        "const add = (a: number): number => a + 2;\nadd(p.x)", language="typescript"
+    )
+    assert ex.error is None, ex.error
+    assert ex.text == "42"
+    bad = e2b_ci_sandbox.run_code("undefinedName.x", language="ts")
+    assert bad.error is not None and bad.error.name == "ReferenceError"
+
+
+def test_r_and_java_are_refused_clearly(e2b_ci_sandbox: Any) -> None:
     from e2b import SandboxException
 
-    with pytest.raises(SandboxException, match="TypeScript"):
-        e2b_ci_sandbox.run_code("const x: number = 1", language="ts")
+    with pytest.raises(SandboxException, match="no r interpreter"):
+        e2b_ci_sandbox.run_code("1 + 1", language="r")

@@ -137,6 +137,16 @@ def test_a_dying_interpreter_is_reported_and_restarted(sbx: Sandbox) -> None:
     assert gone.error is not None and gone.error.name == "NameError"
 
 
+def test_typescript_cells_are_stripped_of_types_and_keep_state(sbx: Sandbox) -> None:
+    sbx.run_code("type N = number;\nlet total: N = 40;", language="typescript")
+    ex = sbx.run_code(
+        "function add(a: N, b: N = 2): N { return a + b }\nadd(total)", language="typescript"
+    )
+    assert ex.error is None, ex.error
+    assert ex.text == "42"
+    assert sbx.run_code("typeof total", language="javascript").text == "undefined"  # its own
+
+
 def test_javascript_state_persists(sbx: Sandbox) -> None:
     sbx.run_code("let n = 40; const add = (a) => a + 2;", language="javascript")
     ex = sbx.run_code("console.log('hi'); add(n)", language="javascript")

@@ -219,6 +219,7 @@ PYTHON_EXTRAS = {
     "curl",
     "fonts-dejavu-core",
     "nodejs",
+    "node-typescript",
     "python-is-python3",
     "git",
     "sudo",

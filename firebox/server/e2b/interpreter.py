@@ -51,15 +51,14 @@ LANGUAGES = {
     "python": "python",
     "javascript": "javascript",
     "js": "javascript",
+    "typescript": "typescript",
+    "ts": "typescript",
     "bash": "bash",
 }
 # Languages E2B's template has and firebox's does not, and why.
 MISSING = {
     "r": "firebox's sandbox template has no r interpreter",
     "java": "firebox's sandbox template has no java interpreter",
-    # node runs TypeScript by stripping its types from version 22.6; the template has 20
-    "typescript": "firebox's sandbox template cannot run TypeScript (its node is older than "
-    "22.6, which strips types)",
 }
 # E2B's result fields by the MIME type they carry; any other type goes in ``extra``.
 FIELDS = {
@@ -108,14 +107,12 @@ def _sandbox() -> LiveSandbox:
 
 def _language(name: str | None) -> str:
     wanted = (name or "python").strip().lower()
-    wanted = {"ts": "typescript"}.get(wanted, wanted)
     if wanted in LANGUAGES:
         return LANGUAGES[wanted]
+    known = "python, javascript (js), typescript (ts) or bash"
     if wanted in MISSING:
-        raise ApiError("invalid_argument", f"{MISSING[wanted]}; run python, javascript or bash")
-    raise ApiError(
-        "invalid_argument", f"unknown language {name!r}: use python, javascript (js) or bash"
-    )
+        raise ApiError("invalid_argument", f"{MISSING[wanted]}; run {known}")
+    raise ApiError("invalid_argument", f"unknown language {name!r}: use {known}")
 
 
 @router.post("/execute")
