@@ -51,9 +51,9 @@ def create_app() -> FastAPI:
         responses={status: {"model": ErrorBody} for status in sorted(set(errors.STATUS.values()))},
     )
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
-    app.add_middleware(BodyLimit)
     # E2B's in-sandbox requests (an E2b-Sandbox-Id header) never reach firebox's own routes
     app.add_middleware(SandboxTraffic, sandbox_app=SandboxApp(), state=app.state)
+    app.add_middleware(BodyLimit)  # outside the E2B edge too: no body is held past the cap
     app.add_middleware(ServerTiming)  # the outermost: it times everything else
     app.add_exception_handler(errors.ApiError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 MAX_BODY = 16 * 1024 * 1024
 _UPLOAD = re.compile(r"^/sandboxes/[^/]+/files$")
+_E2B_UPLOAD = "/files"  # E2B's envd upload (POST), streamed the same way (e2b/envd/files_http.py)
 
 
 def _too_large() -> HTTPException:
@@ -31,7 +32,7 @@ class BodyLimit:
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"] == "PUT" and _UPLOAD.match(scope["path"])):
+        if scope["type"] != "http" or _streamed_upload(scope):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
@@ -50,6 +51,13 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+def _streamed_upload(scope: Scope) -> bool:
+    method, path = scope["method"], scope["path"]
+    return (method == "PUT" and bool(_UPLOAD.match(path))) or (
+        method == "POST" and path == _E2B_UPLOAD
+    )
 
 
 async def _reject(send: Send, max_body: int) -> None:

@@ -76,6 +76,7 @@ class LiveSandbox:
     # opens the sandbox's ports other than the in-sandbox daemon's (E2B's traffic token: its
     # code-interpreter SDK sends only this); never its files or processes
     traffic_token: str = field(default_factory=lambda: secrets.token_hex(24))
+    network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # set_network, one at a time
 
     @property
     def envs(self) -> dict[str, str]:
@@ -284,18 +285,22 @@ class SandboxManager:
         policy. A sandbox that had no egress gets its proxy now."""
         live = self.get(owner, sandbox_id)
         _, policy = self._checked(settings.model_copy(update={"limits": None}))
-        if live.egress is None and policy.opens_anything:
-            egress = SandboxEgress(live.id, live.agent, policy, self.egress)
-            try:
-                await egress.start()
-            except (AgentError, AgentGone) as e:
-                raise ApiError(
-                    "sandbox_error", f"the sandbox's egress could not start: {e}"
-                ) from None
-            live.egress = egress
-        elif live.egress is not None:
-            live.egress.policy = policy
-        live.policy = policy
+        async with live.network_lock:  # two updates at once start one proxy, not two
+            if live.egress is None and policy.opens_anything:
+                egress = SandboxEgress(live.id, live.agent, policy, self.egress)
+                try:
+                    await egress.start()
+                except (AgentError, AgentGone) as e:
+                    raise ApiError(
+                        "sandbox_error", f"the sandbox's egress could not start: {e}"
+                    ) from None
+                if live.ended:  # it ended meanwhile: its end closed no proxy of this one
+                    await egress.close()
+                    raise ApiError("sandbox_not_found", f"sandbox {live.id} ended meanwhile")
+                live.egress = egress
+            elif live.egress is not None:
+                live.egress.policy = policy
+            live.policy = policy
 
     async def kill(self, owner: str, sandbox_id: str) -> None:
         await self._end(self.get(owner, sandbox_id), "killed")

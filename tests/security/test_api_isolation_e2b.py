@@ -8,6 +8,7 @@ by firebox's own API: one core behind both edges) is checked untouched after eve
 from __future__ import annotations
 
 import secrets
+import socket
 from typing import Any
 
 import httpx
@@ -181,3 +182,58 @@ def test_a_signed_url_opens_one_file_of_one_sandbox_for_one_operation(
         expired = sbx.download_url("/home/user/owned", use_signature_expiration=-120)
         assert c.get(expired).status_code >= 400
     _assert_untouched(owned)
+
+
+def test_the_traffic_token_opens_no_port_but_the_interpreters(daemon: Daemon, owned: Owned) -> None:
+    with daemon.client(owned.owner_key) as c:
+        traffic = c.post(f"/e2b/sandboxes/{owned.sid}/connect", json={"timeout": 1}).json()[
+            "trafficAccessToken"
+        ]
+    creds = {"E2B-Traffic-Access-Token": traffic}
+    with httpx.Client(base_url=daemon.url, timeout=60) as c:
+        for port in ("1", "80", "49983", "+49999", "0", "-1", "049999", "4.9999e4"):
+            r = c.post(
+                "/process.Process/List",
+                content=b"{}",
+                headers={**JSON, **_sandbox_headers(owned.sid, 0, creds), "E2b-Sandbox-Port": port},
+            )
+            assert r.status_code >= 400, (port, r.text)
+            r = c.get(
+                "/files",
+                params={"path": "/home/user/owned"},
+                headers={**_sandbox_headers(owned.sid, 0, creds), "E2b-Sandbox-Port": port},
+            )
+            assert r.status_code >= 400 and SECRET_TEXT not in r.text, (port, r.text)
+        # on the interpreter's port it is the interpreter, and only that
+        r = c.get("/contexts", headers=_sandbox_headers(owned.sid, 49999, creds))
+        assert r.status_code == 200, r.text
+        r = c.get(
+            "/files",
+            params={"path": "/home/user/owned"},
+            headers=_sandbox_headers(owned.sid, 49999, creds),
+        )
+        assert r.status_code >= 400 and SECRET_TEXT not in r.text
+    _assert_untouched(owned)
+
+
+def test_anonymous_huge_bodies_to_the_edge_are_refused_before_they_are_read(
+    daemon: Daemon,
+) -> None:
+    headers = {"E2b-Sandbox-Id": "sbx_" + secrets.token_hex(8), "E2b-Sandbox-Port": "49999"}
+    # a length claimed past the cap: answered at once, from the headers alone
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=60) as s:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        s.sendall(
+            f"POST /execute HTTP/1.1\r\nHost: x\r\n{head}Content-Type: application/json\r\n"
+            f"Content-Length: {10 << 30}\r\n\r\n{{}}".encode()
+        )
+        assert s.recv(4096).split(b"\r\n", 1)[0].endswith(b"413 Request Entity Too Large")
+    with httpx.Client(base_url=daemon.url, timeout=60) as c:
+
+        def chunks() -> Any:
+            for _ in range(40):  # 40 MiB, chunked, over the 16 MiB cap
+                yield b" " * (1 << 20)
+
+        r = c.post("/execute", headers={**headers, **JSON}, content=chunks())
+        assert r.status_code == 413, r.text
+        assert c.get("/health").status_code == 200  # the daemon carries on

@@ -104,24 +104,27 @@ def resolve(
 ) -> Access:
     """Decide one in-sandbox request: headers name the sandbox; its token, its owner's key or a
     valid signature (file routes) let the request in."""
-    try:
-        port = int(headers.get(PORT_HEADER) or ENVD_PORT)
-    except ValueError:
-        return Access(None, ApiError("invalid_argument", "E2b-Sandbox-Port must be a number"))
+    raw_port = headers.get(PORT_HEADER) or str(ENVD_PORT)
+    port = int(raw_port) if raw_port.isascii() and raw_port.isdigit() and len(raw_port) <= 5 else 0
+    if not 0 < port < 65536:
+        return Access(None, ApiError("invalid_argument", "E2b-Sandbox-Port must be a port number"))
     sandbox_id = headers.get(SANDBOX_HEADER)
     signature = query.get("signature")
     if not sandbox_id:
         if signature and path == "/files":
             return _by_signature(mgr, signature, query, port)
-        return Access(None, ApiError("invalid_argument", "name the sandbox in E2b-Sandbox-Id"))
+        refused = ApiError("invalid_argument", "name the sandbox in E2b-Sandbox-Id")
+        return Access(None, refused, port=port)
     live = mgr.live(sandbox_id)
     if live is None:
-        return Access(None, _not_running(sandbox_id))
+        return Access(None, _not_running(sandbox_id), port=port)
     token = headers.get(TOKEN_HEADER)
     if token is not None and _same(token, live.access_token):
         return Access(live, port=port, manager=mgr)
     traffic = headers.get(TRAFFIC_HEADER)
-    if traffic is not None and port != ENVD_PORT and _same(traffic, live.traffic_token):
+    # the traffic token opens the sandbox's served ports (sandbox_app routes by port): the
+    # interpreter's today, never the in-sandbox daemon's files and processes
+    if traffic is not None and port == INTERPRETER_PORT and _same(traffic, live.traffic_token):
         return Access(live, port=port, manager=mgr)
     key = headers.get("x-api-key")
     if key:
@@ -131,7 +134,7 @@ def resolve(
     if signature and path == "/files" and _signed_by(live, signature, query):
         return Access(live, port=port, manager=mgr)
     # No credentials get the answer a wrong one gets: which ids exist is nobody's business.
-    return Access(None, _not_running(sandbox_id))
+    return Access(None, _not_running(sandbox_id), port=port)
 
 
 def _same(shown: str, token: str) -> bool:
@@ -170,7 +173,9 @@ def _by_signature(
     for live in mgr.all_live():
         if _signed_by(live, signature, query):
             return Access(live, port=port, manager=mgr)
-    return Access(None, ApiError("unauthenticated", "the signature is invalid or expired"))
+    return Access(
+        None, ApiError("unauthenticated", "the signature is invalid or expired"), port=port
+    )
 
 
 def signed_operation(live: LiveSandbox, query: Mapping[str, str], operation: str) -> bool:
@@ -179,7 +184,10 @@ def signed_operation(live: LiveSandbox, query: Mapping[str, str], operation: str
     if not signature:
         return True  # not a signed request: the token or key already let it in
     raw_exp = query.get("signature_expiration")
-    expiration = int(raw_exp) if raw_exp and raw_exp.isdigit() else None
+    try:
+        expiration = int(raw_exp) if raw_exp else None
+    except ValueError:
+        return False
     want = sign(
         query.get("path", ""), operation, query.get("username", ""), live.access_token, expiration
     )

@@ -4,11 +4,12 @@ decision made): the Connect RPC services by their paths, and E2B's HTTP routes."
 from __future__ import annotations
 
 from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from firebox.server.e2b import access, interpreter
 from firebox.server.e2b.envd import files_http
-from firebox.server.e2b.envd.errors import http_error_handler
+from firebox.server.e2b.envd.errors import envd_error_body, http_error_handler
 from firebox.server.e2b.envd.filesystem import FilesystemService
 from firebox.server.e2b.envd.process import ProcessService
 from firebox.server.e2b.envd.proto.filesystem.filesystem_connect import (
@@ -21,7 +22,7 @@ from firebox.server.errors import ApiError, unexpected_handler
 RPC_READ_MAX = 4 << 20
 
 
-def _http_app() -> FastAPI:
+def _app() -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.add_exception_handler(ApiError, http_error_handler)
     # the daemon's own last resort: a stream broken off (StreamAborted) stays out of the log
@@ -32,6 +33,20 @@ def _http_app() -> FastAPI:
     async def health() -> Response:
         access.current()
         return Response(status_code=204)
+
+    return app
+
+
+def _interpreter_app() -> FastAPI:
+    """Port 49999: the code interpreter, and nothing of the sandbox daemon's."""
+    app = _app()
+    app.include_router(interpreter.router)
+    return app
+
+
+def _envd_http_app() -> FastAPI:
+    """Port 49983's HTTP routes: the sandbox daemon's."""
+    app = _app()
 
     @app.get("/envs")
     async def envs() -> dict[str, str]:
@@ -62,25 +77,39 @@ def _http_app() -> FastAPI:
         }
 
     app.include_router(files_http.router)
-    app.include_router(interpreter.router)
     return app
 
 
 class SandboxApp:
-    """Connect services by path prefix; everything else to the HTTP routes."""
+    """By port first, as E2B's proxy routes: the in-sandbox daemon's (Connect services by
+    path prefix, then its HTTP routes), or the code interpreter's; any other port is not
+    open (ports reach a sandbox with the ports issue)."""
 
     def __init__(self) -> None:
         self.process = ProcessASGIApplication(ProcessService(), read_max_bytes=RPC_READ_MAX)
         self.filesystem = FilesystemASGIApplication(
             FilesystemService(), read_max_bytes=RPC_READ_MAX
         )
-        self.http = _http_app()
+        self.http = _envd_http_app()
+        self.interpreter = _interpreter_app()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        port = access.current_port()
         app: ASGIApp = self.http
-        if path.startswith("/process.Process/"):
+        if port == access.INTERPRETER_PORT:
+            app = self.interpreter
+        elif port != access.ENVD_PORT:
+            app = _port_not_open
+        elif path.startswith("/process.Process/"):
             app = self.process
         elif path.startswith("/filesystem.Filesystem/"):
             app = self.filesystem
         await app(scope, receive, send)
+
+
+async def _port_not_open(scope: Scope, receive: Receive, send: Send) -> None:
+    # E2B's proxy's words ("port is not open"), which its SDKs recognise
+    port = access.current_port()
+    err = ApiError("sandbox_error", f"the sandbox's port {port} is not open")
+    await JSONResponse(envd_error_body(err), status_code=502)(scope, receive, send)
