@@ -88,7 +88,9 @@ def test_each_chart_kind_gives_png_and_data(sbx: Sandbox, kind: str) -> None:
     assert chart.get("elements")
 
 
-def test_a_context_of_root_may_start_in_roots_home(sbx: Sandbox) -> None:
+# Its own sandbox too: a root context brings a root python fork server of its own.
+def test_a_context_of_root_may_start_in_roots_home(sandbox: Sandbox) -> None:
+    sbx = sandbox
     ctx = sbx.create_code_context(cwd="/root", user="root")
     assert sbx.run_code("import os; os.getcwd(), os.getuid()", context=ctx).text == "('/root', 0)"
 
@@ -137,7 +139,10 @@ def test_a_dying_interpreter_is_reported_and_restarted(sbx: Sandbox) -> None:
     assert gone.error is not None and gone.error.name == "NameError"
 
 
-def test_typescript_cells_are_stripped_of_types_and_keep_state(sbx: Sandbox) -> None:
+# Its own sandbox (not the module's): a node with the TypeScript compiler loaded holds ~100 MB,
+# which the module's shared 512 MB microVM, already holding its tests' contexts, cannot spare.
+def test_typescript_cells_are_stripped_of_types_and_keep_state(sandbox: Sandbox) -> None:
+    sbx = sandbox
     sbx.run_code("type N = number;\nlet total: N = 40;", language="typescript")
     ex = sbx.run_code(
         "function add(a: N, b: N = 2): N { return a + b }\nadd(total)", language="typescript"
