@@ -7,7 +7,7 @@ permissions of ``user`` ("user", uid 1000, or "root").
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import IO, Any, Literal, cast, overload
 
 import httpx
@@ -16,7 +16,7 @@ from firebox._async._http import AsyncApiClient
 from firebox._async.watch import AsyncWatchHandle
 from firebox._core.errors import error_from_transport
 from firebox._core.models import EntryInfo, FilesystemEvent, OutputHandler, WriteEntry
-from firebox._core.requests import file_params, sandbox_path, upload_length
+from firebox._core.requests import file_params, metadata_headers, sandbox_path, upload_length
 from firebox._core.responses import parse_entry_info, parse_field, parse_list
 from firebox.exceptions import NotFoundException, SandboxNotFoundException
 
@@ -89,13 +89,16 @@ class AsyncFilesystem:
         data: WriteData,
         user: str = "user",
         request_timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> EntryInfo:
         """Writes a file, creating it and its parent directories, or replacing its content.
 
         ``data`` is text (written as UTF-8), bytes, a file object opened for reading, or an
         iterator of byte chunks; file objects and iterators are streamed as they are read.
+        ``metadata`` is kept with the file (``EntryInfo.metadata``), as E2B's.
         """
         headers: dict[str, str] = {"Content-Type": "application/octet-stream"}
+        headers.update(metadata_headers(metadata))
         content: bytes | AsyncIterator[bytes]
         if isinstance(data, str):
             content = data.encode()

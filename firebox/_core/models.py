@@ -114,11 +114,12 @@ class EntryInfo:
     path: str
     size: int
     mode: int
-    permissions: str  # "rwxr-xr-x"
+    permissions: str  # "-rwxr-xr-x"
     owner: str
     group: str
     modified_time: datetime
     symlink_target: str | None = None
+    metadata: dict[str, str] | None = None  # as written with files.write(metadata=)
 
 
 @dataclass

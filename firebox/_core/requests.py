@@ -129,6 +129,18 @@ def command_timeout(timeout: float | None, request_timeout: float) -> httpx.Time
     return httpx.Timeout(request_timeout, read=read)
 
 
+def metadata_headers(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """A file's metadata as an upload carries it: ``X-Metadata-<key>`` headers (E2B's)."""
+    out = {}
+    for key, value in (metadata or {}).items():
+        if not key or not key.isascii() or not all(c.isalnum() or c in "-_" for c in key):
+            raise InvalidArgumentException(
+                f"metadata key {key!r}: use letters, digits, '-' and '_' (it travels as a header)"
+            )
+        out[f"X-Metadata-{key}"] = value
+    return out
+
+
 def file_params(path: str, user: str, **extra: Any) -> dict[str, Any]:
     return {"path": path, "user": user, **extra}
 

@@ -123,6 +123,7 @@ def parse_entry_info(obj: Any) -> EntryInfo:
         group=r.get("group", str, ""),
         modified_time=r.time("modified_time"),
         symlink_target=r.get("symlink_target", str, None),
+        metadata=dict(r.get("metadata", dict, None) or {}) or None,
     )
 
 

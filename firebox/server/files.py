@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -34,6 +35,8 @@ from firebox.server.models import (
 )
 
 router = APIRouter(tags=["files"])
+METADATA_PREFIX = "x-metadata-"
+
 log = logging.getLogger("firebox.files")
 UPLOAD_IDLE_DEADLINE = 60.0
 BINARY = {"type": "string", "format": "binary"}
@@ -110,8 +113,52 @@ async def upload(
 ) -> EntryInfo:
     # request.stream() hands the body over as it arrives: a large upload is never held whole.
     ensure_capacity(sbx)
-    raw = await agent_call(sbx, sbx.agent.write_file(check_path(path), user, _body(request)))
+    chunks = decoded(request, _body(request))
+    metadata = upload_metadata(request) or None
+    raw = await agent_call(
+        sbx, sbx.agent.write_file(check_path(path), user, chunks, metadata=metadata)
+    )
     return entry(raw)
+
+
+def upload_metadata(request: Request) -> dict[str, str]:
+    """``X-Metadata-<key>`` headers (E2B's names): the file's metadata, keys lowercased; the
+    first of repeated headers wins, as in E2B's envd. For uploads of both edges."""
+    found: dict[str, str] = {}
+    for name, value in request.headers.items():
+        if name.lower().startswith(METADATA_PREFIX):
+            key = name[len(METADATA_PREFIX) :].lower()
+            if not key:
+                raise ApiError("invalid_argument", "an X-Metadata- header needs a key after it")
+            found.setdefault(key, value)
+    return found
+
+
+async def gunzipped(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    # bounded steps: a small body that inflates hugely still goes out a chunk at a time
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        async for chunk in body:
+            data = chunk
+            while data:
+                out = inflate.decompress(data, protocol.CHUNK)
+                data = inflate.unconsumed_tail
+                if out:
+                    yield out
+        if not inflate.eof:
+            raise ApiError("invalid_argument", "the gzip body ended early: send the whole stream")
+    except zlib.error as e:
+        raise ApiError("invalid_argument", f"the body is not valid gzip: {e}") from None
+
+
+def decoded(request: Request, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """An upload's bytes as the file gets them: a gzip ``Content-Encoding`` inflated."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding == "gzip":
+        return gunzipped(body)
+    if encoding not in ("", "identity"):
+        raise ApiError("invalid_argument", f"Content-Encoding {encoding!r}: send gzip or none")
+    return body
 
 
 async def _body(request: Request) -> AsyncIterator[bytes]:

@@ -119,6 +119,7 @@ class EntryInfo(BaseModel):
     group: str
     modified_time: str
     symlink_target: str | None = None
+    metadata: dict[str, str] | None = None  # set by an upload's X-Metadata-<key> headers
 
 
 class RenameFile(BaseModel):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import time
@@ -103,3 +104,33 @@ def test_user_permissions_apply_to_the_files_api(any_sandbox: Any, sdk: Sdk) -> 
         sandbox.files.write("/etc/evil", "x")  # read-only root image
     sandbox.files.write("/tmp/root-owned", "x", user="root")
     assert sandbox.commands.run("stat -c %u /tmp/root-owned").stdout.strip() == "0"
+
+
+def test_metadata_is_kept_with_the_file(any_sandbox: Any) -> None:
+    info = any_sandbox.files.write("meta.txt", "x", metadata={"owner": "alice", "run-id": "7"})
+    assert info.path == "/home/user/meta.txt"
+    assert any_sandbox.files.get_info("meta.txt").metadata == {"owner": "alice", "run-id": "7"}
+    any_sandbox.files.write("meta.txt", "y")  # an upload replaces it
+    assert not any_sandbox.files.get_info("meta.txt").metadata
+
+
+def test_a_gzip_upload_is_written_inflated(sandbox: Any, daemon: Daemon) -> None:
+    data = b"firebox " * 100_000
+    with daemon.client() as c:
+        r = c.put(
+            f"/sandboxes/{sandbox.sandbox_id}/files",
+            params={"path": "/home/user/big.txt"},
+            content=gzip.compress(data),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["size"] == len(data)
+        r = c.put(
+            f"/sandboxes/{sandbox.sandbox_id}/files",
+            params={"path": "/home/user/bad.txt"},
+            content=b"not gzip",
+            headers={"Content-Encoding": "gzip"},
+        )
+        assert r.status_code == 400 and "gzip" in r.text
+    assert sandbox.files.read("big.txt", format="bytes") == data
+    assert not sandbox.files.exists("bad.txt")

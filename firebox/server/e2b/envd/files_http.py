@@ -15,18 +15,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from firebox import protocol
 from firebox.server.agent_calls import agent_call, ensure_capacity
 from firebox.server.e2b import access
 from firebox.server.e2b.envd.multipart import MultipartReader, boundary_of
 from firebox.server.e2b.envd.process import USERS
 from firebox.server.errors import ApiError
 from firebox.server.files import _body as upload_body
-from firebox.server.files import check_path, file_content
+from firebox.server.files import check_path, decoded, file_content, upload_metadata
 from firebox.server.manager import LiveSandbox
 
 router = APIRouter()
-METADATA_PREFIX = "x-metadata-"
 
 
 def _allowed(request: Request, operation: str) -> LiveSandbox:
@@ -69,14 +67,9 @@ async def download(request: Request) -> StreamingResponse:
 async def upload(request: Request) -> list[dict[str, Any]]:
     sbx = _allowed(request, "write")
     user = _user(request)
-    metadata = _metadata(request)
+    metadata = upload_metadata(request)
     query_path = check_path(request.query_params.get("path") or "")
-    body = upload_body(request)
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding == "gzip":
-        body = _gunzipped(body)
-    elif encoding not in ("", "identity"):
-        raise ApiError("invalid_argument", f"Content-Encoding {encoding!r}: send gzip or none")
+    body = decoded(request, upload_body(request))
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/"):
         if not query_path:
@@ -117,36 +110,6 @@ async def _write(
     if raw.get("metadata"):
         answer["metadata"] = raw["metadata"]
     return answer
-
-
-def _metadata(request: Request) -> dict[str, str]:
-    """E2B's ``X-Metadata-<key>`` headers: the file's metadata, keys lowercased; the first of
-    repeated headers wins, as in envd."""
-    found: dict[str, str] = {}
-    for name, value in request.headers.items():
-        if name.lower().startswith(METADATA_PREFIX):
-            key = name[len(METADATA_PREFIX) :].lower()
-            if not key:
-                raise ApiError("invalid_argument", "an X-Metadata- header needs a key after it")
-            found.setdefault(key, value)
-    return found
-
-
-async def _gunzipped(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    # bounded steps: a small body that inflates hugely still goes out a chunk at a time
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        async for chunk in body:
-            data = chunk
-            while data:
-                out = inflate.decompress(data, protocol.CHUNK)
-                data = inflate.unconsumed_tail
-                if out:
-                    yield out
-        if not inflate.eof:
-            raise ApiError("invalid_argument", "the gzip body ended early: send the whole stream")
-    except zlib.error as e:
-        raise ApiError("invalid_argument", f"the body is not valid gzip: {e}") from None
 
 
 async def _gzipped(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
