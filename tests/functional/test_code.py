@@ -91,7 +91,9 @@ def test_each_chart_kind_gives_png_and_data(sbx: Sandbox, kind: str) -> None:
 # Its own sandbox too: a root context brings a root python fork server of its own.
 def test_a_context_of_root_may_start_in_roots_home(sandbox: Sandbox) -> None:
     sbx = sandbox
-    ctx = sbx.create_code_context(cwd="/root", user="root")
+    # a root server starts cold (under emulation, beside a loaded host: past the SDK's 30 s
+    # default), within the daemon's own deadline for a context
+    ctx = sbx.create_code_context(cwd="/root", user="root", request_timeout=120)
     assert sbx.run_code("import os; os.getcwd(), os.getuid()", context=ctx).text == "('/root', 0)"
 
 
