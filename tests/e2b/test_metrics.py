@@ -6,41 +6,22 @@ a deadline (generous: the host may be loaded); nothing asserts how fast."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import httpx
 import pytest
-from e2b import NotFoundException, Sandbox, SandboxMetrics
+from e2b import NotFoundException, Sandbox
 
 from tests.conftest import Daemon
 from tests.e2b.conftest import e2b_environment
+from tests.functional.test_metrics import _latest, _until  # the same polling, either SDK
 
-T = TypeVar("T")
 MiB = 1 << 20
-DEADLINE = 120.0  # seconds for a sample to show a change; a sample comes every 5 s
 
 # Each a background command: it runs on while the test reads the metrics.
 BURN = "python3 -c 'while True: pass'"
 # 50 MiB of distinct bytes: every page touched, so it is really held (a zeroed bytearray is not)
 HOLD_50_MIB = "python3 -c 'import time; b = bytes(range(256)) * (200 * 1024); time.sleep(3600)'"
-
-
-def _until(probe: Callable[[], T | None], what: str, deadline: float = DEADLINE) -> T:
-    end = time.monotonic() + deadline
-    seen = None
-    while time.monotonic() < end:
-        seen = probe()
-        if seen:
-            return seen
-        time.sleep(1)
-    raise AssertionError(f"no {what} within {deadline:g} s; last seen {seen!r}")
-
-
-def _latest(sbx: Sandbox) -> SandboxMetrics | None:
-    metrics = sbx.get_metrics()
-    return metrics[-1] if metrics else None
 
 
 def test_cpu_burner_and_allocated_memory_show(e2b_env: dict[str, str]) -> None:
