@@ -264,7 +264,7 @@ def main(forked: bool = False) -> None:
     fd = _open_channel()
     _close_strays(fd)
     privs.set_name(AGENT_NAME)
-    privs.harden()
+    privs.harden(root_keeps_caps=os.environ.get("FIREBOX_BUILD") == "1")
     if os.environ.get("FIREBOX_BACKEND") == "microvm":
         _own_kernel()
     seccomp = os.environ.get("FIREBOX_SECCOMP")

@@ -89,19 +89,26 @@ def _clear_inheritable() -> None:
         raise OSError(err, os.strerror(err))
 
 
-def harden() -> None:
+def harden(root_keeps_caps: bool = False) -> None:
     """Make sure nothing the agent execs holds a capability; log what could not be done.
+
+    ``root_keeps_caps`` (a template build's sandbox) leaves NOROOT unset: what runs as the
+    sandbox's root then holds the agent's bounding set, as root in a rootless container does
+    (dpkg must chown, apt must switch users), and only over the sandbox's own ids.
 
     Each step fails when not permitted (the agent run by hand as a normal user, where there is
     nothing to drop); that is logged, never fatal, so development works outside a sandbox.
     """
+    bits = SECUREBITS
+    if root_keeps_caps:
+        bits &= ~(SECBIT_NOROOT | SECBIT_NOROOT_LOCKED)
     steps: list[tuple[str, Any]] = [
         (
             "clear the ambient capability set",
             lambda: _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL),
         ),
         ("clear the inheritable capability set", _clear_inheritable),
-        ("lock securebits NOROOT and NO_CAP_AMBIENT_RAISE", _set_securebits),
+        ("lock securebits", lambda: _set_securebits(bits)),
     ]
     if os.getgroups() and setgroups_allowed():
         # The files API checks access with the agent's groups plus a user's fsgid: stray
@@ -201,10 +208,10 @@ def lock_memory() -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _set_securebits() -> None:
+def _set_securebits(bits: int = SECUREBITS) -> None:
     current = _prctl(PR_GET_SECUREBITS)
-    if current & SECUREBITS != SECUREBITS:
-        _prctl(PR_SET_SECUREBITS, current | SECUREBITS)
+    if current & bits != bits:
+        _prctl(PR_SET_SECUREBITS, current | bits)
 
 
 def securebits() -> int:

@@ -20,13 +20,19 @@ from firebox.settings import Limits
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:
     """What the daemon asks of a backend: a sandbox of ``template`` (its image at ``rootfs``)
-    with these limits (firebox.settings: the one model of them)."""
+    with these limits (firebox.settings: the one model of them).
+
+    ``build_layers`` asks for a template build's sandbox instead: its root is writable, the
+    overlay of these trees (lowest first) and an upper directory of its own, capped at its
+    disk limit, that the builder reads back as the step's layer (``RunningSandbox.upper``).
+    Only backends with ``builds`` set take it."""
 
     sandbox_id: str
     template: str
     rootfs: Path
     limits: Limits = Limits()
     hostname: str = "sandbox"
+    build_layers: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,11 @@ class RunningSandbox(abc.ABC):
     def limit_events(self) -> dict[str, int]:
         """Counters of limits hit so far (``oom_kill``, ``pids_max``), to classify failures."""
 
+    def upper(self) -> Path | None:
+        """A build sandbox's upper directory (what its root gained, lost and changed, in
+        overlayfs's on-disk form), readable on the host until ``cleanup``; None otherwise."""
+        return None
+
     def usage(self) -> SandboxUsage | None:
         """CPU, memory and disk used now, or None where the backend cannot tell. Reads a few
         host files: call it off the event loop."""
@@ -106,6 +117,8 @@ class Backend(abc.ABC):
     #: the least memory a sandbox may be given here (a microVM's kernel and warm interpreter
     #: need more than a jail's processes)
     min_memory_mb: int = 64
+    #: whether it starts build sandboxes (``SandboxSpec.build_layers``)
+    builds: bool = False
 
     @abc.abstractmethod
     def availability(self) -> Availability:

@@ -44,12 +44,12 @@ from firebox.backends.base import (
 )
 from firebox.backends.confined import ConfinedSandbox, take_slot
 from firebox.backends.jail import rwdisk
-from firebox.backends.jail.bwrap import JailFds, bwrap_argv, identity_fds
+from firebox.backends.jail.bwrap import JailFds, build_root, bwrap_argv, identity_fds
 from firebox.backends.jail.entry import Entry, Exec, Forked
 from firebox.backends.jail.start_pipes import read_until
 from firebox.backends.jail.zygote import Zygote
 from firebox.backends.owner import Owner
-from firebox.confine import cgroups, seccomp
+from firebox.confine import cgroups, overlay, seccomp
 from firebox.confine.gate import spawn_gated
 from firebox.confine.uids import UID_RANGE, UidSlots, range_problem
 from firebox.images.cache import image_root
@@ -69,10 +69,15 @@ class JailSandbox(ConfinedSandbox):
         release: Callable[[], None],
         rw: Path,
         output: asyncio.StreamReader,
+        build: bool = False,
     ) -> None:
         super().__init__(proc, cgroup, reader, writer, output, release)
         self._sock = sock
         self._rw = rw
+        self._build = build
+
+    def upper(self) -> Path | None:
+        return self._rw / rwdisk.UPPER if self._build else None
 
     def _disk(self) -> tuple[int | None, int | None]:
         return rwdisk.usage(self._rw)
@@ -82,11 +87,18 @@ class JailSandbox(ConfinedSandbox):
             await super().cleanup()
         finally:
             self._sock.close()
-            await asyncio.to_thread(rwdisk.remove, self._rw)
+            await asyncio.to_thread(_remove_disk, self._rw, self._build)
+
+
+def _remove_disk(rw: Path, build: bool) -> None:
+    if build:
+        overlay.unmount(build_root(rw))
+    rwdisk.remove(rw)
 
 
 class JailBackend(Backend):
     name = "jail"
+    builds = True
 
     def __init__(self, owner: Owner, uid_base: int) -> None:
         self.owner = owner
@@ -194,7 +206,9 @@ class JailBackend(Backend):
         start = _Start(self, spec)
         try:
             await start.disk_and_cgroup()
-            entry = await start.entry(self._zygotes.get(spec.rootfs))
+            # a build's root is not the image its template's zygote holds
+            zygote = None if spec.build_layers else self._zygotes.get(spec.rootfs)
+            entry = await start.entry(zygote)
             await start.spawn_bwrap(entry, self._lib())
             child_pid = await start.child_pid()
             start.map_ids(child_pid)
@@ -267,12 +281,21 @@ class _Start:
             limits.disk_mb,
             self.host_id,
         )
+        if self.spec.build_layers:
+            await asyncio.to_thread(self._build_root)
         cgroup_limits = cgroups.Limits(
             memory_bytes=limits.memory_mb << 20, pids=limits.processes, cpu_quota=limits.cpu_count
         )
         self.cgroup = await asyncio.to_thread(
             cgroups.create, self.spec.sandbox_id, cgroup_limits, self.backend.owner.cgroup_parent
         )
+
+    def _build_root(self) -> None:
+        """A build's writable root: the overlay of its layers and an upper directory on its
+        capped disk, mounted where bwrap binds it as / (confine/overlay.py says how)."""
+        assert self.rw is not None
+        upper, work = rwdisk.add_build_dirs(self.rw)
+        overlay.mount(self.spec.build_layers, upper, work, build_root(self.rw), self.host_id)
 
     async def entry(self, zygote: Zygote | None) -> Entry:
         """How the agent will come in: forked now by the template's zygote, so that its move
@@ -363,6 +386,7 @@ class _Start:
             release=lambda: slots.release(slot),
             rw=self.rw,
             output=output,
+            build=bool(self.spec.build_layers),
         )
         self.slot = self.rw = self.cgroup = self.proc = None  # the sandbox holds them now
         return sandbox
@@ -376,7 +400,7 @@ class _Start:
         if self.cgroup is not None:
             await asyncio.to_thread(self.cgroup.destroy)
         if self.rw is not None:
-            await asyncio.to_thread(rwdisk.remove, self.rw)
+            await asyncio.to_thread(_remove_disk, self.rw, bool(self.spec.build_layers))
         if self.slot is not None:
             self.backend._slots.release(self.slot)
         self.ours.close()

@@ -32,6 +32,17 @@ AGENT_CAPS = (
     "CAP_SYS_RESOURCE",
 )
 
+# What a template build's root holds besides (agent/privs.py ``harden``): the rest of a rootless
+# container's default set, for package managers (setuid bits kept, file capabilities set,
+# chroot). In a user namespace they act on the sandbox's own ids only.
+BUILD_CAPS = (
+    *AGENT_CAPS,
+    "CAP_FSETID",
+    "CAP_SETFCAP",
+    "CAP_SYS_CHROOT",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_AUDIT_WRITE",
+)
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -84,10 +95,10 @@ def bwrap_argv(
     #    the sandbox's own capped disk for the only writable places (home, /tmp, /root — the
     #    image's belongs to host root, unmapped inside — and /dev/shm), the agent's code
     #    read-only. No host path else.
+    build = bool(spec.build_layers)
     argv += [
-        "--ro-bind",
-        str(spec.rootfs),
-        "/",
+        # a build's root: its writable overlay, mounted by the daemon (backend.py)
+        *(("--bind", str(build_root(rw)), "/") if build else ("--ro-bind", str(spec.rootfs), "/")),
         "--proc",
         "/proc",
         "--dev",
@@ -99,7 +110,7 @@ def bwrap_argv(
         "/",
     ]
     # the writable places: directories of the sandbox's one capped disk (rwdisk.py)
-    argv += rwdisk.bwrap_args(rw)
+    argv += rwdisk.bwrap_args(rw, build)
     # an identity of its own: the host's boot id (shared kernel) and the image's machine id
     # (shared by every sandbox) would tell sandboxes apart from nothing, and tie them together
     argv += ["--ro-bind-data", str(fds.machine_id), "/etc/machine-id"]
@@ -107,17 +118,25 @@ def bwrap_argv(
     # 3. Process hardening: a new session (no TIOCSTI into a terminal), death with the daemon,
     #    only the agent's capabilities, and the seccomp deny list (seccomp_policy.json).
     argv += ["--new-session", "--die-with-parent", "--cap-drop", "ALL"]
-    for cap in AGENT_CAPS if holder is None else ():
+    for cap in (BUILD_CAPS if build else AGENT_CAPS) if holder is None else ():
         argv += ["--cap-add", cap]
     argv += ["--seccomp", str(fds.seccomp)]
     # 4. A clean environment: nothing of the daemon's leaks in.
     argv += ["--clearenv"]
     if holder is not None:
         return [*argv, "--setenv", "PATH", GUEST_PATH, "--", *holder]
-    for name, value in {**AGENT_ENV, "FIREBOX_AGENT_FD": str(fds.agent)}.items():
+    env = {**AGENT_ENV, "FIREBOX_AGENT_FD": str(fds.agent)}
+    if build:
+        env["FIREBOX_BUILD"] = "1"  # root keeps its capabilities (agent/privs.py harden)
+    for name, value in env.items():
         argv += ["--setenv", name, value]
     argv += ["--", *AGENT_COMMAND]
     return argv
+
+
+def build_root(rw: Path) -> Path:
+    """Where a build sandbox's overlay root is mounted on the host: beside its disk ``rw``."""
+    return rw.with_name(rw.name + ".root")
 
 
 def identity_fds() -> tuple[int, int]:

@@ -105,9 +105,25 @@ def usage(mnt: Path) -> tuple[int, int]:
     return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
 
 
-def bwrap_args(mnt: Path) -> list[str]:
-    """bubblewrap's binds of the places, in place of a tmpfs each."""
+def bwrap_args(mnt: Path, build: bool = False) -> list[str]:
+    """bubblewrap's binds of the places, in place of a tmpfs each. A build sandbox's home,
+    /tmp and /root are those of its writable root, kept in the layer it makes."""
     args: list[str] = []
     for name, inside, _, _ in PLACES:
-        args += ["--bind", str(mnt / name), inside]
+        if not build or name == "shm":
+            args += ["--bind", str(mnt / name), inside]
     return args
+
+
+# A build sandbox's overlay directories, on this same capped disk: what a step writes counts
+# against the disk limit as a sandbox's home does.
+UPPER, WORK = "upper", "work"
+
+
+def add_build_dirs(mnt: Path) -> tuple[Path, Path]:
+    """The overlay's upper and work directories on the disk ``mnt``, owned by (real) root:
+    the idmapped mount shows them to the sandbox as its own root's."""
+    upper, work = mnt / UPPER, mnt / WORK
+    for path in (upper, work):
+        path.mkdir(mode=0o755)
+    return upper, work
