@@ -7,6 +7,9 @@ firebox sandbox list [--metadata k=v ...]
 firebox sandbox kill ID
 firebox sandbox exec ID -- COMMAND...
 firebox run (--code CODE | FILE) [--language L] [--sandbox ID] [--out DIR] [--timeout S]
+firebox template build (Dockerfile | FILE.py) --name NAME [--tag T ...] [--cpu N] [--memory MB]
+                       [--skip-cache] [--build-arg K=V ...] [--context DIR]
+firebox template list | show NAME | delete NAME | prune
 firebox doctor
 firebox e2b env
 """
@@ -19,11 +22,16 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from firebox.images import DEFAULT_TEMPLATE
 from firebox.server.auth import e2b_shaped
 from firebox.server.config import DEFAULT_PORT, ServerConfig, default_home
 from firebox.settings import Limits
+
+if TYPE_CHECKING:
+    from firebox import LogEntry
+    from firebox._core.template import TemplateClass
 
 
 def _pairs(items: Sequence[str]) -> dict[str, str]:
@@ -63,6 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_sandbox_cpus=args.max_sandbox_cpus,
         egress_resolve=args.egress_resolve,
         egress_permit=args.egress_permit,
+        max_builds=args.max_builds,
+        build_allow=args.build_allow,
+        build_disk_mb=args.build_disk_mb,
     )
     from firebox.server.egress import parse_resolve
     from firebox.server.egress_policy import PolicyError, parse_networks
@@ -192,6 +203,70 @@ def cmd_e2b_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_template(args: argparse.Namespace) -> TemplateClass:
+    """The template to build: a Dockerfile, parsed, or a Python file's ``template``."""
+    from firebox import Template
+    from firebox._core.template import TemplateBase, TemplateBuilder, TemplateFinal
+
+    path = Path(args.file)
+    if path.suffix == ".py":
+        import runpy
+
+        if args.build_arg:
+            raise SystemExit("firebox: --build-arg applies to Dockerfiles only")
+        namespace = runpy.run_path(str(path), run_name="__firebox_template__")
+        template = namespace.get("template")
+        if not isinstance(template, TemplateBase | TemplateBuilder | TemplateFinal):
+            raise SystemExit(
+                f"firebox: {path} must define a module-level `template`, e.g. "
+                "template = Template().from_debian_image().apt_install('curl')"
+            )
+        return template
+    if not path.is_file():
+        raise SystemExit(f"firebox: no Dockerfile at {path}")
+    context = Path(args.context) if args.context else path.parent
+    return Template(file_context_path=context).from_dockerfile(
+        str(path.resolve()), build_args=_pairs(args.build_arg)
+    )
+
+
+def _print_log(entry: LogEntry) -> None:
+    stream = sys.stderr if entry.level in ("warn", "error") else sys.stdout
+    print(f"[{entry.timestamp:%H:%M:%S}] {entry.message}", file=stream, flush=True)
+
+
+def cmd_template(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from firebox import Template
+
+    if args.action == "build":
+        info = Template.build(
+            _load_template(args),
+            args.name,
+            tags=args.tag or None,
+            cpu_count=args.cpu,
+            memory_mb=args.memory,
+            skip_cache=args.skip_cache,
+            on_build_logs=_print_log,
+        )
+        print(f"template {info.name} ready ({info.template_id}, build {info.build_id})")
+    elif args.action == "list":
+        for t in Template.list():
+            size = f"{t.size_bytes / 1e6:.0f} MB" if t.size_bytes is not None else "-"
+            built = f"{t.built_at:%Y-%m-%d %H:%M}" if t.built_at else "-"
+            print(f"{t.name:24} {','.join(t.tags) or '-':16} {size:>8}  built {built}")
+    elif args.action == "show":
+        print(json.dumps(asdict(Template.get(args.name)), indent=2, default=str))
+    elif args.action == "delete":
+        if not Template.delete(args.name):
+            print(f"firebox: no template {args.name}", file=sys.stderr)
+            return 1
+    elif args.action == "prune":
+        print(json.dumps(Template.prune(), indent=2, default=str))
+    return 0
+
+
 IMAGE_SUFFIXES = {"png": "png", "jpeg": "jpg", "svg": "svg", "pdf": "pdf"}
 
 
@@ -294,6 +369,22 @@ def parser() -> argparse.ArgumentParser:
         help="lift this range off the always-denied floor (e.g. an internal package mirror); "
         "a sandbox's policy must still allow it",
     )
+    serve.add_argument(
+        "--max-builds", type=int, default=1, help="template builds run at once (default 1)"
+    )
+    serve.add_argument(
+        "--build-allow",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host template builds may reach besides the package sources this host uses",
+    )
+    serve.add_argument(
+        "--build-disk-mb",
+        type=int,
+        default=4096,
+        help="what one template build step may write, in MB (default 4096)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     image = sub.add_parser("image", help="guest images")
@@ -333,6 +424,27 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=".", help="where image results are written")
     run.add_argument("--timeout", type=float, default=60)
     run.set_defaults(func=cmd_run)
+
+    template = sub.add_parser("template", help="build, list, show and delete custom templates")
+    template_sub = template.add_subparsers(dest="action", required=True)
+    tbuild = template_sub.add_parser(
+        "build", help="build a template from a Dockerfile or a .py file defining `template`"
+    )
+    tbuild.add_argument("file", help="a Dockerfile, or a Python file with a module-level template")
+    tbuild.add_argument("--name", required=True, help="the template's name (name or name:tag)")
+    tbuild.add_argument("--tag", action="append", default=[], help="also tag it so (repeatable)")
+    tbuild.add_argument("--cpu", type=int, default=2, help="CPUs of its sandboxes (default 2)")
+    tbuild.add_argument("--memory", type=int, default=2048, help="memory MB (default 2048)")
+    tbuild.add_argument("--skip-cache", action="store_true", help="build every step again")
+    tbuild.add_argument(
+        "--build-arg", action="append", default=[], metavar="K=V", help="a Dockerfile ARG"
+    )
+    tbuild.add_argument("--context", help="the Dockerfile's build context (default: its directory)")
+    template_sub.add_parser("list", help="the templates this key can use")
+    for action, what in (("show", "one template, as JSON"), ("delete", "delete a template")):
+        template_sub.add_parser(action, help=what).add_argument("name")
+    template_sub.add_parser("prune", help="drop build cache no template needs (admin key)")
+    template.set_defaults(func=cmd_template)
 
     doctor = sub.add_parser("doctor", help="which isolation backends work here, and why not")
     doctor.set_defaults(func=cmd_doctor)

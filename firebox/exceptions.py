@@ -7,6 +7,7 @@ most errors about a sandbox are a ``SandboxException``, as they are in E2B::
     FireboxException                   root: anything firebox raises
     ├── AuthenticationException        no API key configured, or the daemon rejects it (401)
     ├── UnavailableException           daemon unreachable, or it cannot run sandboxes here (503)
+    ├── TemplateBuildError             a template build failed or was cancelled
     └── SandboxException               the sandbox's agent failed or died (502), a daemon
         │                              error (500); and the parent of:
         ├── TimeoutException           an operation or a command ran out of time (504)
@@ -49,6 +50,7 @@ __all__ = [
     "PermissionDeniedException",
     "RateLimitException",
     "SandboxException",
+    "TemplateBuildError",
     "TimeoutException",
     "TooLargeException",
     "UnavailableException",
@@ -75,6 +77,38 @@ class AuthenticationException(FireboxException):
 
 class UnavailableException(FireboxException):
     """The daemon cannot be reached, or it cannot run sandboxes on this host."""
+
+
+class TemplateBuildError(FireboxException):
+    """A template build failed (``build_status`` "error") or was cancelled ("cancelled").
+
+    ``step`` is the number of the failing step, counted from 1 as E2B does (None when the
+    failure was not in a step, such as pulling the base image or the start command), ``command``
+    what that step ran, ``exit_code`` its exit code and ``output`` the last lines it printed;
+    ``build_id`` names the build for ``get_build_status``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        build_id: str | None = None,
+        step: int | None = None,
+        command: str | None = None,
+        exit_code: int | None = None,
+        output: str = "",
+        build_status: str = "error",
+    ):
+        super().__init__(message)
+        self.build_id = build_id
+        self.step = step
+        self.command = command
+        self.exit_code = exit_code
+        self.output = output
+        self.build_status = build_status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = (self.build_id, self.step, self.command, self.exit_code, self.output)
+        return (type(self), (self.message, *fields, self.build_status))
 
 
 class SandboxException(FireboxException):

@@ -18,7 +18,7 @@ only the limits it wants to change (``LimitsRequest``, made from ``Limits``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Optional
 
 from pydantic import (
@@ -180,3 +180,24 @@ class SandboxSettings(BaseModel):
         default=False, description="egress to the internet through the daemon's proxy"
     )
     network: Network | None = None
+
+
+@dataclass(frozen=True)
+class StartConfig:
+    """How a built template's sandboxes start (server/templates): its start command running,
+    as its user, in its workdir, with its environment, ready once ``ready_cmd`` succeeds.
+    A microVM snapshots it running; a jail's pool keeps it running."""
+
+    start_cmd: str | None = None
+    ready_cmd: str | None = None
+    envs: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    user: str = "user"
+
+    def identity(self) -> str:
+        """What a snapshot of it depends on."""
+        import json
+
+        return json.dumps(
+            [self.start_cmd, self.ready_cmd, self.envs, self.workdir, self.user], sort_keys=True
+        )

@@ -42,6 +42,7 @@ RENAMES = {
     "AsyncFilesystem": "Filesystem",
     "AsyncCodeExecution": "CodeExecution",
     "AsyncWatchHandle": "WatchHandle",
+    "AsyncTemplate": "Template",
     "AsyncApiClient": "ApiClient",
     "AsyncBackground": "Background",  # firebox/_core/background.py: a task, or a thread
     "AsyncQueue": "Queue",  # asyncio's, or queue's

@@ -100,6 +100,7 @@ EGRESS_NAMES = {
     "allowed.test": EGRESS_ORIGIN,
     "also.test": EGRESS_ORIGIN,
     "pypi.test": EGRESS_ORIGIN,
+    "pkgs.test": EGRESS_ORIGIN,  # the package sources of template builds (tests/packages.py)
     "rebind.test": "127.0.0.1",  # a DNS answer pointing at the host's loopback
     "mixed.test": f"127.0.0.1,{EGRESS_ORIGIN}",
     "metadata.test": "169.254.169.254",
@@ -109,6 +110,11 @@ EGRESS_NAMES = {
 EGRESS_ARGS = [
     "--egress-permit",
     f"{EGRESS_ORIGIN}/32",
+    # template builds reach the tests' package sources, and a step writes at most 1 GB
+    "--build-allow",
+    "pkgs.test",
+    "--build-disk-mb",
+    "1024",
     *(a for name, addrs in EGRESS_NAMES.items() for a in ("--egress-resolve", f"{name}={addrs}")),
 ]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firebox.settings import Limits
+from firebox.settings import Limits, StartConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,9 @@ class SandboxSpec:
     limits: Limits = Limits()
     hostname: str = "sandbox"
     build_layers: tuple[Path, ...] = ()
+    # a built template's start command; a backend with ``starts_templates`` has it running
+    # when ``start`` returns (a microVM's snapshot holds it running), else the daemon starts it
+    start: StartConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,8 @@ class Backend(abc.ABC):
     min_memory_mb: int = 64
     #: whether it starts build sandboxes (``SandboxSpec.build_layers``)
     builds: bool = False
+    #: whether its sandboxes come with their template's start command running
+    starts_templates: bool = False
 
     @abc.abstractmethod
     def availability(self) -> Availability:

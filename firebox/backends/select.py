@@ -18,6 +18,15 @@ def backends(owner: Owner, uid_base: int) -> dict[str, Backend]:
     return {"microvm": MicroVMBackend(owner, uid_base), "jail": JailBackend(owner, uid_base)}
 
 
+def build_backend(running: Backend, owner: Owner, uid_base: int) -> Backend | None:
+    """What runs template builds: the daemon's backend if it can, else a jail of its own
+    (its cgroups and disks named apart from the sandboxes'), or None if neither works here."""
+    if running.builds:
+        return running
+    jail = JailBackend(Owner(f"{owner.key}-build", f"{owner.cgroup_parent}-build"), uid_base)
+    return jail if jail.availability().ok else None
+
+
 def report(uid_base: int) -> dict[str, Availability]:
     """What `firebox doctor` prints: every backend with its verdict."""
     out: dict[str, Availability] = {}

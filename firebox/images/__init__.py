@@ -3,7 +3,8 @@
 The tree comes from the host's own Debian release and apt mirror (``FIREBOX_APT_MIRROR``
 overrides the mirror) and is cached under ``FIREBOX_IMAGE_DIR`` (default
 ``/var/lib/firebox/images``), keyed by a hash of its recipe, so a changed recipe builds anew
-and an unchanged one is found instantly.
+and an unchanged one is found instantly. The bases custom templates start from (Debian of
+another release, an OCI image from a registry) are cached the same way: ``bases.py``.
 """
 
 from __future__ import annotations

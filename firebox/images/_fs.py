@@ -1,16 +1,19 @@
-"""File-system helpers for half-built trees: find mounts, remove safely, measure size."""
+"""File-system helpers for half-built trees: find mounts, remove safely, measure size, and look
+paths up inside a tree as its own root would."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import stat
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import ImageBuildError
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
+MAX_LINKS = 40  # as the kernel's ELOOP limit
 
 
 def _unescape(field: str) -> str:
@@ -70,3 +73,38 @@ def tree_size(path: Path) -> int:
             total += st.st_blocks * 512
         dirnames[:] = [d for d in dirnames if os.lstat(os.path.join(dirpath, d)).st_dev == top_dev]
     return total
+
+
+def resolve_in_tree(root: Path, rel: str, *, follow_last: bool = True) -> Path:
+    """``root/rel`` with every symlink on the way followed *inside* ``root``, as the sandbox,
+    whose ``/`` the tree is, would follow it: an absolute target starts again at ``root`` and
+    ``..`` stops at it. Never resolved on the host, where an absolute link would point at the
+    host's own files. The result has no symlink in it but (unless ``follow_last``) the last
+    component; the part from the first missing component on is kept as written.
+    """
+    todo = [part for part in reversed(PurePosixPath(rel).parts) if part != "/"]
+    done: list[str] = []
+    links = 0
+    while todo:
+        name = todo.pop()
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        here = root.joinpath(*done, name)
+        if todo or follow_last:
+            try:
+                is_link = stat.S_ISLNK(os.lstat(here).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                is_link = False  # missing: nothing further can be a link either
+            if is_link:
+                links += 1
+                if links > MAX_LINKS:
+                    raise ImageBuildError(f"too many levels of symbolic links under {here}")
+                target = os.readlink(here)
+                if target.startswith("/"):
+                    done = []
+                todo.extend(reversed([p for p in PurePosixPath(target).parts if p != "/"]))
+                continue
+        done.append(name)
+    return root.joinpath(*done)

@@ -8,6 +8,8 @@ Layout under the image root (``$FIREBOX_IMAGE_DIR``, default ``/var/lib/firebox/
     <template>-<key>.lock         flock(2) lock serialising builders of that key
     <template>-<key>.build.log    log of the latest failed attempt (kept for debugging)
     .<template>-<key>.tmp-*       a build in progress
+    oci-<key>/…                   the same for a base pulled from a registry (oci.py), keyed
+                                  by its digest, with oci.json beside the rootfs
 
 A build happens in a temporary directory beside the final one; ``image.json`` is written into
 it last and the directory is then renamed into place, so an interrupted build never looks
@@ -33,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ._fs import remove_tree, tree_size
 from .errors import ImageBuildError
@@ -73,6 +75,18 @@ class Recipe:
         return f"{self.template}-{self.key}"
 
 
+class CacheKey(Protocol):
+    """What names an entry: a ``Recipe``, or another kind of tree's key (an OCI base's)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
 def image_root(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get(IMAGE_DIR_ENV) or DEFAULT_IMAGE_DIR)
 
@@ -86,7 +100,7 @@ def read_marker(entry: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def ready_rootfs(recipe: Recipe, root: Path) -> Path | None:
+def ready_rootfs(recipe: CacheKey, root: Path) -> Path | None:
     """The rootfs of a complete entry for exactly this recipe, else None."""
     entry = root / recipe.name
     marker = read_marker(entry)
@@ -129,7 +143,7 @@ def locked(path: Path, timeout: float, progress: Progress) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write_marker(entry: Path, recipe: Recipe, started: float) -> None:
+def _write_marker(entry: Path, recipe: CacheKey, started: float) -> None:
     record = {
         "format": 1,
         "name": recipe.name,
@@ -153,7 +167,7 @@ def _move_aside(entry: Path) -> None:
 
 
 def build_cached(
-    recipe: Recipe,
+    recipe: CacheKey,
     builder: Builder,
     *,
     root: Path,

@@ -1,7 +1,10 @@
-"""Steps applied to a fresh debootstrap tree, from the host, without chroot.
+"""Steps applied to a fresh base tree (debootstrapped, or an OCI image's), from the host,
+without chroot.
 
-Nothing inside the tree is executed: we only write files. Because this runs as host root, every
-path is checked so that a symlink inside the tree cannot redirect a write onto the host.
+Nothing inside the tree is executed: we only write files. Because this runs as host root on a
+tree that may come from anyone's image, every path is looked up inside the tree (a symlink is
+followed as the sandbox would follow it, never on the host) and no write goes through a symlink,
+so nothing in the tree can redirect a write onto the host.
 
 The hash of this module's source is part of the image recipe, so editing anything here makes
 the next build produce a new image.
@@ -16,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ._fs import resolve_in_tree
 from .errors import ImageBuildError
 
 USER = "user"
@@ -32,12 +36,13 @@ def source_hash() -> str:
 
 
 def _inside(root: Path, rel: str) -> Path:
-    """``root/rel`` after checking that no symlink leads it out of the tree."""
-    path = root / rel.lstrip("/")
-    top = os.path.realpath(root)
-    parent = os.path.realpath(path.parent)
-    if (parent != top and not parent.startswith(top + os.sep)) or path.is_symlink():
-        raise ImageBuildError(f"refusing to write {path}: it resolves outside {root}")
+    """Where ``rel`` is in the tree, its directories' symlinks followed inside it; refused if
+    ``rel`` itself is a symlink (a write would go wherever it points)."""
+    path = resolve_in_tree(root, rel, follow_last=False)
+    if path.is_symlink():
+        raise ImageBuildError(
+            f"refusing to write {path}: it is a symlink, which could lead outside {root}"
+        )
     return path
 
 
@@ -87,7 +92,8 @@ def make_home(root: Path) -> None:
     if skel.is_dir():  # what useradd -m would copy: .bashrc, .profile
         for item in skel.iterdir():
             dest = home / item.name
-            if item.is_file() and not item.is_symlink() and not dest.exists():
+            # lexists: a dangling link planted in an image's home must not be written through
+            if item.is_file() and not item.is_symlink() and not os.path.lexists(dest):
                 shutil.copy2(item, dest, follow_symlinks=False)
                 os.lchown(dest, UID, GID)
     os.chown(home, UID, GID)
@@ -146,9 +152,13 @@ def allow_user_pip(root: Path) -> None:
     """Let ``pip install`` work for the sandbox's user, as in E2B's image: Debian marks its
     Python externally managed (PEP 668), which refuses even ``--user`` installs. Packages go
     to ~/.local (on the sandbox's disk); the image itself is read-only either way."""
-    for marker in _inside(root, "usr/lib").glob("python3*/EXTERNALLY-MANAGED"):
-        if not marker.is_symlink():
-            marker.unlink()
+    lib = _inside(root, "usr/lib")
+    for name in sorted(os.listdir(lib)) if lib.is_dir() else ():
+        if name.startswith("python3"):
+            # looked up again inside the tree: python3.N may be a link, possibly absolute
+            marker = _inside(root, f"usr/lib/{name}/EXTERNALLY-MANAGED")
+            if marker.is_file():
+                marker.unlink()
 
 
 def empty_machine_id(root: Path) -> None:

@@ -58,6 +58,8 @@ _PYTHON = _BASE.plus(
         "python-is-python3",
         "git",
         "sudo",
+        # `ss`: what E2B's wait_for_port ready check runs (templates built on this one)
+        "iproute2",
     ),
 )
 TEMPLATES: dict[str, Template] = {t.name: t for t in (_BASE, _PYTHON)}
@@ -183,12 +185,18 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_logged(
-    cmd: Sequence[str], log_path: Path, on_line: Callable[[str], None], timeout: float
+    cmd: Sequence[str],
+    log_path: Path,
+    on_line: Callable[[str], None],
+    timeout: float,
+    *,
+    append: bool = False,
 ) -> RunResult:
-    """Run ``cmd`` with output to ``log_path``, each line to ``on_line``, killed at ``timeout``."""
+    """Run ``cmd`` with output to ``log_path``, each line to ``on_line``, killed at ``timeout``.
+    ``append`` adds to the log, for a build of several commands."""
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     env = {**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab" if append else "wb") as log:
         log.write(f"$ {shlex.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(

@@ -16,6 +16,7 @@ from firebox.server.e2b.control import control_app
 from firebox.server.e2b.routing import SandboxTraffic
 from firebox.server.e2b.sandbox_app import SandboxApp
 from firebox.server.models import ErrorBody, Health
+from firebox.server.templates import routes as templates
 from firebox.server.timing import ServerTiming
 from firebox.version import __version__
 
@@ -69,6 +70,7 @@ def create_app() -> FastAPI:
     app.include_router(files.router)
     app.include_router(code.router)
     app.include_router(metrics_routes.router)
+    app.include_router(templates.router)
     e2b = control_app()
     e2b.state = app.state  # the same manager, registry and backend
     app.mount("/e2b", e2b)

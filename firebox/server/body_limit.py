@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 MAX_BODY = 16 * 1024 * 1024
 _UPLOAD = re.compile(r"^/sandboxes/[^/]+/files$")
+# a template's COPY files: streamed to disk, capped there (templates/service.py)
+_TEMPLATE_FILES = re.compile(r"^/templates/files/[^/]+$")
 _E2B_UPLOAD = "/files"  # E2B's envd upload (POST), streamed the same way (e2b/envd/files_http.py)
 
 
@@ -55,6 +57,8 @@ class BodyLimit:
 
 def _streamed_upload(scope: Scope) -> bool:
     method, path = scope["method"], scope["path"]
+    if method == "PUT" and _TEMPLATE_FILES.match(path):
+        return True
     return (method == "PUT" and bool(_UPLOAD.match(path))) or (
         method == "POST" and path == _E2B_UPLOAD
     )

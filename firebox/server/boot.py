@@ -12,7 +12,7 @@ from firebox import images, protocol
 from firebox.agent_client import AgentClient, AgentGone
 from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
 from firebox.server.errors import ApiError
-from firebox.settings import Limits
+from firebox.settings import Limits, StartConfig
 
 START_DEADLINE = 20.0  # seconds for a backend to hand over a connected agent
 HELLO_DEADLINE = 10.0
@@ -48,14 +48,18 @@ def rootfs_for(template: str) -> Path:
     return rootfs
 
 
-def spec_for(template: str, limits: Limits) -> SandboxSpec:
-    """A new sandbox of ``template`` with ``limits``."""
+def spec_for(
+    template: str, limits: Limits, rootfs: Path | None = None, start: StartConfig | None = None
+) -> SandboxSpec:
+    """A new sandbox of ``template`` (firebox's own, or the tree ``rootfs`` of a built one)
+    with ``limits``."""
     sandbox_id = "sbx_" + secrets.token_hex(8)
     return SandboxSpec(
         sandbox_id=sandbox_id,
         hostname=sandbox_id.replace("_", "-"),  # its own, and a valid host name
         template=template,
-        rootfs=rootfs_for(template),
+        rootfs=rootfs or rootfs_for(template),
+        start=start,
         limits=limits,
     )
 

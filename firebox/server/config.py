@@ -52,6 +52,11 @@ class ServerConfig:
     # of DNS, and ranges lifted off the always-denied floor (an internal mirror; tests)
     egress_resolve: list[str] = field(default_factory=list)
     egress_permit: list[str] = field(default_factory=list)
+    # template builds (server/templates): how many run at once, and hosts their steps may
+    # reach besides the package sources this host is configured with
+    max_builds: int = 1
+    build_allow: list[str] = field(default_factory=list)
+    build_disk_mb: int = 4096  # what one build step may write
 
     def ceilings(self) -> dict[str, Bound]:
         """The most a create may ask for of each limit this daemon bounds."""

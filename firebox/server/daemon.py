@@ -14,14 +14,17 @@ import logging
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from firebox import images
 from firebox.backends.base import BackendError
+from firebox.backends.jail.backend import JailBackend
 from firebox.backends.owner import Owner
-from firebox.backends.select import select
+from firebox.backends.select import build_backend, select
 from firebox.images import ImageBuildError
+from firebox.images import bases as image_bases
 from firebox.server.app import create_app
 from firebox.server.auth import ensure_admin_key
 from firebox.server.boot import spec_for
@@ -29,6 +32,7 @@ from firebox.server.config import ServerConfig
 from firebox.server.home import HomeLock, HomeTaken
 from firebox.server.manager import SandboxManager
 from firebox.server.registry import Registry
+from firebox.server.templates.service import BuildSettings, TemplateService
 
 log = logging.getLogger("firebox.server")
 
@@ -44,10 +48,15 @@ class Running:
     home: HomeLock
     registry: Registry
     manager: SandboxManager
+    templates: TemplateService
 
     async def stop(self) -> None:
         try:
+            await self.templates.close()
             await self.manager.shutdown()
+            builds = self.templates.build_backend
+            if builds is not None and builds is not self.manager.backend:
+                await builds.close()
         finally:
             self.registry.close()
             self.home.release()
@@ -80,6 +89,7 @@ def run(config: ServerConfig) -> int:
             app.state.registry = daemon.registry
             app.state.manager = daemon.manager
             app.state.backend = daemon.manager.backend
+            app.state.templates = daemon.templates
             try:
                 if not server.should_exit:  # no signal while it started
                     await server.serve(sockets=[listener])
@@ -142,6 +152,9 @@ async def start(config: ServerConfig, home: HomeLock) -> Running:
         if isinstance(e, BackendError | ImageBuildError | OSError):
             raise StartError(str(e)) from None
         raise
+    # what templates are built on is kept: a build on one of them starts from its base
+    for record in manager.catalog.all_records():
+        image_bases.hold_base(Path(record.base_tree))
     try:  # best effort: a cache that cannot be pruned now is pruned by a later start
         removed = await asyncio.to_thread(images.prune_images)
         if removed:
@@ -149,7 +162,32 @@ async def start(config: ServerConfig, home: HomeLock) -> Running:
     except (OSError, ImageBuildError) as e:
         log.warning("could not prune the image cache: %s", e)
     manager.start_pool([images.DEFAULT_TEMPLATE])
-    return Running(home, registry, manager)
+    return Running(home, registry, manager, _templates(config, manager))
+
+
+def _templates(config: ServerConfig, manager: SandboxManager) -> TemplateService:
+    owner = Owner.of_home(config.home)
+    builds = build_backend(manager.backend, owner, config.uid_base)
+    why = ""
+    if builds is None:
+        why = JailBackend(owner, config.uid_base).availability().reason
+        log.warning("template builds are off: they run in jails, and %s", why)
+    settings = BuildSettings(
+        max_builds=config.max_builds,
+        allow=list(config.build_allow),
+        disk_mb=config.build_disk_mb,
+    )
+    return TemplateService(
+        manager.catalog,
+        builds,
+        manager.backend,
+        manager.egress,
+        config.home,
+        settings,
+        in_use=manager.template_users,
+        tree_in_use=manager.tree_users,
+        no_builds=why,
+    )
 
 
 async def _ready_manager(config: ServerConfig, registry: Registry) -> SandboxManager:

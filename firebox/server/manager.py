@@ -13,16 +13,18 @@ import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from firebox import protocol
 from firebox.agent_client import AgentClient, AgentError, AgentGone
+from firebox.agent_client.start import NotReady, start_and_wait
 from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
 from firebox.images.cache import image_root
 from firebox.server import liveness
 from firebox.server.admission import Admission, HostLimits
-from firebox.server.boot import boot, spec_for
+from firebox.server.boot import Booted, boot, spec_for
 from firebox.server.config import ServerConfig
 from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse_resolve
 from firebox.server.egress_policy import Policy, PolicyError, parse_networks, parse_policy
@@ -31,7 +33,8 @@ from firebox.server.metrics import Sampler
 from firebox.server.models import iso
 from firebox.server.pool import WarmPool
 from firebox.server.registry import Registry
-from firebox.settings import Bound, Limits, SandboxSettings, SettingsError, resolve
+from firebox.server.templates.catalog import Catalog
+from firebox.settings import Bound, Limits, SandboxSettings, SettingsError, StartConfig, resolve
 
 log = logging.getLogger("firebox.manager")
 
@@ -40,6 +43,7 @@ WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
 # A sandbox of a new shape may need its backend to get ready first: the microvm makes a
 # snapshot for it (a cold boot, once per shape; ~20 s here under software emulation).
 PREPARE_DEADLINE = 300.0
+TEMPLATE_READY_DEADLINE = 60.0  # for a built template's start command to become ready
 
 
 @dataclass(eq=False)
@@ -77,11 +81,14 @@ class LiveSandbox:
     # code-interpreter SDK sends only this); never its files or processes
     traffic_token: str = field(default_factory=lambda: secrets.token_hex(24))
     network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # set_network, one at a time
+    # a built template's: its build (server/templates) and the environment its steps set
+    template_build: str | None = None
+    template_envs: dict[str, str] = field(default_factory=dict)
 
     @property
     def envs(self) -> dict[str, str]:
-        """Set for every command and cell in it (theirs win)."""
-        return self.settings.envs
+        """Set for every command and cell in it (theirs win, then the create's)."""
+        return {**self.template_envs, **self.settings.envs}
 
     @property
     def output_limit(self) -> int:
@@ -111,6 +118,7 @@ class SandboxManager:
         self.config = config
         self.registry = registry
         self.backend = backend
+        self.catalog = Catalog(registry)  # what a template name means (server/templates)
         self._live: dict[str, LiveSandbox] = {}
         # a sandbox with these comes from the pool
         self.default_limits = resolve(None, config.limits, config.ceilings())
@@ -166,10 +174,11 @@ class SandboxManager:
         what they leave out the daemon's defaults. A sandbox of the default limits comes from
         the pool."""
         limits, policy = self._checked(settings)
-        spec = spec_for(settings.template, limits)
+        template = self.catalog.resolve(owner, settings.template)
+        spec = spec_for(template.name, limits, template.rootfs, template.start)
         booted = None
-        if limits == self.default_limits:
-            booted = await self.pool.take(settings.template)  # a pooled one is counted already
+        if limits == self.default_limits and template.build_id is None:
+            booted = await self.pool.take(template.name)  # a pooled one is counted already
         if booted is None:
             with self.admission.starting(self.backend.committed_mb(limits.memory_mb)):
                 try:
@@ -194,6 +203,9 @@ class SandboxManager:
                 raise ApiError(
                     "sandbox_error", f"the sandbox's egress could not start: {e}"
                 ) from None
+        if template.start and template.start.start_cmd and not self.backend.starts_templates:
+            start = replace(template.start, envs={**template.start.envs, **settings.envs})
+            await self._start_template(booted, start, egress)
         now = time.time()
         live = LiveSandbox(
             id=booted.spec.sandbox_id,
@@ -208,10 +220,12 @@ class SandboxManager:
             policy=policy,
             egress=egress,
             committed_mb=self.backend.committed_mb(limits.memory_mb),
+            template_build=template.build_id,
+            template_envs=dict(template.start.envs) if template.start else {},
         )
         self._live[live.id] = live
         self.registry.add_sandbox(
-            live.id, owner, settings.template, live.backend, settings.metadata, now, live.end_at
+            live.id, owner, template.name, live.backend, settings.metadata, now, live.end_at
         )
         self._schedule(live)
         live.monitor = asyncio.create_task(
@@ -220,6 +234,29 @@ class SandboxManager:
             )
         )
         return live
+
+    async def _start_template(
+        self, booted: Booted, start: StartConfig, egress: SandboxEgress | None
+    ) -> None:
+        """A built template's start command, running and ready before the create returns."""
+        try:
+            await start_and_wait(booted.agent, start, TEMPLATE_READY_DEADLINE)
+        except (NotReady, AgentError, AgentGone) as e:
+            if egress is not None:
+                await egress.close()
+            await booted.discard()
+            said = f"; its output ended with:\n{e.output}" if isinstance(e, NotReady) else ""
+            raise ApiError(
+                "sandbox_error", f"the template's start command failed: {e}{said}"
+            ) from None
+
+    def template_users(self, build_id: str) -> int:
+        """How many running sandboxes were made from the build ``build_id``."""
+        return sum(1 for s in self._live.values() if s.template_build == build_id)
+
+    def tree_users(self, rootfs: Path) -> int:
+        """How many running (or pooled) sandboxes run on the tree ``rootfs``."""
+        return sum(1 for s in self._live.values() if s.spec.rootfs == rootfs)
 
     def _checked(self, settings: SandboxSettings) -> tuple[Limits, Policy]:
         """The limits and egress policy ``settings`` ask for, checked against this daemon's

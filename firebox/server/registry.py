@@ -35,6 +35,19 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     end_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS sandboxes_owner_state ON sandboxes(owner, state);
+-- one row per name and tag of a built template (server/templates/catalog.py); the tags of one
+-- build share its tree
+CREATE TABLE IF NOT EXISTS templates (
+    owner TEXT NOT NULL REFERENCES keys(id),
+    name TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    build_id TEXT NOT NULL,
+    public INTEGER NOT NULL DEFAULT 0,
+    record TEXT NOT NULL,
+    built_at REAL NOT NULL,
+    PRIMARY KEY (owner, name, tag)
+);
+CREATE INDEX IF NOT EXISTS templates_build ON templates(build_id);
 """
 
 
@@ -62,6 +75,10 @@ class Registry:
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement, for the modules that own a table of their own (templates)."""
+        return self._exec(sql, args)
 
     # keys
 

@@ -223,6 +223,7 @@ PYTHON_EXTRAS = {
     "python-is-python3",
     "git",
     "sudo",
+        "iproute2",
 }
 
 

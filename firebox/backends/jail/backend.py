@@ -280,6 +280,8 @@ class _Start:
             self.spec.sandbox_id,
             limits.disk_mb,
             self.host_id,
+            # a build's home is its root's (its overlay): nothing to copy in
+            None if self.spec.build_layers else self.spec.rootfs,
         )
         if self.spec.build_layers:
             await asyncio.to_thread(self._build_root)

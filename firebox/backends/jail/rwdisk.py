@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
+import stat
 from pathlib import Path
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -54,9 +56,12 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def create(parent: Path, sandbox_id: str, disk_mb: int, host_id: int) -> Path:
+def create(
+    parent: Path, sandbox_id: str, disk_mb: int, host_id: int, rootfs: Path | None = None
+) -> Path:
     """Mount the sandbox's disk at ``parent/sandbox_id`` with its places made and owned by
-    the sandbox's ids (``host_id`` is its root's host uid); returns the mount point."""
+    the sandbox's ids (``host_id`` is its root's host uid), holding what the image's own
+    home and /root hold (a built template's files); returns the mount point."""
     parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     mnt = parent / sandbox_id
     mnt.mkdir(mode=0o711)
@@ -67,15 +72,44 @@ def create(parent: Path, sandbox_id: str, disk_mb: int, host_id: int) -> Path:
             _libc.mount(b"tmpfs", bytes(mnt), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()),
             f"mount the sandbox's disk on {mnt}",
         )
-        for name, _, owner, mode in PLACES:
+        for name, inside, owner, mode in PLACES:
             place = mnt / name
             place.mkdir()
             os.chown(place, host_id + owner, host_id + owner)
             place.chmod(mode)
+            if rootfs is not None and name in ("home", "root"):
+                _seed(rootfs / inside.lstrip("/"), place, host_id)
     except BaseException:
         remove(mnt)
         raise
     return mnt
+
+
+def _seed(src: Path, dst: Path, host_id: int) -> None:
+    """Copy the tree ``src`` (the image's, owned by the sandbox's ids as they are inside)
+    into ``dst``, owned by their host ids. Nothing is followed through a symlink."""
+    if src.is_symlink() or not src.is_dir():
+        return
+    top = str(src)
+    for dirpath, dirnames, filenames in os.walk(top):
+        into = os.path.join(dst, os.path.relpath(dirpath, top))
+        for name in [*dirnames, *filenames]:
+            s, d = os.path.join(dirpath, name), os.path.join(into, name)
+            st = os.lstat(s)
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(d, stat.S_IMODE(st.st_mode))
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(s), d)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copyfile(s, d, follow_symlinks=False)
+            else:
+                continue  # a fifo or socket of the image: nothing a new sandbox needs
+            os.lchown(d, host_id + st.st_uid, host_id + st.st_gid)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(d, stat.S_IMODE(st.st_mode))
+                os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+    st = os.lstat(src)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
 
 
 def remove(mnt: Path) -> None:

@@ -70,6 +70,7 @@ WARM_IMPORTS = "numpy,pandas,matplotlib,matplotlib.pyplot"
 
 class MicroVMBackend(Backend):
     name = "microvm"
+    starts_templates = True  # a template's snapshot is taken with its start command running
 
     def __init__(self, owner: Owner, uid_base: int) -> None:
         self.owner = owner
@@ -77,7 +78,7 @@ class MicroVMBackend(Backend):
         self._availability: Availability | None = None
         self._accel: accel.Verdict | None = None
         # by (template, memory, vCPUs, disk): what sandboxes of that shape restore from
-        self._prepared: dict[tuple[str, int, int, int], RestorePoint] = {}
+        self._prepared: dict[tuple[object, ...], RestorePoint] = {}
         self._prepare_lock = asyncio.Lock()
         self._qemu: str | None = None
         self._pieces: vmboot.BootPieces | None = None
@@ -177,7 +178,14 @@ class MicroVMBackend(Backend):
 
     async def _snapshot(self, spec: SandboxSpec) -> RestorePoint:
         limits = spec.limits
-        shape = (spec.template, limits.memory_mb, _vcpus(limits.cpu_count), limits.disk_mb)
+        shape = (
+            spec.template,
+            spec.rootfs,
+            spec.start.identity() if spec.start else None,
+            limits.memory_mb,
+            _vcpus(limits.cpu_count),
+            limits.disk_mb,
+        )
         found = self._prepared.get(shape)
         if found is not None:
             return found
@@ -213,6 +221,7 @@ class MicroVMBackend(Backend):
             memory_mb=spec.limits.memory_mb,
             cpus=_vcpus(spec.limits.cpu_count),
             disk_mb=spec.limits.disk_mb,
+            start=spec.start,
         )
         boot = functools.partial(
             template.boot,

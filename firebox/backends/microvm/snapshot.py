@@ -31,8 +31,9 @@ from pathlib import Path
 
 from firebox.backends.base import BackendError
 from firebox.backends.microvm import qemu
+from firebox.settings import StartConfig
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: the writable disk holds the image's home
 MARKER = "snapshot.json"
 F_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
@@ -50,6 +51,7 @@ class SnapshotSpec:
     memory_mb: int
     cpus: int
     disk_mb: int
+    start: StartConfig | None = None  # a built template's start command, running when saved
 
     @property
     def base(self) -> str:
@@ -72,6 +74,7 @@ class SnapshotSpec:
             "initramfs": self.initramfs.name,  # named by its content digest
             "qemu": self.qemu_identity,
             "accel": self.accel,
+            "start": self.start.identity() if self.start else None,
         }
         if with_size:
             fields.update(memory_mb=self.memory_mb, cpus=self.cpus, disk_mb=self.disk_mb)
@@ -80,7 +83,8 @@ class SnapshotSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.template}-{self.key}"
+        # a built template's name has a tag (``app:v2``): no colon in a path QEMU is given
+        return f"{self.template.replace(':', '_')}-{self.key}"
 
     def vm(self, directory: Path, rw_disk: Path, mem_path: str, clone: bool) -> qemu.VmConfig:
         """A QEMU of this snapshot's shape, its sockets in ``directory``: the template VM that
@@ -125,7 +129,7 @@ def stale(image_root: Path, spec: SnapshotSpec) -> list[Path]:
     """Complete snapshots of ``spec``'s template made from other pieces (an older agent,
     kernel, image or QEMU): none of them can be restored again."""
     found = []
-    for entry in snapshots_dir(image_root).glob(f"{spec.template}-*"):
+    for entry in snapshots_dir(image_root).glob(f"{spec.template.replace(':', '_')}-*"):
         try:
             marker = json.loads((entry / MARKER).read_text())
         except (OSError, ValueError):
@@ -135,16 +139,28 @@ def stale(image_root: Path, spec: SnapshotSpec) -> list[Path]:
     return found
 
 
-def make_rw_disk(path: Path, size_mb: int) -> None:
-    """The sandbox's writable disk: ext4 holding /home/user, /tmp and /root. Its size is the
-    cap: a full disk is ENOSPC inside the guest, never more space taken on the host."""
+def make_rw_disk(path: Path, size_mb: int, rootfs: Path | None = None) -> None:
+    """The sandbox's writable disk: ext4 holding /home/user, /tmp and /root, with what the
+    image's own /home/user and /root hold (a built template's files). Its size is the cap: a
+    full disk is ENOSPC inside the guest, never more space taken on the host."""
     with tempfile.TemporaryDirectory() as skel_dir:
         skel = Path(skel_dir)
-        (skel / "home" / "user").mkdir(parents=True)
-        os.chown(skel / "home" / "user", 1000, 1000)
+        (skel / "home").mkdir()
         (skel / "tmp").mkdir(mode=0o1777)
         os.chmod(skel / "tmp", 0o1777)
-        (skel / "root").mkdir(mode=0o700)
+        for place, owner, mode in (("home/user", 1000, 0o755), ("root", 0, 0o700)):
+            seed = rootfs / place if rootfs is not None else None
+            if seed is not None and seed.is_dir() and not seed.is_symlink():
+                # cp -a: owners, modes and links as they are; no symlink followed
+                subprocess.run(
+                    ["cp", "-a", "--", str(seed), str(skel / place)],
+                    check=True,
+                    capture_output=True,
+                    timeout=600,
+                )
+            else:
+                (skel / place).mkdir(mode=mode)
+                os.chown(skel / place, owner, owner)
         with open(path, "wb") as f:
             f.truncate(size_mb * 2**20)
         out = subprocess.run(

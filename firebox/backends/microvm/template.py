@@ -16,6 +16,7 @@ from pathlib import Path
 
 from firebox import protocol
 from firebox.agent_client import AgentClient
+from firebox.agent_client.start import NotReady, start_and_wait
 from firebox.backends.base import BackendError
 from firebox.backends.confined import take_slot
 from firebox.backends.microvm import qemu, snapshot
@@ -66,7 +67,9 @@ async def boot(
     proc: asyncio.subprocess.Process | None = None
     state_fd = -1
     try:
-        await asyncio.to_thread(snapshot.make_rw_disk, tmp / "rw.img", snap.disk_mb)
+        await asyncio.to_thread(
+            snapshot.make_rw_disk, tmp / "rw.img", snap.disk_mb, snap.root_disk.parent / "rootfs"
+        )
         state_fd = os.open(tmp / "state", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         for path in (tmp, tmp / "rw.img", tmp / "state"):
             os.chown(path, uid, uid)
@@ -87,6 +90,9 @@ async def boot(
                     stream = await agent.run_code(protocol.CodeRun(code="", language="python"))
                     async for _ in stream:
                         pass
+                if snap.start is not None:
+                    # a built template's server, up and ready in every restored clone
+                    await start_and_wait(agent, snap.start, TEMPLATE_DEADLINE / 2)
                 await qmp.execute(
                     "migrate-set-capabilities",
                     capabilities=[{"capability": "x-ignore-shared", "state": True}],
@@ -94,6 +100,12 @@ async def boot(
                 await qmp.send_fd("state", state_fd)
                 await qmp.execute("migrate", uri="fd:state")
                 await qmp.wait_migration(TEMPLATE_DEADLINE)
+        except NotReady as e:
+            proc.kill()
+            said = (await _finish(console)).strip()[-3000:]
+            raise BackendError(
+                f"the start command of {snap.template} did not become ready: {e}\n{e.output}"
+            ) from e
         except Exception as e:  # whatever went wrong, the message carries the console
             proc.kill()
             said = (await _finish(console)).strip()[-3000:]

@@ -1,0 +1,114 @@
+"""What a build starts from: a template (firebox's own, or one this key may use), Debian of a
+release the host's apt sources serve, or an OCI image. Made into a tree (and layers, for a
+template built on another) by images/bases.py; resolved here into what the builder needs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firebox import images
+from firebox.images import bases as image_bases
+from firebox.images import layers
+from firebox.images.errors import ImageBuildError
+from firebox.server.errors import ApiError
+from firebox.server.templates.catalog import Catalog, builtin
+from firebox.server.templates.steps import State, from_envs
+from firebox.settings import StartConfig
+
+# E2B's images that stand for its default template, whose firebox twin is ``python``
+E2B_BASE_IMAGES = ("e2bdev/base", "e2bdev/code-interpreter")
+# ``debian:<release name>`` is debootstrapped from the host's own mirror; ``debian:12`` or
+# ``debian:bookworm-slim`` name images of a registry, and are pulled as such
+_DEBIAN = re.compile(r"^(?:docker\.io/)?(?:library/)?debian:([a-z]+)$")
+
+
+@dataclass(frozen=True)
+class Base:
+    label: str  # what the template says it was built on
+    tree: Path
+    key: str  # the parent key of the first layer
+    layers: tuple[str, ...] = ()  # a template's own layers, when built on it
+    state: State = State()
+    start: StartConfig = field(default_factory=StartConfig)
+
+
+def _image_key(tree: Path) -> str:
+    # an image cache entry's name is its recipe's (or digest's) hash: its identity
+    return "image:" + tree.parent.name
+
+
+async def resolve(
+    spec: dict[str, Any], owner: str, catalog: Catalog, progress: Callable[[str], None]
+) -> Base:
+    if (ref := spec.get("fromTemplate")) is not None:
+        return await _template(ref, owner, catalog)
+    image = spec["fromImage"]
+    if image.split(":")[0] in E2B_BASE_IMAGES:
+        return await _template(images.DEFAULT_TEMPLATE, owner, catalog)
+    if _names_template(image, owner, catalog):
+        # a Dockerfile's ``FROM python`` (or one of the key's templates): firebox's own
+        return await _template(image, owner, catalog)
+    try:
+        if match := _DEBIAN.match(image):
+            tree = await asyncio.to_thread(image_bases.debian_base, match.group(1), progress)
+        else:
+            creds = spec.get("fromImageRegistry") or {}
+            tree = await asyncio.to_thread(
+                image_bases.oci_base,
+                image,
+                progress,
+                username=creds.get("username"),
+                password=creds.get("password"),
+            )
+    except ImageBuildError as e:
+        raise ApiError("invalid_argument", f"base image {image}: {e}") from None
+    return Base(image, tree, _image_key(tree))
+
+
+def _names_template(image: str, owner: str, catalog: Catalog) -> bool:
+    """Whether ``image`` (no registry, no path) is a template's name: firebox's own without a
+    tag, or one the key may use. ``python:3.12`` stays an image to pull."""
+    if "/" in image or "@" in image:
+        return False
+    name, _, tag = image.partition(":")
+    if builtin(name) is not None:
+        return tag in ("", "latest")
+    try:
+        return catalog.find(owner, image) is not None
+    except ApiError:
+        return False
+
+
+async def _template(ref: str, owner: str, catalog: Catalog) -> Base:
+    if (name := builtin(ref)) is not None:
+        tree = images.image_in_use(name)
+        if tree is None:
+            raise ApiError(
+                "unavailable",
+                f"template {name!r} is not built on this host yet; run `firebox image build "
+                f"{name}` first",
+            )
+        return Base(name, tree, _image_key(tree))
+    record = catalog.find(owner, ref)
+    if record is None:
+        raise ApiError(
+            "invalid_argument",
+            f"fromTemplate {ref!r}: no such template for this key; build it first, or name "
+            f"one of firebox's own ({', '.join(images.known_templates())})",
+        )
+    keys = record.layers
+    missing = [k for k in keys if layers.find(k) is None]
+    if missing or not Path(record.base_tree).is_dir():
+        raise ApiError(
+            "unavailable",
+            f"template {ref!r} lost its layers on this host (pruned?); build it again",
+        )
+    start = record.start
+    state = State(from_envs(start.envs), start.workdir or State.workdir, start.user)
+    parent = keys[-1] if keys else "template:" + record.build_id
+    return Base(f"template {ref}", Path(record.base_tree), parent, keys, state, start)

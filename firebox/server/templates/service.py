@@ -1,0 +1,433 @@
+"""The daemon's template service: runs builds, keeps their uploads, answers what a template
+name means, and removes what nothing uses.
+
+Builds run one at a time by default (``--max-builds``): on a small host a build competes with
+the sandboxes it will serve. A build that waits says so in its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firebox.agent_client import start
+from firebox.backends.base import Backend, BackendError, SandboxSpec
+from firebox.images import bases as image_bases
+from firebox.images import layers
+from firebox.server.boot import boot
+from firebox.server.egress import EgressSettings
+from firebox.server.egress_policy import PolicyError, parse_policy
+from firebox.server.errors import ApiError
+from firebox.server.templates import bases, builds, steps
+from firebox.server.templates.catalog import Catalog, TemplateRecord, builtin
+from firebox.server.templates.runner import BuildSandbox, StepFailure
+from firebox.server.templates.sources import Sources, host_sources
+from firebox.settings import Limits
+
+log = logging.getLogger("firebox.templates")
+_HASH = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+MAX_UPLOAD = 1 << 30
+
+
+@dataclass
+class BuildSettings:
+    """What builds may use; the daemon's flags fill it."""
+
+    max_builds: int = 1
+    step_timeout: float = 20 * 60.0
+    build_timeout: float = 60 * 60.0
+    ready_timeout: float = 120.0
+    disk_mb: int = 4096  # what one step may write
+    max_memory_mb: int = 8192
+    allow: list[str] = field(default_factory=list)  # hosts on top of the package sources
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    name: str
+    tags: tuple[str, ...]
+    template: dict[str, Any]  # the validated wire shape (firebox.recipes)
+    cpu_count: float
+    memory_mb: int
+    skip_cache: bool
+    allow_out: tuple[str, ...]
+
+
+class TemplateService:
+    def __init__(
+        self,
+        catalog: Catalog,
+        build_backend: Backend | None,
+        runtime: Backend,
+        egress: EgressSettings,
+        home: Path,
+        settings: BuildSettings | None = None,
+        in_use: Callable[[str], int] = lambda build_id: 0,
+        tree_in_use: Callable[[Path], int] = lambda rootfs: 0,
+        no_builds: str = "",
+    ) -> None:
+        self.catalog = catalog
+        self.in_use = in_use  # how many live sandboxes run on a build's tree
+        self.tree_in_use = tree_in_use  # … on a tree
+        self.build_backend = build_backend  # where steps run (a jail: backends/select.py)
+        self.no_builds = no_builds  # why there is none
+        self.runtime = runtime  # where the template's sandboxes will run
+        self.egress = egress
+        self.settings = settings or BuildSettings()
+        self.files = home / "template-files"
+        self._builds: dict[str, builds.Build] = {}
+        self._slots = asyncio.Semaphore(self.settings.max_builds)
+        self._sources: Sources | None = None
+
+    # -- uploads -------------------------------------------------------------------------
+
+    def upload_path(self, owner: str, files_hash: str) -> Path:
+        if not _HASH.match(files_hash):
+            raise ApiError(
+                "invalid_argument",
+                f"files hash {files_hash!r} is not valid (letters, digits, '-' and '_')",
+            )
+        # per key: one key's uploads tell another nothing, and are never used by it
+        return self.files / owner / f"{files_hash}.tar"
+
+    async def store_upload(self, owner: str, files_hash: str, chunks: Any) -> None:
+        target = self.upload_path(owner, files_hash)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=target.parent)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > MAX_UPLOAD:
+                        raise ApiError(
+                            "too_large",
+                            f"a COPY's files may take at most {MAX_UPLOAD >> 20} MB; "
+                            "copy less, or install it in a RUN step",
+                        )
+                    await asyncio.to_thread(out.write, chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    # -- names and files -----------------------------------------------------------------
+
+    async def delete(self, owner: str, ref: str) -> None:
+        """Drop ``owner``'s template ``ref`` (a tag, or every tag of a name); its tree and
+        layers go too once nothing else holds them."""
+        record = self.catalog.find(owner, ref)
+        if record is None or record.owner != owner:
+            raise ApiError("not_found", f"no template {ref!r} of this key")
+        if (n := self.in_use(record.build_id)) > 0:
+            raise ApiError(
+                "conflict",
+                f"template {ref!r} is used by {n} running sandbox(es); kill them, then delete it",
+            )
+        self.catalog.remove(owner, ref)
+        await asyncio.to_thread(self._collect)
+
+    def _collect(self) -> dict[str, list[str]]:
+        """Remove the trees no tag points at (and no sandbox uses), and the layers no
+        template is made of; what was removed."""
+        kept = self.catalog.all_records()
+        in_catalog = {Path(r.rootfs).parent.name for r in kept}
+        trees = []
+        root = builds.trees_root()
+        building = any(not b.done for b in self._builds.values())
+        for entry in root.iterdir() if root.is_dir() and not building else ():
+            if entry.name.startswith(".") or not entry.is_dir() or entry.name in in_catalog:
+                continue
+            if self.tree_in_use(entry / "rootfs") == 0:
+                builds.remove_entry(entry)
+                trees.append(entry.name)
+        held = {key for r in kept for key in r.layers}
+        return {"trees": trees, "layers": layers.prune(held)}
+
+    def prune(self) -> dict[str, Any]:
+        """``firebox template prune``: everything no template needs, and base images no
+        template is built on."""
+        removed: dict[str, Any] = self._collect()
+        in_use = {r.base_tree for r in self.catalog.all_records()}
+        removed["bases"] = image_bases.prune(keep=in_use)
+        return removed
+
+    # -- builds --------------------------------------------------------------------------
+
+    def start_build(self, owner: str, req: BuildRequest) -> builds.Build:
+        if self.build_backend is None:
+            raise ApiError(
+                "unavailable",
+                f"template builds run in jails, and the jail backend cannot run here: "
+                f"{self.no_builds}",
+            )
+        if builtin(req.name) is not None:
+            raise ApiError(
+                "invalid_argument",
+                f"{req.name!r} is one of firebox's own templates; give yours another name",
+            )
+        if req.memory_mb > self.settings.max_memory_mb:
+            raise ApiError(
+                "invalid_argument",
+                f"memory_mb {req.memory_mb} is more than builds may use here "
+                f"({self.settings.max_memory_mb}, --max-build-memory-mb)",
+            )
+        for step in req.template["steps"]:
+            if step["type"] == "COPY" and not self.upload_path(owner, step["filesHash"]).is_file():
+                raise ApiError(
+                    "invalid_argument",
+                    f"COPY {step['args'][0]}: its files ({step['filesHash']}) were not "
+                    "uploaded; PUT them to /templates/files/{hash} first",
+                )
+        build = builds.new_build(owner, req.name, req.tags)
+        self._builds[build.id] = build
+        build.task = asyncio.create_task(self._run(build, req))
+        return build
+
+    def get(self, owner: str, build_id: str) -> builds.Build:
+        build = self._builds.get(build_id)
+        if build is None or build.owner != owner:
+            raise builds.no_such_build(build_id)
+        return build
+
+    async def cancel(self, owner: str, build_id: str) -> builds.Build:
+        build = self.get(owner, build_id)
+        if build.task is not None and not build.task.done():
+            build.task.cancel()
+            with contextlib.suppress(BaseException):
+                await build.task
+        return build
+
+    async def close(self) -> None:
+        for build in self._builds.values():
+            if build.task is not None and not build.task.done():
+                build.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await build.task
+
+    async def _run(self, build: builds.Build, req: BuildRequest) -> None:
+        if self._slots.locked():
+            build.log("waiting for another build to finish (--max-builds)")
+        try:
+            async with self._slots:
+                build.status = "building"
+                await asyncio.wait_for(self._steps(build, req), self.settings.build_timeout)
+        except asyncio.CancelledError:
+            build.log("cancelled", "error")
+            build.finish("cancelled", builds.failure("the build was cancelled"))
+        except TimeoutError:
+            msg = (
+                f"the build took over {self.settings.build_timeout / 60:.0f} min (--build-timeout)"
+            )
+            build.log(msg, "error")
+            build.finish("error", builds.failure(msg))
+        except builds.BuildFailed as e:
+            build.log(e.reason["message"], "error", e.reason.get("step"))
+            build.finish("error", e.reason)
+        except ApiError as e:
+            build.log(e.message, "error")
+            build.finish("error", builds.failure(e.message))
+        except Exception as e:  # noqa: BLE001 (reported to the client, logged in full here)
+            log.exception("template build %s failed", build.id)
+            build.finish("error", builds.failure(f"the build failed unexpectedly: {e!r}"))
+
+    def _policy_and_envs(self, req: BuildRequest) -> tuple[Any, dict[str, str]]:
+        if self._sources is None:
+            self._sources = host_sources()
+        allowed = [*self._sources.hosts, *self.settings.allow, *req.allow_out]
+        try:
+            return parse_policy(allowed), dict(self._sources.envs)
+        except PolicyError as e:
+            raise ApiError("invalid_argument", f"allow_out: {e}") from None
+
+    async def _steps(self, build: builds.Build, req: BuildRequest) -> None:
+        spec = req.template
+        base = await bases.resolve(spec, build.owner, self.catalog, build.log)
+        image_bases.hold_base(base.tree)  # kept for as long as this daemon runs
+        build.log(f"base: {base.label}")
+        policy, source_envs = self._policy_and_envs(req)
+        limits = Limits(
+            cpu_count=req.cpu_count,
+            memory_mb=req.memory_mb + self.settings.disk_mb,
+            disk_mb=self.settings.disk_mb,
+        )
+        held = [fd for key in base.layers if (fd := layers.hold(key)) is not None]
+        diffs = [d for key in base.layers if (d := layers.find(key)) is not None]
+        keys = list(base.layers)
+        parent, state = base.key, base.state
+        forced = req.skip_cache or bool(spec.get("force"))
+        try:
+            for i, step in enumerate(spec["steps"], start=1):
+                what = steps.describe(step)
+                if not steps.makes_layer(step):
+                    state = state.after(step)
+                    build.log(f"step {i}: {what}", step=i)
+                    continue
+                forced = forced or bool(step.get("force"))
+                key = steps.layer_key(parent, step, state, forced)
+                diff = layers.find(key)
+                if diff is not None:
+                    build.log(f"step {i}: CACHED {what}", step=i)
+                else:
+                    build.log(f"step {i}: {what}", step=i)
+                    started = time.monotonic()
+                    diff = await self._make_layer(
+                        build, i, step, state, key, base.tree, diffs, limits, policy, source_envs
+                    )
+                    build.log(f"step {i}: done in {time.monotonic() - started:.1f} s", step=i)
+                if (fd := layers.hold(key)) is not None:
+                    held.append(fd)
+                diffs.append(diff)
+                keys.append(key)
+                parent, state = key, state.after(step)
+            envs = await self._expand_envs(build, state, base.tree, diffs, limits, source_envs)
+            final_start = steps.final_start(spec, base.start, state, envs)
+            build.log("writing the template's tree")
+            rootfs, size = await asyncio.to_thread(
+                builds.write_tree,
+                base.tree,
+                diffs,
+                builds.tree_key(base.key, keys),
+                {"base": base.label},
+                build.log,
+            )
+            record = builds.record_for(
+                build, rootfs, base.label, base.tree, keys, final_start, len(spec["steps"]), size
+            )
+            if final_start.start_cmd:
+                await self._check_start(build, record)
+            self.catalog.add(record)
+            build.log(f"template {build.name}:{','.join(build.tags)} is ready ({size >> 20} MB)")
+            build.finish("ready")
+        finally:
+            for fd in held:
+                os.close(fd)
+
+    async def _make_layer(
+        self,
+        build: builds.Build,
+        index: int,
+        step: dict[str, Any],
+        state: steps.State,
+        key: str,
+        base_tree: Path,
+        diffs: list[Path],
+        limits: Limits,
+        policy: Any,
+        source_envs: dict[str, str],
+    ) -> Path:
+        cmd, user = steps.command(step, state)
+        assert self.build_backend is not None
+        sandbox = await BuildSandbox.start(
+            self.build_backend, base_tree, diffs, limits, policy, self.egress
+        )
+        try:
+            if step["type"] == "COPY":
+                await self._place_files(build.owner, step, sandbox)
+            envs = dict(source_envs)  # the ENV so far is in the command (State.prelude)
+
+            def line(stream: str, text: str) -> None:
+                build.log(text, "error" if stream == "stderr" else "info", index)
+
+            cwd = state.workdir if step["type"] == "RUN" else "/"
+            try:
+                await sandbox.run(cmd, user, cwd, envs, self.settings.step_timeout, line)
+            except StepFailure as e:
+                raise builds.BuildFailed(
+                    builds.failure(
+                        f"step {index} ({steps.describe(step)}) failed: {e.message}",
+                        index,
+                        command=step["args"][0] if step["type"] == "RUN" else steps.describe(step),
+                        exit_code=e.exit_code,
+                        output=e.output,
+                    )
+                ) from None
+            return await sandbox.commit(key, {"step": steps.describe(step), "build": build.id})
+        finally:
+            await sandbox.close()
+
+    async def _expand_envs(
+        self,
+        build: builds.Build,
+        state: steps.State,
+        base_tree: Path,
+        diffs: list[Path],
+        limits: Limits,
+        source_envs: dict[str, str],
+    ) -> dict[str, str]:
+        """The ENV's values as the template's shell expands them (``$PATH`` and the like),
+        in a build sandbox over the final layers; nothing of it is kept."""
+        if not state.exports:
+            return {}
+        assert self.build_backend is not None
+        sandbox = await BuildSandbox.start(
+            self.build_backend, base_tree, diffs, limits, parse_policy(), self.egress
+        )
+        try:
+            out = await sandbox.output(steps.print_envs(state), "root", 60)
+        except StepFailure as e:
+            raise builds.BuildFailed(
+                builds.failure(
+                    f"the ENV values could not be expanded: {e.message}", None, output=e.output
+                )
+            ) from None
+        finally:
+            await sandbox.close()
+        envs = steps.parse_envs(state, out)
+        build.log("environment: " + ", ".join(f"{k}={v}" for k, v in envs.items()))
+        return envs
+
+    async def _place_files(self, owner: str, step: dict[str, Any], sandbox: BuildSandbox) -> None:
+        """The step's upload, into the sandbox, where its script unpacks and places it."""
+        await sandbox.write(steps.COPY_ARCHIVE, self.upload_path(owner, step["filesHash"]))
+
+    async def _check_start(self, build: builds.Build, record: TemplateRecord) -> None:
+        """Start the template once, as a create will (a microVM snapshots it running), and
+        wait for its ready command."""
+        build.log(f"starting the template: {record.start.start_cmd}")
+        spec = SandboxSpec(
+            sandbox_id="bld_" + os.urandom(8).hex(),
+            template=f"{record.name}:{record.tags[0]}",
+            rootfs=Path(record.rootfs),
+            start=record.start,
+        )
+        try:
+            await self.runtime.prepare(spec)  # a microVM's snapshot, its server running
+            booted = await boot(self.runtime, spec)
+        except BackendError as e:
+            raise builds.BuildFailed(
+                builds.failure(
+                    f"the template did not start: {e}", None, command=record.start.start_cmd
+                )
+            ) from None
+        try:
+            if not self.runtime.starts_templates:
+                await start.start_and_wait(
+                    booted.agent,
+                    record.start,
+                    self.settings.ready_timeout,
+                    lambda text: build.log(text, step=None),
+                )
+        except start.NotReady as e:
+            raise builds.BuildFailed(
+                builds.failure(
+                    f"the template's start command did not become ready: {e}",
+                    None,
+                    command=record.start.start_cmd,
+                    exit_code=None,
+                    output=e.output,
+                )
+            ) from None
+        finally:
+            await booted.discard()
+        build.log("the start command is ready")
