@@ -176,8 +176,9 @@ def build_body(
     memory_mb: int,
     skip_cache: bool,
     template: dict[str, Any],
+    options: BuildOptions | None = None,
 ) -> dict[str, Any]:
-    return {
+    body = {
         "name": name,
         "tags": tags,
         "cpu_count": cpu_count,
@@ -185,6 +186,21 @@ def build_body(
         "skip_cache": skip_cache,
         "template": template,
     }
+    if options is not None:
+        if options.pool_size is not None:
+            body["pool_size"] = options.pool_size
+        if options.allow_out:
+            body["allow_out"] = list(options.allow_out)
+    return body
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """firebox's own build options, beyond E2B's: sandboxes kept warm of the template, and
+    hosts its steps may reach besides the daemon's package sources."""
+
+    pool_size: int | None = None
+    allow_out: tuple[str, ...] = ()
 
 
 def parse_build_info(obj: Any) -> BuildInfo:

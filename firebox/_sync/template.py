@@ -39,6 +39,7 @@ from firebox._core.template_build import (
     BuildEnd,
     BuildInfo,
     BuildLog,
+    BuildOptions,
     LogEntry,
     TemplateBuildStatusResponse,
     TemplateInfo,
@@ -127,13 +128,14 @@ def _start(
     memory_mb: int,
     skip_cache: bool,
     on_build_logs: OutputHandler[LogEntry] | None,
+    options: BuildOptions,
 ) -> BuildInfo:
     """Uploads what the template copies and asks the daemon for the build."""
     base_name, all_tags = build_name(name, alias, tags)
     data, uploads = _base_of(template)._prepare(skip_cache)
     for upload in uploads:
         _upload(api, upload, on_build_logs)
-    body = build_body(base_name, all_tags, cpu_count, memory_mb, skip_cache, data)
+    body = build_body(base_name, all_tags, cpu_count, memory_mb, skip_cache, data, options)
     info = parse_build_info((api.request("POST", BUILDS, json=body)).json())
     _note(on_build_logs, f"build {info.build_id} of template {info.name!r} started")
     return info
@@ -215,6 +217,8 @@ class Template(TemplateBase):
         cpu_count: int = 2,
         memory_mb: int = 2048,
         skip_cache: bool = False,
+        pool_size: int | None = None,
+        allow_out: builtins.list[str] | None = None,
         on_build_logs: OutputHandler[LogEntry] | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -225,14 +229,25 @@ class Template(TemplateBase):
         older spelling), also under ``tags``, and returns once it is ready.
 
         ``cpu_count`` and ``memory_mb`` size the build's sandbox and the template's sandboxes.
-        ``skip_cache`` builds every step again. ``on_build_logs`` is called with each
+        ``skip_cache`` builds every step again. firebox's own: ``pool_size`` sandboxes of it
+        kept warm (default: the daemon's), ``allow_out`` hosts its steps may reach besides the
+        daemon's package sources. ``on_build_logs`` is called with each
         ``LogEntry`` as it comes (in the async SDK it may be a coroutine function). Raises
         ``TemplateBuildError`` when the build fails or is cancelled, and ``TimeoutException``
         (having cancelled it) when it takes over ``build_timeout`` seconds.
         """
         with _client(api_key, api_url, request_timeout) as api:
             info = _start(
-                api, template, name, alias, tags, cpu_count, memory_mb, skip_cache, on_build_logs
+                api,
+                template,
+                name,
+                alias,
+                tags,
+                cpu_count,
+                memory_mb,
+                skip_cache,
+                on_build_logs,
+                BuildOptions(pool_size, tuple(allow_out or ())),
             )
             end = _follow(api, info, on_build_logs, build_timeout)
         if end.status != "ready":
@@ -251,6 +266,8 @@ class Template(TemplateBase):
         cpu_count: int = 2,
         memory_mb: int = 2048,
         skip_cache: bool = False,
+        pool_size: int | None = None,
+        allow_out: builtins.list[str] | None = None,
         on_build_logs: OutputHandler[LogEntry] | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -260,7 +277,16 @@ class Template(TemplateBase):
         it with ``get_build_status``. ``on_build_logs`` hears only of the uploads."""
         with _client(api_key, api_url, request_timeout) as api:
             return _start(
-                api, template, name, alias, tags, cpu_count, memory_mb, skip_cache, on_build_logs
+                api,
+                template,
+                name,
+                alias,
+                tags,
+                cpu_count,
+                memory_mb,
+                skip_cache,
+                on_build_logs,
+                BuildOptions(pool_size, tuple(allow_out or ())),
             )
 
     @classmethod

@@ -186,6 +186,7 @@ def _templates(config: ServerConfig, manager: SandboxManager) -> TemplateService
         settings,
         in_use=manager.template_users,
         tree_in_use=manager.tree_users,
+        forget=manager.forget_template,
         no_builds=why,
     )
 

@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,9 @@ from firebox.server.egress_policy import Policy, PolicyError, parse_networks, pa
 from firebox.server.errors import ApiError
 from firebox.server.metrics import Sampler
 from firebox.server.models import iso
-from firebox.server.pool import WarmPool
+from firebox.server.pool import Source, WarmPool
 from firebox.server.registry import Registry
-from firebox.server.templates.catalog import Catalog
+from firebox.server.templates.catalog import Catalog, Resolved
 from firebox.settings import Bound, Limits, SandboxSettings, SettingsError, StartConfig, resolve
 
 log = logging.getLogger("firebox.manager")
@@ -177,8 +177,10 @@ class SandboxManager:
         template = self.catalog.resolve(owner, settings.template)
         spec = spec_for(template.name, limits, template.rootfs, template.start)
         booted = None
-        if limits == self.default_limits and template.build_id is None:
-            booted = await self.pool.take(template.name)  # a pooled one is counted already
+        if limits == self.default_limits:
+            key = self._pool_for(template)
+            booted = await self.pool.take(key)  # a pooled one is counted already, and ready
+        pooled = booted is not None
         if booted is None:
             with self.admission.starting(self.backend.committed_mb(limits.memory_mb)):
                 try:
@@ -203,9 +205,9 @@ class SandboxManager:
                 raise ApiError(
                     "sandbox_error", f"the sandbox's egress could not start: {e}"
                 ) from None
-        if template.start and template.start.start_cmd and not self.backend.starts_templates:
-            start = replace(template.start, envs={**template.start.envs, **settings.envs})
-            await self._start_template(booted, start, egress)
+        if not pooled and self._needs_start(template):
+            assert template.start is not None
+            await self._start_template(booted, template.start, egress)
         now = time.time()
         live = LiveSandbox(
             id=booted.spec.sandbox_id,
@@ -235,10 +237,40 @@ class SandboxManager:
         )
         return live
 
+    def _needs_start(self, template: Resolved) -> bool:
+        """Whether the daemon starts ``template``'s start command (a microVM's snapshot has
+        it running already)."""
+        return bool(template.start and template.start.start_cmd) and not (
+            self.backend.starts_templates
+        )
+
+    def _pool_for(self, template: Resolved) -> str:
+        """The pool a create of ``template`` takes from (made at a built template's first)."""
+        if template.build_id is None:
+            return template.name
+        start = template.start if self._needs_start(template) else None
+
+        async def ready(booted: Booted) -> None:
+            if start is not None:
+                await self._start_template(booted, start, None)
+
+        self.pool.ensure(
+            template.build_id,
+            Source(
+                lambda: spec_for(
+                    template.name, self.default_limits, template.rootfs, template.start
+                ),
+                self.config.pool_size if template.pool_size is None else template.pool_size,
+                ready,
+            ),
+        )
+        return template.build_id
+
     async def _start_template(
         self, booted: Booted, start: StartConfig, egress: SandboxEgress | None
     ) -> None:
-        """A built template's start command, running and ready before the create returns."""
+        """A built template's start command, running and ready before the sandbox is handed
+        out. Its environment is the template's (as in a microVM's snapshot), never a create's."""
         try:
             await start_and_wait(booted.agent, start, TEMPLATE_READY_DEADLINE)
         except (NotReady, AgentError, AgentGone) as e:
@@ -254,8 +286,12 @@ class SandboxManager:
         """How many running sandboxes were made from the build ``build_id``."""
         return sum(1 for s in self._live.values() if s.template_build == build_id)
 
+    async def forget_template(self, build_id: str) -> None:
+        """A built template is going: its pool too."""
+        await self.pool.forget(build_id)
+
     def tree_users(self, rootfs: Path) -> int:
-        """How many running (or pooled) sandboxes run on the tree ``rootfs``."""
+        """How many running sandboxes run on the tree ``rootfs``."""
         return sum(1 for s in self._live.values() if s.spec.rootfs == rootfs)
 
     def _checked(self, settings: SandboxSettings) -> tuple[Limits, Policy]:

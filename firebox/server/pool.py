@@ -1,20 +1,29 @@
 """The warm pool: a few sandboxes started ahead of demand (boot.py starts them, as any).
 
-The pool keeps ``size`` booted sandboxes per template, of the daemon's default limits, so that
-a create is a hand-over; it refills in the background. A pooled sandbox belongs to nobody
-until taken, is taken at most once (a queue hands each out once), and one that dies while
-waiting is dropped.
+The pool keeps booted sandboxes per template, of the daemon's default limits, so that a
+create is a hand-over; it refills in the background. A pooled sandbox belongs to nobody until
+taken, is taken at most once (a queue hands each out once), and one that dies while waiting
+is dropped.
+
+The default template's pool is there from the daemon's start. A built template gets one at
+its first create (``ensure``), of its own size, with its start command already ready in each
+sandbox; one nobody has taken from for ``IDLE`` seconds is emptied and stops, so templates
+nobody uses hold nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone
-from firebox.backends.base import Backend
+from firebox.backends.base import Backend, SandboxSpec
 from firebox.server.admission import Admission
 from firebox.server.boot import HELLO_DEADLINE, START_DEADLINE, Booted, boot, spec_for
 from firebox.server.errors import ApiError
@@ -27,6 +36,18 @@ RETRY_DELAY = 5.0  # after a failed refill, so a broken host is not hammered
 # first commands (2 cores here), so refills start a moment later.
 REFILL_DELAY = 0.25
 WARM_UP_DEADLINE = 60.0
+IDLE = 600.0  # seconds without a take before a built template's pool is emptied
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a pool of one template starts: a spec each time, what makes a booted one ready
+    (a built template's start command), how many it keeps, and whether it ever idles out."""
+
+    spec: Callable[[], SandboxSpec]
+    size: int
+    ready: Callable[[Booted], Awaitable[None]] | None = None
+    keep: bool = False
 
 
 async def warm_up(booted: Booted) -> None:
@@ -55,29 +76,42 @@ class WarmPool:
     def __init__(self, limits: Limits, backend: Backend, size: int, admission: Admission) -> None:
         self.limits = limits  # every pooled sandbox has these: the daemon's defaults
         self.backend = backend
-        self.size = size
+        self.size = size  # per template, unless its own says otherwise
         self.admission = admission  # a pooled sandbox counts against the host's limits
+        self._sources: dict[str, Source] = {}
         self._ready: dict[str, asyncio.Queue[Booted]] = {}
         self._refills: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._taken: dict[str, float] = {}  # when each pool was last asked
         self._closed = False
 
     def start(self, templates: list[str]) -> None:
-        if self.size <= 0:
-            return
+        """Pools of firebox's own ``templates``, kept for as long as the daemon runs."""
         for template in templates:
-            self._ready[template] = asyncio.Queue()
-            self._wake[template] = asyncio.Event()
-            self._refills[template] = asyncio.create_task(self._refill(template))
+            self.ensure(
+                template,
+                Source(functools.partial(spec_for, template, self.limits), self.size, keep=True),
+            )
 
-    async def take(self, template: str) -> Booted | None:
-        """A live booted sandbox for ``template`` at once, or None (the caller boots one)."""
-        queue = self._ready.get(template)
+    def ensure(self, key: str, source: Source) -> None:
+        """A pool for ``key`` filling from ``source``, unless there is one."""
+        self._taken[key] = time.monotonic()
+        if self._closed or source.size <= 0 or key in self._refills:
+            return
+        self._sources[key] = source
+        self._ready[key] = asyncio.Queue()
+        self._wake[key] = asyncio.Event()
+        self._refills[key] = asyncio.create_task(self._refill(key))
+
+    async def take(self, key: str) -> Booted | None:
+        """A live booted sandbox of ``key``'s pool at once, or None (the caller boots one)."""
+        self._taken[key] = time.monotonic()
+        queue = self._ready.get(key)
         if queue is None:
             return None
         while not queue.empty():
             booted = queue.get_nowait()
-            self._wake[template].set()
+            self._wake[key].set()
             if booted.alive():
                 return booted
             await booted.discard()
@@ -87,25 +121,60 @@ class WarmPool:
         """Sandboxes waiting in the pool (each of the default size)."""
         return sum(q.qsize() for q in self._ready.values())
 
-    async def _refill(self, template: str) -> None:
-        queue = self._ready[template]
-        wake = self._wake[template]
+    async def forget(self, key: str) -> None:
+        """Stop ``key``'s pool and discard what it holds (its template is going)."""
+        task = self._refills.pop(key, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        await self._drain(key)
+
+    async def _drain(self, key: str) -> None:
+        queue = self._ready.pop(key, None)
+        self._wake.pop(key, None)
+        self._sources.pop(key, None)
+        while queue is not None and not queue.empty():
+            await queue.get_nowait().discard()
+
+    def _idle(self, key: str) -> bool:
+        return not self._sources[key].keep and (time.monotonic() - self._taken.get(key, 0.0) > IDLE)
+
+    async def _refill(self, key: str) -> None:
+        source = self._sources[key]
+        queue = self._ready[key]
+        wake = self._wake[key]
+        if not source.keep:
+            # a built template's pool starts as its first create does: let that one go first
+            await asyncio.sleep(REFILL_DELAY * 4)
         while not self._closed:
-            if queue.qsize() >= self.size:
+            if self._idle(key):
+                log.warning("warm pool for %s: unused for %.0f s, emptied", key, IDLE)
+                self._refills.pop(key, None)
+                await self._drain(key)
+                return
+            if queue.qsize() >= source.size:
                 wake.clear()
-                await wake.wait()
+                with contextlib.suppress(TimeoutError):  # wakes now and then to see if idle
+                    await asyncio.wait_for(wake.wait(), IDLE / 4)
                 await asyncio.sleep(REFILL_DELAY)
                 continue
             try:
                 with self.admission.starting():
-                    booted = await boot(self.backend, spec_for(template, self.limits))
+                    booted = await boot(self.backend, source.spec())
+                    try:
+                        if source.ready is not None:
+                            await source.ready(booted)
+                    except BaseException:
+                        await booted.discard()
+                        raise
                     await warm_up(booted)
                     if self._closed:
                         await booted.discard()
                         return
                     queue.put_nowait(booted)
             except ApiError as e:
-                log.warning("warm pool for %s could not start a sandbox: %s", template, e.message)
+                log.warning("warm pool for %s could not start a sandbox: %s", key, e.message)
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), RETRY_DELAY)  # close() wakes us
@@ -117,9 +186,8 @@ class WarmPool:
         self._closed = True
         for wake in self._wake.values():
             wake.set()
-        for task in self._refills.values():
+        for task in list(self._refills.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, START_DEADLINE + HELLO_DEADLINE + 5)
-        for queue in self._ready.values():
-            while not queue.empty():
-                await queue.get_nowait().discard()
+        for key in list(self._ready):
+            await self._drain(key)

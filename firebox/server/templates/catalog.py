@@ -43,6 +43,7 @@ class TemplateRecord:
     size_bytes: int
     build_seconds: float
     built_at: float
+    pool_size: int | None = None  # sandboxes kept warm of it (None: the daemon's --pool-size)
     public: bool = False
 
     def as_json(self) -> dict[str, Any]:
@@ -62,6 +63,7 @@ class TemplateRecord:
             "envs": self.start.envs,
             "workdir": self.start.workdir,
             "user": self.start.user,
+            "pool_size": self.pool_size,
         }
 
 
@@ -73,6 +75,7 @@ class Resolved:
     rootfs: Path
     start: StartConfig | None = None
     build_id: str | None = None
+    pool_size: int | None = None
 
 
 def split(ref: str) -> tuple[str, str]:
@@ -206,4 +209,6 @@ class Catalog:
                 f"template {ref!r} lost its files on this host (pruned by hand?); build it again",
             )
         name, tag = split(ref)
-        return Resolved(f"{name}:{tag}", Path(record.rootfs), record.start, record.build_id)
+        return Resolved(
+            f"{name}:{tag}", Path(record.rootfs), record.start, record.build_id, record.pool_size
+        )

@@ -36,6 +36,9 @@ class BuildBody(BaseModel):
     cpu_count: float = Field(default=2, ge=0.1, le=64)
     memory_mb: int = Field(default=2048, ge=128, le=65536)
     skip_cache: bool = False
+    pool_size: int | None = Field(
+        default=None, ge=0, le=64, description="sandboxes kept warm (default: --pool-size)"
+    )
     allow_out: list[str] = Field(
         default_factory=list, description="hosts the build may reach besides package sources"
     )
@@ -84,6 +87,7 @@ async def start_build(body: BuildBody, caller: Caller, request: Request) -> dict
         cpu_count=body.cpu_count,
         memory_mb=body.memory_mb,
         skip_cache=body.skip_cache,
+        pool_size=body.pool_size,
         allow_out=tuple(body.allow_out),
     )
     return _service(request).start_build(caller.id, req).as_json()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,11 @@ class BuildRequest:
     memory_mb: int
     skip_cache: bool
     allow_out: tuple[str, ...]
+    pool_size: int | None = None
+
+
+async def _nothing(build_id: str) -> None:
+    return None
 
 
 class TemplateService:
@@ -73,11 +79,13 @@ class TemplateService:
         settings: BuildSettings | None = None,
         in_use: Callable[[str], int] = lambda build_id: 0,
         tree_in_use: Callable[[Path], int] = lambda rootfs: 0,
+        forget: Callable[[str], Awaitable[None]] | None = None,
         no_builds: str = "",
     ) -> None:
         self.catalog = catalog
         self.in_use = in_use  # how many live sandboxes run on a build's tree
         self.tree_in_use = tree_in_use  # … on a tree
+        self.forget = forget or _nothing  # drop a build's warm pool
         self.build_backend = build_backend  # where steps run (a jail: backends/select.py)
         self.no_builds = no_builds  # why there is none
         self.runtime = runtime  # where the template's sandboxes will run
@@ -135,6 +143,8 @@ class TemplateService:
                 f"template {ref!r} is used by {n} running sandbox(es); kill them, then delete it",
             )
         self.catalog.remove(owner, ref)
+        if record.build_id not in {r.build_id for r in self.catalog.all_records()}:
+            await self.forget(record.build_id)  # its pool
         await asyncio.to_thread(self._collect)
 
     def _collect(self) -> dict[str, list[str]]:
@@ -304,6 +314,7 @@ class TemplateService:
             record = builds.record_for(
                 build, rootfs, base.label, base.tree, keys, final_start, len(spec["steps"]), size
             )
+            record = dataclasses.replace(record, pool_size=req.pool_size)
             if final_start.start_cmd:
                 await self._check_start(build, record)
             self.catalog.add(record)
