@@ -68,6 +68,13 @@ SHM_MB = 64
 WARM_IMPORTS = "numpy,pandas,matplotlib,matplotlib.pyplot"
 
 
+def _has_data_stack(rootfs: Path) -> bool:
+    """Whether the image has what the warm imports import (the python template, and
+    templates built on it): its snapshot then holds them imported."""
+    packages = rootfs / "usr" / "lib" / "python3" / "dist-packages"
+    return all((packages / name).is_dir() for name in ("IPython", "numpy", "pandas", "matplotlib"))
+
+
 class MicroVMBackend(Backend):
     name = "microvm"
     starts_templates = True  # a template's snapshot is taken with its start command running
@@ -205,7 +212,7 @@ class MicroVMBackend(Backend):
             raise BackendError(f"the microvm backend cannot run here: {ok.reason}")
         assert self._qemu is not None
         disk = await asyncio.to_thread(vmboot.root_disk, spec.rootfs)
-        warm = WARM_IMPORTS if spec.template == "python" else ""
+        warm = WARM_IMPORTS if _has_data_stack(spec.rootfs) else ""
         initrd = await asyncio.to_thread(
             initramfs.build, pieces, self._agent_lib(), self._boot_dir(), SHM_MB, warm
         )
@@ -222,6 +229,7 @@ class MicroVMBackend(Backend):
             cpus=_vcpus(spec.limits.cpu_count),
             disk_mb=spec.limits.disk_mb,
             start=spec.start,
+            warm=bool(warm),
         )
         boot = functools.partial(
             template.boot,

@@ -52,6 +52,7 @@ class SnapshotSpec:
     cpus: int
     disk_mb: int
     start: StartConfig | None = None  # a built template's start command, running when saved
+    warm: bool = False  # its python context's warm imports done before it is saved
 
     @property
     def base(self) -> str:

@@ -84,7 +84,7 @@ async def boot(
                 )
                 agent = AgentClient(reader, writer)
                 await agent.wait_hello(TEMPLATE_DEADLINE)
-                if snap.template == "python":
+                if snap.warm:
                     # An empty cell waits for the pre-started context (and its warm
                     # imports) without counting as an execution.
                     stream = await agent.run_code(protocol.CodeRun(code="", language="python"))
