@@ -6,6 +6,7 @@ the step that failed, owned by their key, and confined like any sandbox while th
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,8 +148,10 @@ def test_a_rebuild_after_changing_the_last_step_redoes_only_that_step(
         Template.build(template, "fbx-cache", on_build_logs=lambda e: logs.append(e.message))
         return logs, time.monotonic() - started
 
-    build("echo three > /opt/three")
-    logs, seconds = build("echo four > /opt/four")
+    # layers are kept host-wide: a last step of this run's own is made anew
+    token = uuid.uuid4().hex[:8]
+    build(f"echo three > /opt/three # {token}")
+    logs, seconds = build(f"echo four > /opt/four # {token}")
     cached = [line for line in logs if "CACHED" in line]
     assert len(cached) == 2, logs
     assert any("step 3: RUN echo four" in line for line in logs)
@@ -179,7 +182,7 @@ def test_an_unsupported_dockerfile_instruction_is_a_400_with_its_line(daemon: Da
     with daemon.client() as c:
         r = c.post("/templates/builds", json={"name": "fbx-bad", "dockerfile": text})
     assert r.status_code == 400
-    message = r.json()["message"]
+    message = r.json()["error"]["message"]
     assert "HEALTHCHECK" in message and "line 3" in message
 
 
@@ -196,7 +199,7 @@ def test_another_key_neither_sees_nor_uses_a_template(daemon: Daemon) -> None:
 
 
 def test_a_template_in_use_is_not_deleted(daemon: Daemon) -> None:
-    Template.build(Template().from_template("python").run_cmd("touch /opt/x"), "fbx-used")
+    Template.build(Template().from_template("python").run_cmd("touch /opt/x", user="root"), "fbx-used")
     sbx = Sandbox.create(template="fbx-used")
     try:
         with pytest.raises(FireboxException) as caught:
