@@ -74,6 +74,7 @@ def _free_port() -> int:
 class Registry:
     workdir: Path
     credentials: tuple[str, str] | None = None
+    host: str = "127.0.0.1"  # a loopback address of the host (a daemon's tests: the permitted one)
     addr: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -87,7 +88,7 @@ class Registry:
             (self.workdir / "htpasswd").write_text(line + "\n")
             auth = f"auth:\n  htpasswd: {{realm: firebox-test, path: {self.workdir}/htpasswd}}\n"
         for _ in range(3):  # the free port may be taken between our probe and its bind
-            self.addr = f"127.0.0.1:{_free_port()}"
+            self.addr = f"{self.host}:{_free_port()}"
             config = self.workdir / "config.yml"
             config.write_text(
                 "version: 0.1\n"

@@ -15,8 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 MAX_BODY = 16 * 1024 * 1024
 _UPLOAD = re.compile(r"^/sandboxes/[^/]+/files$")
-# a template's COPY files: streamed to disk, capped there (templates/service.py)
-_TEMPLATE_FILES = re.compile(r"^/templates/files/[^/]+$")
+# a template's COPY files, firebox's and E2B's (e2b/templates.py): streamed to disk, capped there
+_TEMPLATE_FILES = re.compile(r"^/templates/files/[^/]+$|^/e2b/templates/[^/]+/files/[^/]+$")
 _E2B_UPLOAD = "/files"  # E2B's envd upload (POST), streamed the same way (e2b/envd/files_http.py)
 
 

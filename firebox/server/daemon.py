@@ -176,6 +176,7 @@ def _templates(config: ServerConfig, manager: SandboxManager) -> TemplateService
         max_builds=config.max_builds,
         allow=list(config.build_allow),
         disk_mb=config.build_disk_mb,
+        min_free_disk_mb=config.min_free_disk_mb,
     )
     return TemplateService(
         manager.catalog,

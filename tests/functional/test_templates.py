@@ -5,6 +5,7 @@ the step that failed, owned by their key, and confined like any sandbox while th
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,10 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from firebox import Sandbox, Template, TemplateBuildError, wait_for_port
+from firebox import Sandbox, Template, TemplateBuildError, images, wait_for_port
 from firebox.exceptions import FireboxException
 from tests.conftest import EGRESS_ORIGIN, Daemon
 from tests.packages import PackageServer, deb, serve, wheel
+from tests.registry import Registry, push_tree
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +201,9 @@ def test_another_key_neither_sees_nor_uses_a_template(daemon: Daemon) -> None:
 
 
 def test_a_template_in_use_is_not_deleted(daemon: Daemon) -> None:
-    Template.build(Template().from_template("python").run_cmd("touch /opt/x", user="root"), "fbx-used")
+    Template.build(
+        Template().from_template("python").run_cmd("touch /opt/x", user="root"), "fbx-used"
+    )
     sbx = Sandbox.create(template="fbx-used")
     try:
         with pytest.raises(FireboxException) as caught:
@@ -232,3 +236,61 @@ def test_a_build_step_is_confined_like_any_sandbox(daemon: Daemon) -> None:
     with pytest.raises(TemplateBuildError) as caught:
         Template.build(full, "fbx-full")
     assert "disk" in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    # on the loopback address the test daemon lifts off the floor: a registry anywhere else
+    # on the host's loopback is refused (test_a_registry_on_the_floor_is_refused)
+    reg = Registry(tmp_path_factory.mktemp("registry"), host=EGRESS_ORIGIN).start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+def test_a_template_from_an_oci_image(daemon: Daemon, registry: Registry, tmp_path: Path) -> None:
+    base = images.image_path("base")
+    if base is None:
+        pytest.skip("the 'base' image is not built (firebox image build base)")
+    tree = tmp_path / "tree"
+    subprocess.run(["cp", "-a", "-l", f"{base}/.", str(tree)], check=True)
+    token = uuid.uuid4().hex
+    (tree / "etc" / "fbx-marker").write_text(token + "\n")
+    push_tree(tree, registry.addr, "fbx/app", "v1")
+    template = (
+        Template()
+        .from_image(f"{registry.addr}/fbx/app:v1")
+        .run_cmd("cp /etc/fbx-marker /opt/seen", user="root")
+    )
+    Template.build(template, "fbx-oci", build_timeout=900)
+    with Sandbox.create(template="fbx-oci") as sbx:
+        assert sbx.commands.run("cat /opt/seen").stdout == token + "\n"
+        assert sbx.commands.run("id -un").stdout == "user\n"
+
+
+def test_a_registry_on_the_floor_is_refused(daemon: Daemon) -> None:
+    spec = {"fromImage": "127.0.0.1:5000/fbx/app:v1", "steps": [], "force": False}
+    with daemon.client() as c:
+        r = c.post("/templates/builds", json={"name": "fbx-floor", "template": spec})
+        assert r.status_code == 201
+        status = c.get(f"/templates/builds/{r.json()['build_id']}/logs").text
+    assert "loopback" in status and "does not pull from there" in status
+
+
+def test_a_build_is_cancelled_and_frees_its_slot(daemon: Daemon) -> None:
+    slow = Template().from_template("python").run_cmd(f"sleep 300 # {uuid.uuid4().hex}")
+    info = Template.build_in_background(slow, "fbx-slow")
+    deadline = time.monotonic() + 60
+    while "sleep 300" not in " ".join(
+        e.message for e in Template.get_build_status(info).log_entries
+    ):
+        assert time.monotonic() < deadline, "the build never reached its step"
+        time.sleep(0.2)
+    Template.cancel_build(info)
+    status = Template.get_build_status(info)
+    assert status.status == "cancelled"
+    # the build's slot (--max-builds 1) is free again: another build runs at once
+    started = time.monotonic()
+    Template.build(Template().from_template("python").run_cmd("true"), "fbx-after")
+    assert time.monotonic() - started < 60

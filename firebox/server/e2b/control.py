@@ -351,5 +351,9 @@ def control_app() -> FastAPI:
     # first: its /sandboxes/metrics and /sandboxes/{id}/metrics would otherwise be taken by
     # GET /sandboxes/{id} and by the "not available yet" catch-all
     app.include_router(metrics.router)
+    # E2B's template API; imported here, as it imports this module's ENVD_VERSION
+    from firebox.server.e2b import templates
+
+    app.include_router(templates.router)
     app.include_router(router)
     return app

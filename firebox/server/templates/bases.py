@@ -5,6 +5,7 @@ template built on another) by images/bases.py; resolved here into what the build
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from firebox import images
 from firebox.images import bases as image_bases
 from firebox.images import layers
 from firebox.images.errors import ImageBuildError
+from firebox.images.oci_ref import OciRef
+from firebox.server.egress import EgressSettings
 from firebox.server.errors import ApiError
 from firebox.server.templates.catalog import Catalog, builtin
 from firebox.server.templates.steps import State, from_envs
@@ -43,7 +46,11 @@ def _image_key(tree: Path) -> str:
 
 
 async def resolve(
-    spec: dict[str, Any], owner: str, catalog: Catalog, progress: Callable[[str], None]
+    spec: dict[str, Any],
+    owner: str,
+    catalog: Catalog,
+    progress: Callable[[str], None],
+    egress: EgressSettings,
 ) -> Base:
     if (ref := spec.get("fromTemplate")) is not None:
         return await _template(ref, owner, catalog)
@@ -58,16 +65,50 @@ async def resolve(
             tree = await asyncio.to_thread(image_bases.debian_base, match.group(1), progress)
         else:
             creds = spec.get("fromImageRegistry") or {}
+            loopback = await _registry_allowed(image, egress)
             tree = await asyncio.to_thread(
                 image_bases.oci_base,
                 image,
                 progress,
                 username=creds.get("username"),
                 password=creds.get("password"),
+                # a registry on the host's own loopback, lifted off the floor by the
+                # operator, speaks plain HTTP as Docker allows for it
+                insecure_loopback=loopback,
             )
     except ImageBuildError as e:
         raise ApiError("invalid_argument", f"base image {image}: {e}") from None
     return Base(image, tree, _image_key(tree))
+
+
+async def _registry_allowed(image: str, egress: EgressSettings) -> bool:
+    """Refuse a registry in the ranges no sandbox may reach (the host's loopback, private
+    networks, cloud metadata) unless the operator lifted them (--egress-permit): the daemon
+    pulls as the host, and a template must not make it a way in. Whether it is loopback."""
+    try:
+        ref = OciRef.parse(image)
+    except ImageBuildError as e:
+        raise ApiError("invalid_argument", str(e)) from None
+    host = ref.registry.rsplit(":", 1)[0] if not ref.registry.endswith("]") else ref.registry
+    host = host.strip("[]")
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            addresses = await egress.resolver.resolve(host)
+        except (OSError, TimeoutError) as e:
+            raise ApiError(
+                "invalid_argument", f"the registry {host} of {image} does not resolve ({e})"
+            ) from None
+    floor = egress.floor()
+    for address in addresses:
+        if (why := floor.reason(address)) is not None:
+            raise ApiError(
+                "forbidden",
+                f"the registry {host} of {image} is at {address}: {why}; the daemon does not "
+                "pull from there (an operator may lift a range with --egress-permit)",
+            )
+    return ref.loopback
 
 
 def _names_template(image: str, owner: str, catalog: Catalog) -> bool:

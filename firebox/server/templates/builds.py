@@ -171,8 +171,12 @@ def remove_entry(entry: Path) -> None:
         remove_tree(entry)
 
 
-def new_build(owner: str, name: str, tags: tuple[str, ...]) -> Build:
-    return Build("bld_" + secrets.token_hex(8), owner, name, tags)
+def new_build_id() -> str:
+    return "bld_" + secrets.token_hex(8)
+
+
+def new_build(owner: str, name: str, tags: tuple[str, ...], build_id: str | None = None) -> Build:
+    return Build(build_id or new_build_id(), owner, name, tags)
 
 
 def record_for(

@@ -75,12 +75,12 @@ async def upload_files(files_hash: str, caller: Caller, request: Request) -> Res
     return Response(status_code=204)
 
 
-@router.post("/templates/builds", status_code=201)
-async def start_build(body: BuildBody, caller: Caller, request: Request) -> dict[str, Any]:
+def build_request(body: BuildBody) -> BuildRequest:
+    """``body`` checked and made the service's request (E2B's edge makes its builds' here too)."""
     name, _ = split(body.name)
     for tag in body.tags:
         split(f"{name}:{tag}")
-    req = BuildRequest(
+    return BuildRequest(
         name=name,
         tags=tuple(dict.fromkeys(body.tags or ["latest"])),
         template=_spec(body),
@@ -90,7 +90,11 @@ async def start_build(body: BuildBody, caller: Caller, request: Request) -> dict
         pool_size=body.pool_size,
         allow_out=tuple(body.allow_out),
     )
-    return _service(request).start_build(caller.id, req).as_json()
+
+
+@router.post("/templates/builds", status_code=201)
+async def start_build(body: BuildBody, caller: Caller, request: Request) -> dict[str, Any]:
+    return _service(request).start_build(caller.id, build_request(body)).as_json()
 
 
 @router.get("/templates/builds/{build_id}")

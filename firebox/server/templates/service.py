@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,7 @@ class BuildSettings:
     build_timeout: float = 60 * 60.0
     ready_timeout: float = 120.0
     disk_mb: int = 4096  # what one step may write
+    min_free_disk_mb: int = 2048  # what the image directory's disk keeps free (admission's)
     max_memory_mb: int = 8192
     allow: list[str] = field(default_factory=list)  # hosts on top of the package sources
 
@@ -174,7 +176,11 @@ class TemplateService:
 
     # -- builds --------------------------------------------------------------------------
 
-    def start_build(self, owner: str, req: BuildRequest) -> builds.Build:
+    def start_build(
+        self, owner: str, req: BuildRequest, build_id: str | None = None
+    ) -> builds.Build:
+        """Start ``req``'s build; ``build_id``: one handed out before (E2B's edge asks for a
+        build before it sends the template), else a new one."""
         if self.build_backend is None:
             raise ApiError(
                 "unavailable",
@@ -199,7 +205,9 @@ class TemplateService:
                     f"COPY {step['args'][0]}: its files ({step['filesHash']}) were not "
                     "uploaded; PUT them to /templates/files/{hash} first",
                 )
-        build = builds.new_build(owner, req.name, req.tags)
+        if build_id in self._builds:
+            raise ApiError("conflict", f"build {build_id} has started already; request another")
+        build = builds.new_build(owner, req.name, req.tags, build_id)
         self._builds[build.id] = build
         build.task = asyncio.create_task(self._run(build, req))
         return build
@@ -262,7 +270,7 @@ class TemplateService:
 
     async def _steps(self, build: builds.Build, req: BuildRequest) -> None:
         spec = req.template
-        base = await bases.resolve(spec, build.owner, self.catalog, build.log)
+        base = await bases.resolve(spec, build.owner, self.catalog, build.log, self.egress)
         image_bases.hold_base(base.tree)  # kept for as long as this daemon runs
         build.log(f"base: {base.label}")
         policy, source_envs = self._policy_and_envs(req)
@@ -284,6 +292,7 @@ class TemplateService:
                     build.log(f"step {i}: {what}", step=i)
                     continue
                 forced = forced or bool(step.get("force"))
+                self._check_disk(i)
                 key = steps.layer_key(parent, step, state, forced)
                 diff = layers.find(key)
                 if diff is not None:
@@ -323,6 +332,22 @@ class TemplateService:
         finally:
             for fd in held:
                 os.close(fd)
+
+    def _check_disk(self, step: int | None) -> None:
+        """Refuse a step (or the tree) that could take the image directory's disk past the
+        daemon's free-disk floor: a step may write up to ``disk_mb``."""
+        free = shutil.disk_usage(layers.root().parent).free >> 20
+        need = self.settings.disk_mb + self.settings.min_free_disk_mb
+        if free < need:
+            raise builds.BuildFailed(
+                builds.failure(
+                    f"the host has {free} MB free for images; a build step may write up to "
+                    f"{self.settings.disk_mb} MB and the daemon keeps "
+                    f"{self.settings.min_free_disk_mb} MB free (--min-free-disk-mb): remove "
+                    "unused templates (firebox template delete, then firebox template prune)",
+                    step,
+                )
+            )
 
     async def _make_layer(
         self,

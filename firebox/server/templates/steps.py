@@ -180,7 +180,8 @@ def copy_script(src: str, dest: str, owner: str, mode: str) -> str:
     lines = [
         "set -e",
         f"rm -rf {_STAGING} && mkdir -p {_STAGING}/x",
-        f"tar -xzpf {COPY_ARCHIVE} -C {_STAGING}/x --no-same-owner",
+        # no -z: tar knows gzip by its content, and E2B's SDKs may upload a plain tar (gzip=False)
+        f"tar -xpf {COPY_ARCHIVE} -C {_STAGING}/x --no-same-owner",
         f"rm -f {COPY_ARCHIVE}",
         f'if [ ! -e {source} ] && [ ! -L {source} ]; then echo "COPY {src}: not in the upload"'
         " >&2; exit 1; fi",
