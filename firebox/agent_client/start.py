@@ -32,7 +32,6 @@ class StartConfig(Protocol):
 
 
 READY_EVERY = 0.1  # seconds between ready checks
-READY_CHECK_DEADLINE = 10.0  # for one run of the ready command
 TAIL_LINES = 30
 
 
@@ -95,7 +94,8 @@ async def start_and_wait(
                     f"the start command exited (status {code}) before it was ready",
                     "\n".join(tail),
                 )
-            if not start.ready_cmd or await _ready(agent, start):
+            # one run may take what is left (E2B's wait_for_timeout is a ``sleep``)
+            if not start.ready_cmd or await _ready(agent, start, max(end - loop.time(), 1.0)):
                 return
             if loop.time() >= end:
                 raise NotReady(
@@ -112,7 +112,7 @@ async def start_and_wait(
             await proc.detach()  # it runs on: the sandbox's server
 
 
-async def _ready(agent: AgentClient, start: StartConfig) -> bool:
+async def _ready(agent: AgentClient, start: StartConfig, timeout: float) -> bool:
     assert start.ready_cmd is not None
     cmd, user = as_user(start.ready_cmd, start.user)
     check = await agent.start_process(
@@ -121,7 +121,7 @@ async def _ready(agent: AgentClient, start: StartConfig) -> bool:
             user=user,
             cwd=start.workdir or None,
             envs=start.envs,
-            timeout=READY_CHECK_DEADLINE,
+            timeout=timeout,
         )
     )
     async for _ in check:

@@ -29,8 +29,9 @@ from firebox.recipes.readycmd import wait_for_timeout
 from firebox.recipes.spec import MAX_STEPS, check_copy_src, validate
 from firebox.recipes.words import Line, Ref, Word, literal, logical_lines, split_words
 
-# E2B's readiness for a Dockerfile's CMD/ENTRYPOINT: Docker has no ready check to map.
-DOCKERFILE_READY_CMD = wait_for_timeout(20_000).get_cmd()
+# A Dockerfile's CMD/ENTRYPOINT has no ready check to map: a second to settle. E2B waits 20 s;
+# a jail sandbox runs the check at each start it is not pooled for, so firebox waits 1 s.
+DOCKERFILE_READY_CMD = wait_for_timeout(1_000).get_cmd()
 DEFAULT_USER = "user"
 DEFAULT_WORKDIR = "/home/user"
 

@@ -177,6 +177,7 @@ def _templates(config: ServerConfig, manager: SandboxManager) -> TemplateService
         allow=list(config.build_allow),
         disk_mb=config.build_disk_mb,
         min_free_disk_mb=config.min_free_disk_mb,
+        sandbox_limits=manager.default_limits,
     )
     return TemplateService(
         manager.catalog,
@@ -186,7 +187,6 @@ def _templates(config: ServerConfig, manager: SandboxManager) -> TemplateService
         config.home,
         settings,
         in_use=manager.template_users,
-        tree_in_use=manager.tree_users,
         forget=manager.forget_template,
         no_builds=why,
     )

@@ -14,7 +14,6 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from firebox import protocol
@@ -289,10 +288,6 @@ class SandboxManager:
     async def forget_template(self, build_id: str) -> None:
         """A built template is going: its pool too."""
         await self.pool.forget(build_id)
-
-    def tree_users(self, rootfs: Path) -> int:
-        """How many running sandboxes run on the tree ``rootfs``."""
-        return sum(1 for s in self._live.values() if s.spec.rootfs == rootfs)
 
     def _checked(self, settings: SandboxSettings) -> tuple[Limits, Policy]:
         """The limits and egress policy ``settings`` ask for, checked against this daemon's

@@ -24,7 +24,7 @@ from typing import Any
 from firebox.agent_client import start
 from firebox.backends.base import Backend, BackendError, SandboxSpec
 from firebox.images import bases as image_bases
-from firebox.images import layers
+from firebox.images import layers, leases
 from firebox.server.boot import boot
 from firebox.server.egress import EgressSettings
 from firebox.server.egress_policy import PolicyError, parse_policy
@@ -52,6 +52,9 @@ class BuildSettings:
     min_free_disk_mb: int = 2048  # what the image directory's disk keeps free (admission's)
     max_memory_mb: int = 8192
     allow: list[str] = field(default_factory=list)  # hosts on top of the package sources
+    # what the daemon's sandboxes get by default: the template is started once with these,
+    # so that a microVM's snapshot made then is the one creates restore
+    sandbox_limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,31 @@ class BuildRequest:
     skip_cache: bool
     allow_out: tuple[str, ...]
     pool_size: int | None = None
+
+
+class Holdings:
+    """This daemon's leases (images/leases.py) on the trees and layers of its templates, so
+    that a prune, of this daemon or another on the host, removes none of them."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def hold(self, record: TemplateRecord) -> None:
+        tree = Path(record.rootfs).parent
+        if str(tree) not in self._fds:
+            fd = leases.hold(tree, lambda entry: (entry / "image.json").is_file())
+            if fd is not None:
+                self._fds[str(tree)] = fd
+        for key in record.layers:
+            if key not in self._fds and (fd := layers.hold(key)) is not None:
+                self._fds[key] = fd
+
+    def keep_only(self, records: list[TemplateRecord]) -> None:
+        """Let go of what none of ``records`` is made of."""
+        wanted = {str(Path(r.rootfs).parent) for r in records}
+        wanted |= {k for r in records for k in r.layers}
+        for name in [n for n in self._fds if n not in wanted]:
+            os.close(self._fds.pop(name))
 
 
 async def _nothing(build_id: str) -> None:
@@ -80,13 +108,11 @@ class TemplateService:
         home: Path,
         settings: BuildSettings | None = None,
         in_use: Callable[[str], int] = lambda build_id: 0,
-        tree_in_use: Callable[[Path], int] = lambda rootfs: 0,
         forget: Callable[[str], Awaitable[None]] | None = None,
         no_builds: str = "",
     ) -> None:
         self.catalog = catalog
         self.in_use = in_use  # how many live sandboxes run on a build's tree
-        self.tree_in_use = tree_in_use  # … on a tree
         self.forget = forget or _nothing  # drop a build's warm pool
         self.build_backend = build_backend  # where steps run (a jail: backends/select.py)
         self.no_builds = no_builds  # why there is none
@@ -97,6 +123,9 @@ class TemplateService:
         self._builds: dict[str, builds.Build] = {}
         self._slots = asyncio.Semaphore(self.settings.max_builds)
         self._sources: Sources | None = None
+        self._holdings = Holdings()
+        for record in catalog.all_records():
+            self._holdings.hold(record)
 
     # -- uploads -------------------------------------------------------------------------
 
@@ -147,24 +176,23 @@ class TemplateService:
         self.catalog.remove(owner, ref)
         if record.build_id not in {r.build_id for r in self.catalog.all_records()}:
             await self.forget(record.build_id)  # its pool
+        self._holdings.keep_only(self.catalog.all_records())
         await asyncio.to_thread(self._collect)
 
     def _collect(self) -> dict[str, list[str]]:
-        """Remove the trees no tag points at (and no sandbox uses), and the layers no
-        template is made of; what was removed."""
+        """Remove the trees and layers that no template of any daemon on this host is made
+        of: every daemon leases what its templates use (``Holdings``), so what nobody holds
+        is free to go; what was removed."""
         kept = self.catalog.all_records()
-        in_catalog = {Path(r.rootfs).parent.name for r in kept}
-        trees = []
+        mine = {Path(r.rootfs).parent.name for r in kept}
         root = builds.trees_root()
-        building = any(not b.done for b in self._builds.values())
-        for entry in root.iterdir() if root.is_dir() and not building else ():
-            if entry.name.startswith(".") or not entry.is_dir() or entry.name in in_catalog:
-                continue
-            if self.tree_in_use(entry / "rootfs") == 0:
-                builds.remove_entry(entry)
-                trees.append(entry.name)
-        held = {key for r in kept for key in r.layers}
-        return {"trees": trees, "layers": layers.prune(held)}
+        trees = [
+            entry
+            for entry in (root.iterdir() if root.is_dir() else ())
+            if not entry.name.startswith(".") and entry.is_dir() and entry.name not in mine
+        ]
+        removed = leases.prune(trees, builds.remove_entry)
+        return {"trees": removed, "layers": layers.prune({k for r in kept for k in r.layers})}
 
     def prune(self) -> dict[str, Any]:
         """``firebox template prune``: everything no template needs, and base images no
@@ -284,6 +312,7 @@ class TemplateService:
         keys = list(base.layers)
         parent, state = base.key, base.state
         forced = req.skip_cache or bool(spec.get("force"))
+        recorded = False
         try:
             for i, step in enumerate(spec["steps"], start=1):
                 what = steps.describe(step)
@@ -324,14 +353,18 @@ class TemplateService:
                 build, rootfs, base.label, base.tree, keys, final_start, len(spec["steps"]), size
             )
             record = dataclasses.replace(record, pool_size=req.pool_size)
+            self._holdings.hold(record)  # from now on: no prune removes its tree
             if final_start.start_cmd:
                 await self._check_start(build, record)
             self.catalog.add(record)
+            recorded = True
             build.log(f"template {build.name}:{','.join(build.tags)} is ready ({size >> 20} MB)")
             build.finish("ready")
         finally:
             for fd in held:
                 os.close(fd)
+            if not recorded:  # a tree of a build that failed at its start: prunable
+                self._holdings.keep_only(self.catalog.all_records())
 
     def _check_disk(self, step: int | None) -> None:
         """Refuse a step (or the tree) that could take the image directory's disk past the
@@ -435,6 +468,7 @@ class TemplateService:
             sandbox_id="bld_" + os.urandom(8).hex(),
             template=f"{record.name}:{record.tags[0]}",
             rootfs=Path(record.rootfs),
+            limits=self.settings.sandbox_limits,
             start=record.start,
         )
         try:
