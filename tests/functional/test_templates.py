@@ -16,6 +16,7 @@ import pytest
 
 from firebox import Sandbox, Template, TemplateBuildError, images, wait_for_port
 from firebox.exceptions import FireboxException
+from firebox.images.apt_sources import host_codename
 from tests.conftest import EGRESS_ORIGIN, Daemon
 from tests.packages import PackageServer, deb, serve, wheel
 from tests.registry import Registry, push_tree
@@ -250,9 +251,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 
 def test_a_template_from_an_oci_image(daemon: Daemon, registry: Registry, tmp_path: Path) -> None:
-    base = images.image_path("base")
-    if base is None:
-        pytest.skip("the 'base' image is not built (firebox image build base)")
+    # the small image, made once from the host's own mirror (as the guest image is)
+    base = images.build_image("base")
     tree = tmp_path / "tree"
     subprocess.run(["cp", "-a", "-l", f"{base}/.", str(tree)], check=True)
     token = uuid.uuid4().hex
@@ -294,3 +294,16 @@ def test_a_build_is_cancelled_and_frees_its_slot(daemon: Daemon) -> None:
     started = time.monotonic()
     Template.build(Template().from_template("python").run_cmd("true"), "fbx-after")
     assert time.monotonic() - started < 60
+
+
+def test_a_template_from_the_hosts_debian_release(daemon: Daemon) -> None:
+    codename = host_codename()
+    template = (
+        Template()
+        .from_debian_image(codename)
+        .run_cmd("grep VERSION_CODENAME /etc/os-release > /opt/release", user="root")
+    )
+    Template.build(template, "fbx-debian", build_timeout=900)
+    with Sandbox.create(template="fbx-debian") as sbx:
+        assert sbx.commands.run("cat /opt/release").stdout == f"VERSION_CODENAME={codename}\n"
+        assert sbx.commands.run("whoami").stdout == "user\n"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import stat
@@ -78,7 +79,16 @@ def create(
             os.chown(place, host_id + owner, host_id + owner)
             place.chmod(mode)
             if rootfs is not None and name in ("home", "root"):
-                _seed(rootfs / inside.lstrip("/"), place, host_id)
+                try:
+                    _seed(rootfs / inside.lstrip("/"), place, host_id)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    raise OSError(
+                        e.errno,
+                        f"the template's {inside} does not fit the sandbox's disk of {disk_mb} "
+                        'MB; create the sandbox with a larger limits={"disk_mb": …}',
+                    ) from None
     except BaseException:
         remove(mnt)
         raise

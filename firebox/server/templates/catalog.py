@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from firebox import images, recipes
+from firebox.images import layers
 from firebox.server.errors import ApiError
 from firebox.server.registry import Registry
 from firebox.settings import StartConfig
@@ -55,7 +56,11 @@ class TemplateRecord:
             "base": self.base,
             "steps": self.steps,
             "layers": len(self.layers),
-            "size_bytes": self.size_bytes,
+            "size_bytes": self.size_bytes,  # the whole tree, its base's files included
+            # what its own layers hold (shared with templates built on the same steps)
+            "layers_bytes": sum(
+                int((layers.info(k) or {}).get("size_bytes", 0)) for k in self.layers
+            ),
             "build_seconds": self.build_seconds,
             "built_at": self.built_at,
             "start_cmd": self.start.start_cmd,
