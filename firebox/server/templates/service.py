@@ -354,8 +354,7 @@ class TemplateService:
             )
             record = dataclasses.replace(record, pool_size=req.pool_size)
             self._holdings.hold(record)  # from now on: no prune removes its tree
-            if final_start.start_cmd:
-                await self._check_start(build, record)
+            await self._check_start(build, record)
             self.catalog.add(record)
             recorded = True
             build.log(f"template {build.name}:{','.join(build.tags)} is ready ({size >> 20} MB)")
@@ -461,9 +460,11 @@ class TemplateService:
         await sandbox.write(steps.COPY_ARCHIVE, self.upload_path(owner, step["filesHash"]))
 
     async def _check_start(self, build: builds.Build, record: TemplateRecord) -> None:
-        """Start the template once, as a create will (a microVM snapshots it running), and
-        wait for its ready command."""
-        build.log(f"starting the template: {record.start.start_cmd}")
+        """Start the template once, as a create will, and wait for its ready command: a
+        microVM's snapshot of it is made now (its start command running), not at the first
+        create."""
+        command = record.start.start_cmd
+        build.log(f"starting the template{f': {command}' if command else ''}")
         spec = SandboxSpec(
             sandbox_id="bld_" + os.urandom(8).hex(),
             template=f"{record.name}:{record.tags[0]}",
@@ -481,7 +482,7 @@ class TemplateService:
                 )
             ) from None
         try:
-            if not self.runtime.starts_templates:
+            if command and not self.runtime.starts_templates:
                 await start.start_and_wait(
                     booted.agent,
                     record.start,
@@ -500,4 +501,4 @@ class TemplateService:
             ) from None
         finally:
             await booted.discard()
-        build.log("the start command is ready")
+        build.log("the start command is ready" if command else "the template starts")
