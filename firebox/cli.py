@@ -74,6 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_builds=args.max_builds,
         build_allow=args.build_allow,
         build_disk_mb=args.build_disk_mb,
+        max_build_memory_mb=args.max_build_memory_mb,
+        build_timeout=args.build_timeout,
+        build_step_timeout=args.build_step_timeout,
     )
     from firebox.server.egress import parse_resolve
     from firebox.server.egress_policy import PolicyError, parse_networks
@@ -384,6 +387,24 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=4096,
         help="what one template build step may write, in MB (default 4096)",
+    )
+    serve.add_argument(
+        "--max-build-memory-mb",
+        type=int,
+        default=8192,
+        help="the most memory a template build may ask for, in MB (default 8192)",
+    )
+    serve.add_argument(
+        "--build-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds a whole template build may take (default 3600)",
+    )
+    serve.add_argument(
+        "--build-step-timeout",
+        type=float,
+        default=1200.0,
+        help="seconds one step of a template build may take (default 1200)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -57,7 +57,12 @@ Value = Annotated[Text, StringConstraints(max_length=4096)]
 EnvName = Annotated[Text, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^=]+$")]
 EnvValue = Annotated[Text, StringConstraints(max_length=128 * 1024)]
 Envs = Annotated[dict[EnvName, EnvValue], Field(max_length=256)]
-TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+# ``name`` or ``name:tag``: firebox's own templates, or built ones (firebox/recipes/spec.py
+# has the same rule for builds)
+TemplateName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}(:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"),
+]
 Timeout = Annotated[int, Field(ge=1, le=MAX_TIMEOUT, description="seconds")]
 NetRule = Annotated[Text, StringConstraints(min_length=1, max_length=300)]
 

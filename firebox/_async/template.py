@@ -227,7 +227,8 @@ class AsyncTemplate(TemplateBase):
         """Builds ``template`` as ``name`` (``"name"`` or ``"name:tag"``; ``alias`` is E2B's
         older spelling), also under ``tags``, and returns once it is ready.
 
-        ``cpu_count`` and ``memory_mb`` size the build's sandbox and the template's sandboxes.
+        ``cpu_count`` and ``memory_mb`` size the build's sandboxes (each step's); the
+        template's own sandboxes get what their create asks for.
         ``skip_cache`` builds every step again. firebox's own: ``pool_size`` sandboxes of it
         kept warm (default: the daemon's), ``allow_out`` hosts its steps may reach besides the
         daemon's package sources. ``on_build_logs`` is called with each
@@ -366,7 +367,7 @@ class AsyncTemplate(TemplateBase):
         request_timeout: float | None = None,
     ) -> bool:
         """Deletes a template (``name``, or one tag of it as ``name:tag``); False if there was
-        none. Running sandboxes made from it run on."""
+        none. The daemon refuses (ConflictException) while sandboxes made from it run."""
         async with _client(api_key, api_url, request_timeout) as api:
             try:
                 await api.request("DELETE", template_path(name))

@@ -156,8 +156,10 @@ class TemplateBase:
         return self._set_base(None, template)
 
     def from_base_image(self) -> TemplateBuilder:
-        """Starts from firebox's ``base`` template (E2B: its base image)."""
-        return self.from_template("base")
+        """Starts from E2B's base image, which on firebox is its default template
+        (``python``: Debian with Python, Node.js, git, curl). ``from_template("base")`` is
+        firebox's smallest one instead."""
+        return self.from_image("e2bdev/base")
 
     def from_debian_image(self, variant: str = "stable") -> TemplateBuilder:
         """Starts from Debian ``variant`` (a release name, or stable/testing)."""

@@ -177,8 +177,19 @@ def check(root: Path) -> PythonFound:
     if not stat.S_ISDIR(os.lstat(root).st_mode):
         raise ImageBuildError(f"{root} is not a directory")
     found = find_python(root)
+    check_bash(root)
     check_users(root)
     return found
+
+
+def check_bash(root: Path) -> None:
+    """The agent runs every command and RUN step with bash (as E2B's envd does)."""
+    bash = resolve_in_tree(root, "bin/bash")
+    if not bash.is_file():
+        raise ImageBuildError(
+            "the base has no /bin/bash, which sandboxes run commands with; use a base that "
+            "has it (Debian and Ubuntu images do; on Alpine add bash to the image first)"
+        )
 
 
 def adapt(root: Path) -> PythonFound:

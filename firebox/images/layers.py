@@ -21,6 +21,7 @@ through a symlink, and nothing in the trees is executed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -82,6 +83,7 @@ def commit(key: str, upper: Path, record: dict[str, Any]) -> Path:
         # cp -a keeps owners, modes, times, hard links within the layer, xattrs (the opaque
         # marks, file capabilities) and the whiteouts, and never follows a symlink
         _run(["cp", "-a", "--", str(upper), str(tmp / "diff")], f"storing layer {key}")
+        _defuse(tmp / "diff")
         size = tree_size(tmp / "diff")
         marker = {**record, "key": key, "size_bytes": size, "created": time.time()}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
@@ -98,6 +100,23 @@ def commit(key: str, upper: Path, record: dict[str, Any]) -> Path:
     found = find(key)
     assert found is not None
     return found
+
+
+def _defuse(tree: Path) -> None:
+    """No set-id bit and no file capability survives into a layer: they do nothing in a
+    sandbox (no_new_privs), and a setuid-root file a build made, sitting in the image
+    directory, could make any local user of the host root."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if st.st_mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISDIR(st.st_mode):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            if stat.S_ISREG(st.st_mode):
+                with contextlib.suppress(OSError):  # none there (ENODATA)
+                    os.removexattr(path, "security.capability", follow_symlinks=False)
 
 
 def hold(key: str) -> int | None:

@@ -40,7 +40,9 @@ class Template:
 # The one place the package lists live. Every template is built by the same recipe
 # (debootstrap --include, then the post steps); they differ only in these lists. Packages
 # come from the host's Debian release, so versions are whatever that release ships.
-_BASE = Template("base", ("python3", "ca-certificates", "procps"))
+# iproute2 (ss) and curl: what the ready checks of E2B's SDK run (wait_for_port, wait_for_url),
+# in every template built on a firebox image or a Debian release
+_BASE = Template("base", ("python3", "ca-certificates", "procps", "iproute2", "curl"))
 _PYTHON = _BASE.plus(
     "python",
     (
@@ -52,14 +54,11 @@ _PYTHON = _BASE.plus(
         "nodejs",
         "node-typescript",  # typescript contexts: the compiler strips each cell's types
         "python3-pip",  # pip install, through the egress proxy where a policy allows
-        "curl",
         # what code written for E2B's default template expects: `python`, git (its SDK's
         # sandbox.git helpers), sudo
         "python-is-python3",
         "git",
         "sudo",
-        # `ss`: what E2B's wait_for_port ready check runs (templates built on this one)
-        "iproute2",
     ),
 )
 TEMPLATES: dict[str, Template] = {t.name: t for t in (_BASE, _PYTHON)}

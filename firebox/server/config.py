@@ -57,6 +57,9 @@ class ServerConfig:
     max_builds: int = 1
     build_allow: list[str] = field(default_factory=list)
     build_disk_mb: int = 4096  # what one build step may write
+    max_build_memory_mb: int = 8192  # the most a build may ask for
+    build_timeout: float = 3600.0  # seconds for a whole build
+    build_step_timeout: float = 1200.0  # seconds for one of its steps
 
     def ceilings(self) -> dict[str, Bound]:
         """The most a create may ask for of each limit this daemon bounds."""

@@ -177,6 +177,9 @@ def _templates(config: ServerConfig, manager: SandboxManager) -> TemplateService
         allow=list(config.build_allow),
         disk_mb=config.build_disk_mb,
         min_free_disk_mb=config.min_free_disk_mb,
+        max_memory_mb=config.max_build_memory_mb,
+        build_timeout=config.build_timeout,
+        step_timeout=config.build_step_timeout,
         sandbox_limits=manager.default_limits,
     )
     return TemplateService(

@@ -188,10 +188,10 @@ def test_recipe_key_changes_with_packages_and_inputs(monkeypatch: pytest.MonkeyP
     base = rootfs.make_recipe("base", "bookworm", MIRROR)
     tpl = rootfs.TEMPLATES["base"]
     monkeypatch.setitem(
-        rootfs.TEMPLATES, "base", dataclasses.replace(tpl, packages=(*tpl.packages, "curl"))
+        rootfs.TEMPLATES, "base", dataclasses.replace(tpl, packages=(*tpl.packages, "jq"))
     )
     more = rootfs.make_recipe("base", "bookworm", MIRROR)
-    assert "curl" in more.packages and more.key != base.key
+    assert "jq" in more.packages and more.key != base.key
     monkeypatch.setitem(rootfs.TEMPLATES, "base", tpl)
     assert rootfs.make_recipe("base", "trixie", MIRROR).key != base.key
     assert dataclasses.replace(base, recipe_version=base.recipe_version + 1).key != base.key
@@ -216,14 +216,12 @@ PYTHON_EXTRAS = {
     "python3-pandas",
     "python3-matplotlib",
     "python3-pip",
-    "curl",
     "fonts-dejavu-core",
     "nodejs",
     "node-typescript",
     "python-is-python3",
     "git",
     "sudo",
-        "iproute2",
 }
 
 
@@ -253,7 +251,8 @@ def test_python_template_debootstrap_includes_extras() -> None:
     cmd = rootfs.debootstrap_command(recipe, Path("/t"))
     included = set(cmd[2].removeprefix("--include=").split(","))
     assert cmd[:2] == ["debootstrap", "--variant=minbase"] and cmd[2].startswith("--include=")
-    assert included == {"python3", "ca-certificates", "procps"} | PYTHON_EXTRAS
+    base = {"python3", "ca-certificates", "procps", "iproute2", "curl"}
+    assert included == base | PYTHON_EXTRAS
     assert cmd[3:] == ["bookworm", "/t", MIRROR]
 
 
@@ -262,7 +261,7 @@ def test_debootstrap_command() -> None:
     assert rootfs.debootstrap_command(recipe, Path("/t")) == [
         "debootstrap",
         "--variant=minbase",
-        "--include=ca-certificates,procps,python3",
+        "--include=ca-certificates,curl,iproute2,procps,python3",
         "bookworm",
         "/t",
         MIRROR,

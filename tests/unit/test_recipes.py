@@ -272,7 +272,7 @@ def test_copy_and_add() -> None:
 def test_cmd_and_entrypoint_become_the_start_command(start: str, expected: str) -> None:
     data = parse_dockerfile(f"FROM a\n{start}\n")
     assert data["startCmd"] == expected
-    assert data["readyCmd"] == "sleep 20"  # E2B's wait_for_timeout(20_000)
+    assert data["readyCmd"] == "sleep 1"  # E2B waits 20 s; firebox settles 1 s
 
 
 def test_labels_and_exposes_are_ignored() -> None:

@@ -54,7 +54,7 @@ def base() -> Any:
         (lambda t: t.from_ubuntu_image("24.04"), {"fromImage": "ubuntu:24.04"}),
         (lambda t: t.from_python_image(), {"fromImage": "python:3"}),
         (lambda t: t.from_node_image(), {"fromImage": "node:lts"}),
-        (lambda t: t.from_base_image(), {"fromTemplate": "base"}),
+        (lambda t: t.from_base_image(), {"fromImage": "e2bdev/base"}),
         (lambda t: t.from_template("my-base:v2"), {"fromTemplate": "my-base:v2"}),
         (
             lambda t: t.from_image("reg.example.com/a/b:1", username="u", password="p"),
@@ -188,7 +188,7 @@ def test_from_dockerfile_path_and_text(tmp_path: Path) -> None:
     data = wire(t)
     assert data["fromImage"] == "python:3.13"
     assert data["steps"][2]["type"] == "COPY" and "filesHash" in data["steps"][2]
-    assert (data["startCmd"], data["readyCmd"]) == ("python3", "sleep 20")
+    assert (data["startCmd"], data["readyCmd"]) == ("python3", "sleep 1")
     origins = t._template._origins()
     assert origins[2:4] == ["Dockerfile line 3", "Dockerfile line 4"]
 

@@ -341,6 +341,12 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, str(exc.detail))
 
 
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # A bug: E2B's shape still (E2B's SDKs parse a 500's body as JSON). The exception goes on
+    # up to the daemon's app, whose handler logs it.
+    return _error(500, f"internal error ({type(exc).__name__}); see the daemon's log")
+
+
 def control_app() -> FastAPI:
     """The control API as its own app (mounted at /e2b): E2B's error shape, not firebox's.
     Its state is the daemon app's (create_app shares it)."""
@@ -348,6 +354,7 @@ def control_app() -> FastAPI:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)
     # first: its /sandboxes/metrics and /sandboxes/{id}/metrics would otherwise be taken by
     # GET /sandboxes/{id} and by the "not available yet" catch-all
     app.include_router(metrics.router)

@@ -155,13 +155,26 @@ class Catalog:
         )
         return [self._with_tags(_record(r)) for r in rows]
 
-    def remove(self, owner: str, ref: str) -> TemplateRecord | None:
-        """Drop ``owner``'s tag ``ref`` (``name`` alone: every tag of that name); what was
-        removed, or None if ``owner`` had no such template."""
+    def owned(self, owner: str, ref: str) -> list[TemplateRecord]:
+        """``owner``'s own builds that ``ref`` names: the one of a tag, or, for a name
+        alone, those of every tag of it."""
         name, tag = split(ref)
-        found = self.find(owner, ref)
-        if found is None or found.owner != owner:
-            return None
+        if ":" in ref:
+            rows = self.registry.query(
+                "SELECT record, public FROM templates WHERE owner = ? AND name = ? AND tag = ?",
+                (owner, name, tag),
+            )
+        else:
+            rows = self.registry.query(
+                "SELECT record, MAX(public) FROM templates WHERE owner = ? AND name = ?"
+                " GROUP BY build_id",
+                (owner, name),
+            )
+        return [self._with_tags(_record(r)) for r in rows]
+
+    def remove(self, owner: str, ref: str) -> None:
+        """Drop ``owner``'s tag ``ref`` (``name`` alone: every tag of that name)."""
+        name, tag = split(ref)
         if ":" in ref:
             self.registry.query(
                 "DELETE FROM templates WHERE owner = ? AND name = ? AND tag = ?",
@@ -169,7 +182,6 @@ class Catalog:
             )
         else:
             self.registry.query("DELETE FROM templates WHERE owner = ? AND name = ?", (owner, name))
-        return found
 
     def set_public(self, ref_owner: str, ref: str, public: bool) -> bool:
         name, _ = split(ref)

@@ -58,7 +58,15 @@ def _spec(body: BuildBody) -> dict[str, Any]:
         raise ApiError("invalid_argument", "send exactly one of template or dockerfile")
     try:
         if body.dockerfile is not None:
-            return recipes.validate(recipes.parse_dockerfile(body.dockerfile))
+            parsed = recipes.parse_dockerfile(body.dockerfile)
+            if any(s["type"] == "COPY" for s in parsed["steps"]):
+                raise ApiError(
+                    "invalid_argument",
+                    "a Dockerfile sent as text cannot COPY: its files are not here; build it "
+                    "with `firebox template build` or the SDK's Template.from_dockerfile, "
+                    "which upload them",
+                )
+            return recipes.validate(parsed)
         return recipes.validate(body.template)
     except recipes.RecipeError as e:
         raise ApiError("invalid_argument", str(e)) from None
@@ -129,7 +137,10 @@ async def cancel_build(build_id: str, caller: Caller, request: Request) -> dict[
 @router.get("/templates")
 async def list_templates(caller: Caller, request: Request) -> dict[str, Any]:
     records = _service(request).catalog.visible(caller.id, caller.admin)
-    return {"templates": [r.as_json() for r in records]}
+    # the admin sees whose each is (the key id that POST /templates/{name}/public takes)
+    return {
+        "templates": [r.as_json() | ({"owner": r.owner} if caller.admin else {}) for r in records]
+    }
 
 
 @router.post("/templates/prune")

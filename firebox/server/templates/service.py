@@ -165,18 +165,20 @@ class TemplateService:
     async def delete(self, owner: str, ref: str) -> None:
         """Drop ``owner``'s template ``ref`` (a tag, or every tag of a name); its tree and
         layers go too once nothing else holds them."""
-        record = self.catalog.find(owner, ref)
-        if record is None or record.owner != owner:
+        records = self.catalog.owned(owner, ref)
+        if not records:
             raise ApiError("not_found", f"no template {ref!r} of this key")
-        if (n := self.in_use(record.build_id)) > 0:
+        if (n := sum(self.in_use(r.build_id) for r in records)) > 0:
             raise ApiError(
                 "conflict",
                 f"template {ref!r} is used by {n} running sandbox(es); kill them, then delete it",
             )
         self.catalog.remove(owner, ref)
-        if record.build_id not in {r.build_id for r in self.catalog.all_records()}:
-            await self.forget(record.build_id)  # its pool
-        self._holdings.keep_only(self.catalog.all_records())
+        left = self.catalog.all_records()
+        for record in records:
+            if record.build_id not in {r.build_id for r in left}:
+                await self.forget(record.build_id)  # its pool
+        self._holdings.keep_only(left)
         await asyncio.to_thread(self._collect)
 
     def _collect(self) -> dict[str, list[str]]:
@@ -224,7 +226,7 @@ class TemplateService:
             raise ApiError(
                 "invalid_argument",
                 f"memory_mb {req.memory_mb} is more than builds may use here "
-                f"({self.settings.max_memory_mb}, --max-build-memory-mb)",
+                f"({self.settings.max_memory_mb}, firebox serve --max-build-memory-mb)",
             )
         for step in req.template["steps"]:
             if step["type"] == "COPY" and not self.upload_path(owner, step["filesHash"]).is_file():
@@ -322,7 +324,7 @@ class TemplateService:
                     continue
                 forced = forced or bool(step.get("force"))
                 self._check_disk(i)
-                key = steps.layer_key(parent, step, state, forced)
+                key = steps.layer_key(build.owner, parent, step, state, forced)
                 diff = layers.find(key)
                 if diff is not None:
                     build.log(f"step {i}: CACHED {what}", step=i)
@@ -442,7 +444,7 @@ class TemplateService:
             self.build_backend, base_tree, diffs, limits, parse_policy(), self.egress
         )
         try:
-            out = await sandbox.output(steps.print_envs(state), "root", 60)
+            out = await sandbox.output(*steps.print_envs(state), 60)
         except StepFailure as e:
             raise builds.BuildFailed(
                 builds.failure(

@@ -75,10 +75,12 @@ def from_envs(envs: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple((name, quoted(value)) for name, value in envs.items())
 
 
-def print_envs(state: State) -> str:
-    """A command printing the ENV's expanded values, NUL-separated (``parse_envs``)."""
+def print_envs(state: State) -> tuple[str, str]:
+    """A command printing the ENV's expanded values, NUL-separated (``parse_envs``), and the
+    agent's user to run it as: the template's user, whose ``$HOME`` its sandboxes see."""
     names = state.names()
-    return state.prelude() + "printf '%s\\0' " + " ".join(f'"${{{n}}}"' for n in names)
+    cmd = state.prelude() + "printf '%s\\0' " + " ".join(f'"${{{n}}}"' for n in names)
+    return as_user(cmd, state.user)
 
 
 def parse_envs(state: State, output: bytes) -> dict[str, str]:
@@ -90,11 +92,14 @@ def makes_layer(step: dict[str, Any]) -> bool:
     return step["type"] in ("RUN", "COPY", "WORKDIR")
 
 
-def layer_key(parent: str, step: dict[str, Any], state: State, forced: bool) -> str:
-    """The cache key of ``step``'s layer: its parent, the step and the state it runs with,
-    the contents of what it copies. A forced step gets a key never seen again, so every
-    later step is made anew too (as Docker does after a changed step)."""
+def layer_key(owner: str, parent: str, step: dict[str, Any], state: State, forced: bool) -> str:
+    """The cache key of ``step``'s layer: its owner, its parent, the step and the state it
+    runs with, the contents of what it copies. Per key: one key's layers are never another's
+    (a COPY's hash is the client's word for its files, and a shared cache would tell one key
+    what another built). A forced step gets a key never seen again, so every later step is
+    made anew too (as Docker does after a changed step)."""
     body = {
+        "owner": owner,
         "parent": parent,
         "type": step["type"],
         "args": step["args"],
