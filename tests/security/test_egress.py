@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import io
 import json
 import socket
 import threading
-import zipfile
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +21,7 @@ import pytest
 from firebox import Sandbox
 from firebox.server.egress import host_addresses
 from tests.conftest import EGRESS_ORIGIN, Daemon
+from tests.packages import wheel
 
 PROBE_PACKAGE = "firebox-probe-pkg"
 
@@ -74,25 +73,7 @@ class Origin(http.server.ThreadingHTTPServer):
 
 
 def _wheel() -> tuple[str, bytes]:
-    name = "firebox_probe_pkg-1.0-py3-none-any.whl"
-    files = {
-        "firebox_probe.py": "VALUE = 'installed through the proxy'\n",
-        "firebox_probe_pkg-1.0.dist-info/METADATA": (
-            "Metadata-Version: 2.1\nName: firebox-probe-pkg\nVersion: 1.0\n"
-        ),
-        "firebox_probe_pkg-1.0.dist-info/WHEEL": (
-            "Wheel-Version: 1.0\nGenerator: firebox-tests\nRoot-Is-Purelib: true\n"
-            "Tag: py3-none-any\n"
-        ),
-    }
-    record = "".join(f"{path},,\n" for path in files) + "firebox_probe_pkg-1.0.dist-info/RECORD,,\n"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for path, text in {**files, "firebox_probe_pkg-1.0.dist-info/RECORD": record}.items():
-            # A fixed time: the index's hash and the file pip fetches a moment later must be
-            # of the same bytes (a name alone stamps each entry with the current time).
-            zf.writestr(zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0)), text)
-    return name, buf.getvalue()
+    return wheel(PROBE_PACKAGE, "firebox_probe", "VALUE = 'installed through the proxy'\n")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
