@@ -96,8 +96,7 @@ def test_names_and_tags(built: tuple[BuildInfo, list[LogEntry]], daemon: Daemon)
     tags = Template.get_tags(NAME)
     assert sorted(t.tag for t in tags) == ["latest", "stable", "v1"]
     assert {t.build_id for t in tags} == {info.build_id}
-    sbx = Sandbox.create(template=NAME, timeout=300)  # what a name alone means: :latest
-    sbx.kill()
+    Sandbox.create(template=f"{NAME}:v1", timeout=300).kill()  # a tag E2B's SDK assigned
     Template.remove_tags(NAME, ["v1", "stable"])
     assert [t.tag for t in Template.get_tags(NAME)] == ["latest"]
     with pytest.raises(TemplateException):

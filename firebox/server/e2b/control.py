@@ -358,9 +358,12 @@ def control_app() -> FastAPI:
     # first: its /sandboxes/metrics and /sandboxes/{id}/metrics would otherwise be taken by
     # GET /sandboxes/{id} and by the "not available yet" catch-all
     app.include_router(metrics.router)
-    # E2B's template API; imported here, as it imports this module's ENVD_VERSION
-    from firebox.server.e2b import templates
+    # E2B's template API; imported here, as it imports this module's ENVD_VERSION. Names
+    # first: the builds' refusal of E2B's first build calls (POST /templates/{id}) would take
+    # POST /templates/tags
+    from firebox.server.e2b import template_names, templates
 
+    app.include_router(template_names.router)
     app.include_router(templates.router)
     app.include_router(router)
     return app

@@ -1,7 +1,7 @@
-"""E2B's template API (``Template.build`` and the calls around it: the ``templates`` and
-``tags`` of E2B's spec/openapi.yml), served with the control API under ``/e2b``: a translation
-onto the daemon's one template service (server/templates), as firebox's own
-templates/routes.py is. No second copy of a build.
+"""E2B's template builds (``Template.build``: the build calls of E2B's spec/openapi.yml),
+served with the control API under ``/e2b``: a translation onto the daemon's one template
+service (server/templates), as firebox's own templates/routes.py is. No second copy of a
+build. Names, tags and listings are template_names.py's.
 
 How E2B's names map (docs/E2B.md):
 
@@ -28,7 +28,7 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -41,7 +41,7 @@ from firebox.server.e2b.control import ENVD_VERSION
 from firebox.server.errors import ApiError
 from firebox.server.models import iso
 from firebox.server.templates import builds
-from firebox.server.templates.catalog import DEFAULT_TAG, TemplateRecord, builtin, split
+from firebox.server.templates.catalog import DEFAULT_TAG, split
 from firebox.server.templates.routes import BuildBody, build_request
 from firebox.server.templates.service import TemplateService
 from firebox.settings import Limits
@@ -72,20 +72,6 @@ class BuildRequested(_Body):
     memory_mb: int | None = Field(default=None, alias="memoryMB")
 
 
-class AssignTags(_Body):
-    target: str
-    tags: list[str] = Field(min_length=1, max_length=16)
-
-
-class DeleteTags(_Body):
-    name: str
-    tags: list[str] = Field(min_length=1)
-
-
-class Update(_Body):
-    public: bool | None = None
-
-
 @dataclass
 class _Requested:
     owner: str
@@ -110,7 +96,8 @@ def _edge(request: Request) -> _Edge:
     return edge
 
 
-def _service(request: Request) -> TemplateService:
+def template_service(request: Request) -> TemplateService:
+    """The daemon's template service (its app state, which the control app shares)."""
     service: TemplateService = request.app.state.templates
     return service
 
@@ -169,8 +156,9 @@ def _request_build(request: Request, owner: str, body: BuildRequested) -> tuple[
     return build_id, checked
 
 
-def _limits(request: Request) -> dict[str, Any]:
-    """What a sandbox of a template gets by default: firebox's templates carry no size."""
+def sandbox_sizes(request: Request) -> dict[str, Any]:
+    """What a sandbox of a template gets by default (E2B's templates carry a size, firebox's
+    do not)."""
     limits: Limits = request.app.state.manager.default_limits
     return {
         "cpuCount": max(1, round(limits.cpu_count)),
@@ -203,7 +191,7 @@ async def request_build_v2(
     return {
         "templateID": checked.name,
         "buildID": e2b_build_id(build_id),
-        **_limits(request),
+        **sandbox_sizes(request),
         "public": False,
         "aliases": [checked.name],
         "createdAt": now,
@@ -222,7 +210,7 @@ async def start_build(
 ) -> Response:
     """Start a requested build with E2B's ``TemplateBuildStartV2`` (firebox's template shape:
     firebox/recipes), through firebox's own checks."""
-    service, edge = _service(request), _edge(request)
+    service, edge = template_service(request), _edge(request)
     fid = firebox_build_id(build_id)
     requested = edge.requested.get(fid)
     if requested is None or requested.owner != caller.id:
@@ -251,7 +239,7 @@ async def upload_link(
 ) -> dict[str, Any]:
     """Whether the files are here, and where to PUT them: this same path, signed (always
     given, for the SDKs' ``force_upload``)."""
-    present = _service(request).upload_path(caller.id, files_hash).is_file()
+    present = template_service(request).upload_path(caller.id, files_hash).is_file()
     expires = int(time.time()) + UPLOAD_TTL
     signature = _signature(_edge(request).signing_key, caller.id, files_hash, expires)
     query = urlencode({"key": caller.id, "expires": expires, "signature": signature})
@@ -276,7 +264,7 @@ async def upload(
             "this upload URL is not valid or has expired; ask for another "
             "(GET /templates/{id}/files/{hash}: Template.build does)",
         )
-    await _service(request).store_upload(key, files_hash, request.stream())
+    await template_service(request).store_upload(key, files_hash, request.stream())
     return Response(status_code=200)
 
 
@@ -338,7 +326,7 @@ async def build_status(
             "logs": [],
             "logEntries": [],
         }
-    build = _service(request).get(caller.id, fid)
+    build = template_service(request).get(caller.id, fid)
     page = _entries(build, level)[logs_offset : logs_offset + limit]
     out: dict[str, Any] = {
         "templateID": build.name,
@@ -365,7 +353,7 @@ async def build_logs(
 ) -> dict[str, Any]:
     """E2B's ``TemplateBuildLogsResponse``: entries from ``cursor`` (ms since the epoch) on,
     or back from it."""
-    entries = _entries(_service(request).get(caller.id, firebox_build_id(build_id)), level)
+    entries = _entries(template_service(request).get(caller.id, firebox_build_id(build_id)), level)
     if direction == "backward":
         entries = entries[::-1]
     if cursor is not None:
@@ -374,163 +362,6 @@ async def build_logs(
     return {"logs": [_entry(e) for e in entries[:limit]]}
 
 
-# -- names, tags, templates ----------------------------------------------------------------------
-
-
-def _records(request: Request, owner: str, template_id: str) -> list[TemplateRecord]:
-    """The builds of template ``template_id`` ``owner`` may use, newest first: its own, else a
-    public one of that name."""
-    name, _ = split(template_id)
-    found = [r for r in _service(request).catalog.visible(owner) if r.name == name]
-    return [r for r in found if r.owner == owner] or found
-
-
-def _template(request: Request, name: str, records: list[TemplateRecord]) -> dict[str, Any]:
-    """E2B's ``Template``: its build is the one tagged ``latest``, else the newest."""
-    current = next((r for r in records if DEFAULT_TAG in r.tags), records[0])
-    return {
-        "templateID": name,
-        "buildID": e2b_build_id(current.build_id),
-        **_limits(request),
-        "public": current.public,
-        "aliases": [name],
-        "names": [name],
-        "createdAt": iso(min(r.built_at for r in records)),
-        "updatedAt": iso(max(r.built_at for r in records)),
-        "createdBy": None,
-        "lastSpawnedAt": None,
-        "spawnCount": 0,
-        "buildCount": len(records),
-        "envdVersion": ENVD_VERSION,
-        "buildStatus": "ready",
-    }
-
-
-@router.get("/templates/aliases/{alias}")
-async def alias_exists(alias: str, caller: Caller, request: Request) -> dict[str, Any]:
-    """``Template.exists``: firebox's own templates, and those this key may use."""
-    if builtin(alias) is not None:
-        return {"templateID": alias, "public": True}
-    try:
-        record = _service(request).catalog.find(caller.id, alias)
-    except ApiError:
-        record = None  # not a name at all: no template has it
-    if record is None:
-        raise ApiError("not_found", f"no template {alias!r} for this key")
-    return {"templateID": record.name, "public": record.public}
-
-
-@router.post("/templates/tags", status_code=201)
-async def assign_tags(body: AssignTags, caller: Caller, request: Request) -> dict[str, Any]:
-    """Point ``tags`` at the build ``target`` (``name:tag``) names; a tag moves from another."""
-    catalog = _service(request).catalog
-    record = catalog.find(caller.id, body.target)
-    if record is None or record.owner != caller.id:
-        raise ApiError("not_found", f"no template {body.target!r} of this key; build it first")
-    tags = list(dict.fromkeys(body.tags))
-    for tag in tags:
-        split(f"{record.name}:{tag}")
-    catalog.add(replace(record, tags=tuple(tags)))
-    if record.public:
-        catalog.set_public(caller.id, record.name, True)  # new tags of a public one are too
-    return {"tags": tags, "buildID": e2b_build_id(record.build_id)}
-
-
-@router.delete("/templates/tags", status_code=204)
-async def remove_tags(body: DeleteTags, caller: Caller, request: Request) -> Response:
-    """Remove tags, each as ``firebox template delete name:tag`` does: a build no tag holds
-    any more goes, once no sandbox runs on it."""
-    service = _service(request)
-    name, _ = split(body.name)
-    refs = [f"{name}:{tag}" for tag in dict.fromkeys(body.tags)]
-    for ref in refs:  # all there, before any goes
-        record = service.catalog.find(caller.id, ref)
-        if record is None or record.owner != caller.id:
-            raise ApiError("not_found", f"no template {ref!r} of this key")
-    for ref in refs:
-        await service.delete(caller.id, ref)
-    return Response(status_code=204)
-
-
-@router.get("/templates/{template_id}/tags")
-async def list_tags(template_id: str, caller: Caller, request: Request) -> list[dict[str, Any]]:
-    records = _records(request, caller.id, template_id)
-    if not records:
-        raise ApiError("not_found", f"no template {template_id!r} for this key")
-    return [
-        {"tag": tag, "buildID": e2b_build_id(r.build_id), "createdAt": iso(r.built_at)}
-        for r in records
-        for tag in r.tags
-    ]
-
-
-@router.get("/templates")
-@router.get("/v2/templates")
-async def list_templates(caller: Caller, request: Request) -> list[dict[str, Any]]:
-    """The key's templates and the public ones (firebox's own are not listed: E2B's public
-    ones are not either)."""
-    names = dict.fromkeys(r.name for r in _service(request).catalog.visible(caller.id))
-    return [_template(request, n, _records(request, caller.id, n)) for n in names]
-
-
-@router.get("/templates/{template_id}")
-async def get_template(template_id: str, caller: Caller, request: Request) -> dict[str, Any]:
-    """E2B's ``TemplateWithBuilds``: the builds a tag holds (finished ones: a build under way
-    is seen through its status)."""
-    records = _records(request, caller.id, template_id)
-    if not records:
-        raise ApiError("not_found", f"no template {template_id!r} for this key")
-    listed = _template(request, records[0].name, records)
-    sizes = _limits(request)
-    return {
-        **{k: listed[k] for k in ("templateID", "public", "aliases", "names")},
-        **{k: listed[k] for k in ("createdAt", "updatedAt", "lastSpawnedAt", "spawnCount")},
-        "builds": [
-            {
-                "buildID": e2b_build_id(r.build_id),
-                "status": "ready",
-                "createdAt": iso(r.built_at - r.build_seconds),
-                "updatedAt": iso(r.built_at),
-                "finishedAt": iso(r.built_at),
-                **sizes,
-                "envdVersion": ENVD_VERSION,
-            }
-            for r in records
-        ],
-    }
-
-
-@router.delete("/templates/{template_id}", status_code=204)
-async def delete_template(template_id: str, caller: Caller, request: Request) -> Response:
-    await _service(request).delete(caller.id, template_id)
-    return Response(status_code=204)
-
-
-def _publish(request: Request, owner: str, admin: bool, template_id: str, body: Update) -> str:
-    name, _ = split(template_id)
-    if body.public is None:
-        return name
-    if not admin:
-        raise ApiError("forbidden", "only firebox's admin key makes a template public or private")
-    if not _service(request).catalog.set_public(owner, name, body.public):
-        raise ApiError("not_found", f"no template {template_id!r} of this key")
-    return name
-
-
-@router.patch("/templates/{template_id}")
-async def update(template_id: str, body: Update, caller: Caller, request: Request) -> Response:
-    _publish(request, caller.id, caller.admin, template_id, body)
-    return Response(status_code=200)
-
-
-@router.patch("/v2/templates/{template_id}")
-async def update_v2(
-    template_id: str, body: Update, caller: Caller, request: Request
-) -> dict[str, Any]:
-    return {"names": [_publish(request, caller.id, caller.admin, template_id, body)]}
-
-
-# last: its paths would take POST /templates/tags
 @router.post("/templates")
 @router.post("/templates/{template_id}")
 @router.post("/templates/{template_id}/builds/{build_id}")
