@@ -138,7 +138,7 @@ CMD ["python3", "server.py"]
 def test_a_rebuild_after_changing_the_last_step_redoes_only_that_step(
     daemon: Daemon, packages: PackageServer
 ) -> None:
-    def build(last: str) -> tuple[list[str], float]:
+    def build(last: str) -> list[str]:
         logs: list[str] = []
         template = (
             Template()
@@ -147,18 +147,17 @@ def test_a_rebuild_after_changing_the_last_step_redoes_only_that_step(
             .run_cmd("echo two > /opt/two", user="root")
             .run_cmd(last, user="root")
         )
-        started = time.monotonic()
         Template.build(template, "fbx-cache", on_build_logs=lambda e: logs.append(e.message))
-        return logs, time.monotonic() - started
+        return logs
 
     # layers are kept host-wide: a last step of this run's own is made anew
     token = uuid.uuid4().hex[:8]
     build(f"echo three > /opt/three # {token}")
-    logs, seconds = build(f"echo four > /opt/four # {token}")
+    logs = build(f"echo four > /opt/four # {token}")
     cached = [line for line in logs if "CACHED" in line]
     assert len(cached) == 2, logs
     assert any("step 3: RUN echo four" in line for line in logs)
-    assert seconds < 30
+    # (the time it saves is bench/templates.py's to measure, not a test's)
     with Sandbox.create(template="fbx-cache") as sbx:
         r = sbx.commands.run("cat /opt/one /opt/two /opt/four; test -e /opt/three || echo gone")
         assert r.stdout == "one\ntwo\nfour\ngone\n"
