@@ -140,7 +140,23 @@ def daemon(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _drop_templates(d)
         d.stop()
+
+
+def _drop_templates(d: Daemon) -> None:
+    """The templates the session built, and what they alone used (trees, layers, a microVM's
+    root disks and snapshots: gigabytes), go with the session. Best effort: a failure here
+    must not hide the tests' own."""
+    try:
+        with d.client() as c:
+            c.timeout = httpx.Timeout(300)
+            for t in c.get("/templates").json()["templates"]:
+                if t.get("owner") is not None:
+                    c.delete(f"/templates/{t['name']}")
+            c.post("/templates/prune")
+    except (httpx.HTTPError, KeyError, ValueError):
+        pass
 
 
 # A sandbox's timeout is a lifetime that would end it under a slow test on a loaded host: the

@@ -142,6 +142,11 @@ class Backend(abc.ABC):
         template snapshot here: a cold boot, once). Called as the daemon starts."""
         return None
 
+    async def forget_image(self, rootfs: Path) -> None:
+        """The tree ``rootfs`` is gone (a deleted template's): drop what was made from it
+        (a microVM's snapshots of it) that nobody holds."""
+        return None
+
     async def close(self) -> None:
         """The daemon is stopping and every sandbox has been cleaned up: free what is shared."""
         return None

@@ -183,6 +183,11 @@ class MicroVMBackend(Backend):
         holds (each is ~300 MB)."""
         await self._snapshot(spec)
 
+    async def forget_image(self, rootfs: Path) -> None:
+        for shape in [k for k in self._prepared if k[1] == rootfs]:
+            del self._prepared[shape]
+        await restore_points.prune_made_from(rootfs.parent)
+
     async def _snapshot(self, spec: SandboxSpec) -> RestorePoint:
         limits = spec.limits
         shape = (

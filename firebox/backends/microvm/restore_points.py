@@ -93,6 +93,15 @@ async def prune_stale(snap: snapshot.SnapshotSpec) -> None:
         log.warning("removed snapshots no one can restore any more: %s", ", ".join(removed))
 
 
+async def prune_made_from(entry: Path) -> None:
+    """Remove the snapshots whose root disk lies in the image entry ``entry`` (a template's
+    tree, deleted) that nobody holds."""
+    made = await asyncio.to_thread(snapshot.made_from, image_root(), entry)
+    removed = await asyncio.to_thread(leases.prune, made)
+    if removed:
+        log.warning("removed snapshots of a deleted template: %s", ", ".join(removed))
+
+
 async def _run(*cmd: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -140,6 +140,19 @@ def stale(image_root: Path, spec: SnapshotSpec) -> list[Path]:
     return found
 
 
+def made_from(image_root: Path, entry: Path) -> list[Path]:
+    """Complete snapshots whose root disk is in the image entry ``entry``."""
+    found = []
+    for snap in snapshots_dir(image_root).iterdir() if snapshots_dir(image_root).is_dir() else ():
+        try:
+            marker = json.loads((snap / MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(marker, dict) and Path(str(marker.get("root_disk"))).parent == entry:
+            found.append(snap)
+    return found
+
+
 def make_rw_disk(path: Path, size_mb: int, rootfs: Path | None = None) -> None:
     """The sandbox's writable disk: ext4 holding /home/user, /tmp and /root, with what the
     image's own /home/user and /root hold (a built template's files). Its size is the cap: a

@@ -3,7 +3,6 @@ list, show, delete and prune templates. docs/TEMPLATES.md describes each call.""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -147,7 +146,7 @@ async def list_templates(caller: Caller, request: Request) -> dict[str, Any]:
 async def prune(caller: Caller, request: Request) -> dict[str, Any]:
     if not caller.admin:
         raise ApiError("forbidden", "pruning templates' files is for the admin key")
-    return await asyncio.to_thread(_service(request).prune)
+    return await _service(request).prune()
 
 
 @router.get("/templates/{name}")

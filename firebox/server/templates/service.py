@@ -179,7 +179,13 @@ class TemplateService:
             if record.build_id not in {r.build_id for r in left}:
                 await self.forget(record.build_id)  # its pool
         self._holdings.keep_only(left)
-        await asyncio.to_thread(self._collect)
+        await self._collect_and_forget()
+
+    async def _collect_and_forget(self) -> dict[str, list[str]]:
+        removed = await asyncio.to_thread(self._collect)
+        for name in removed["trees"]:
+            await self.runtime.forget_image(builds.trees_root() / name / "rootfs")
+        return removed
 
     def _collect(self) -> dict[str, list[str]]:
         """Remove the trees and layers that no template of any daemon on this host is made
@@ -196,12 +202,12 @@ class TemplateService:
         removed = leases.prune(trees, builds.remove_entry)
         return {"trees": removed, "layers": layers.prune({k for r in kept for k in r.layers})}
 
-    def prune(self) -> dict[str, Any]:
+    async def prune(self) -> dict[str, Any]:
         """``firebox template prune``: everything no template needs, and base images no
         template is built on."""
-        removed: dict[str, Any] = self._collect()
+        removed: dict[str, Any] = await self._collect_and_forget()
         in_use = {r.base_tree for r in self.catalog.all_records()}
-        removed["bases"] = image_bases.prune(keep=in_use)
+        removed["bases"] = await asyncio.to_thread(image_bases.prune, in_use)
         return removed
 
     # -- builds --------------------------------------------------------------------------
