@@ -306,3 +306,19 @@ def test_a_template_from_the_hosts_debian_release(daemon: Daemon) -> None:
     with Sandbox.create(template="fbx-debian") as sbx:
         assert sbx.commands.run("cat /opt/release").stdout == f"VERSION_CODENAME={codename}\n"
         assert sbx.commands.run("whoami").stdout == "user\n"
+
+
+def test_a_template_cannot_point_its_home_at_the_hosts_files(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # a file of the host's, at a path the template then names as its home: sandboxes mount
+    # their own disk there, and a link would name a path outside the image
+    (tmp_path / "secret.txt").write_text("host secret\n")
+    template = (
+        Template()
+        .from_template("python")
+        .run_cmd(f"rm -rf /home/user && ln -s {tmp_path} /home/user", user="root")
+    )
+    with pytest.raises(TemplateBuildError) as caught:
+        Template.build(template, "fbx-home-link")
+    assert "/home/user is not a directory" in str(caught.value)

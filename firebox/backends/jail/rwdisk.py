@@ -27,6 +27,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from firebox.images._fs import resolve_in_tree
+
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.mount.argtypes = [
     ctypes.c_char_p,
@@ -80,7 +82,9 @@ def create(
             place.chmod(mode)
             if rootfs is not None and name in ("home", "root"):
                 try:
-                    _seed(rootfs / inside.lstrip("/"), place, host_id)
+                    # the place as the sandbox sees it: links followed inside the image, never
+                    # on the host (an image's /home may be a link to anywhere)
+                    _seed(resolve_in_tree(rootfs, inside), place, host_id)
                 except OSError as e:
                     if e.errno != errno.ENOSPC:
                         raise

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from firebox.backends.base import BackendError
 from firebox.backends.microvm import qemu
+from firebox.images._fs import resolve_in_tree
 from firebox.settings import StartConfig
 
 SNAPSHOT_VERSION = 2  # 2: the writable disk holds the image's home
@@ -163,7 +164,8 @@ def make_rw_disk(path: Path, size_mb: int, rootfs: Path | None = None) -> None:
         (skel / "tmp").mkdir(mode=0o1777)
         os.chmod(skel / "tmp", 0o1777)
         for place, owner, mode in (("home/user", 1000, 0o755), ("root", 0, 0o700)):
-            seed = rootfs / place if rootfs is not None else None
+            # links followed inside the image, never on the host (its /home may be a link)
+            seed = resolve_in_tree(rootfs, place) if rootfs is not None else None
             if seed is not None and seed.is_dir() and not seed.is_symlink():
                 # cp -a: owners, modes and links as they are; no symlink followed
                 subprocess.run(

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,8 @@ from firebox.settings import Limits
 log = logging.getLogger("firebox.templates")
 _HASH = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 MAX_UPLOAD = 1 << 30
+# where sandboxes mount their writable disk (backends/jail/rwdisk.py, the microVM's init)
+PLACES = ("home/user", "tmp", "root")
 
 
 @dataclass
@@ -357,6 +360,7 @@ class TemplateService:
                 {"base": base.label},
                 build.log,
             )
+            self._check_places(rootfs)
             record = builds.record_for(
                 build, rootfs, base.label, base.tree, keys, final_start, len(spec["steps"]), size
             )
@@ -372,6 +376,24 @@ class TemplateService:
                 os.close(fd)
             if not recorded:  # a tree of a build that failed at its start: prunable
                 self._holdings.keep_only(self.catalog.all_records())
+
+    def _check_places(self, rootfs: Path) -> None:
+        """Where every sandbox mounts its own writable disk must be a directory of the tree:
+        a link there would name a path the backends resolve outside the image."""
+        for place in PLACES:
+            try:
+                real = stat.S_ISDIR(os.lstat(rootfs / place).st_mode)
+            except FileNotFoundError:
+                real = False
+            if not real:
+                raise builds.BuildFailed(
+                    builds.failure(
+                        f"the template's /{place} is not a directory (a link, or removed); "
+                        "sandboxes mount their own writable disk there: keep it a directory "
+                        "and put links inside it instead",
+                        None,
+                    )
+                )
 
     def _check_disk(self, step: int | None) -> None:
         """Refuse a step (or the tree) that could take the image directory's disk past the
