@@ -10,9 +10,9 @@ by content):
 - build time of a small template (a file copied, a RUN, an env, a start command with a port
   ready check) with every step made anew (``skip_cache``), then again with only its last
   step changed (every earlier layer cached);
-- create → first command result (``curl`` of the template's server, which must answer) for
-  that template, against create → first command (``true``) for the default template,
-  alternated create by create, medians and their ratio (the target: within 10 %).
+- create → first command result (``true``) for that template, against the same for the
+  default template, alternated create by create, medians and their ratio (the target: within
+  10 %); after the timed part, the template's server must answer (``curl``) in each.
 
 Prints a table; writes the samples to bench/results/templates-<date>.json.
 """
@@ -97,13 +97,13 @@ def measure(backend: str, pool: int, creates: int) -> dict[str, object]:
         default: list[float] = []
         curl = "curl -s http://127.0.0.1:8080/index.html"
         _first_result(d, "bench-app", curl, "hello")  # the first create makes its pool
-        _first_result(d, "python", "true", "")
+        _first_result(d, "python", "echo up", "up")
         for i in range(creates):
             if pool:
                 time.sleep(1.0)  # let the pools refill: a steady state, not a burst
             pair = [
                 lambda: custom.append(_first_result(d, "bench-app", curl, "hello")),
-                lambda: default.append(_first_result(d, "python", "true", "")),
+                lambda: default.append(_first_result(d, "python", "echo up", "up")),
             ]
             for fn in pair if i % 2 == 0 else reversed(pair):
                 fn()

@@ -31,7 +31,7 @@ class StartConfig(Protocol):
     def user(self) -> str: ...
 
 
-READY_EVERY = 0.1  # seconds between ready checks
+READY_EVERY = 0.025  # seconds between ready checks (each a short process)
 TAIL_LINES = 30
 
 
