@@ -63,6 +63,8 @@ def tiny_tree(path: Path, *, python: bool = True, marker: str = "tiny") -> Path:
     (path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (path / "etc/group").write_text("root:x:0:\n")
     (path / MARKER).write_text(marker)
+    (path / "bin").mkdir()
+    (path / "bin/bash").write_bytes(b"\x7fELF")  # checked for, never run
     if python:
         _fake_python(path)
     return path
