@@ -99,15 +99,15 @@ def measure(backend: str, pool: int, creates: int) -> dict[str, object]:
         _first_result(d, "bench-app", curl, "hello")  # the first create makes its pool
         _first_result(d, "python", "echo up", "up")
         for i in range(creates):
-            if pool:
-                # let both pools refill: the steady state the pool serves (a burst of creates
-                # outruns its refills, most on a 2-core host: issue 16's concern)
-                time.sleep(3.0)
             pair = [
                 lambda: custom.append(_first_result(d, "bench-app", curl, "hello")),
                 lambda: default.append(_first_result(d, "python", "echo up", "up")),
             ]
             for fn in pair if i % 2 == 0 else reversed(pair):
+                if pool:
+                    # let the pools refill before each create: the steady state a pool serves
+                    # (creates back to back outrun its refills on a 2-core host: issue 16)
+                    time.sleep(3.0)
                 fn()
     return {
         "backend": backend,
