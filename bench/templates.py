@@ -112,6 +112,10 @@ def measure(backend: str, pool: int, creates: int) -> dict[str, object]:
                     # (creates back to back outrun its refills on a 2-core host: issue 16)
                     time.sleep(3.0)
                 fn()
+        # what the run made goes with it (a microVM template's root disk is gigabytes)
+        env = d.env()
+        Template.delete("bench-app", api_key=env["FIREBOX_API_KEY"], api_url=env["FIREBOX_URL"])
+        Template.prune(api_key=env["FIREBOX_API_KEY"], api_url=env["FIREBOX_URL"])
     return {
         "backend": backend,
         "pool": pool,
