@@ -63,6 +63,7 @@ from firebox.exceptions import (
     UnavailableException,
 )
 
+PRUNE_TIMEOUT = 600.0
 CHUNK = 256 * 1024  # bytes per read of an upload being sent
 RECONNECT_PAUSE = 1.0  # s between attempts to read on from a broken log stream
 MAX_RECONNECTS = 5  # broken streams in a row, without a log line between, before giving up
@@ -383,7 +384,8 @@ class AsyncTemplate(TemplateBase):
         request_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Drops build cache and uploads no template needs (admin key); the daemon's account
-        of what it freed."""
-        async with _client(api_key, api_url, request_timeout) as api:
+        of what it freed. Removing gigabytes of trees takes a while: 10 minutes unless
+        ``request_timeout`` says otherwise."""
+        async with _client(api_key, api_url, request_timeout or PRUNE_TIMEOUT) as api:
             response = await api.request("POST", PRUNE)
             return dict(response.json()) if response.content else {}

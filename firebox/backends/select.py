@@ -5,8 +5,11 @@ A backend asked for by name either works or fails with its reason — never a si
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from firebox.backends.base import Availability, Backend, BackendError
 from firebox.backends.jail.backend import JailBackend
+from firebox.backends.microvm import restore_points
 from firebox.backends.microvm.backend import MicroVMBackend
 from firebox.backends.owner import Owner
 
@@ -25,6 +28,19 @@ def build_backend(running: Backend, owner: Owner, uid_base: int) -> Backend | No
         return running
     jail = JailBackend(Owner(f"{owner.key}-build", f"{owner.cgroup_parent}-build"), uid_base)
     return jail if jail.availability().ok else None
+
+
+async def forget_image(running: Backend, rootfs: Path) -> None:
+    """The tree ``rootfs`` (a deleted template's) is gone: what any backend made of it goes
+    too, whichever backend this daemon runs (a microVM daemon beside it made snapshots)."""
+    await running.forget_image(rootfs)
+    if not isinstance(running, MicroVMBackend):
+        await restore_points.prune_made_from(rootfs.parent)
+
+
+async def prune_orphans() -> list[str]:
+    """What backends made of trees that are gone (a microVM's snapshots), nobody holding it."""
+    return await restore_points.prune_orphans()
 
 
 def report(uid_base: int) -> dict[str, Availability]:

@@ -102,6 +102,11 @@ async def prune_made_from(entry: Path) -> None:
         log.warning("removed snapshots of a deleted template: %s", ", ".join(removed))
 
 
+async def prune_orphans() -> list[str]:
+    """Remove the snapshots whose root disk is gone and that nobody holds."""
+    return await asyncio.to_thread(leases.prune, snapshot.orphans(image_root()))
+
+
 async def _run(*cmd: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

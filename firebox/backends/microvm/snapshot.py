@@ -141,6 +141,19 @@ def stale(image_root: Path, spec: SnapshotSpec) -> list[Path]:
     return found
 
 
+def orphans(image_root: Path) -> list[Path]:
+    """Complete snapshots whose root disk is gone (its template's tree was removed)."""
+    found = []
+    for snap in snapshots_dir(image_root).iterdir() if snapshots_dir(image_root).is_dir() else ():
+        try:
+            marker = json.loads((snap / MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(marker, dict) and not Path(str(marker.get("root_disk"))).exists():
+            found.append(snap)
+    return found
+
+
 def made_from(image_root: Path, entry: Path) -> list[Path]:
     """Complete snapshots whose root disk is in the image entry ``entry``."""
     found = []

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from firebox.backends.base import Backend
+from firebox.backends.select import forget_image, prune_orphans
 from firebox.images import bases as image_bases
 from firebox.images import layers, leases
 from firebox.server.egress import EgressSettings
@@ -177,7 +178,7 @@ class TemplateService:
     async def _collect_and_forget(self) -> dict[str, list[str]]:
         removed = await asyncio.to_thread(self._collect)
         for name in removed["trees"]:
-            await self.runtime.forget_image(builds.trees_root() / name / "rootfs")
+            await forget_image(self.runtime, builds.trees_root() / name / "rootfs")
         return removed
 
     def _collect(self) -> dict[str, list[str]]:
@@ -201,6 +202,7 @@ class TemplateService:
         removed: dict[str, Any] = await self._collect_and_forget()
         in_use = {r.base_tree for r in self.catalog.all_records()}
         removed["bases"] = await asyncio.to_thread(image_bases.prune, in_use)
+        removed["snapshots"] = await prune_orphans()
         return removed
 
     # -- builds --------------------------------------------------------------------------
