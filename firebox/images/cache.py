@@ -50,6 +50,13 @@ Progress = Callable[[str], None]
 Builder = Callable[[Path, Path, Progress], None]
 
 
+def content_key(obj: object, length: int = 16) -> str:
+    """The name of what ``obj`` (JSON data) describes: a hash of its canonical JSON. Every
+    cache key (image recipes, OCI bases, snapshots, layers, trees) is made here."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that determines a built tree; its hash names the cache entry."""
@@ -67,8 +74,7 @@ class Recipe:
 
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return content_key(self.as_dict())
 
     @property
     def name(self) -> str:

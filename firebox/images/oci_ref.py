@@ -8,7 +8,6 @@ transport does (no registry: Docker Hub; one word: its ``library/``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import ipaddress
 import json
 import re
@@ -18,6 +17,7 @@ from typing import Any
 
 from . import post
 from .adapt import source_hash as adapt_hash
+from .cache import content_key
 from .errors import ImageBuildError
 
 OCI_VERSION = 1  # bump when the pull or unpack changes in a way the key does not capture
@@ -98,8 +98,7 @@ class OciKey:
 
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return content_key(self.as_dict())
 
     @property
     def name(self) -> str:

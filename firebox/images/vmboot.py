@@ -18,7 +18,6 @@ outputs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import LOCK_TIMEOUT, image_root, locked
+from .cache import LOCK_TIMEOUT, content_key, image_root, locked
 from .errors import ImageBuildError
 
 KERNEL_META = "linux-image-cloud-amd64"
@@ -109,11 +108,6 @@ def _recipe() -> dict[str, str | int]:
     }
 
 
-def _key(recipe: dict[str, str | int]) -> str:
-    canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
 def extract_vmlinux(bzimage: Path, target: Path) -> None:
     """Write the ELF kernel inside ``bzimage`` (LZ4-compressed, as Debian builds it)."""
     data = bzimage.read_bytes()
@@ -149,7 +143,7 @@ def boot_pieces(progress: Progress | None = None, base: Path | None = None) -> B
     say = progress or (lambda _m: None)
     base = base or image_root()
     recipe = _recipe()
-    entry = base / f"vmboot-{_key(recipe)}"
+    entry = base / f"vmboot-{content_key(recipe)}"
     if (found := _find_entry(entry)) is not None:
         return found
     if os.geteuid() != 0:

@@ -20,18 +20,20 @@ compromised QEMU nor anything else can change what the next clone restores.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from firebox.backends.base import BackendError
 from firebox.backends.microvm import qemu
 from firebox.images._fs import resolve_in_tree
+from firebox.images.cache import content_key
 from firebox.settings import StartConfig
 
 SNAPSHOT_VERSION = 2  # 2: the writable disk holds the image's home
@@ -80,8 +82,7 @@ class SnapshotSpec:
         }
         if with_size:
             fields.update(memory_mb=self.memory_mb, cpus=self.cpus, disk_mb=self.disk_mb)
-        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return content_key(fields)
 
     @property
     def name(self) -> str:
@@ -127,44 +128,50 @@ def ready(image_root: Path, spec: SnapshotSpec) -> Path | None:
     return entry if isinstance(marker, dict) and marker.get("key") == spec.key else None
 
 
-def stale(image_root: Path, spec: SnapshotSpec) -> list[Path]:
-    """Complete snapshots of ``spec``'s template made from other pieces (an older agent,
-    kernel, image or QEMU): none of them can be restored again."""
-    found = []
-    for entry in snapshots_dir(image_root).glob(f"{spec.template.replace(':', '_')}-*"):
+def _complete(entries: Iterable[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Each complete snapshot among ``entries``, with its record (locks, leases and
+    unfinished ones have none)."""
+    for entry in entries:
         try:
             marker = json.loads((entry / MARKER).read_text())
         except (OSError, ValueError):
-            continue  # not a complete snapshot (or not a snapshot: a lock, a lease)
-        if marker.get("template") == spec.template and marker.get("base") != spec.base:
-            found.append(entry)
-    return found
+            continue
+        if isinstance(marker, dict):
+            yield entry, marker
+
+
+def _all(image_root: Path) -> Iterable[Path]:
+    base = snapshots_dir(image_root)
+    return base.iterdir() if base.is_dir() else ()
+
+
+def stale(image_root: Path, spec: SnapshotSpec) -> list[Path]:
+    """Complete snapshots of ``spec``'s template made from other pieces (an older agent,
+    kernel, image or QEMU): none of them can be restored again."""
+    named = snapshots_dir(image_root).glob(f"{spec.template.replace(':', '_')}-*")
+    return [
+        entry
+        for entry, marker in _complete(named)
+        if marker.get("template") == spec.template and marker.get("base") != spec.base
+    ]
 
 
 def orphans(image_root: Path) -> list[Path]:
     """Complete snapshots whose root disk is gone (its template's tree was removed)."""
-    found = []
-    for snap in snapshots_dir(image_root).iterdir() if snapshots_dir(image_root).is_dir() else ():
-        try:
-            marker = json.loads((snap / MARKER).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(marker, dict) and not Path(str(marker.get("root_disk"))).exists():
-            found.append(snap)
-    return found
+    return [
+        entry
+        for entry, marker in _complete(_all(image_root))
+        if not Path(str(marker.get("root_disk"))).exists()
+    ]
 
 
 def made_from(image_root: Path, entry: Path) -> list[Path]:
     """Complete snapshots whose root disk is in the image entry ``entry``."""
-    found = []
-    for snap in snapshots_dir(image_root).iterdir() if snapshots_dir(image_root).is_dir() else ():
-        try:
-            marker = json.loads((snap / MARKER).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(marker, dict) and Path(str(marker.get("root_disk"))).parent == entry:
-            found.append(snap)
-    return found
+    return [
+        snap
+        for snap, marker in _complete(_all(image_root))
+        if Path(str(marker.get("root_disk"))).parent == entry
+    ]
 
 
 def make_rw_disk(path: Path, size_mb: int, rootfs: Path | None = None) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -27,7 +26,7 @@ from typing import Any
 
 from firebox.images import layers
 from firebox.images._fs import remove_tree, tree_size
-from firebox.images.cache import image_root
+from firebox.images.cache import content_key, image_root
 from firebox.server.errors import ApiError
 from firebox.server.templates.catalog import StartConfig, TemplateRecord
 
@@ -128,8 +127,7 @@ def trees_root() -> Path:
 def tree_key(base_key: str, layer_keys: list[str]) -> str:
     """A flattened tree is named by what it is made of: builds that end in the same layers
     (a rebuild with every step cached, two names for one recipe) share it."""
-    canonical = json.dumps([base_key, layer_keys], separators=(",", ":"))
-    return "tree-" + hashlib.sha256(canonical.encode()).hexdigest()[:20]
+    return "tree-" + content_key([base_key, layer_keys], 20)
 
 
 def write_tree(
@@ -188,6 +186,7 @@ def record_for(
     start: StartConfig,
     steps: int,
     size: int,
+    pool_size: int | None,
 ) -> TemplateRecord:
     return TemplateRecord(
         build_id=build.id,
@@ -203,6 +202,7 @@ def record_for(
         size_bytes=size,
         build_seconds=round(time.time() - build.started_at, 1),
         built_at=time.time(),
+        pool_size=pool_size,
     )
 
 

@@ -19,8 +19,6 @@ module only gives each step its meaning here:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
 import secrets
 import shlex
@@ -28,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from firebox.agent_client.start import as_user
+from firebox.images.cache import content_key
 from firebox.settings import StartConfig
 
 COPY_ARCHIVE = "/tmp/.firebox-copy.tgz"  # inside the build sandbox: removed by the same step
@@ -107,8 +106,7 @@ def layer_key(owner: str, parent: str, step: dict[str, Any], state: State, force
         "state": [state.exports, state.workdir, state.user],
         "nonce": secrets.token_hex(8) if forced else None,
     }
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+    return content_key(body, 24)
 
 
 def final_start(
