@@ -17,6 +17,7 @@ from firebox.images import bases as image_bases
 from firebox.images import layers
 from firebox.images.errors import ImageBuildError
 from firebox.images.oci_ref import OciRef
+from firebox.server.boot import rootfs_for
 from firebox.server.egress import EgressSettings
 from firebox.server.errors import ApiError
 from firebox.server.templates.catalog import Catalog, builtin
@@ -127,13 +128,7 @@ def _names_template(image: str, owner: str, catalog: Catalog) -> bool:
 
 async def _template(ref: str, owner: str, catalog: Catalog) -> Base:
     if (name := builtin(ref)) is not None:
-        tree = images.image_in_use(name)
-        if tree is None:
-            raise ApiError(
-                "unavailable",
-                f"template {name!r} is not built on this host yet; run `firebox image build "
-                f"{name}` first",
-            )
+        tree = rootfs_for(name)
         return Base(name, tree, _image_key(tree))
     record = catalog.find(owner, ref)
     if record is None:

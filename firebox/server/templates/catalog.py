@@ -20,6 +20,7 @@ from typing import Any
 
 from firebox import images, recipes
 from firebox.images import layers
+from firebox.server.boot import rootfs_for
 from firebox.server.errors import ApiError
 from firebox.server.registry import Registry
 from firebox.settings import StartConfig
@@ -204,14 +205,7 @@ class Catalog:
     def resolve(self, owner: str, ref: str) -> Resolved:
         """What a create of template ``ref`` starts, for ``owner``; ApiError if nothing."""
         if (name := builtin(ref)) is not None:
-            rootfs = images.image_in_use(name)
-            if rootfs is None:
-                raise ApiError(
-                    "unavailable",
-                    f"template {name!r} is not built on this host yet; "
-                    f"run `firebox image build {name}`",
-                )
-            return Resolved(name, rootfs)
+            return Resolved(name, rootfs_for(name))
         record = self.find(owner, ref)
         if record is None:
             known = ", ".join(images.known_templates())

@@ -6,7 +6,6 @@ names recorded. The service (service.py) runs it under the build's slot and dead
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import shutil
 import stat
@@ -104,9 +103,16 @@ class BuildRunner:
             )
             self._check_places(rootfs)
             record = builds.record_for(
-                build, rootfs, base.label, base.tree, keys, final_start, len(spec["steps"]), size
+                build,
+                rootfs,
+                base.label,
+                base.tree,
+                keys,
+                final_start,
+                len(spec["steps"]),
+                size,
+                req.pool_size,
             )
-            record = dataclasses.replace(record, pool_size=req.pool_size)
             self.svc._holdings.hold(record)  # from now on: no prune removes its tree
             await self._check_start(build, record)
             self.svc.catalog.add(record)

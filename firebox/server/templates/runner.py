@@ -148,25 +148,17 @@ class BuildSandbox:
 
     async def output(self, cmd: str, user: str, timeout: float) -> bytes:
         """What ``cmd`` prints on stdout (StepFailure unless it exits 0)."""
-        out = bytearray()
-        errors: list[str] = []
-
-        def keep(stream: str, line: str) -> None:
-            if stream == "stderr":
-                errors.append(line)
-
+        out = {"stdout": bytearray(), "stderr": bytearray()}
         proc = await self.booted.agent.start_process(
             protocol.ProcessStart(cmd=cmd, user=user, timeout=timeout)
         )
         async for fd, data in proc:
-            if fd == "stdout":
-                out += data
-            else:
-                keep(fd, data.decode("utf-8", "replace"))
+            out[fd] += data
         if proc.exit is None or proc.exit.exit_code != 0:
             code = proc.exit.exit_code if proc.exit else None
-            raise StepFailure(f"`{cmd}` exited with status {code}", code, "".join(errors))
-        return bytes(out)
+            said = out["stderr"].decode("utf-8", "replace")
+            raise StepFailure(f"`{cmd}` exited with status {code}", code, said)
+        return bytes(out["stdout"])
 
     async def commit(self, key: str, record: dict[str, Any]) -> Path:
         """Stop everything in the sandbox, then store what the step changed as layer ``key``."""
