@@ -113,24 +113,25 @@ def explain(output: str, ref: OciRef, arch: str) -> str:
     """What a failed skopeo run means, and what to do, from its output."""
     text = output.lower()
     registry = ref.registry
+    # Most specific first: a "not found" or an address's digits may appear in any message.
     causes = (
+        (
+            ("http response to https client",),
+            f"{registry} speaks plain HTTP: use its HTTPS address (only a registry on this host's "
+            "loopback may be used without TLS)",
+        ),
         (
             ("manifest unknown", "name unknown", "not found"),
             f"{ref} does not exist there: check the name and the tag",
         ),
         (
-            ("unauthorized", "authentication required", "denied", "401", "403"),
+            ("unauthorized", "authentication required", "denied", " 401 ", " 403 "),
             f"{registry} refused access to {ref.repository}: check the username and password "
             "given for it (some registries also answer so for an image that does not exist)",
         ),
         (
             ("no image found in", "choosing image instance"),
             f"{ref} has no linux/{arch} variant, which this host needs: pick a tag built for it",
-        ),
-        (
-            ("http response to https client",),
-            f"{registry} speaks plain HTTP: use its HTTPS address (only a registry on this host's "
-            "loopback may be used without TLS)",
         ),
         (
             ("x509", "certificate"),
