@@ -132,12 +132,14 @@ def _build_microvm_pieces(template: str) -> None:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from firebox import images
     from firebox.backends.select import report
+    from firebox.confine import criu
 
     ok_any = False
     for name, verdict in report(ServerConfig().uid_base).items():
         mark = "ok " if verdict.ok else "no "
         ok_any |= verdict.ok
         print(f"{mark} {name:8} {verdict.reason}")
+    print(f"    pause (jail): {criu.pause_line(criu.verdict())}")
     for template in images.known_templates():
         path = images.image_path(template)
         state = f"built at {path}" if path else f"not built (run `firebox image build {template}`)"

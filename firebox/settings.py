@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 from pydantic import (
     AfterValidator,
@@ -171,6 +171,18 @@ class Network(BaseModel):
     deny_out: list[NetRule] = Field(default_factory=list, max_length=256)
 
 
+class Lifecycle(BaseModel):
+    """What a sandbox's timeout does, and what wakes it when paused (E2B's ``lifecycle``).
+
+    ``on_timeout="pause"`` pauses it at its timeout instead of killing it; ``auto_resume``
+    resumes a paused sandbox when it is used (a command, a file, a cell: any call into it),
+    where otherwise such a call is refused until it is resumed (``connect``/``resume``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    on_timeout: Literal["kill", "pause"] = "kill"
+    auto_resume: bool = False
+
+
 class SandboxSettings(BaseModel):
     """Everything a create may ask for (``POST /sandboxes``); what it leaves out takes the
     daemon's defaults."""
@@ -185,6 +197,7 @@ class SandboxSettings(BaseModel):
         default=False, description="egress to the internet through the daemon's proxy"
     )
     network: Network | None = None
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import builtins
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from firebox._async._http import AsyncApiClient
 from firebox._async.code import AsyncCodeExecution
@@ -68,6 +68,31 @@ async def _get_metrics_by_id(
     """The sandbox ``sandbox_id``'s CPU, memory and disk, sampled every 5 s."""
     async with _client(api_key, api_url, request_timeout) as api:
         return await _fetch_metrics(api, sandbox_id, start, end, None)
+
+
+async def _pause_by_id(
+    sandbox_id: str,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    request_timeout: float | None = None,
+) -> None:
+    """Pauses the sandbox ``sandbox_id`` (see ``pause``)."""
+    async with _client(api_key, api_url, request_timeout) as api:
+        await _post_pause(api, sandbox_id, None)
+
+
+async def _post_pause(api: AsyncApiClient, sandbox_id: str, request_timeout: float | None) -> None:
+    await api.request("POST", sandbox_path(sandbox_id, "pause"), timeout=request_timeout)
+
+
+async def _post_resume(
+    api: AsyncApiClient, sandbox_id: str, timeout: int | None, request_timeout: float | None
+) -> SandboxInfo:
+    body = {} if timeout is None else {"timeout": timeout}
+    response = await api.request(
+        "POST", sandbox_path(sandbox_id, "resume"), json=body, timeout=request_timeout
+    )
+    return parse_sandbox_info(response.json())
 
 
 def _client(
@@ -158,6 +183,7 @@ class AsyncSandbox(AsyncCodeExecution):
         limits: Mapping[str, float] | None = None,
         allow_internet_access: bool = False,
         network: Mapping[str, Sequence[str]] | None = None,
+        lifecycle: Mapping[str, Any] | None = None,
     ) -> Self:
         """Starts a new sandbox from ``template``.
 
@@ -170,10 +196,13 @@ class AsyncSandbox(AsyncCodeExecution):
         It has no network unless ``allow_internet_access=True`` or ``network={"allow_out":
         [...], "deny_out": [...]}`` (domains such as ``*.pypi.org``, IPs, CIDRs) open egress
         through the daemon's proxy; private, loopback and link-local addresses stay closed.
+
+        ``lifecycle`` (E2B's): ``{"on_timeout": "pause"}`` pauses it at its timeout instead
+        of killing it; ``"auto_resume": True`` has a call into a paused sandbox resume it.
         """
         api = _client(api_key, api_url, request_timeout)
         body = create_body(
-            template, timeout, metadata, envs, limits, allow_internet_access, network
+            template, timeout, metadata, envs, limits, allow_internet_access, network, lifecycle
         )
         try:
             response = await api.request("POST", "/sandboxes", json=body)
@@ -192,19 +221,32 @@ class AsyncSandbox(AsyncCodeExecution):
         api_url: str | None = None,
         request_timeout: float | None = None,
     ) -> Self:
-        """Attaches to a running sandbox; with ``timeout``, also resets its timeout to that.
+        """Attaches to a sandbox, resuming it if it is paused (as E2B's does); with
+        ``timeout``, its timeout is at least that many seconds from now.
 
         Raises ``NotFoundException`` if no such sandbox belongs to the API key.
         """
         api = _client(api_key, api_url, request_timeout)
         try:
-            info = await _fetch_info(api, sandbox_id, None)
-            if timeout is not None:
-                await _post_timeout(api, sandbox_id, timeout, None)
+            info = await _post_resume(api, sandbox_id, timeout, None)
         except BaseException:
             await api.aclose()
             raise
         return cls(info.sandbox_id, api)
+
+    @classmethod
+    async def resume(
+        cls,
+        sandbox_id: str,
+        timeout: int | None = None,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> Self:
+        """Resumes a paused sandbox where it was paused: its files, processes and a python
+        context's variables, with what was left of its timeout (or ``timeout`` if longer).
+        The same as ``connect``."""
+        return await cls.connect(sandbox_id, timeout, api_key, api_url, request_timeout)
 
     @classmethod
     async def list(
@@ -238,6 +280,16 @@ class AsyncSandbox(AsyncCodeExecution):
         """
         await _post_timeout(self._api, self._sandbox_id, timeout, request_timeout)
 
+    async def _pause_self(self, request_timeout: float | None = None) -> None:
+        """Pauses the sandbox, keeping everything: files, processes (a command still running
+        included), a python context's variables, its network policy and the timeout left.
+        It frees its CPU, and a microVM's memory (written to disk); ``connect``/``resume``
+        brings it back. Requests in flight end with an error; reconnect to commands after.
+
+        Also callable on the class: ``await AsyncSandbox.pause(sandbox_id)``.
+        """
+        await _post_pause(self._api, self._sandbox_id, request_timeout)
+
     async def _get_info_self(self, request_timeout: float | None = None) -> SandboxInfo:
         """What the daemon knows of the sandbox: template, metadata, times, state, backend.
 
@@ -264,6 +316,8 @@ class AsyncSandbox(AsyncCodeExecution):
     set_timeout = ClassOrInstanceMethod(_set_timeout_by_id, _set_timeout_self)
     get_info = ClassOrInstanceMethod(_get_info_by_id, _get_info_self)
     get_metrics = ClassOrInstanceMethod(_get_metrics_by_id, _get_metrics_self)
+    pause = ClassOrInstanceMethod(_pause_by_id, _pause_self)
+    beta_pause = pause  # E2B's earlier name
 
     async def is_running(self, request_timeout: float | None = None) -> bool:
         """Whether the sandbox still runs; False once it is killed or its timeout expired."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ class SandboxInfo:
     metadata: dict[str, str]
     started_at: datetime
     end_at: datetime  # when the sandbox's timeout expires and it is killed
-    state: str  # "running", ...
+    state: str  # "running" or "paused"
     backend: str  # "microvm" or "jail"
     cpu_count: float | None = None
     memory_mb: int | None = None
@@ -39,6 +39,12 @@ class SandboxInfo:
     output_mb: int | None = None  # printed output forwarded per command or cell
     allow_internet_access: bool = False
     network: dict[str, list[str]] = field(default_factory=dict)  # allow_out, deny_out
+    paused_at: datetime | None = None
+    # what a pause keeps: "disk" (memory on disk: survives a host reboot), "memory" (frozen in
+    # place: lost at a reboot), None (its backend cannot pause)
+    pause_keeps: str | None = None
+    # {"on_timeout": "kill"|"pause", "auto_resume": bool}
+    lifecycle: dict[str, Any] = field(default_factory=dict)
 
     @property
     def template_id(self) -> str:

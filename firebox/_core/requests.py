@@ -34,6 +34,7 @@ def create_body(
     limits: Mapping[str, float] | None = None,
     allow_internet_access: bool = False,
     network: Mapping[str, Sequence[str]] | None = None,
+    lifecycle: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "template": template,
@@ -46,6 +47,8 @@ def create_body(
         body["limits"] = dict(limits)
     if network:
         body["network"] = {k: list(v) for k, v in network.items()}
+    if lifecycle:
+        body["lifecycle"] = dict(lifecycle)
     return body
 
 

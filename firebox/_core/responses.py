@@ -84,6 +84,9 @@ def parse_sandbox_info(obj: Any) -> SandboxInfo:
         output_mb=r.get("output_mb", int, None),
         allow_internet_access=r.get("allow_internet_access", bool, False),
         network=dict(r.get("network", dict, {}) or {}),
+        paused_at=r.time("paused_at") if r.get("paused_at", str, None) else None,
+        pause_keeps=r.get("pause_keeps", str, None),
+        lifecycle=dict(r.get("lifecycle", dict, {}) or {}),
     )
 
 

@@ -33,6 +33,7 @@ class Conn:
         self._lock = threading.Lock()
         self._streams: dict[int, Stream] = {}
         self.dead = False
+        self._held = False  # the write lock is kept by the reader thread (hold)
 
     # -- reading (main thread only) --------------------------------------------------------
 
@@ -59,19 +60,41 @@ class Conn:
     def send(self, channel: int, msg: Message, payload: bytes = b"") -> None:
         self.write(protocol.encode(channel, msg, payload))
 
+    def hold(self, last: bytes) -> None:
+        """Write ``last`` and then nothing more until ``release`` (a VM about to be paused):
+        every other writer waits on the lock, which the reader thread keeps."""
+        if self._held:
+            return
+        self._wlock.acquire()
+        self._held = True
+        self._write_locked(last)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._wlock.release()
+
     def write(self, frame: bytes) -> None:
         """Write one encoded frame; after the peer is gone this is a no-op (the reader sees
         EOF and ends the agent)."""
-        view = memoryview(frame)
+        if self._held and threading.current_thread() is threading.main_thread():
+            # the reader holds the lock for a pause and must keep reading (for the Resume):
+            # the daemon sends nothing meanwhile, so nothing is lost that it waits for
+            log("dropping a reply written while the channel is held for a pause")
+            return
         with self._wlock:
-            if self.dead:
-                return
-            try:
-                while view:
-                    view = view[os.write(self._fd, view) :]
-            except OSError as e:
-                self.dead = True
-                log(f"the channel broke while writing: {e}")
+            self._write_locked(frame)
+
+    def _write_locked(self, frame: bytes) -> None:
+        if self.dead:
+            return
+        view = memoryview(frame)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as e:
+            self.dead = True
+            log(f"the channel broke while writing: {e}")
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -136,6 +159,15 @@ class Stream:
             threading.Thread(target=self.finish, args=(protocol.Result(),), daemon=True).start()
         except RuntimeError:  # no thread to be had (the process limit): answer from here
             self.finish(protocol.Result())
+
+    def detach(self) -> None:
+        """The daemon stopped listening (a pause): send nothing more, and wake whoever waits
+        for credit or data, without the cancel hooks (a cell runs on to its end)."""
+        with self._send_lock:
+            self.done = True
+            self.conn.forget(self.channel)
+        with self._cond:
+            self._cond.notify_all()
 
     # -- called by handler threads --------------------------------------------------------
 

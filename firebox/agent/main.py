@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 # Frames that belong to an open channel; on a channel we no longer know they are late and
 # harmless (a credit for a stream that just ended), never a new request.
-_STREAM_TYPES = {"credit", "cancel", "data", "end"}
+_STREAM_TYPES = {"credit", "cancel", "detach", "data", "end"}
 
 
 # Request threads kept even when idle: they serve requests after user code has taken every pid
@@ -107,7 +107,10 @@ def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
             continue
         if frame.channel == protocol.CONTROL_CHANNEL:
             if kind == protocol.Resume.T:
+                conn.release()  # held since a pause's Quiesce, if there was one
                 _resume(conn, protocol.parse(frame.header))
+            elif kind == protocol.Quiesce.T:
+                conn.hold(protocol.encode(protocol.CONTROL_CHANNEL, protocol.Quiesced()))
             elif kind == protocol.Configure.T:
                 _configure(protocol.parse(frame.header))
             continue
@@ -169,6 +172,8 @@ def _route(stream: Stream, kind: str, frame: protocol.Frame) -> None:
             stream.add_credit(n)
     elif kind == "cancel":
         stream.cancel()
+    elif kind == "detach":
+        stream.detach()
     elif kind in ("data", "end"):
         stream.put(protocol.parse(frame.header), frame.payload)
     else:

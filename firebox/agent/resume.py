@@ -1,4 +1,5 @@
-"""After a VM is restored from its template's snapshot: become a sandbox of one's own.
+"""After a VM is restored from its template's snapshot: become a sandbox of one's own (and,
+after a pause, just catch up with the clock).
 
 Every clone wakes up with the template's kernel RNG state, wall clock, hostname and machine
 id. The daemon sends fresh ones (``protocol.Resume``); this mixes the host's randomness into
@@ -43,6 +44,14 @@ def prepare() -> None:
 
 
 def apply(msg: protocol.Resume) -> None:
+    if not msg.entropy:
+        # A paused sandbox waking up (not a clone): it keeps its identity and its programs'
+        # random state; only its clock has to catch up with the time it slept.
+        try:
+            _set_clock(int(msg.time_ns))
+        except (OSError, ValueError, TypeError) as e:
+            log(f"resume: could not set the clock: {e}")
+        return
     steps = (
         ("reseed the kernel's random pool", lambda: _reseed_kernel(msg.entropy)),
         ("set the clock", lambda: _set_clock(int(msg.time_ns))),

@@ -46,6 +46,7 @@ class AgentClient:
         self._gone: AgentGone | None = None
         self._hello: protocol.Hello | None = None
         self._hello_event = asyncio.Event()
+        self._quiesced = asyncio.Event()
         # when a frame last came from the agent: its liveness (server/liveness.py)
         self.last_heard = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -214,6 +215,26 @@ class AgentClient:
             _raise_error(reply, req.T)
         return NetConnection(self, ch)
 
+    def interrupt(self, gone: AgentGone) -> None:
+        """End every request and stream in flight with ``gone`` and have the agent stop
+        sending on each (a pause): the connection stays, new requests may follow."""
+        channels, self._channels = self._channels, {}
+        for ch in channels.values():
+            if not ch.finished:  # detached, not cancelled: a cell in it runs on
+                self._send_nowait(ch.id, protocol.Detach())
+            ch.items.clear()
+            ch.stop(gone)
+
+    async def quiesce(self, timeout: float) -> None:
+        """Have the agent stop writing (``protocol.Quiesce``) and wait for its last frame:
+        the stream is then at a frame boundary both ways, as a VM's saved memory needs."""
+        self._quiesced.clear()
+        await self.send_control(protocol.Quiesce())
+        async with asyncio.timeout(timeout):
+            await self._quiesced.wait()
+        if self._gone is not None:
+            raise self._gone
+
     async def close(self) -> None:
         self._stop(AgentGone("the agent connection was closed by the daemon"))
         self._task.cancel()
@@ -316,7 +337,9 @@ class AgentClient:
 
     def _route(self, cid: int, header: dict[str, Any], payload: bytes) -> None:
         if cid == protocol.CONTROL_CHANNEL:
-            if header.get("t") == protocol.Hello.T and self._hello is None:
+            if header.get("t") == protocol.Quiesced.T:
+                self._quiesced.set()
+            elif header.get("t") == protocol.Hello.T and self._hello is None:
                 hello = protocol.Hello.from_header(header)
                 if not isinstance(hello.version, int):
                     raise protocol.ProtocolError("malformed hello")
@@ -359,5 +382,6 @@ class AgentClient:
         for ch in channels.values():
             ch.stop(gone)
         self._hello_event.set()
+        self._quiesced.set()
         with contextlib.suppress(Exception):
             self._writer.close()

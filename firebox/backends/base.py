@@ -104,6 +104,25 @@ class RunningSandbox(abc.ABC):
     def limit_events(self) -> dict[str, int]:
         """Counters of limits hit so far (``oom_kill``, ``pids_max``), to classify failures."""
 
+    #: what a pause keeps and where: "disk" (memory and devices written to disk: survives a
+    #: host reboot), "memory" (every process frozen where it is: lost at a reboot), or None
+    #: (this sandbox cannot be paused)
+    pause_keeps: str | None = None
+
+    async def pause(self) -> None:
+        """Stop the sandbox where it is, freeing its CPU (and, with ``pause_keeps`` "disk",
+        its memory); on failure it runs on. The daemon has quieted the agent's channel."""
+        raise BackendError("sandboxes of this backend cannot be paused")
+
+    async def resume(self) -> None:
+        """Run a paused sandbox again. Its agent's channel (``reader``, ``writer``) may be
+        new: the daemon reads the agent's hello on it again if so."""
+        raise BackendError("sandboxes of this backend cannot be paused")
+
+    def paused_bytes(self) -> int:
+        """Host disk a paused sandbox holds for its pause (its saved state)."""
+        return 0
+
     def upper(self) -> Path | None:
         """A build sandbox's upper directory (what its root gained, lost and changed, in
         overlayfs's on-disk form), readable on the host until ``cleanup``; None otherwise."""

@@ -34,14 +34,40 @@ class ConfinedSandbox(RunningSandbox):
         output: asyncio.StreamReader,
         release: Callable[[], None],
     ) -> None:
+        self._cleaned = False
+        self._tail = bytearray()
+        self._rebind(proc, cgroup, reader, writer, output, release)
+
+    def _rebind(
+        self,
+        proc: asyncio.subprocess.Process,
+        cgroup: cgroups.CgroupSet,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        output: asyncio.StreamReader,
+        release: Callable[[], None],
+    ) -> None:
+        """Hold a (new) process: at start, and when a paused microVM's new QEMU takes over."""
         self._proc = proc
         self._cgroup = cgroup
         self.reader = reader
         self.writer = writer
         self._release = release  # gives the uid range back once every process is gone
-        self._tail = bytearray()
         self._tail_task = asyncio.create_task(self._keep_tail(output))
-        self._cleaned = False
+
+    async def _stop_holder(self) -> None:
+        """End the held process and free its cgroup and uid range, keeping the rest (a paused
+        microVM's directory): ``_rebind`` may hold a new one later."""
+        self.kill()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._proc.wait(), 5.0)
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(self._tail_task, 1.0)
+        await asyncio.to_thread(self._cgroup.destroy)
+        release, self._release = self._release, lambda: None
+        release()
 
     async def _keep_tail(self, output: asyncio.StreamReader) -> None:
         # bounded, so a noisy sandbox cannot grow the daemon's memory

@@ -78,7 +78,8 @@ class Ping(Message):
 class Resume(Message):
     """Daemon → agent on channel 0, first thing after a VM is restored from its template's
     snapshot: every clone starts with the template's kernel RNG state, clock, hostname and
-    machine id, so it takes fresh ones from the host. The agent answers with a new Hello."""
+    machine id, so it takes fresh ones from the host. The agent answers with a new Hello.
+    Also sent when a paused VM wakes, with only ``time_ns`` set: it keeps its identity."""
 
     T = "resume"
     entropy: str = ""  # hex: host randomness, mixed into the guest kernel's pool, then reseed
@@ -86,6 +87,20 @@ class Resume(Message):
     hostname: str = ""
     machine_id: str = ""
     boot_id: str = ""  # what /proc/sys/kernel/random/boot_id shows inside
+
+
+@dataclass(slots=True)
+class Quiesce(Message):
+    """Daemon → agent on channel 0, before a VM is paused: write nothing more until the next
+    ``Resume``. The agent answers ``Quiesced`` as the last frame it writes, so the VM's memory
+    is saved with no frame half sent (the daemon has cancelled every channel first)."""
+
+    T = "quiesce"
+
+
+@dataclass(slots=True)
+class Quiesced(Message):
+    T = "quiesced"
 
 
 @dataclass(slots=True)
@@ -184,3 +199,13 @@ class Cancel(Message):
     signalled (the daemon cancels when its client went away)."""
 
     T = "cancel"
+
+
+@dataclass(slots=True)
+class Detach(Message):
+    """The daemon stops listening on this channel and wants no answer: the agent sends
+    nothing more on it, and what the channel served goes on unheard. Unlike ``Cancel`` a
+    running cell is not interrupted: it runs to its end, its output discarded. Sent for every
+    open channel before a pause, so nothing is waiting on a stream that has no reader."""
+
+    T = "detach"

@@ -52,6 +52,11 @@ class ServerConfig:
     # of DNS, and ranges lifted off the always-denied floor (an internal mirror; tests)
     egress_resolve: list[str] = field(default_factory=list)
     egress_permit: list[str] = field(default_factory=list)
+    # paused sandboxes (server/lifecycle.py): how long one is kept before it is ended, and
+    # what one key's paused sandboxes may hold of the host (a microVM's saved state and disk,
+    # a frozen jail's memory), past which a pause is refused
+    paused_ttl: float = 7 * 24 * 3600.0
+    max_paused_mb_per_key: int = 20_480
     # template builds (server/templates): how many run at once, and hosts their steps may
     # reach besides the package sources this host is configured with
     max_builds: int = 1

@@ -26,7 +26,14 @@ Manager = Annotated[SandboxManager, Depends(manager)]
 
 
 async def sandbox(sandbox_id: str, caller: Caller, mgr: Manager) -> LiveSandbox:
+    """The caller's sandbox, running: resumed if paused with auto_resume, else a 409."""
+    return await mgr.usable(caller.id, sandbox_id)
+
+
+async def known_sandbox(sandbox_id: str, caller: Caller, mgr: Manager) -> LiveSandbox:
+    """The caller's sandbox as it is, running or paused (its info, timeout, kill)."""
     return mgr.get(caller.id, sandbox_id)
 
 
 Sandbox = Annotated[LiveSandbox, Depends(sandbox)]
+KnownSandbox = Annotated[LiveSandbox, Depends(known_sandbox)]

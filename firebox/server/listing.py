@@ -68,8 +68,7 @@ def parse_order(raw: str | None, default: str) -> bool:
 
 
 def select(mgr: SandboxManager, owner: str, q: Query) -> Page:
-    # nothing pauses yet: a paused sandbox is never listed (the lifecycle issue adds them)
-    found = mgr.list(owner, dict(q.metadata)) if "running" in q.states else []
+    found = [s for s in mgr.list(owner, dict(q.metadata)) if s.state in q.states]
     if q.started_after is not None:
         found = [s for s in found if s.started_at >= q.started_after.timestamp()]
     if q.templates is not None:

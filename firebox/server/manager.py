@@ -12,14 +12,12 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from firebox import protocol
-from firebox.agent_client import AgentClient, AgentError, AgentGone
+from firebox.agent_client import AgentError, AgentGone
 from firebox.agent_client.start import NotReady, start_and_wait
-from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
+from firebox.backends.base import Backend, BackendError
 from firebox.images.cache import image_root
 from firebox.server import liveness
 from firebox.server.admission import Admission, HostLimits
@@ -28,8 +26,9 @@ from firebox.server.config import ServerConfig
 from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse_resolve
 from firebox.server.egress_policy import Policy, PolicyError, parse_networks, parse_policy
 from firebox.server.errors import ApiError
+from firebox.server.lifecycle import Lifecycle
+from firebox.server.live import LiveSandbox, Watcher
 from firebox.server.metrics import Sampler
-from firebox.server.models import iso
 from firebox.server.pool import Source, WarmPool
 from firebox.server.registry import Registry
 from firebox.server.templates.catalog import Catalog, Resolved
@@ -37,79 +36,11 @@ from firebox.settings import Bound, Limits, SandboxSettings, SettingsError, Star
 
 log = logging.getLogger("firebox.manager")
 
-WATCH_EVENTS_MAX = 10_000  # per watcher, oldest dropped: a busy directory cannot grow memory
 WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
 # A sandbox of a new shape may need its backend to get ready first: the microvm makes a
 # snapshot for it (a cold boot, once per shape; ~20 s here under software emulation).
 PREPARE_DEADLINE = 300.0
 TEMPLATE_READY_DEADLINE = 60.0  # for a built template's start command to become ready
-
-
-@dataclass(eq=False)
-class Watcher:
-    id: str
-    task: asyncio.Task[None] | None = None
-    events: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=WATCH_EVENTS_MAX))
-    error: str | None = None
-
-
-@dataclass(eq=False)
-class LiveSandbox:
-    id: str
-    owner: str
-    settings: SandboxSettings  # as its create asked; ``spec.limits`` are what it has
-    backend: str
-    started_at: float
-    end_at: float
-    spec: SandboxSpec
-    running: RunningSandbox
-    agent: AgentClient
-    timer: asyncio.TimerHandle | None = None
-    monitor: asyncio.Task[None] | None = None
-    watchers: dict[str, Watcher] = field(default_factory=dict)
-    ended: bool = False
-    # limit counters (oom kills, pids.max hits) as last seen, to tell which failure hit one
-    limits_seen: dict[str, int] = field(default_factory=dict)
-    policy: Policy = field(default_factory=Policy)
-    egress: SandboxEgress | None = None
-    committed_mb: int = 0  # what it holds of the host's memory (admission)
-    # opens the sandbox's insides without an API key: E2B's in-sandbox protocol (envd) sends
-    # only this (X-Access-Token), so every sandbox has one; it never opens another sandbox
-    access_token: str = field(default_factory=lambda: secrets.token_hex(24))
-    # opens the sandbox's ports other than the in-sandbox daemon's (E2B's traffic token: its
-    # code-interpreter SDK sends only this); never its files or processes
-    traffic_token: str = field(default_factory=lambda: secrets.token_hex(24))
-    network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # set_network, one at a time
-    # a built template's: its build (server/templates) and the environment its steps set
-    template_build: str | None = None
-    template_envs: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def envs(self) -> dict[str, str]:
-        """Set for every command and cell in it (theirs win, then the create's)."""
-        return {**self.template_envs, **self.settings.envs}
-
-    @property
-    def output_limit(self) -> int:
-        """Bytes of output a command or cell may send (the rest is discarded)."""
-        return self.spec.limits.output_mb << 20
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "sandbox_id": self.id,
-            "template": self.spec.template,
-            "metadata": self.settings.metadata,
-            "started_at": iso(self.started_at),
-            "end_at": iso(self.end_at),
-            "state": "running",
-            "backend": self.backend,
-            **self.spec.limits.model_dump(),
-            "allow_internet_access": self.policy.allow_internet_access,
-            "network": {
-                "allow_out": [r.text for r in self.policy.allow_out],
-                "deny_out": [r.text for r in self.policy.deny_out],
-            },
-        }
 
 
 class SandboxManager:
@@ -131,7 +62,7 @@ class SandboxManager:
             backend.committed_mb(self.default_limits.memory_mb),
             disks=[image_root(), config.home],
             running=lambda: (
-                [s.committed_mb for s in self._live.values()]
+                [s.committed_mb for s in self._live.values() if s.holds_host]
                 + [backend.committed_mb(self.default_limits.memory_mb)] * self.pool.waiting()
             ),
         )
@@ -140,6 +71,16 @@ class SandboxManager:
         )
         self.pool = WarmPool(self.default_limits, backend, config.pool_size, self.admission)
         self.metrics = Sampler(self.all_live)  # CPU, memory, disk of each sandbox (metrics.py)
+        self.lifecycle = Lifecycle(
+            config,
+            registry,
+            backend,
+            self.admission,
+            self.egress,
+            owned=lambda owner: [s for s in self.all_live() if s.owner == owner],
+            end=self._end,
+            watch=self._watch,
+        )
 
     # -- lifecycle of the daemon ----------------------------------------------------------
 
@@ -228,13 +169,17 @@ class SandboxManager:
         self.registry.add_sandbox(
             live.id, owner, template.name, live.backend, settings.metadata, now, live.end_at
         )
-        self._schedule(live)
+        self.lifecycle.schedule(live)
+        self._watch(live)
+        return live
+
+    def _watch(self, live: LiveSandbox) -> None:
+        """Watch a running sandbox for a crash until it ends or is paused (liveness.py)."""
         live.monitor = asyncio.create_task(
             liveness.watch(
                 live.running, live.agent, live.backend, lambda why: self._crashed(live, why)
             )
         )
-        return live
 
     def _needs_start(self, template: Resolved) -> bool:
         """Whether the daemon starts ``template``'s start command (a microVM's snapshot has
@@ -309,6 +254,7 @@ class SandboxManager:
         return limits, policy
 
     def get(self, owner: str, sandbox_id: str) -> LiveSandbox:
+        """``owner``'s sandbox, running or paused (``usable`` for a call into it)."""
         live = self._live.get(sandbox_id)
         # Another key's sandbox is indistinguishable from a missing one: no existence oracle.
         if live is None or live.owner != owner or live.ended:
@@ -323,9 +269,13 @@ class SandboxManager:
             )
         return live
 
+    async def usable(self, owner: str, sandbox_id: str) -> LiveSandbox:
+        """``owner``'s sandbox, running, for a call into it (lifecycle.usable)."""
+        return await self.lifecycle.usable(self.get(owner, sandbox_id))
+
     def live(self, sandbox_id: str) -> LiveSandbox | None:
-        """The running sandbox of that id, whoever owns it: for callers that check access
-        themselves (the E2B edge's access tokens)."""
+        """The sandbox of that id, running or paused, whoever owns it: for callers that
+        check access themselves (the E2B edge's access tokens)."""
         live = self._live.get(sandbox_id)
         return None if live is None or live.ended else live
 
@@ -343,9 +293,21 @@ class SandboxManager:
 
     def set_timeout(self, owner: str, sandbox_id: str, timeout: int) -> None:
         live = self.get(owner, sandbox_id)
+        if live.state == "paused":  # what it will have once resumed
+            live.left = float(timeout)
+            return
         live.end_at = time.time() + timeout
         self.registry.set_end_at(live.id, live.end_at)
-        self._schedule(live)
+        self.lifecycle.schedule(live)
+
+    async def pause(self, owner: str, sandbox_id: str) -> LiveSandbox:
+        live = self.get(owner, sandbox_id)
+        await self.lifecycle.pause(live)
+        return live
+
+    async def resume(self, owner: str, sandbox_id: str, timeout: int | None = None) -> bool:
+        """Resume ``owner``'s paused sandbox (True), or extend a running one's timeout."""
+        return await self.lifecycle.resume(self.get(owner, sandbox_id), timeout)
 
     async def set_network(self, owner: str, sandbox_id: str, settings: SandboxSettings) -> None:
         """Replace a running sandbox's egress policy with the one ``settings`` ask for (only
@@ -412,15 +374,6 @@ class SandboxManager:
         await _cancel(watcher.task)
 
     # -- internals ------------------------------------------------------------------------
-
-    def _schedule(self, live: LiveSandbox) -> None:
-        if live.timer is not None:
-            live.timer.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, live.end_at - time.time())
-        live.timer = loop.call_later(
-            delay, lambda: asyncio.ensure_future(self._end(live, "timeout"))
-        )
 
     async def _crashed(self, live: LiveSandbox, why: str) -> None:
         if not live.ended:

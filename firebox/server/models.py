@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from firebox import protocol
-from firebox.settings import MAX_TIMEOUT, Envs, Limits, Network, Text, Timeout
+from firebox.settings import MAX_TIMEOUT, Envs, Lifecycle, Limits, Network, Text, Timeout
 
 SandboxPath = Annotated[Text, StringConstraints(min_length=1, max_length=4096)]
 
@@ -51,10 +51,20 @@ class SandboxInfo(Limits):
     metadata: dict[str, str]
     started_at: str
     end_at: str
-    state: str
+    state: str  # running | paused
+    paused_at: str | None = None
+    # what a pause keeps: "disk" (memory and devices on disk; survives a host reboot),
+    # "memory" (frozen in place; lost at a reboot), or None (this backend cannot pause)
+    pause_keeps: str | None = None
+    lifecycle: Lifecycle = Lifecycle()
     backend: str
     allow_internet_access: bool
     network: Network
+
+
+class Resume(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: Timeout | None = None  # seconds from now, if longer than what it had left
 
 
 class SetTimeout(BaseModel):

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     end_at REAL NOT NULL,
     state TEXT NOT NULL,
     ended_at REAL,
-    end_reason TEXT
+    end_reason TEXT,
+    paused_at REAL
 );
 CREATE INDEX IF NOT EXISTS sandboxes_owner_state ON sandboxes(owner, state);
 -- one row per name and tag of a built template (server/templates/catalog.py); the tags of one
@@ -71,6 +72,15 @@ class Registry:
             # last transactions on power loss is acceptable, a fsync per create is not.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since a home's registry was made (CREATE TABLE IF NOT EXISTS keeps
+        an old table as it was)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(sandboxes)")}
+        for column, kind in (("paused_at", "REAL"),):
+            if column not in have:
+                self._db.execute(f"ALTER TABLE sandboxes ADD COLUMN {column} {kind}")
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -121,6 +131,14 @@ class Registry:
     def set_end_at(self, sandbox_id: str, end_at: float) -> None:
         self._exec("UPDATE sandboxes SET end_at = ? WHERE id = ?", (end_at, sandbox_id))
 
+    def set_paused(self, sandbox_id: str, paused_at: float | None) -> None:
+        """Paused since ``paused_at``, or running again (None)."""
+        state = "running" if paused_at is None else "paused"
+        self._exec(
+            "UPDATE sandboxes SET state = ?, paused_at = ? WHERE id = ? AND state != 'ended'",
+            (state, paused_at, sandbox_id),
+        )
+
     def mark_ended(self, sandbox_id: str, reason: str) -> None:
         self._exec(
             "UPDATE sandboxes SET state = 'ended', ended_at = ?, end_reason = ? WHERE id = ?",
@@ -136,7 +154,8 @@ class Registry:
         return str(rows[0][0]) if rows and rows[0][0] else None
 
     def running_ids(self) -> list[str]:
-        return [r[0] for r in self._exec("SELECT id FROM sandboxes WHERE state = 'running'")]
+        """Sandboxes not ended (running or paused)."""
+        return [r[0] for r in self._exec("SELECT id FROM sandboxes WHERE state != 'ended'")]
 
     def close(self) -> None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""Sandboxes: create, list, get, set timeout, kill; and API keys."""
+"""Sandboxes: create, list, get, set timeout, kill, pause, resume; and API keys."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Request, Response
 
 from firebox.server import listing
 from firebox.server.auth import new_key
-from firebox.server.deps import Caller, Manager, Sandbox
+from firebox.server.deps import Caller, KnownSandbox, Manager
 from firebox.server.errors import ApiError
-from firebox.server.models import CreateKey, KeyCreated, SandboxInfo, SetTimeout
+from firebox.server.models import CreateKey, KeyCreated, Resume, SandboxInfo, SetTimeout
 from firebox.settings import SandboxSettings
 
 router = APIRouter(tags=["sandboxes"])
@@ -53,20 +53,37 @@ async def list_sandboxes(
 
 
 @router.get("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
-async def get_sandbox(sbx: Sandbox) -> SandboxInfo:
+async def get_sandbox(sbx: KnownSandbox) -> SandboxInfo:
     return SandboxInfo(**sbx.info())
 
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
-async def set_timeout(body: SetTimeout, sbx: Sandbox, mgr: Manager) -> Response:
+async def set_timeout(body: SetTimeout, sbx: KnownSandbox, mgr: Manager) -> Response:
     mgr.set_timeout(sbx.owner, sbx.id, body.timeout)
     return Response(status_code=204)
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
-async def kill_sandbox(sbx: Sandbox, mgr: Manager) -> Response:
+async def kill_sandbox(sbx: KnownSandbox, mgr: Manager) -> Response:
     await mgr.kill(sbx.owner, sbx.id)
     return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause", response_model=SandboxInfo)
+async def pause_sandbox(sbx: KnownSandbox, mgr: Manager) -> SandboxInfo:
+    """Pause it (a paused one stays so): server/lifecycle.py says what is kept."""
+    await mgr.pause(sbx.owner, sbx.id)
+    return SandboxInfo(**sbx.info())
+
+
+@router.post("/sandboxes/{sandbox_id}/resume", response_model=SandboxInfo)
+async def resume_sandbox(
+    sbx: KnownSandbox, mgr: Manager, body: Resume | None = None
+) -> SandboxInfo:
+    """Resume it if paused, with what was left of its timeout (or ``timeout`` if longer);
+    a running one's timeout is extended to ``timeout``, never shortened."""
+    await mgr.resume(sbx.owner, sbx.id, body.timeout if body else None)
+    return SandboxInfo(**sbx.info())
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated, tags=["keys"])

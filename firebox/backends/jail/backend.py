@@ -79,6 +79,22 @@ class JailSandbox(ConfinedSandbox):
     def upper(self) -> Path | None:
         return self._rw / rwdisk.UPPER if self._build else None
 
+    # Paused: every process frozen in the cgroup, its memory (and its tmpfs disk) kept where
+    # it is; CRIU, which could write it to disk, does not work on every host (confine/criu.py).
+    pause_keeps = "memory"
+
+    async def pause(self) -> None:
+        try:
+            await asyncio.to_thread(self._cgroup.freeze)
+        except OSError as e:
+            raise BackendError(f"could not freeze the jail: {e}") from None
+
+    async def resume(self) -> None:
+        try:
+            await asyncio.to_thread(self._cgroup.thaw)
+        except OSError as e:
+            raise BackendError(f"could not thaw the jail: {e}") from None
+
     def _disk(self) -> tuple[int | None, int | None]:
         return rwdisk.usage(self._rw)
 

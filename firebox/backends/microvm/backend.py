@@ -51,18 +51,18 @@ from firebox.backends.microvm import (
     vmm,
 )
 from firebox.backends.microvm.restore_points import RestorePoint
-from firebox.backends.microvm.sandbox import MicroVMSandbox
+from firebox.backends.microvm.sandbox import MicroVMSandbox, Waking
 from firebox.backends.owner import Owner
 from firebox.confine import cgroups
 from firebox.confine.gate import spawn_gated
 from firebox.confine.uids import UidSlots, range_problem
 from firebox.images import vmboot
 from firebox.images.cache import image_root
-from firebox.protocol import STREAM_LIMIT
 
 log = logging.getLogger("firebox.microvm")
 
 RESTORE_DEADLINE = 15.0  # seconds from spawning QEMU to the restored guest running
+WAKE_DEADLINE = 60.0  # a paused VM's state holds all its RAM: more to read than a restore
 SHM_MB = 64
 # What the python template's warm context has imported in its snapshot.
 WARM_IMPORTS = "numpy,pandas,matplotlib,matplotlib.pyplot"
@@ -303,18 +303,9 @@ class MicroVMBackend(Backend):
             proc = await self._spawn(vm, uid, cgroup, [entry], [vm_dir], (ram_fd,))
             async with asyncio.timeout(RESTORE_DEADLINE):
                 qmp = await qemu.Qmp.connect(vm.qmp_socket, RESTORE_DEADLINE, proc)
-                await qmp.execute(
-                    "migrate-set-capabilities",
-                    capabilities=[{"capability": "x-ignore-shared", "state": True}],
+                reader, writer = await qemu.load_state(
+                    qmp, vm, state_fd, proc, ignore_shared=True, deadline=RESTORE_DEADLINE
                 )
-                # Connected before the state loads: the guest saw its port's host side
-                # connected at the snapshot, and must find it so.
-                reader, writer = await qemu.connect_unix(
-                    vm.agent_socket, RESTORE_DEADLINE, STREAM_LIMIT, proc
-                )
-                await qmp.send_fd("state", state_fd)
-                await qmp.execute("migrate-incoming", uri="fd:state")
-                await qmp.wait_migration(RESTORE_DEADLINE)
             resume = protocol.Resume(
                 entropy=secrets.token_hex(64),
                 time_ns=time.time_ns(),
@@ -325,22 +316,13 @@ class MicroVMBackend(Backend):
             writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
             await writer.drain()
         except BaseException as e:
-            if proc is not None and proc.returncode is None:
-                proc.kill()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(proc.wait(), 5)
-            said = ""
-            if proc is not None and proc.stdout is not None:
-                with contextlib.suppress(Exception):
-                    said = (await asyncio.wait_for(proc.stdout.read(8192), 1)).decode(
-                        errors="replace"
-                    )
+            said = await _abandon(proc)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.destroy)
             self._slots.release(slot)
             shutil.rmtree(vm_dir, ignore_errors=True)
             if isinstance(e, OSError | TimeoutError | BackendError | json.JSONDecodeError):
-                raise BackendError(f"could not restore the VM: {e!r} {said.strip()}") from e
+                raise BackendError(f"could not restore the VM: {e!r} {said}") from e
             raise
         finally:
             if state_fd >= 0:
@@ -355,7 +337,67 @@ class MicroVMBackend(Backend):
             release=lambda: self._slots.release(slot),
             backing=entry / "rw.img",
             disk_bytes=snap.disk_mb << 20,
+            waking=Waking(vm, entry, spec, self._wake),
         )
+
+    async def _wake(self, sandbox: MicroVMSandbox, waking: Waking) -> None:
+        """A paused VM running again: a QEMU of its shape, jailed as a uid range of its own
+        again, loading the state its pause wrote (RAM and devices) over its own disk."""
+        slot = take_slot(self._slots)
+        uid = self._slots.first_id(slot)
+        vm_dir, vm = sandbox.directory, waking.vm
+        cgroup: cgroups.CgroupSet | None = None
+        proc: asyncio.subprocess.Process | None = None
+        state_fd = -1
+        try:
+            for path in (vm_dir, vm.rw_disk):
+                os.chown(path, uid, uid)
+            for sock in (vm.agent_socket, vm.qmp_socket):
+                sock.unlink(missing_ok=True)
+            cgroup = await asyncio.to_thread(
+                cgroups.create,
+                waking.spec.sandbox_id,
+                template.limits(vm.memory_mb, waking.spec.limits.cpu_count),
+                self.owner.cgroup_parent,
+            )
+            state_fd = os.open(sandbox.state_file, os.O_RDONLY | os.O_CLOEXEC)
+            proc = await self._spawn(vm, uid, cgroup, [waking.entry], [vm_dir], ())
+            async with asyncio.timeout(WAKE_DEADLINE):
+                qmp = await qemu.Qmp.connect(vm.qmp_socket, WAKE_DEADLINE, proc)
+                reader, writer = await qemu.load_state(
+                    qmp, vm, state_fd, proc, ignore_shared=False, deadline=WAKE_DEADLINE
+                )
+                await qmp.execute("cont")  # it was stopped when its state was saved
+            resume = protocol.Resume(time_ns=time.time_ns())  # the same sandbox: clock only
+            writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
+            await writer.drain()
+        except BaseException as e:
+            said = await _abandon(proc)
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.destroy)
+            self._slots.release(slot)
+            if isinstance(e, OSError | TimeoutError | BackendError | json.JSONDecodeError):
+                raise BackendError(f"could not wake the paused VM: {e!r} {said}") from e
+            raise
+        finally:
+            if state_fd >= 0:
+                os.close(state_fd)
+        sandbox.woken(proc, cgroup, reader, writer, qmp, lambda: self._slots.release(slot))
+
+
+async def _abandon(proc: asyncio.subprocess.Process | None) -> str:
+    """Kill a QEMU that failed to start; what it said (its console and errors)."""
+    if proc is None:
+        return ""
+    if proc.returncode is None:
+        proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 5)
+    said = b""
+    if proc.stdout is not None:
+        with contextlib.suppress(Exception):
+            said = await asyncio.wait_for(proc.stdout.read(8192), 1)
+    return said.decode(errors="replace").strip()
 
 
 def _vcpus(cpus: float) -> int:

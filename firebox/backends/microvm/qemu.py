@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from firebox.backends.base import BackendError
+from firebox.protocol import STREAM_LIMIT
 
 QEMU = "qemu-system-x86_64"
 QMP_DEADLINE = 10.0
@@ -71,7 +72,9 @@ class VmConfig:
     memory_mb: int
     cpus: int
     accel: str  # "kvm" | "tcg"
-    mem_path: str  # the RAM file (template) or /proc/self/fd/N of the template's (clone)
+    # the RAM file (template), /proc/self/fd/N of the template's (clone), or "" (a memfd of its
+    # own: a paused VM woken from its saved state)
+    mem_path: str
     share_ram: bool  # True for a template, False (copy-on-write) for a clone
     incoming: bool = False  # wait for a snapshot to be loaded over QMP
     probe: bool = False  # boot only to the initramfs marker (KVM probing)
@@ -128,6 +131,12 @@ def argv(binary: str, vm: VmConfig) -> list[str]:
         kernel_args.append("firebox.probe=1")
     accel = accel_args(vm.accel)
     share = "on" if vm.share_ram else "off"
+    # a woken paused VM's RAM is all in its saved state: anonymous memory of its own
+    ram = (
+        f"memory-backend-file,id=ram,size={vm.memory_mb}M,mem-path={vm.mem_path},share={share}"
+        if vm.mem_path
+        else f"memory-backend-memfd,id=ram,size={vm.memory_mb}M"
+    )
     cmd = [
         binary,
         "-M",
@@ -138,7 +147,7 @@ def argv(binary: str, vm: VmConfig) -> list[str]:
         "-smp",
         str(vm.cpus),
         "-object",
-        f"memory-backend-file,id=ram,size={vm.memory_mb}M,mem-path={vm.mem_path},share={share}",
+        ram,
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -180,6 +189,43 @@ def argv(binary: str, vm: VmConfig) -> list[str]:
     if vm.incoming:
         cmd += ["-incoming", "defer"]
     return cmd
+
+
+async def load_state(
+    qmp: Qmp,
+    vm: VmConfig,
+    state_fd: int,
+    proc: asyncio.subprocess.Process,
+    ignore_shared: bool,
+    deadline: float,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Load a saved state into a QEMU started with ``-incoming defer``; returns the agent's
+    channel. ``ignore_shared``: the state holds devices only, the RAM is the mapped file's (a
+    template's snapshot); else the RAM is in the state too (a paused VM's)."""
+    await qmp.execute(
+        "migrate-set-capabilities",
+        capabilities=[{"capability": "x-ignore-shared", "state": ignore_shared}],
+    )
+    # Connected before the state loads: the guest saw its port's host side connected when the
+    # state was saved, and must find it so (a port with no host reads as end of file).
+    reader, writer = await connect_unix(vm.agent_socket, deadline, STREAM_LIMIT, proc)
+    await qmp.send_fd("state", state_fd)
+    await qmp.execute("migrate-incoming", uri="fd:state")
+    await qmp.wait_migration(deadline)
+    return reader, writer
+
+
+async def save_state(qmp: Qmp, state_fd: int, deadline: float) -> None:
+    """Stop the guest and write all of it (RAM, devices) to ``state_fd``; the disks are
+    flushed as the migration completes. The guest stays stopped."""
+    await qmp.execute("stop")
+    await qmp.execute(
+        "migrate-set-capabilities",
+        capabilities=[{"capability": "x-ignore-shared", "state": False}],
+    )
+    await qmp.send_fd("pause", state_fd)
+    await qmp.execute("migrate", uri="fd:pause")
+    await qmp.wait_migration(deadline)
 
 
 class QmpError(BackendError):

@@ -1,20 +1,44 @@
 """One live microVM on the host: its jailed QEMU in its cgroup, its directory (overlay disk,
-sockets) and its QMP connection."""
+sockets) and its QMP connection. Paused, it is only that directory: its disk, and the state
+its pause wrote (all of its RAM and its devices), from which ``resume`` starts a new QEMU."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from firebox.backends.base import BackendError, SandboxSpec
 from firebox.backends.confined import ConfinedSandbox
 from firebox.backends.microvm import qemu
 from firebox.confine import cgroups
 
+PAUSE_DEADLINE = 120.0  # to write a VM's RAM to disk: ~1 s per 300 MB here
+STATE_FILE = "paused.state"
+
+
+@dataclass(frozen=True)
+class Waking:
+    """What waking a paused VM needs: its QEMU's shape (RAM of its own, not the template's
+    file), the snapshot entry its disk's backing file is in, and the backend's wake."""
+
+    vm: qemu.VmConfig
+    entry: Path
+    spec: SandboxSpec
+    wake: Callable[[MicroVMSandbox, Waking], Awaitable[None]]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vm", dataclasses.replace(self.vm, mem_path=""))
+
 
 class MicroVMSandbox(ConfinedSandbox):
+    pause_keeps = "disk"
+
     def __init__(
         self,
         proc: asyncio.subprocess.Process,
@@ -26,6 +50,7 @@ class MicroVMSandbox(ConfinedSandbox):
         release: Callable[[], None],
         backing: Path | None = None,
         disk_bytes: int | None = None,
+        waking: Waking | None = None,
     ) -> None:
         # the guest's serial console and QEMU's own errors share QEMU's stdout
         assert proc.stdout is not None
@@ -34,6 +59,15 @@ class MicroVMSandbox(ConfinedSandbox):
         self._qmp = qmp
         self._backing = backing  # the snapshot's rw.img, under this VM's overlay
         self._disk_bytes = disk_bytes
+        self._waking = waking
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    @property
+    def state_file(self) -> Path:
+        return self._dir / STATE_FILE
 
     def _disk(self) -> tuple[int | None, int | None]:
         # The host cannot see the guest's ext4, only the blocks its disk holds: the overlay's
@@ -44,6 +78,54 @@ class MicroVMSandbox(ConfinedSandbox):
             return None, self._disk_bytes
         held = sum(os.stat(p).st_blocks * 512 for p in (self._dir / "rw.qcow2", self._backing))
         return min(held, self._disk_bytes), self._disk_bytes
+
+    def paused_bytes(self) -> int:
+        """What the paused VM holds on disk beyond the snapshot: its saved state and overlay."""
+        return sum(
+            p.stat().st_blocks * 512
+            for p in (self.state_file, self._dir / "rw.qcow2")
+            if p.exists()
+        )
+
+    async def pause(self) -> None:
+        """Write the VM's RAM and devices to its directory and end its QEMU; its disk stays.
+        The agent's channel must be quiet first (``AgentClient.quiesce``). On failure the VM
+        runs on as before."""
+        if self._waking is None:
+            raise BackendError("this VM cannot be paused (it was not restored from a snapshot)")
+        fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            await qemu.save_state(self._qmp, fd, PAUSE_DEADLINE)
+            # on disk before QEMU goes: a paused VM survives a host reboot
+            await asyncio.to_thread(os.fsync, fd)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._qmp.execute("migrate_cancel")
+                await self._qmp.execute("cont")
+            self.state_file.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        await self._stop_holder()
+        self._qmp.close()
+
+    async def resume(self) -> None:
+        assert self._waking is not None
+        await self._waking.wake(self, self._waking)
+        self.state_file.unlink(missing_ok=True)  # the RAM lives in QEMU again
+
+    def woken(
+        self,
+        proc: asyncio.subprocess.Process,
+        cgroup: cgroups.CgroupSet,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        qmp: qemu.Qmp,
+        release: Callable[[], None],
+    ) -> None:
+        assert proc.stdout is not None
+        self._qmp = qmp
+        self._rebind(proc, cgroup, reader, writer, proc.stdout, release)
 
     async def _free(self) -> None:
         self._qmp.close()

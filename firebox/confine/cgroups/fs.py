@@ -13,8 +13,9 @@ from pathlib import Path
 
 CONTROLLERS = ("memory", "pids", "cpu")  # what a sandbox needs, in every version
 # v1 hierarchies a sandbox also joins where the host mounts them, though no limit needs them:
-# cpuacct counts its CPU time (v2 counts it in cpu.stat, with no controller of its own)
-ACCOUNTING = ("cpuacct",)
+# cpuacct counts its CPU time (v2 counts it in cpu.stat, with no controller of its own), and
+# freezer pauses it (v2 has cgroup.freeze in every cgroup)
+ACCOUNTING = ("cpuacct", "freezer")
 CPU_PERIOD_US = 100_000
 PARENT_ENV = "FIREBOX_CGROUP_PARENT"
 DEFAULT_PARENT = "firebox"

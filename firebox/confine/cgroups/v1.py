@@ -4,6 +4,7 @@ in cpuacct, a hierarchy of its own on some hosts."""
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 from firebox.confine.cgroups import fs
@@ -49,6 +50,24 @@ class V1Set(CgroupSet):
             inactive_file=stat.get("total_inactive_file", stat.get("inactive_file", 0)),
             memory_limit=None if limit >= _UNLIMITED else limit,
         )
+
+    def can_freeze(self) -> bool:
+        return "freezer" in self.dirs
+
+    def _set_frozen(self, frozen: bool) -> None:
+        d = self.dirs.get("freezer")
+        if d is None:
+            raise fs.CgroupError(
+                errno.EOPNOTSUPP,
+                "this host mounts no cgroup v1 freezer hierarchy, so a jail cannot be paused; "
+                "mount one (mount -t cgroup -o freezer freezer /sys/fs/cgroup/freezer)",
+            )
+        fs.write(d / "freezer.state", "FROZEN" if frozen else "THAWED")
+
+    def frozen(self) -> bool:
+        d = self.dirs.get("freezer")
+        # FREEZING while some task has yet to stop; FROZEN once all have
+        return d is not None and fs.read(d / "freezer.state").strip() == "FROZEN"
 
 
 def _joined(host: CgroupHost) -> list[str]:

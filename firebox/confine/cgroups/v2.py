@@ -39,6 +39,12 @@ class V2Set(CgroupSet):
             memory_limit=None if limit == "max" else int(limit),
         )
 
+    def _set_frozen(self, frozen: bool) -> None:
+        fs.write(self.dirs["memory"] / "cgroup.freeze", 1 if frozen else 0)  # Linux 5.2+
+
+    def frozen(self) -> bool:
+        return fs.read_kv(self.dirs["memory"] / "cgroup.events").get("frozen", 0) == 1
+
     def _kill_at_once(self) -> None:
         # Linux 5.14+: the kernel kills the whole subtree atomically, forks included.
         kill_file = self.paths[0] / "cgroup.kill"
