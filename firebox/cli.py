@@ -150,7 +150,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from firebox import CommandExitException, Sandbox
+    from firebox import CommandExitException, Sandbox, SandboxQuery
 
     if args.action == "create":
         sbx = Sandbox.create(
@@ -158,13 +158,26 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         )
         print(sbx.sandbox_id)
     elif args.action == "list":
-        for info in Sandbox.list(metadata=_pairs(args.metadata) or None):
+        query = SandboxQuery(state=args.state) if args.state else None
+        for info in Sandbox.list(metadata=_pairs(args.metadata) or None, query=query):
+            when = f"ends {info.end_at:%Y-%m-%d %H:%M:%S}"
+            if info.paused_at is not None:
+                when = f"paused {info.paused_at:%Y-%m-%d %H:%M:%S}"
             print(
-                f"{info.sandbox_id}  {info.template:10} ends {info.end_at:%Y-%m-%d %H:%M:%S}  "
+                f"{info.sandbox_id}  {info.template:10} {info.state:8} {when}  "
                 f"{json.dumps(info.metadata)}"
             )
     elif args.action == "kill":
-        Sandbox.connect(args.id).kill()
+        Sandbox.kill(args.id)  # not connect: that would resume a paused one first
+    elif args.action == "pause":
+        Sandbox.pause(args.id)
+        info = Sandbox.get_info(args.id)
+        kept = {"disk": "memory and disk on disk", "memory": "frozen in memory"}
+        print(f"{args.id} paused ({kept.get(info.pause_keeps or '', 'kept')})")
+    elif args.action == "resume":
+        Sandbox.resume(args.id, timeout=args.timeout)
+        info = Sandbox.get_info(args.id)
+        print(f"{args.id} running, ends {info.end_at:%Y-%m-%d %H:%M:%S}")
     elif args.action == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:
@@ -422,7 +435,9 @@ def parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(func=cmd_image_build)
 
-    sandbox = sub.add_parser("sandbox", help="create, list, kill sandboxes and run commands")
+    sandbox = sub.add_parser(
+        "sandbox", help="create, list, pause, resume, kill sandboxes and run commands"
+    )
     sandbox_sub = sandbox.add_subparsers(dest="action", required=True)
     create = sandbox_sub.add_parser("create")
     create.add_argument("--template", default=DEFAULT_TEMPLATE)
@@ -430,8 +445,14 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--metadata", nargs="*", default=[], metavar="K=V")
     lst = sandbox_sub.add_parser("list")
     lst.add_argument("--metadata", nargs="*", default=[], metavar="K=V")
+    lst.add_argument("--state", nargs="*", choices=["running", "paused"], default=[])
     kill = sandbox_sub.add_parser("kill")
     kill.add_argument("id")
+    pause = sandbox_sub.add_parser("pause", help="pause a sandbox, keeping all of it")
+    pause.add_argument("id")
+    resume = sandbox_sub.add_parser("resume", help="resume a paused sandbox")
+    resume.add_argument("id")
+    resume.add_argument("--timeout", type=int, help="seconds from now, if longer than it had")
     exe = sandbox_sub.add_parser("exec")
     exe.add_argument("id")
     exe.add_argument("--user", default="user", choices=["user", "root"])

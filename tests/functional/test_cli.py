@@ -36,6 +36,23 @@ def test_sandbox_create_list_exec_kill(daemon: Daemon) -> None:
     assert gone.returncode == 1 and "not running" in gone.stderr
 
 
+def test_sandbox_pause_list_by_state_resume(daemon: Daemon) -> None:
+    sandbox_id = firebox(daemon, "sandbox", "create").stdout.strip()
+    try:
+        firebox(daemon, "sandbox", "exec", sandbox_id, "--", "sh -c 'echo kept > /tmp/x'")
+        paused = firebox(daemon, "sandbox", "pause", sandbox_id)
+        assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
+        listed = firebox(daemon, "sandbox", "list", "--state", "paused")
+        assert f"{sandbox_id}" in listed.stdout and "paused" in listed.stdout
+        assert sandbox_id not in firebox(daemon, "sandbox", "list", "--state", "running").stdout
+        resumed = firebox(daemon, "sandbox", "resume", sandbox_id, "--timeout", "600")
+        assert resumed.returncode == 0 and "running" in resumed.stdout, resumed.stderr
+        ran = firebox(daemon, "sandbox", "exec", sandbox_id, "--", "cat /tmp/x")
+        assert ran.stdout == "kept\n"
+    finally:
+        firebox(daemon, "sandbox", "kill", sandbox_id)
+
+
 def test_doctor_says_which_backends_work(daemon: Daemon) -> None:
     out = firebox(daemon, "--home", str(daemon.home), "doctor")
     assert out.returncode == 0, out.stdout + out.stderr

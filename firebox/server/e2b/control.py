@@ -29,6 +29,7 @@ from firebox.settings import (
     DEFAULT_TEMPLATE,
     DEFAULT_TIMEOUT,
     MAX_TIMEOUT,
+    Lifecycle,
     Network,
     SandboxSettings,
 )
@@ -39,8 +40,6 @@ ENVD_VERSION = "0.6.4"
 # E2B's names for its own default images; firebox's default template stands in for them.
 TEMPLATE_ALIASES = {"base": DEFAULT_TEMPLATE, "code-interpreter-v1": DEFAULT_TEMPLATE}
 NOT_YET = {
-    "pause": "pausing a sandbox",
-    "resume": "resuming a paused sandbox",
     "fork": "forking a sandbox",
     "snapshots": "snapshots of a sandbox",
 }
@@ -68,6 +67,7 @@ class NewSandbox(_Body):
     template_id: str = Field(alias="templateID")
     timeout: int = Field(default=15, ge=0)
     auto_pause: bool = Field(default=False, alias="autoPause")
+    auto_pause_memory: bool | None = Field(default=None, alias="autoPauseMemory")
     auto_resume: AutoResume | None = Field(default=None, alias="autoResume")
     secure: bool | None = None
     allow_internet_access: bool | None = None
@@ -94,7 +94,17 @@ class Timeout(_Body):
 class Connect(_Body):
     # E2B's SDKs leave it out when their caller did: then the daemon's default lifetime
     timeout: int = Field(default=DEFAULT_TIMEOUT, ge=0)
-    memory: bool | None = None  # v2: resume with memory; nothing is paused here yet
+    memory: bool | None = None  # v2: resume with memory (firebox always keeps it)
+
+
+class Resumed(_Body):
+    timeout: int | None = Field(default=None, ge=0)
+    auto_pause: bool | None = Field(default=None, alias="autoPause")  # deprecated in E2B
+
+
+class PauseRequest(_Body):
+    # false: keep the disk only (a cold boot on resume); firebox always keeps the memory
+    memory: bool = True
 
 
 class Refresh(_Body):
@@ -103,10 +113,11 @@ class Refresh(_Body):
 
 def _refuse_missing_features(body: NewSandbox) -> None:
     """Fields of features firebox lacks: refused by name, never silently dropped."""
-    if body.auto_pause or (body.auto_resume is not None and body.auto_resume.enabled):
+    if body.auto_pause_memory is False:
         raise ApiError(
             "invalid_argument",
-            "auto-pause and auto-resume are not available in firebox yet; create without them",
+            "autoPauseMemory=false (a pause that keeps the disk only) is not available in "
+            "firebox: a pause keeps memory and disk; leave it out",
         )
     if body.mcp:
         raise ApiError("invalid_argument", "MCP gateways in a sandbox are not available")
@@ -134,6 +145,10 @@ def settings_of(body: NewSandbox) -> SandboxSettings:
             envs=body.env_vars,
             allow_internet_access=bool(body.allow_internet_access),
             network=network,
+            lifecycle=Lifecycle(
+                on_timeout="pause" if body.auto_pause else "kill",
+                auto_resume=body.auto_resume is not None and body.auto_resume.enabled,
+            ),
         )
     except ValidationError as e:
         problem = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
@@ -170,7 +185,7 @@ def sandbox_listed(live: LiveSandbox) -> dict[str, Any]:
         "memoryMB": limits.memory_mb,
         "diskSizeMB": limits.disk_mb,
         "metadata": dict(live.settings.metadata),
-        "state": "running",
+        "state": live.state,
         "envdVersion": ENVD_VERSION,
     }
 
@@ -186,7 +201,10 @@ def sandbox_detail(live: LiveSandbox) -> dict[str, Any]:
             "allowOut": [r.text for r in live.policy.allow_out],
             "denyOut": [r.text for r in live.policy.deny_out],
         },
-        "lifecycle": {"autoResume": False, "onTimeout": "kill"},
+        "lifecycle": {
+            "autoResume": live.settings.lifecycle.auto_resume,
+            "onTimeout": live.settings.lifecycle.on_timeout,
+        },
     }
 
 
@@ -273,9 +291,44 @@ async def refresh(sandbox_id: str, body: Refresh, caller: Caller, mgr: Manager) 
 @router.post("/sandboxes/{sandbox_id}/connect")
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
 async def connect(sandbox_id: str, body: Connect, caller: Caller, mgr: Manager) -> JSONResponse:
+    """As E2B's: a paused sandbox is resumed (201), a running one's timeout only extended."""
     live = mgr.get(caller.id, sandbox_id)
-    _extend(mgr, live, body.timeout)
-    return JSONResponse(sandbox_created(live), status_code=200)  # 200: it was running
+    resumed = await mgr.resume(caller.id, sandbox_id, _seconds(body.timeout))
+    return JSONResponse(sandbox_created(live), status_code=201 if resumed else 200)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+async def pause(
+    sandbox_id: str, caller: Caller, mgr: Manager, body: PauseRequest | None = None
+) -> Response:
+    if body is not None and not body.memory:
+        raise ApiError(
+            "invalid_argument",
+            "memory=false (a pause that keeps the disk only) is not available in firebox: a "
+            "pause keeps memory and disk; leave it out",
+        )
+    live = mgr.get(caller.id, sandbox_id)
+    if live.state == "paused":  # E2B answers so for a second pause
+        raise ApiError("conflict", f"sandbox {sandbox_id} is already paused")
+    await mgr.pause(caller.id, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
+async def resume(
+    sandbox_id: str, caller: Caller, mgr: Manager, body: Resumed | None = None
+) -> dict[str, Any]:
+    """E2B's older resume: only a paused sandbox (409 for a running one)."""
+    live = mgr.get(caller.id, sandbox_id)
+    if live.state != "paused":
+        raise ApiError("conflict", f"sandbox {sandbox_id} is not paused; connect to it instead")
+    timeout = body.timeout if body is not None else None
+    await mgr.resume(caller.id, sandbox_id, _seconds(timeout) if timeout else None)
+    return sandbox_created(live)
+
+
+def _seconds(timeout: int) -> int:
+    return max(1, min(timeout, MAX_TIMEOUT))
 
 
 @router.put("/sandboxes/{sandbox_id}/network", status_code=204)

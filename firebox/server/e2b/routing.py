@@ -11,6 +11,7 @@ from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from firebox.server.e2b import access
+from firebox.server.errors import ApiError
 
 
 class SandboxTraffic:
@@ -32,6 +33,12 @@ class SandboxTraffic:
         decided = access.resolve(
             self.state.manager, self.state.registry, headers, query, scope["path"]
         )
+        if decided.sandbox is not None:
+            # traffic into a paused sandbox resumes it (auto_resume) or is told to resume it
+            try:
+                await self.state.manager.lifecycle.usable(decided.sandbox)
+            except ApiError as e:
+                decided = access.Access(None, e, port=decided.port)
         with access.entered(decided):
             await self.sandbox_app(scope, receive, send)
 
