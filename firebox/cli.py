@@ -77,6 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_build_memory_mb=args.max_build_memory_mb,
         build_timeout=args.build_timeout,
         build_step_timeout=args.build_step_timeout,
+        paused_ttl=args.paused_ttl_hours * 3600,
+        max_paused_mb_per_key=args.max_paused_mb_per_key,
+        keep_sandboxes_on_stop=args.on_stop == "keep",
     )
     from firebox.server.egress import parse_resolve
     from firebox.server.egress_policy import PolicyError, parse_networks
@@ -386,6 +389,27 @@ def parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="lift this range off the always-denied floor (e.g. an internal package mirror); "
         "a sandbox's policy must still allow it",
+    )
+    serve.add_argument(
+        "--on-stop",
+        choices=["keep", "end"],
+        default="keep",
+        help="what a stopping daemon does with its sandboxes: keep them running for the next "
+        "daemon to adopt (default), or end them",
+    )
+    serve.add_argument(
+        "--paused-ttl-hours",
+        type=float,
+        default=defaults.paused_ttl / 3600,
+        help=f"hours a paused sandbox is kept before it is ended (default "
+        f"{defaults.paused_ttl / 3600:g})",
+    )
+    serve.add_argument(
+        "--max-paused-mb-per-key",
+        type=int,
+        default=defaults.max_paused_mb_per_key,
+        help="what one key's paused sandboxes may hold of the host, in MB (default "
+        f"{defaults.max_paused_mb_per_key})",
     )
     serve.add_argument(
         "--max-builds", type=int, default=1, help="template builds run at once (default 1)"

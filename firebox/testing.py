@@ -65,12 +65,16 @@ class LocalDaemon:
         pool_size: int | None = None,
         cgroup_parent: str | None = None,
         args: Sequence[str] = (),
+        on_stop: str = "end",
     ) -> None:
         self._own_home = home is None
         self.home = home or Path(tempfile.mkdtemp(prefix="firebox-home-"))
         self.isolation = isolation
         self.pool_size = pool_size
         self.args = list(args)  # more `firebox serve` options, e.g. ["--max-sandboxes", "2"]
+        # a test's or benchmark's daemon ends its sandboxes when stopped ("keep": they run on
+        # for the next daemon of the home to adopt, as a real daemon's do)
+        self.on_stop = on_stop
         # its sandboxes' cgroups: under this parent if given, else its home's own
         self._cgroup_parent = cgroup_parent
         self.cgroup_parent = cgroup_parent or f"{DEFAULT_PARENT}/{Owner.of_home(self.home).key}"
@@ -89,7 +93,7 @@ class LocalDaemon:
 
     def start(self) -> LocalDaemon:
         argv = [sys.executable, "-m", "firebox.cli", "serve", "--port", str(self.port)]
-        argv += ["--isolation", self.isolation]
+        argv += ["--isolation", self.isolation, "--on-stop", self.on_stop]
         if self.pool_size is not None:
             argv += ["--pool-size", str(self.pool_size)]
         argv += self.args
@@ -135,7 +139,8 @@ class LocalDaemon:
         return found
 
     def stop(self) -> None:
-        """SIGTERM by PID (the daemon then ends its sandboxes), SIGKILL if it lingers."""
+        """SIGTERM by PID (the daemon then ends its sandboxes, or with ``on_stop="keep"``
+        leaves them to the next), SIGKILL if it lingers."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

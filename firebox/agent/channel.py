@@ -108,6 +108,13 @@ class Conn:
         with self._lock:
             return self._streams.get(channel)
 
+    def detach_all(self) -> None:
+        """Every open channel detached (``Stream.detach``): a new daemon took over."""
+        with self._lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            stream.detach()
+
     def forget(self, channel: int) -> None:
         with self._lock:
             self._streams.pop(channel, None)

@@ -109,6 +109,10 @@ def serve(conn: Conn, handlers: dict[type[protocol.Message], Handler]) -> None:
             if kind == protocol.Resume.T:
                 conn.release()  # held since a pause's Quiesce, if there was one
                 _resume(conn, protocol.parse(frame.header))
+            elif kind == protocol.Adopt.T:
+                conn.release()  # a pause the daemon before did not finish
+                conn.detach_all()
+                conn.send(protocol.CONTROL_CHANNEL, _hello())
             elif kind == protocol.Quiesce.T:
                 conn.hold(protocol.encode(protocol.CONTROL_CHANNEL, protocol.Quiesced()))
             elif kind == protocol.Configure.T:

@@ -76,6 +76,17 @@ class AgentClient:
             )
         return self._hello
 
+    @property
+    def greeted(self) -> bool:
+        """Whether the agent's hello has come on this connection."""
+        return self._hello is not None
+
+    async def adopt(self, timeout: float) -> protocol.Hello:
+        """Take the sandbox over from a daemon that is gone (``protocol.Adopt``): returns
+        once the agent has let go of that daemon's channels and said hello."""
+        await self.send_control(protocol.Adopt())
+        return await self.wait_hello(timeout)
+
     async def send_control(self, msg: Message) -> None:
         """Send a message on the control channel (``Configure``): no reply, and ahead of
         every request sent after it."""

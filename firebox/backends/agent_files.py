@@ -29,15 +29,25 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # firebox/
 STAGE_VERSION = b"3"
 
 
-def _sources() -> list[tuple[Path, str]]:
+def _sources(packages: tuple[str, ...]) -> list[tuple[Path, str]]:
     files = []
-    for package in ("protocol", "agent"):
+    for package in packages:
         for src in sorted((_PACKAGE / package).glob("*.py")):
             files.append((src, f"firebox/{package}/{src.name}"))
     return files
 
 
-def stage(root: Path) -> Path:
+def stage_host(root: Path) -> Path:
+    """The supervisor's code (supervisor/ and the protocol), staged as the agent's is: run as
+    ``python3 -I -S`` on the host, where the host package's ``__init__`` (the SDK) would cost
+    its start-up. Apart from the agent's, so that changing one never changes the other's
+    digest (a microVM snapshot holds the agent's)."""
+    return stage(root, ("protocol", "supervisor"), "host-lib")
+
+
+def stage(
+    root: Path, packages: tuple[str, ...] = ("protocol", "agent"), name: str = "agent-lib"
+) -> Path:
     """Copy the agent into ``root/agent-lib/<digest>`` (world-readable) and return that dir.
 
     ``root`` must be reachable by the sandboxes' unprivileged host uid, as the image cache is
@@ -46,11 +56,11 @@ def stage(root: Path) -> Path:
     The directory name is a digest of the content, so a running sandbox keeps the code it
     started with while a new daemon version stages its own next to it.
     """
-    sources = _sources()
+    sources = _sources(packages)
     digest = hashlib.sha256(STAGE_VERSION)
     for src, rel in sources:
         digest.update(rel.encode() + b"\0" + src.read_bytes())
-    target = root / "agent-lib" / digest.hexdigest()[:16]
+    target = root / name / digest.hexdigest()[:16]
     if (target / ".complete").exists():
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")

@@ -119,6 +119,10 @@ class RunningSandbox(abc.ABC):
         new: the daemon reads the agent's hello on it again if so."""
         raise BackendError("sandboxes of this backend cannot be paused")
 
+    def held(self) -> dict[str, Any]:
+        """What a later daemon needs to adopt it (``Backend.adopt``), as JSON."""
+        return {}
+
     def paused_bytes(self) -> int:
         """Host disk a paused sandbox holds for its pause (its saved state)."""
         return 0
@@ -170,6 +174,13 @@ class Backend(abc.ABC):
         """The daemon is stopping and every sandbox has been cleaned up: free what is shared."""
         return None
 
-    async def reclaim_stale(self) -> int:
-        """Free host resources left by a daemon that died; returns how many were freed."""
+    async def adopt(self, spec: SandboxSpec, held: dict[str, Any]) -> RunningSandbox:
+        """A sandbox an earlier daemon of this home started and ``held`` describes (its
+        ``RunningSandbox.held``), still running or paused: taken over, its channel connected
+        again. BackendError if it is gone (``reclaim_stale`` then frees what it left)."""
+        raise BackendError(f"the {self.name} backend cannot adopt sandboxes")
+
+    async def reclaim_stale(self, keep: frozenset[str] = frozenset()) -> int:
+        """Free host resources left by a daemon that died, but those of the sandboxes in
+        ``keep`` (adopted); returns how many were freed."""
         return 0

@@ -1,13 +1,17 @@
 """The running sandbox that one gated host process holds, for either backend: bwrap around
-the jail's agent, or the bwrap around a microVM's QEMU (firebox.confine.gate starts both)."""
+the jail's agent, or the bwrap around a microVM's QEMU (firebox.confine.gate starts both);
+its agent's channel held by its supervisor, so that it outlives the daemon."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
+from firebox.backends.adopted import HeldProcess, start_time
 from firebox.backends.base import BackendError, RunningSandbox, SandboxUsage
+from firebox.backends.supervision import Supervised
 from firebox.confine import cgroups
 from firebox.confine.uids import UidSlots
 
@@ -22,38 +26,57 @@ def take_slot(slots: UidSlots) -> int:
 
 class ConfinedSandbox(RunningSandbox):
     """A sandbox held by one gated host process (bwrap, or the bwrap around QEMU) in its own
-    cgroup, with a uid range to give back. The tail of ``output`` (stderr, or a VM's console)
-    is kept for error messages; backends free what else they hold in ``_free``."""
+    cgroup, with a uid range to give back. Its agent's channel goes through its supervisor
+    (supervision.py), which also keeps the tail of the process's output (stderr, or a VM's
+    console) for error messages; backends free what else they hold in ``_free``."""
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: HeldProcess,
         cgroup: cgroups.CgroupSet,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        output: asyncio.StreamReader,
+        supervised: Supervised,
+        slot: int,
         release: Callable[[], None],
     ) -> None:
         self._cleaned = False
-        self._tail = bytearray()
-        self._rebind(proc, cgroup, reader, writer, output, release)
+        self._rebind(proc, cgroup, reader, writer, supervised, slot, release)
 
     def _rebind(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: HeldProcess,
         cgroup: cgroups.CgroupSet,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        output: asyncio.StreamReader,
+        supervised: Supervised,
+        slot: int,
         release: Callable[[], None],
     ) -> None:
-        """Hold a (new) process: at start, and when a paused microVM's new QEMU takes over."""
+        """Hold a (new) process: at start, at adoption, and when a paused microVM's new QEMU
+        takes over."""
         self._proc = proc
         self._cgroup = cgroup
         self.reader = reader
         self.writer = writer
+        self._supervised = supervised
+        self._slot = slot
         self._release = release  # gives the uid range back once every process is gone
-        self._tail_task = asyncio.create_task(self._keep_tail(output))
+        self._started = start_time(proc.pid)
+
+    def held(self) -> dict[str, Any]:
+        """What a later daemon needs to adopt it (Backend.adopt)."""
+        return {
+            "pid": self._proc.pid,
+            "started": self._started,
+            "cgroup": self._cgroup.name,
+            "slot": self._slot,
+            "supervisor": self._supervised.as_dict(),
+        }
+
+    async def reconnect(self) -> None:
+        """A new channel to the agent through its supervisor (a restarted daemon's)."""
+        self.reader, self.writer = await self._supervised.connect()
 
     async def _stop_holder(self) -> None:
         """End the held process and free its cgroup and uid range, keeping the rest (a paused
@@ -63,20 +86,12 @@ class ConfinedSandbox(RunningSandbox):
             self.writer.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), 5.0)
-        with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait_for(self._tail_task, 1.0)
         await asyncio.to_thread(self._cgroup.destroy)
         release, self._release = self._release, lambda: None
         release()
 
-    async def _keep_tail(self, output: asyncio.StreamReader) -> None:
-        # bounded, so a noisy sandbox cannot grow the daemon's memory
-        while chunk := await output.read(65536):
-            self._tail += chunk
-            del self._tail[:-8192]
-
     def diagnostics(self) -> str:
-        return self._tail.decode(errors="replace").strip()
+        return self._supervised.tail_text()
 
     @property
     def pid(self) -> int:
@@ -97,16 +112,16 @@ class ConfinedSandbox(RunningSandbox):
         if self._cleaned:
             return
         self._cleaned = True
-        # The held process's death takes the sandbox with it (--die-with-parent); then the
-        # cgroup is emptied too, the one handle that cannot miss a process.
+        # The held process's death takes the sandbox with it (its pid namespace, or the VM);
+        # then the cgroup is emptied too, the one handle that cannot miss a process. The
+        # supervisor ends once the agent's channel and the output have.
         self.kill()
         with contextlib.suppress(Exception):
             self.writer.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), 5.0)
-        with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait_for(self._tail_task, 1.0)
         await asyncio.to_thread(self._cgroup.destroy)
+        self._supervised.forget()
         await self._free()
         # only now: a cgroup that could not be emptied keeps its uid range out of use
         self._release()

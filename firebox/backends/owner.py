@@ -18,6 +18,8 @@ from pathlib import Path
 from firebox.confine.cgroups import DEFAULT_PARENT, PARENT_ENV
 from firebox.images.cache import image_root
 
+RUN_ROOT = Path("/run/firebox")
+
 
 @dataclass(frozen=True, slots=True)
 class Owner:
@@ -40,6 +42,12 @@ class Owner:
     def jail_disks(self) -> Path:
         """Where the jails' writable disks are mounted (jail/rwdisk.py)."""
         return image_root() / "jail-rw" / self.key
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the sandboxes' supervisors listen (supervision.py): root's only, and under
+        /run, which a reboot empties as it ends them."""
+        return RUN_ROOT / self.key
 
     @property
     def vm_dirs(self) -> Path:

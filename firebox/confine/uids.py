@@ -115,6 +115,24 @@ class UidSlots:
         self._held[slot] = fd
         return True
 
+    def reclaim(self, slot: int) -> bool:
+        """Hold ``slot`` again for a sandbox this process adopts (an earlier daemon of its
+        home took it and died, its processes running on): False if someone else holds it."""
+        if slot in self._held:
+            return True
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        first = self.first_id(slot)
+        fd = os.open(self.lock_dir / f"{first}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._held[slot] = fd
+        return True
+
     def release(self, slot: int) -> None:
         fd = self._held.pop(slot, None)
         if fd is not None:

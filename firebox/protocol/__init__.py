@@ -87,6 +87,7 @@ from firebox.protocol.framing import (
 from firebox.protocol.messages import (
     ERROR_CODES,
     PROTOCOL_VERSION,
+    Adopt,
     Cancel,
     Configure,
     Credit,
@@ -150,6 +151,7 @@ __all__ = [
     "Resume",
     "Quiesce",
     "Quiesced",
+    "Adopt",
     "Configure",
     "NetAccept",
     "NetListening",

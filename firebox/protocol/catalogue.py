@@ -19,6 +19,7 @@ MESSAGES: dict[str, type[Message]] = {
         messages.Resume,
         messages.Quiesce,
         messages.Quiesced,
+        messages.Adopt,
         messages.Configure,
         messages.NetAccept,
         messages.NetListening,

@@ -104,6 +104,16 @@ class Quiesced(Message):
 
 
 @dataclass(slots=True)
+class Adopt(Message):
+    """Daemon → agent on channel 0, first thing from a daemon that took over the sandbox (a
+    restart): the daemon before it is gone, and so is everything it listened to. The agent
+    detaches every open channel (a cell or command runs on, unheard), then says hello, after
+    which only the new daemon's channels carry frames."""
+
+    T = "adopt"
+
+
+@dataclass(slots=True)
 class Configure(Message):
     """Daemon → agent on channel 0, once, after the agent's hello, on every backend: the
     sandbox's limits that the agent applies itself (names as in ``firebox.settings.Limits``).

@@ -56,6 +56,9 @@ class ServerConfig:
     # what one key's paused sandboxes may hold of the host (a microVM's saved state and disk,
     # a frozen jail's memory), past which a pause is refused
     paused_ttl: float = 7 * 24 * 3600.0
+    # a stopping daemon leaves its sandboxes running for the next one to adopt (an upgrade,
+    # a restart); False ends them (tests, a host going away)
+    keep_sandboxes_on_stop: bool = True
     max_paused_mb_per_key: int = 20_480
     # template builds (server/templates): how many run at once, and hosts their steps may
     # reach besides the package sources this host is configured with

@@ -206,7 +206,7 @@ async def _ready_manager(config: ServerConfig, registry: Registry) -> SandboxMan
         backend = select(config.isolation, owner, config.uid_base, ruled_out)
         log.warning("isolation: %s (%s)", backend.name, backend.availability().reason)
         manager = SandboxManager(config, registry, backend)
-        await manager.reclaim()
+        await manager.adopt()
         try:
             await backend.prepare(spec_for(images.DEFAULT_TEMPLATE, manager.default_limits))
             return manager

@@ -144,6 +144,7 @@ class Lifecycle:
             live.paused_at = now
             live.state = "paused"
             self.registry.set_paused(live.id, now)
+            self.registry.set_record(live.id, live.record())
             self.schedule(live)
         log.info("sandbox %s paused (%s kept)", live.id, keeps)
 
@@ -184,7 +185,7 @@ class Lifecycle:
         if quiesced:
             with contextlib.suppress(AgentGone, AgentError, OSError):
                 await live.agent.send_control(protocol.Resume(time_ns=time.time_ns()))
-        await self._reopen_egress(live)
+        await self.reopen_egress(live)
         self._watch(live)
 
     # -- resume ---------------------------------------------------------------------------
@@ -212,7 +213,8 @@ class Lifecycle:
             live.paused_at = None
             self.registry.set_paused(live.id, None)
             self.registry.set_end_at(live.id, live.end_at)
-            await self._reopen_egress(live)
+            await self.reopen_egress(live)
+            self.registry.set_record(live.id, live.record())
             self.schedule(live)
             self._watch(live)
         log.info("sandbox %s resumed", live.id)
@@ -221,6 +223,9 @@ class Lifecycle:
     async def _wake(self, live: LiveSandbox) -> None:
         try:
             await live.running.resume()
+            if not live.agent.greeted and not live.agent.closed:
+                # adopted while frozen: its answer to Adopt comes now it runs
+                await live.agent.wait_hello(HELLO_DEADLINE)
             if live.running.pause_keeps == "disk":  # a new QEMU, a new channel
                 agent = AgentClient(live.running.reader, live.running.writer)
                 try:
@@ -236,7 +241,7 @@ class Lifecycle:
                 "or kill it",
             ) from None
 
-    async def _reopen_egress(self, live: LiveSandbox) -> None:
+    async def reopen_egress(self, live: LiveSandbox) -> None:
         if live.egress is not None or not live.policy.opens_anything:
             return
         egress = SandboxEgress(live.id, live.agent, live.policy, self.egress)
@@ -273,6 +278,7 @@ class Lifecycle:
         if end_at > live.end_at:
             live.end_at = end_at
             self.registry.set_end_at(live.id, end_at)
+            self.registry.set_record(live.id, live.record())
             if live.state == "running":
                 self.schedule(live)
 

@@ -4,9 +4,11 @@ and watchers, its egress, its tokens, and its lifecycle state (server/lifecycle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from firebox.agent_client import AgentClient
@@ -14,7 +16,7 @@ from firebox.backends.base import RunningSandbox, SandboxSpec
 from firebox.server.egress import SandboxEgress
 from firebox.server.egress_policy import Policy
 from firebox.server.models import iso
-from firebox.settings import SandboxSettings
+from firebox.settings import Limits, SandboxSettings, StartConfig
 
 WATCH_EVENTS_MAX = 10_000  # per watcher, oldest dropped: a busy directory cannot grow memory
 
@@ -63,6 +65,25 @@ class LiveSandbox:
     left: float = 0.0  # of its timeout, when it was paused
     transition: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def record(self) -> dict[str, Any]:
+        """Everything a restarted daemon needs to adopt it (``adopted``), as JSON."""
+        return {
+            "settings": self.settings.model_dump(mode="json"),
+            "spec": spec_record(self.spec),
+            "backend": self.backend,
+            "started_at": self.started_at,
+            "end_at": self.end_at,
+            "state": self.state,
+            "paused_at": self.paused_at,
+            "left": self.left,
+            "access_token": self.access_token,
+            "traffic_token": self.traffic_token,
+            "template_build": self.template_build,
+            "template_envs": self.template_envs,
+            "committed_mb": self.committed_mb,
+            "held": self.running.held(),
+        }
+
     @property
     def holds_host(self) -> bool:
         """Whether it holds host memory now (a microVM paused to disk does not)."""
@@ -97,3 +118,57 @@ class LiveSandbox:
                 "deny_out": [r.text for r in self.policy.deny_out],
             },
         }
+
+
+def spec_record(spec: SandboxSpec) -> dict[str, Any]:
+    return {
+        "sandbox_id": spec.sandbox_id,
+        "template": spec.template,
+        "rootfs": str(spec.rootfs),
+        "limits": spec.limits.model_dump(),
+        "hostname": spec.hostname,
+        "start": dataclasses.asdict(spec.start) if spec.start else None,
+    }
+
+
+def spec_of(record: dict[str, Any]) -> SandboxSpec:
+    start = record.get("start")
+    return SandboxSpec(
+        sandbox_id=record["sandbox_id"],
+        template=record["template"],
+        rootfs=Path(record["rootfs"]),
+        limits=Limits(**record["limits"]),
+        hostname=record["hostname"],
+        start=StartConfig(**start) if start else None,
+    )
+
+
+def adopted(
+    record: dict[str, Any],
+    sandbox_id: str,
+    owner: str,
+    running: RunningSandbox,
+    agent: AgentClient,
+    policy: Policy,
+) -> LiveSandbox:
+    """The sandbox ``record`` describes, as a restarted daemon takes it over."""
+    return LiveSandbox(
+        id=sandbox_id,
+        owner=owner,
+        settings=SandboxSettings.model_validate(record["settings"]),
+        backend=record["backend"],
+        started_at=float(record["started_at"]),
+        end_at=float(record["end_at"]),
+        spec=spec_of(record["spec"]),
+        running=running,
+        agent=agent,
+        policy=policy,
+        committed_mb=int(record["committed_mb"]),
+        access_token=record["access_token"],
+        traffic_token=record["traffic_token"],
+        template_build=record.get("template_build"),
+        template_envs=dict(record.get("template_envs") or {}),
+        state=record["state"],
+        paused_at=record.get("paused_at"),
+        left=float(record.get("left") or 0.0),
+    )

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from firebox import protocol
-from firebox.agent_client import AgentError, AgentGone
+from firebox.agent_client import AgentClient, AgentError, AgentGone
 from firebox.agent_client.start import NotReady, start_and_wait
 from firebox.backends.base import Backend, BackendError
 from firebox.images.cache import image_root
@@ -27,7 +27,7 @@ from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse
 from firebox.server.egress_policy import Policy, PolicyError, parse_networks, parse_policy
 from firebox.server.errors import ApiError
 from firebox.server.lifecycle import Lifecycle
-from firebox.server.live import LiveSandbox, Watcher
+from firebox.server.live import LiveSandbox, Watcher, adopted, spec_of
 from firebox.server.metrics import Sampler
 from firebox.server.pool import Source, WarmPool
 from firebox.server.registry import Registry
@@ -41,6 +41,7 @@ WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
 # snapshot for it (a cold boot, once per shape; ~20 s here under software emulation).
 PREPARE_DEADLINE = 300.0
 TEMPLATE_READY_DEADLINE = 60.0  # for a built template's start command to become ready
+ADOPT_DEADLINE = 10.0  # for an adopted sandbox's agent to answer through its supervisor
 
 
 class SandboxManager:
@@ -84,14 +85,58 @@ class SandboxManager:
 
     # -- lifecycle of the daemon ----------------------------------------------------------
 
-    async def reclaim(self) -> None:
-        """Sandboxes of a previous daemon died with it (--die-with-parent): record that and
-        free whatever host resources they left."""
-        for sandbox_id in self.registry.running_ids():
-            self.registry.mark_ended(sandbox_id, "daemon restarted")
-        freed = await self.backend.reclaim_stale()
+    async def adopt(self) -> None:
+        """The sandboxes an earlier daemon of this home started run on, each held by its
+        supervisor: take each over (its channel, record, timer, egress), report those that
+        died meanwhile, and free what they, and only they, left."""
+        kept: set[str] = set()
+        for sandbox_id, owner, record in self.registry.live_records():
+            if record is None:
+                why = "lost: the daemon before this one left no record of it"
+            elif record["backend"] != self.backend.name:
+                why = f"lost: it ran on {record['backend']}, this daemon runs {self.backend.name}"
+            else:
+                try:
+                    await self._adopt(sandbox_id, owner, record)
+                    kept.add(sandbox_id)
+                    continue
+                except (BackendError, AgentError, AgentGone, TimeoutError, OSError) as e:
+                    why = f"crashed while the daemon was down: {e}"
+                except (KeyError, ValueError, TypeError) as e:  # a record of another version
+                    why = f"lost: its record could not be read ({e!r})"
+            self.registry.mark_ended(sandbox_id, why)
+            log.warning("sandbox %s %s", sandbox_id, why)
+        if kept:
+            log.warning("adopted %d sandboxes of the daemon before this one", len(kept))
+        freed = await self.backend.reclaim_stale(frozenset(kept))
         if freed:
             log.warning("reclaimed %d sandbox resources left by a previous daemon", freed)
+
+    async def _adopt(self, sandbox_id: str, owner: str, record: dict[str, Any]) -> None:
+        running = await self.backend.adopt(spec_of(record["spec"]), record["held"])
+        agent = AgentClient(running.reader, running.writer)
+        try:
+            if record["state"] == "running":
+                await agent.adopt(ADOPT_DEADLINE)
+            elif running.pause_keeps == "memory":  # frozen: it reads this once thawed
+                await agent.send_control(protocol.Adopt())
+            settings = SandboxSettings.model_validate(record["settings"])
+            net = settings.network
+            policy = parse_policy(
+                net.allow_out if net else [],
+                net.deny_out if net else [],
+                settings.allow_internet_access,
+            )
+        except BaseException:
+            await agent.close()
+            await running.cleanup()
+            raise
+        live = adopted(record, sandbox_id, owner, running, agent, policy)
+        self._live[live.id] = live
+        if live.state == "running":
+            await self.lifecycle.reopen_egress(live)
+            self._watch(live)
+        self.lifecycle.schedule(live)
 
     def start_pool(self, templates: list[str]) -> None:
         """The daemon's background work: the warm pool, and the metrics sampler."""
@@ -99,13 +144,34 @@ class SandboxManager:
         self.metrics.start()
 
     async def shutdown(self) -> None:
+        """Stop serving. The sandboxes run on for the next daemon to adopt, unless this one
+        was told to end them (``--on-stop end``)."""
         await self.metrics.stop()
         await self.pool.close()
-        await asyncio.gather(
-            *(self._end(s, "daemon stopped") for s in list(self._live.values())),
-            return_exceptions=True,
-        )
+        if self.config.keep_sandboxes_on_stop:
+            for live in list(self._live.values()):
+                await self._let_go(live)
+        else:
+            await asyncio.gather(
+                *(self._end(s, "daemon stopped") for s in list(self._live.values())),
+                return_exceptions=True,
+            )
         await self.backend.close()
+
+    async def _let_go(self, live: LiveSandbox) -> None:
+        """Leave a sandbox running for the next daemon: its record kept, our hold on it
+        (timer, monitor, watchers, egress proxy, channel) dropped."""
+        self._live.pop(live.id, None)
+        if live.timer is not None:
+            live.timer.cancel()
+        if live.monitor is not None:
+            await _cancel(live.monitor)
+        for watcher in live.watchers.values():
+            await _cancel(watcher.task)
+        if live.egress is not None:
+            await live.egress.close()
+        self.registry.set_record(live.id, live.record())
+        await live.agent.close()
 
     # -- the API's operations -------------------------------------------------------------
 
@@ -169,6 +235,7 @@ class SandboxManager:
         self.registry.add_sandbox(
             live.id, owner, template.name, live.backend, settings.metadata, now, live.end_at
         )
+        self.registry.set_record(live.id, live.record())
         self.lifecycle.schedule(live)
         self._watch(live)
         return live
@@ -298,6 +365,7 @@ class SandboxManager:
             return
         live.end_at = time.time() + timeout
         self.registry.set_end_at(live.id, live.end_at)
+        self.registry.set_record(live.id, live.record())
         self.lifecycle.schedule(live)
 
     async def pause(self, owner: str, sandbox_id: str) -> LiveSandbox:
@@ -331,6 +399,13 @@ class SandboxManager:
             elif live.egress is not None:
                 live.egress.policy = policy
             live.policy = policy
+            live.settings = live.settings.model_copy(
+                update={
+                    "network": settings.network,
+                    "allow_internet_access": settings.allow_internet_access,
+                }
+            )
+            self.registry.set_record(live.id, live.record())
 
     async def kill(self, owner: str, sandbox_id: str) -> None:
         await self._end(self.get(owner, sandbox_id), "killed")

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     state TEXT NOT NULL,
     ended_at REAL,
     end_reason TEXT,
-    paused_at REAL
+    paused_at REAL,
+    record TEXT
 );
 CREATE INDEX IF NOT EXISTS sandboxes_owner_state ON sandboxes(owner, state);
 -- one row per name and tag of a built template (server/templates/catalog.py); the tags of one
@@ -78,7 +79,7 @@ class Registry:
         """Columns added since a home's registry was made (CREATE TABLE IF NOT EXISTS keeps
         an old table as it was)."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(sandboxes)")}
-        for column, kind in (("paused_at", "REAL"),):
+        for column, kind in (("paused_at", "REAL"), ("record", "TEXT")):
             if column not in have:
                 self._db.execute(f"ALTER TABLE sandboxes ADD COLUMN {column} {kind}")
 
@@ -127,6 +128,18 @@ class Registry:
             " state) VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
             (sandbox_id, owner, template, backend, json.dumps(metadata), started_at, end_at),
         )
+
+    def set_record(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        """What a restarted daemon needs to adopt the sandbox (server/live.py)."""
+        self._exec(
+            "UPDATE sandboxes SET record = ? WHERE id = ? AND state != 'ended'",
+            (json.dumps(record), sandbox_id),
+        )
+
+    def live_records(self) -> list[tuple[str, str, dict[str, Any] | None]]:
+        """(id, owner, record) of every sandbox not ended: what a starting daemon adopts."""
+        rows = self._exec("SELECT id, owner, record FROM sandboxes WHERE state != 'ended'")
+        return [(r[0], r[1], json.loads(r[2]) if r[2] else None) for r in rows]
 
     def set_end_at(self, sandbox_id: str, end_at: float) -> None:
         self._exec("UPDATE sandboxes SET end_at = ? WHERE id = ?", (end_at, sandbox_id))

@@ -33,8 +33,10 @@ import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from firebox.backends import agent_files
+from firebox.backends.adopted import AdoptedProcess, HeldProcess
 from firebox.backends.base import (
     Availability,
     Backend,
@@ -49,11 +51,11 @@ from firebox.backends.jail.entry import Entry, Exec, Forked
 from firebox.backends.jail.start_pipes import read_until
 from firebox.backends.jail.zygote import Zygote
 from firebox.backends.owner import Owner
+from firebox.backends.supervision import Supervised, Supervisors
 from firebox.confine import cgroups, overlay, seccomp
 from firebox.confine.gate import spawn_gated
 from firebox.confine.uids import UID_RANGE, UidSlots, range_problem
 from firebox.images.cache import image_root
-from firebox.protocol import STREAM_LIMIT
 
 log = logging.getLogger("firebox.jail")
 
@@ -61,20 +63,22 @@ log = logging.getLogger("firebox.jail")
 class JailSandbox(ConfinedSandbox):
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: HeldProcess,
         cgroup: cgroups.CgroupSet,
-        sock: socket.socket,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        supervised: Supervised,
+        slot: int,
         release: Callable[[], None],
         rw: Path,
-        output: asyncio.StreamReader,
         build: bool = False,
     ) -> None:
-        super().__init__(proc, cgroup, reader, writer, output, release)
-        self._sock = sock
+        super().__init__(proc, cgroup, reader, writer, supervised, slot, release)
         self._rw = rw
         self._build = build
+
+    def held(self) -> dict[str, Any]:
+        return {**super().held(), "rw": str(self._rw), "build": self._build}
 
     def upper(self) -> Path | None:
         return self._rw / rwdisk.UPPER if self._build else None
@@ -102,7 +106,6 @@ class JailSandbox(ConfinedSandbox):
         try:
             await super().cleanup()
         finally:
-            self._sock.close()
             await asyncio.to_thread(_remove_disk, self._rw, self._build)
 
 
@@ -126,6 +129,7 @@ class JailBackend(Backend):
         self._zygotes: dict[Path, Zygote] = {}
         self._zygote_lock = asyncio.Lock()
         self._use_zygote = os.environ.get("FIREBOX_JAIL_ZYGOTE", "1") != "0"
+        self._supervisors = Supervisors(owner.run_dir)
 
     # -- probing -------------------------------------------------------------------------
 
@@ -190,17 +194,55 @@ class JailBackend(Backend):
             {"cgroup_version": host.version, "bwrap": bwrap},
         )
 
-    async def reclaim_stale(self) -> int:
-        disks = await asyncio.to_thread(rwdisk.remove_stale, self.owner.jail_disks)
-        return disks + await asyncio.to_thread(cgroups.cleanup_stale, self.owner.cgroup_parent)
+    async def reclaim_stale(self, keep: frozenset[str] = frozenset()) -> int:
+        disks = await asyncio.to_thread(rwdisk.remove_stale, self.owner.jail_disks, keep)
+        return disks + await asyncio.to_thread(
+            cgroups.cleanup_stale, self.owner.cgroup_parent, keep=keep
+        )
+
+    async def adopt(self, spec: SandboxSpec, held: dict[str, Any]) -> RunningSandbox:
+        """A jail an earlier daemon of this home started, still running: its bwrap (by pid
+        and start time), its cgroup, its uid range and disk, and its agent through its
+        supervisor. BackendError if any of it is gone (``reclaim_stale`` frees the rest)."""
+        proc = AdoptedProcess.of(int(held["pid"]), int(held["started"]))
+        if proc is None:
+            raise BackendError("its bwrap process is gone")
+        supervised = Supervised.from_dict(held["supervisor"])
+        slot = int(held["slot"])
+        if not self._slots.reclaim(slot):
+            proc.kill()
+            raise BackendError("its host uid range is held by another daemon")
+        cgroup = await asyncio.to_thread(
+            cgroups.attach, str(held["cgroup"]), self.owner.cgroup_parent
+        )
+        try:
+            reader, writer = await supervised.connect()
+        except BackendError:
+            proc.kill()
+            await asyncio.to_thread(cgroup.destroy)
+            self._slots.release(slot)
+            raise
+        slots = self._slots
+        return JailSandbox(
+            proc,
+            cgroup,
+            reader,
+            writer,
+            supervised,
+            slot,
+            release=lambda: slots.release(slot),
+            rw=Path(str(held["rw"])),
+            build=bool(held.get("build")),
+        )
 
     async def close(self) -> None:
         for zygote in self._zygotes.values():
             await zygote.close()
         self._zygotes.clear()
-        await asyncio.to_thread(cgroups.remove_parent, self.owner.cgroup_parent)
-        # every disk is gone by now: the owner's directory of them goes too (made again by
-        # the next daemon of this home)
+        await self._supervisors.close()
+        # left while sandboxes run on (for the next daemon); made again by the next daemon
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(cgroups.remove_parent, self.owner.cgroup_parent)
         with contextlib.suppress(OSError):
             self.owner.jail_disks.rmdir()
 
@@ -226,7 +268,7 @@ class JailBackend(Backend):
             zygote = None if spec.build_layers else self._zygotes.get(spec.rootfs)
             entry = await start.entry(zygote)
             await start.spawn_bwrap(entry, self._lib())
-            child_pid = await start.child_pid()
+            child_pid = await start.child_pid(entry)
             start.map_ids(child_pid)
             await entry.enter(child_pid)
             return await start.running(entry)
@@ -277,7 +319,8 @@ class _Start:
         self.cgroup: cgroups.CgroupSet | None = None
         self.proc: asyncio.subprocess.Process | None = None
         # the channel: ours, and the agent's end (for bwrap to pass on, or the zygote's fork)
-        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ours: socket.socket | None = ours
         self._entry: Entry | None = None
         self.info_r = self.block_w = -1  # bwrap's info (child pid) and its userns block
 
@@ -367,16 +410,14 @@ class _Start:
             for fd in theirs:  # bwrap has its own copies
                 os.close(fd)
 
-    async def child_pid(self) -> int:
+    async def child_pid(self, entry: Entry) -> int:
         """bwrap writes a JSON object with ``child-pid`` to the info fd once it has forked."""
         assert self.proc is not None
         buf = await read_until(self.info_r, b"}", "report its child")
         if b"}" not in buf:
-            err = b""
-            if self.proc.stderr is not None:
-                with contextlib.suppress(Exception):
-                    err = await asyncio.wait_for(self.proc.stderr.read(4096), 2)
-            raise BackendError(f"bwrap failed to start: {err.decode(errors='replace').strip()}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2)  # its last words written
+            raise BackendError(f"bwrap failed to start: {entry.said()}")
         return int(json.loads(buf[: buf.index(b"}") + 1])["child-pid"])
 
     def map_ids(self, child_pid: int) -> None:
@@ -391,19 +432,23 @@ class _Start:
     async def running(self, entry: Entry) -> JailSandbox:
         assert self.proc is not None and self.cgroup is not None and self.rw is not None
         self.theirs.close()  # the agent has its own end now
-        reader, writer = await asyncio.open_connection(sock=self.ours, limit=STREAM_LIMIT)
-        output = await entry.output(self.proc)
+        # our end goes to the sandbox's supervisor, which outlives this daemon
+        ours, self.ours = self.ours, None
+        assert ours is not None
+        supervised, reader, writer = await self.backend._supervisors.supervise(
+            self.spec.sandbox_id, ours, entry.output()
+        )
         slots, slot = self.backend._slots, self.slot
         assert slot is not None
         sandbox = JailSandbox(
             self.proc,
             self.cgroup,
-            self.ours,
             reader,
             writer,
+            supervised,
+            slot,
             release=lambda: slots.release(slot),
             rw=self.rw,
-            output=output,
             build=bool(self.spec.build_layers),
         )
         self.slot = self.rw = self.cgroup = self.proc = None  # the sandbox holds them now
@@ -421,7 +466,8 @@ class _Start:
             await asyncio.to_thread(_remove_disk, self.rw, bool(self.spec.build_layers))
         if self.slot is not None:
             self.backend._slots.release(self.slot)
-        self.ours.close()
+        if self.ours is not None:
+            self.ours.close()
 
     def close(self) -> None:
         """Our ends of the start's pipes, whatever happened."""

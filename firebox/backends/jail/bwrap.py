@@ -115,9 +115,10 @@ def bwrap_argv(
     # (shared by every sandbox) would tell sandboxes apart from nothing, and tie them together
     argv += ["--ro-bind-data", str(fds.machine_id), "/etc/machine-id"]
     argv += ["--ro-bind-data", str(fds.boot_id), "/proc/sys/kernel/random/boot_id"]
-    # 3. Process hardening: a new session (no TIOCSTI into a terminal), death with the daemon,
-    #    only the agent's capabilities, and the seccomp deny list (seccomp_policy.json).
-    argv += ["--new-session", "--die-with-parent", "--cap-drop", "ALL"]
+    # 3. Process hardening: a new session (no TIOCSTI into a terminal), only the agent's
+    #    capabilities, and the seccomp deny list (seccomp_policy.json). Not --die-with-parent:
+    #    the jail outlives the daemon (its supervisor holds its channel; a restart adopts it).
+    argv += ["--new-session", "--cap-drop", "ALL"]
     for cap in (BUILD_CAPS if build else AGENT_CAPS) if holder is None else ():
         argv += ["--cap-add", cap]
     argv += ["--seccomp", str(fds.seccomp)]

@@ -8,7 +8,6 @@ agent's and bubblewrap's errors are read.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
@@ -17,7 +16,6 @@ from collections.abc import Sequence
 from firebox.backends.base import BackendError
 from firebox.backends.jail.start_pipes import read_until
 from firebox.backends.jail.zygote import HOLDER, AgentFork
-from firebox.protocol import STREAM_LIMIT
 
 
 class Exec:
@@ -27,25 +25,37 @@ class Exec:
 
     def __init__(self, agent: socket.socket) -> None:
         self.agent = agent  # the agent's end of the channel
+        # bwrap's and the agent's errors, on one pipe: ours to read (a supervisor's, later)
+        self._err_r, self.stderr = os.pipe()
 
     def pass_fds(self) -> Sequence[int]:
         return (self.agent.fileno(),)
 
     stdout: int = subprocess.DEVNULL
-    stderr: int = subprocess.PIPE  # bwrap's and the agent's, on one pipe
 
     def spawned(self) -> None:
         """bubblewrap has its own copies of what it was passed."""
+        os.close(self.stderr)
+        self.stderr = -1
 
     async def enter(self, child_pid: int) -> None:
         """Nothing to do: bubblewrap execs the agent once the ids are mapped."""
 
-    async def output(self, proc: asyncio.subprocess.Process) -> asyncio.StreamReader:
-        assert proc.stderr is not None
-        return proc.stderr
+    def output(self) -> int:
+        """The errors' pipe, for the supervisor (ours no more)."""
+        fd, self._err_r = self._err_r, -1
+        return fd
+
+    def said(self) -> str:
+        """What bwrap wrote so far (it failed)."""
+        return _available(self._err_r)
 
     def close(self) -> None:
         """Our copies of what was passed on (the spawn has its own)."""
+        for fd in (self._err_r, self.stderr):
+            if fd >= 0:
+                os.close(fd)
+        self._err_r = self.stderr = -1
 
 
 class Forked:
@@ -77,12 +87,14 @@ class Forked:
             raise BackendError("bwrap stopped before it set the jail up")
         self.fork.hand_over(child_pid, self.agent, self.stderr)
 
-    async def output(self, proc: asyncio.subprocess.Process) -> asyncio.StreamReader:
+    def output(self) -> int:
         err, self._err = self._err, None
         assert err is not None
         err.shutdown(socket.SHUT_WR)
-        reader, _ = await asyncio.open_connection(sock=err, limit=STREAM_LIMIT)
-        return reader
+        return err.detach()
+
+    def said(self) -> str:
+        return _available(self._err.fileno()) if self._err is not None else ""
 
     def close(self) -> None:
         for fd in (self._ready_r, self.stdout, self.stderr):
@@ -95,3 +107,14 @@ class Forked:
 
 
 Entry = Exec | Forked
+
+
+def _available(fd: int, limit: int = 4096) -> str:
+    """What can be read from ``fd`` now, without waiting."""
+    if fd < 0:
+        return ""
+    try:
+        os.set_blocking(fd, False)
+        return os.read(fd, limit).decode(errors="replace").strip()
+    except OSError:
+        return ""

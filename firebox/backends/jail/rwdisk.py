@@ -25,6 +25,7 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 from firebox.images._fs import resolve_in_tree
@@ -134,10 +135,13 @@ def remove(mnt: Path) -> None:
         mnt.rmdir()
 
 
-def remove_stale(parent: Path) -> int:
-    """Every disk left under ``parent`` by a daemon that died; how many were freed."""
+def remove_stale(parent: Path, keep: Collection[str] = ()) -> int:
+    """Every disk left under ``parent`` by a daemon that died, but those of the sandboxes in
+    ``keep`` (adopted by the next daemon); how many were freed."""
     freed = 0
     for mnt in parent.iterdir() if parent.is_dir() else ():
+        if mnt.name in keep:
+            continue
         with contextlib.suppress(OSError):
             remove(mnt)
             freed += 1

@@ -30,9 +30,11 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from firebox import protocol
 from firebox.backends import agent_files
+from firebox.backends.adopted import AdoptedProcess
 from firebox.backends.base import (
     Availability,
     Backend,
@@ -51,12 +53,13 @@ from firebox.backends.microvm import (
     vmm,
 )
 from firebox.backends.microvm.restore_points import RestorePoint
-from firebox.backends.microvm.sandbox import MicroVMSandbox, Waking
+from firebox.backends.microvm.sandbox import STATE_FILE, MicroVMSandbox, Waking
 from firebox.backends.owner import Owner
+from firebox.backends.supervision import Supervised, Supervisors
 from firebox.confine import cgroups
 from firebox.confine.gate import spawn_gated
 from firebox.confine.uids import UidSlots, range_problem
-from firebox.images import vmboot
+from firebox.images import leases, vmboot
 from firebox.images.cache import image_root
 
 log = logging.getLogger("firebox.microvm")
@@ -89,6 +92,7 @@ class MicroVMBackend(Backend):
         self._prepare_lock = asyncio.Lock()
         self._qemu: str | None = None
         self._pieces: vmboot.BootPieces | None = None
+        self._supervisors = Supervisors(owner.run_dir)
 
     # the guest kernel, the agent (locked in RAM) and the template's warm python context with
     # numpy, pandas and matplotlib imported: 128 MB is not enough for them, 256 MB is
@@ -155,11 +159,13 @@ class MicroVMBackend(Backend):
     def _boot_dir(self) -> Path:
         return image_root() / "vmboot-initramfs"
 
-    async def reclaim_stale(self) -> int:
-        freed = await asyncio.to_thread(cgroups.cleanup_stale, self.owner.cgroup_parent)
+    async def reclaim_stale(self, keep: frozenset[str] = frozenset()) -> int:
+        freed = await asyncio.to_thread(cgroups.cleanup_stale, self.owner.cgroup_parent, keep=keep)
         base = self._vm_root()
         if base.is_dir():
             for stale in base.iterdir():
+                if stale.name in keep:
+                    continue
                 if stale.is_dir():
                     await asyncio.to_thread(shutil.rmtree, stale, True)
                     freed += 1
@@ -171,9 +177,76 @@ class MicroVMBackend(Backend):
         for point in self._prepared.values():
             point.close()
         self._prepared.clear()
+        await self._supervisors.close()
         with contextlib.suppress(OSError):  # left only if a sandbox's directory is in it
             self._vm_root().rmdir()
-        await asyncio.to_thread(cgroups.remove_parent, self.owner.cgroup_parent)
+        with contextlib.suppress(OSError):  # left while sandboxes run on, for the next daemon
+            await asyncio.to_thread(cgroups.remove_parent, self.owner.cgroup_parent)
+
+    async def adopt(self, spec: SandboxSpec, held: dict[str, Any]) -> RunningSandbox:
+        """A VM an earlier daemon of this home restored: running (its QEMU by pid and start
+        time, its cgroup, uid range, QMP and supervisor) or paused (its directory: disk and
+        saved state). Either keeps a lease on the snapshot its disk is backed by."""
+        if not held.get("vm") or not held.get("entry"):
+            raise BackendError("it was not restored from a snapshot")
+        entry = Path(str(held["entry"]))
+        lease = await asyncio.to_thread(leases.hold, entry, lambda e: (e / "rw.img").exists())
+        if lease is None:
+            raise BackendError("the snapshot its disk is made on is gone")
+        try:
+            sandbox = await self._adopted(spec, held, entry)
+        except BaseException:
+            os.close(lease)
+            raise
+        sandbox.keep_lease(lease)
+        return sandbox
+
+    async def _adopted(
+        self, spec: SandboxSpec, held: dict[str, Any], entry: Path
+    ) -> MicroVMSandbox:
+        waking = Waking(qemu.VmConfig.from_dict(held["vm"]), entry, spec, self._wake)
+        vm_dir = Path(str(held["dir"]))
+        backing = Path(str(held["backing"])) if held.get("backing") else None
+        disk_bytes = held.get("disk_bytes")
+        if held.get("paused"):
+            if not (vm_dir / STATE_FILE).exists():
+                raise BackendError("its saved state is gone")
+            absent = cgroups.attach(spec.sandbox_id, self.owner.cgroup_parent, must_exist=False)
+            return await MicroVMSandbox.asleep(vm_dir, waking, backing, disk_bytes, absent)
+        proc = AdoptedProcess.of(int(held["pid"]), int(held["started"]))
+        if proc is None:
+            raise BackendError("its QEMU is gone")
+        slot = int(held["slot"])
+        if not self._slots.reclaim(slot):
+            proc.kill()
+            raise BackendError("its host uid range is held by another daemon")
+        cgroup = await asyncio.to_thread(
+            cgroups.attach, str(held["cgroup"]), self.owner.cgroup_parent
+        )
+        supervised = Supervised.from_dict(held["supervisor"])
+        try:
+            reader, writer = await supervised.connect()
+            qmp = await qemu.Qmp.connect(waking.vm.qmp_socket, RESTORE_DEADLINE, proc)
+        except BaseException:
+            proc.kill()
+            await asyncio.to_thread(cgroup.destroy)
+            self._slots.release(slot)
+            raise
+        slots = self._slots
+        return MicroVMSandbox(
+            proc,
+            cgroup,
+            vm_dir,
+            reader,
+            writer,
+            qmp,
+            supervised,
+            slot,
+            release=lambda: slots.release(slot),
+            backing=backing,
+            disk_bytes=disk_bytes,
+            waking=waking,
+        )
 
     # -- templates and their snapshots -----------------------------------------------------
 
@@ -254,9 +327,11 @@ class MicroVMBackend(Backend):
         read_only: list[Path],
         writable: list[Path],
         pass_fds: tuple[int, ...],
+        output: int = subprocess.PIPE,
     ) -> asyncio.subprocess.Process:
         """QEMU for ``vm``, jailed (vmm.py) as ``uid`` in ``cgroup``, seeing its boot files,
-        ``read_only`` and ``writable`` and nothing else of the host's."""
+        ``read_only`` and ``writable`` and nothing else of the host's; its console and errors
+        on ``output`` (a pipe to us, or one of ours to hand its supervisor)."""
         assert self._qemu is not None
         kvm = vm.accel == "kvm"
         argv = vmm.bwrap_argv(
@@ -271,7 +346,7 @@ class MicroVMBackend(Backend):
             cgroup,
             uid,
             pass_fds=pass_fds,
-            stdout=subprocess.PIPE,
+            stdout=output,
             stderr=subprocess.STDOUT,
             extra_groups=[os.stat(vmm.KVM_DEVICE).st_gid] if kvm else [],
         )
@@ -285,6 +360,7 @@ class MicroVMBackend(Backend):
         cgroup: cgroups.CgroupSet | None = None
         proc: asyncio.subprocess.Process | None = None
         state_fd = -1
+        out = _Output()
         try:
             vm_dir.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
             os.chmod(vm_dir.parent.parent, 0o711)
@@ -300,11 +376,20 @@ class MicroVMBackend(Backend):
             state_fd = os.open(entry / "state", os.O_RDONLY)
             vm = snap.vm(vm_dir, overlay, f"/proc/self/fd/{ram_fd}", clone=True)
             # the snapshot dir read-only: the overlay's backing file, at the path the overlay names
-            proc = await self._spawn(vm, uid, cgroup, [entry], [vm_dir], (ram_fd,))
+            proc = await self._spawn(vm, uid, cgroup, [entry], [vm_dir], (ram_fd,), out.w)
+            out.spawned()
             async with asyncio.timeout(RESTORE_DEADLINE):
                 qmp = await qemu.Qmp.connect(vm.qmp_socket, RESTORE_DEADLINE, proc)
-                reader, writer = await qemu.load_state(
-                    qmp, vm, state_fd, proc, ignore_shared=True, deadline=RESTORE_DEADLINE
+                supervised, reader, writer = await qemu.load_state(
+                    qmp,
+                    vm,
+                    state_fd,
+                    proc,
+                    ignore_shared=True,
+                    deadline=RESTORE_DEADLINE,
+                    attach=lambda sock: self._supervisors.supervise(
+                        spec.sandbox_id, sock, out.take()
+                    ),
                 )
             resume = protocol.Resume(
                 entropy=secrets.token_hex(64),
@@ -316,7 +401,7 @@ class MicroVMBackend(Backend):
             writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
             await writer.drain()
         except BaseException as e:
-            said = await _abandon(proc)
+            said = await _abandon(proc, out)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.destroy)
             self._slots.release(slot)
@@ -325,6 +410,7 @@ class MicroVMBackend(Backend):
                 raise BackendError(f"could not restore the VM: {e!r} {said}") from e
             raise
         finally:
+            out.close()
             if state_fd >= 0:
                 os.close(state_fd)
         return MicroVMSandbox(
@@ -334,6 +420,8 @@ class MicroVMBackend(Backend):
             reader,
             writer,
             qmp,
+            supervised,
+            slot,
             release=lambda: self._slots.release(slot),
             backing=entry / "rw.img",
             disk_bytes=snap.disk_mb << 20,
@@ -349,6 +437,7 @@ class MicroVMBackend(Backend):
         cgroup: cgroups.CgroupSet | None = None
         proc: asyncio.subprocess.Process | None = None
         state_fd = -1
+        out = _Output()
         try:
             for path in (vm_dir, vm.rw_disk):
                 os.chown(path, uid, uid)
@@ -361,18 +450,27 @@ class MicroVMBackend(Backend):
                 self.owner.cgroup_parent,
             )
             state_fd = os.open(sandbox.state_file, os.O_RDONLY | os.O_CLOEXEC)
-            proc = await self._spawn(vm, uid, cgroup, [waking.entry], [vm_dir], ())
+            proc = await self._spawn(vm, uid, cgroup, [waking.entry], [vm_dir], (), out.w)
+            out.spawned()
             async with asyncio.timeout(WAKE_DEADLINE):
                 qmp = await qemu.Qmp.connect(vm.qmp_socket, WAKE_DEADLINE, proc)
-                reader, writer = await qemu.load_state(
-                    qmp, vm, state_fd, proc, ignore_shared=False, deadline=WAKE_DEADLINE
+                supervised, reader, writer = await qemu.load_state(
+                    qmp,
+                    vm,
+                    state_fd,
+                    proc,
+                    ignore_shared=False,
+                    deadline=WAKE_DEADLINE,
+                    attach=lambda sock: self._supervisors.supervise(
+                        waking.spec.sandbox_id, sock, out.take()
+                    ),
                 )
                 await qmp.execute("cont")  # it was stopped when its state was saved
             resume = protocol.Resume(time_ns=time.time_ns())  # the same sandbox: clock only
             writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
             await writer.drain()
         except BaseException as e:
-            said = await _abandon(proc)
+            said = await _abandon(proc, out)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.destroy)
             self._slots.release(slot)
@@ -380,12 +478,44 @@ class MicroVMBackend(Backend):
                 raise BackendError(f"could not wake the paused VM: {e!r} {said}") from e
             raise
         finally:
+            out.close()
             if state_fd >= 0:
                 os.close(state_fd)
-        sandbox.woken(proc, cgroup, reader, writer, qmp, lambda: self._slots.release(slot))
+        release = lambda: self._slots.release(slot)  # noqa: E731
+        sandbox.woken(proc, cgroup, reader, writer, qmp, supervised, slot, release)
 
 
-async def _abandon(proc: asyncio.subprocess.Process | None) -> str:
+class _Output:
+    """The pipe QEMU writes its console and errors to: ours until its supervisor takes it."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+
+    def spawned(self) -> None:
+        os.close(self.w)  # QEMU has its own
+        self.w = -1
+
+    def take(self) -> int:
+        fd, self.r = self.r, -1
+        return fd
+
+    def said(self) -> str:
+        if self.r < 0:
+            return ""
+        try:
+            os.set_blocking(self.r, False)
+            return os.read(self.r, 8192).decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            if fd >= 0:
+                os.close(fd)
+        self.r = self.w = -1
+
+
+async def _abandon(proc: asyncio.subprocess.Process | None, out: _Output) -> str:
     """Kill a QEMU that failed to start; what it said (its console and errors)."""
     if proc is None:
         return ""
@@ -393,11 +523,7 @@ async def _abandon(proc: asyncio.subprocess.Process | None) -> str:
         proc.kill()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(proc.wait(), 5)
-    said = b""
-    if proc.stdout is not None:
-        with contextlib.suppress(Exception):
-            said = await asyncio.wait_for(proc.stdout.read(8192), 1)
-    return said.decode(errors="replace").strip()
+    return out.said()
 
 
 def _vcpus(cpus: float) -> int:

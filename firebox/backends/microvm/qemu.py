@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -22,12 +23,15 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from firebox.backends.adopted import HeldProcess
 from firebox.backends.base import BackendError
-from firebox.protocol import STREAM_LIMIT
+
+T = TypeVar("T")
 
 QEMU = "qemu-system-x86_64"
 QMP_DEADLINE = 10.0
@@ -78,6 +82,18 @@ class VmConfig:
     share_ram: bool  # True for a template, False (copy-on-write) for a clone
     incoming: bool = False  # wait for a snapshot to be loaded over QMP
     probe: bool = False  # boot only to the initramfs marker (KVM probing)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For a paused VM's record (a restarted daemon wakes it from this)."""
+        return {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VmConfig:
+        paths = {f.name for f in dataclasses.fields(cls) if f.type in ("Path", Path)}
+        fields: dict[str, Any] = {k: Path(v) if k in paths else v for k, v in d.items()}
+        return cls(**fields)
 
     def boot_files(self) -> list[Path]:
         """What QEMU reads to boot (a restore boots nothing: its RAM is the snapshot's)."""
@@ -195,24 +211,26 @@ async def load_state(
     qmp: Qmp,
     vm: VmConfig,
     state_fd: int,
-    proc: asyncio.subprocess.Process,
+    proc: HeldProcess,
     ignore_shared: bool,
     deadline: float,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Load a saved state into a QEMU started with ``-incoming defer``; returns the agent's
-    channel. ``ignore_shared``: the state holds devices only, the RAM is the mapped file's (a
-    template's snapshot); else the RAM is in the state too (a paused VM's)."""
+    attach: Callable[[socket.socket], Awaitable[T]],
+) -> T:
+    """Load a saved state into a QEMU started with ``-incoming defer``; returns what
+    ``attach`` makes of the connection to the agent's port (the daemon's channel, through the
+    sandbox's supervisor). ``ignore_shared``: the state holds devices only, the RAM is the
+    mapped file's (a template's snapshot); else the RAM is in the state too (a paused VM's)."""
     await qmp.execute(
         "migrate-set-capabilities",
         capabilities=[{"capability": "x-ignore-shared", "state": ignore_shared}],
     )
     # Connected before the state loads: the guest saw its port's host side connected when the
     # state was saved, and must find it so (a port with no host reads as end of file).
-    reader, writer = await connect_unix(vm.agent_socket, deadline, STREAM_LIMIT, proc)
+    channel = await attach(await connect_raw(vm.agent_socket, deadline, proc))
     await qmp.send_fd("state", state_fd)
     await qmp.execute("migrate-incoming", uri="fd:state")
     await qmp.wait_migration(deadline)
-    return reader, writer
+    return channel
 
 
 async def save_state(qmp: Qmp, state_fd: int, deadline: float) -> None:
@@ -240,9 +258,7 @@ class Qmp:
         self._writer = writer
 
     @classmethod
-    async def connect(
-        cls, path: Path, deadline: float, proc: asyncio.subprocess.Process | None = None
-    ) -> Qmp:
+    async def connect(cls, path: Path, deadline: float, proc: HeldProcess | None = None) -> Qmp:
         reader, writer = await connect_unix(path, deadline, proc=proc)
         qmp = cls(reader, writer)
         await qmp._read_reply(deadline)  # the greeting
@@ -300,11 +316,32 @@ class Qmp:
             self._writer.close()
 
 
+async def connect_raw(path: Path, deadline: float, proc: HeldProcess) -> socket.socket:
+    """A plain socket connected to a socket QEMU is about to create (``connect_unix``), to
+    hand to a supervisor."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(deadline):
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, str(path))
+                sock.setblocking(True)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if proc.returncode is not None:
+                    raise BackendError(
+                        f"QEMU exited ({proc.returncode}) before it started"
+                    ) from None
+                await asyncio.sleep(0.002)
+
+
 async def connect_unix(
     path: Path,
     deadline: float,
     limit: int = 2**16,
-    proc: asyncio.subprocess.Process | None = None,
+    proc: HeldProcess | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to a socket QEMU is about to create: retried until it appears, or until
     ``proc`` (QEMU, or the jail around it) has exited and never will."""

@@ -9,13 +9,17 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from firebox.backends.adopted import HeldProcess
 from firebox.backends.base import BackendError, SandboxSpec
 from firebox.backends.confined import ConfinedSandbox
 from firebox.backends.microvm import qemu
+from firebox.backends.supervision import Supervised
 from firebox.confine import cgroups
 
 PAUSE_DEADLINE = 120.0  # to write a VM's RAM to disk: ~1 s per 300 MB here
@@ -36,30 +40,85 @@ class Waking:
         object.__setattr__(self, "vm", dataclasses.replace(self.vm, mem_path=""))
 
 
+class _NoProcess:
+    """The host process of a VM asleep on disk: none, as if it had exited."""
+
+    pid = 0
+    returncode = 0
+
+    async def wait(self) -> int:
+        return 0
+
+    def send_signal(self, sig: int) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+
 class MicroVMSandbox(ConfinedSandbox):
     pause_keeps = "disk"
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: HeldProcess,
         cgroup: cgroups.CgroupSet,
         vm_dir: Path,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        qmp: qemu.Qmp,
+        qmp: qemu.Qmp | None,
+        supervised: Supervised,
+        slot: int,
         release: Callable[[], None],
         backing: Path | None = None,
         disk_bytes: int | None = None,
         waking: Waking | None = None,
     ) -> None:
-        # the guest's serial console and QEMU's own errors share QEMU's stdout
-        assert proc.stdout is not None
-        super().__init__(proc, cgroup, reader, writer, proc.stdout, release)
+        super().__init__(proc, cgroup, reader, writer, supervised, slot, release)
         self._dir = vm_dir
         self._qmp = qmp
         self._backing = backing  # the snapshot's rw.img, under this VM's overlay
         self._disk_bytes = disk_bytes
         self._waking = waking
+        self._paused = False
+        self._leases: list[int] = []  # a snapshot entry an adopted VM's disk is backed by
+
+    @classmethod
+    async def asleep(
+        cls,
+        vm_dir: Path,
+        waking: Waking,
+        backing: Path | None,
+        disk_bytes: int | None,
+        cgroup: cgroups.CgroupSet,
+    ) -> MicroVMSandbox:
+        """A VM paused by an earlier daemon: its directory only, no QEMU and no channel,
+        until ``resume`` wakes it."""
+        ours, theirs = socket.socketpair()
+        theirs.close()  # a channel that has ended: the agent is asleep on disk
+        reader, writer = await asyncio.open_connection(sock=ours)
+        run_dir = vm_dir.parent  # any path: nothing listens for an asleep VM
+        supervised = Supervised(run_dir / "none.sock", run_dir / "none.tail", 0)
+        sandbox = cls(
+            _NoProcess(),
+            cgroup,
+            vm_dir,
+            reader,
+            writer,
+            None,
+            supervised,
+            -1,
+            release=lambda: None,
+            backing=backing,
+            disk_bytes=disk_bytes,
+            waking=waking,
+        )
+        sandbox._paused = True
+        return sandbox
+
+    def keep_lease(self, fd: int) -> None:
+        """Hold ``fd`` (a lease on the snapshot its disk is backed by) until it is freed."""
+        self._leases.append(fd)
 
     @property
     def directory(self) -> Path:
@@ -93,21 +152,24 @@ class MicroVMSandbox(ConfinedSandbox):
         runs on as before."""
         if self._waking is None:
             raise BackendError("this VM cannot be paused (it was not restored from a snapshot)")
+        qmp = self._qmp
+        assert qmp is not None
         fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            await qemu.save_state(self._qmp, fd, PAUSE_DEADLINE)
+            await qemu.save_state(qmp, fd, PAUSE_DEADLINE)
             # on disk before QEMU goes: a paused VM survives a host reboot
             await asyncio.to_thread(os.fsync, fd)
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._qmp.execute("migrate_cancel")
-                await self._qmp.execute("cont")
+                await qmp.execute("migrate_cancel")
+                await qmp.execute("cont")
             self.state_file.unlink(missing_ok=True)
             raise
         finally:
             os.close(fd)
         await self._stop_holder()
-        self._qmp.close()
+        qmp.close()
+        self._paused = True
 
     async def resume(self) -> None:
         assert self._waking is not None
@@ -116,17 +178,35 @@ class MicroVMSandbox(ConfinedSandbox):
 
     def woken(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: HeldProcess,
         cgroup: cgroups.CgroupSet,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         qmp: qemu.Qmp,
+        supervised: Supervised,
+        slot: int,
         release: Callable[[], None],
     ) -> None:
-        assert proc.stdout is not None
         self._qmp = qmp
-        self._rebind(proc, cgroup, reader, writer, proc.stdout, release)
+        self._paused = False
+        self._rebind(proc, cgroup, reader, writer, supervised, slot, release)
+
+    def held(self) -> dict[str, Any]:
+        waking = self._waking
+        return {
+            **super().held(),
+            "dir": str(self._dir),
+            "paused": self._paused,
+            "backing": str(self._backing) if self._backing else None,
+            "disk_bytes": self._disk_bytes,
+            "entry": str(waking.entry) if waking else None,
+            "vm": waking.vm.as_dict() if waking else None,
+        }
 
     async def _free(self) -> None:
-        self._qmp.close()
+        if self._qmp is not None:
+            self._qmp.close()
+        for fd in self._leases:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         await asyncio.to_thread(shutil.rmtree, self._dir, True)

@@ -28,7 +28,7 @@ def bwrap_argv(
         bwrap,
         "--unshare-all",  # user, ipc, pid, net, uts, cgroup (and no network but lo)
         "--unshare-user",
-        "--die-with-parent",
+        # not --die-with-parent: the VM outlives the daemon (a restart adopts it)
         "--new-session",
         "--cap-drop",
         "ALL",

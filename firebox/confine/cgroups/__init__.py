@@ -106,14 +106,17 @@ def create(
         raise
 
 
-def attach(name: str, parent: str | None = None, host: CgroupHost | None = None) -> CgroupSet:
+def attach(
+    name: str, parent: str | None = None, host: CgroupHost | None = None, must_exist: bool = True
+) -> CgroupSet:
     """The existing cgroup set ``<parent>/<name>``, e.g. for a sandbox that outlived a daemon
-    restart. Limits are left as they are."""
+    restart. Limits are left as they are. ``must_exist=False``: the set even if it is not
+    there (a paused microVM's, made again when it wakes)."""
     fs.check_name(name, "name")
     parent = fs.parent_name(parent)
     host = _usable(host)
     cg: CgroupSet = _module(host).at(name, parent, host)
-    if not any(d.is_dir() for d in cg.paths):
+    if must_exist and not any(d.is_dir() for d in cg.paths):
         raise CgroupError(errno.ENOENT, f"no cgroup {parent}/{name} in {cg.paths}")
     return cg
 
