@@ -74,22 +74,36 @@ def decode_header(raw: bytes | bytearray) -> dict[str, Any]:
     return header
 
 
-class FrameDecoder:
-    """Incremental decoder: feed bytes, take whole frames. No I/O, usable by both sides."""
+class FrameSplitter:
+    """Incremental splitter: feed bytes, take whole frames as they came, undecoded (what a
+    relay forwards, a frame at a time). No I/O."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
-        frames: list[Frame] = []
+        frames: list[bytes] = []
         while len(self._buf) >= FRAME_HEAD.size:
-            channel, plen, hlen = decode_head(self._buf)
+            _, plen, hlen = decode_head(self._buf)
             end = FRAME_HEAD.size + hlen + plen
             if len(self._buf) < end:
                 break
-            header = decode_header(self._buf[FRAME_HEAD.size : FRAME_HEAD.size + hlen])
-            payload = bytes(self._buf[FRAME_HEAD.size + hlen : end])
+            frames.append(bytes(self._buf[:end]))
             del self._buf[:end]
-            frames.append(Frame(channel, header, payload))
+        return frames
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, take whole frames. No I/O, usable by both sides."""
+
+    def __init__(self) -> None:
+        self._split = FrameSplitter()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        frames: list[Frame] = []
+        for raw in self._split.feed(data):
+            channel, plen, hlen = decode_head(raw)
+            header = decode_header(raw[FRAME_HEAD.size : FRAME_HEAD.size + hlen])
+            frames.append(Frame(channel, header, raw[FRAME_HEAD.size + hlen :]))
         return frames

@@ -32,31 +32,12 @@ import sys
 import time
 from collections import deque
 
-from firebox.protocol.framing import FRAME_HEAD, ProtocolError, decode_head
+from firebox.protocol.framing import FrameSplitter, ProtocolError
 
 CONTROL_ENV = "FIREBOX_SUPERVISOR_FD"  # the socket the daemon hands the sandbox over on
 TAIL_BYTES = 8192
 TAIL_EVERY = 0.25  # seconds between rewrites of the tail file while output comes
 AGENT_BACKLOG = 4 << 20  # frames from the agent held for a slow daemon before reading stops
-
-
-class _Frames:
-    """Bytes in, whole frames out."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
-        frames = []
-        while len(self.buf) >= FRAME_HEAD.size:
-            _, plen, hlen = decode_head(self.buf)
-            size = FRAME_HEAD.size + hlen + plen
-            if len(self.buf) < size:
-                break
-            frames.append(bytes(self.buf[:size]))
-            del self.buf[:size]
-        return frames
 
 
 class Supervisor:
@@ -79,8 +60,8 @@ class Supervisor:
             os.umask(old)
         self.listener.listen(4)
         self.conn: socket.socket | None = None
-        self.from_agent = _Frames()
-        self.from_daemon = _Frames()
+        self.from_agent = FrameSplitter()
+        self.from_daemon = FrameSplitter()
         self.to_daemon: deque[memoryview] = deque()  # whole frames; the first maybe begun
         self.to_daemon_bytes = 0
         self.sent_of_first = 0
@@ -137,6 +118,8 @@ class Supervisor:
     # -- the agent's side -------------------------------------------------------------------
 
     def _agent_ready(self, events: int) -> None:
+        if not self.agent_open:  # a stale event of this round
+            return
         if events & selectors.EVENT_READ:
             try:
                 data = self.agent.recv(1 << 18)
@@ -190,7 +173,8 @@ class Supervisor:
         self.conn = conn
 
     def _conn_ready(self, events: int) -> None:
-        assert self.conn is not None
+        if self.conn is None:  # dropped earlier in this round (a stale event)
+            return
         if events & selectors.EVENT_READ:
             try:
                 data = self.conn.recv(1 << 18)
@@ -232,7 +216,7 @@ class Supervisor:
         self._set(self.conn, 0, None)
         self.conn.close()
         self.conn = None
-        self.from_daemon = _Frames()
+        self.from_daemon = FrameSplitter()
         if self.sent_of_first:
             self.to_daemon_bytes -= len(self.to_daemon.popleft())
             self.sent_of_first = 0
