@@ -18,6 +18,7 @@ from firebox._core.models import (
     SandboxInfo,
     SandboxMetrics,
     SandboxQuery,
+    SnapshotInfo,
     WriteEntry,
 )
 from firebox._core.template_build import (
@@ -98,6 +99,7 @@ __all__ = [
     "SandboxMetrics",
     "SandboxNotFoundException",
     "SandboxQuery",
+    "SnapshotInfo",
     "Template",
     "TemplateBuildError",
     "TemplateBuildStatus",

@@ -198,6 +198,9 @@ class SandboxSettings(BaseModel):
     )
     network: Network | None = None
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    # start from this snapshot (its id or name) instead of ``template``: the snapshot's
+    # template and size, with its memory and disk as kept (server/snapshots.py)
+    snapshot: Text | None = None
 
 
 @dataclass(frozen=True)

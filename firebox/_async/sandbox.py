@@ -8,16 +8,17 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from firebox._async import snapshots
 from firebox._async._http import AsyncApiClient
 from firebox._async.code import AsyncCodeExecution
 from firebox._async.commands import AsyncCommands
 from firebox._async.files import AsyncFilesystem
 from firebox._core.config import resolve_config
 from firebox._core.dual import ClassOrInstanceMethod
-from firebox._core.models import SandboxInfo, SandboxMetrics, SandboxQuery
+from firebox._core.models import SandboxInfo, SandboxMetrics, SandboxQuery, SnapshotInfo
 from firebox._core.requests import create_body, list_query, sandbox_path
 from firebox._core.responses import parse_list, parse_metrics, parse_sandbox_info
-from firebox.exceptions import NotFoundException
+from firebox.exceptions import FireboxException, NotFoundException
 
 # The class-level forms of ``kill``, ``set_timeout``, ``get_info`` and ``get_metrics``, which
 # open a client for the one call.
@@ -79,6 +80,41 @@ async def _pause_by_id(
     """Pauses the sandbox ``sandbox_id`` (see ``pause``)."""
     async with _client(api_key, api_url, request_timeout) as api:
         await _post_pause(api, sandbox_id, None)
+
+
+async def _create_snapshot_by_id(
+    sandbox_id: str,
+    name: str | None = None,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    request_timeout: float | None = None,
+) -> SnapshotInfo:
+    """Takes a snapshot of the sandbox ``sandbox_id`` (see ``create_snapshot``)."""
+    async with _client(api_key, api_url, request_timeout) as api:
+        return await snapshots.take_snapshot(api, sandbox_id, name, None)
+
+
+async def _fork_by_id(
+    sandbox_id: str,
+    timeout: int | None = None,
+    count: int | None = None,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    request_timeout: float | None = None,
+) -> builtins.list[AsyncSandbox | FireboxException]:
+    """Forks the sandbox ``sandbox_id`` (see ``fork``)."""
+    async with _client(api_key, api_url, request_timeout) as api:
+        made = await snapshots.fork(api, sandbox_id, timeout, count, None)
+        return [_sandbox_of(m, api) for m in made]
+
+
+def _sandbox_of(
+    made: SandboxInfo | FireboxException, api: AsyncApiClient
+) -> AsyncSandbox | FireboxException:
+    """A fork as its caller gets it: a sandbox with a client of its own, or its error."""
+    if isinstance(made, FireboxException):
+        return made
+    return AsyncSandbox(made.sandbox_id, AsyncApiClient(api.config))
 
 
 async def _post_pause(api: AsyncApiClient, sandbox_id: str, request_timeout: float | None) -> None:
@@ -184,6 +220,7 @@ class AsyncSandbox(AsyncCodeExecution):
         allow_internet_access: bool = False,
         network: Mapping[str, Sequence[str]] | None = None,
         lifecycle: Mapping[str, Any] | None = None,
+        snapshot: str | None = None,
     ) -> Self:
         """Starts a new sandbox from ``template``.
 
@@ -199,11 +236,17 @@ class AsyncSandbox(AsyncCodeExecution):
 
         ``lifecycle`` (E2B's): ``{"on_timeout": "pause"}`` pauses it at its timeout instead
         of killing it; ``"auto_resume": True`` has a call into a paused sandbox resume it.
+
+        ``snapshot`` (an id or name from ``create_snapshot``) starts it from that snapshot
+        instead of ``template``: its template and size, where the sandbox it was taken from
+        was (a microVM's memory and disk; a jail's files).
         """
         api = _client(api_key, api_url, request_timeout)
         body = create_body(
             template, timeout, metadata, envs, limits, allow_internet_access, network, lifecycle
         )
+        if snapshot is not None:
+            body["snapshot"] = snapshot
         try:
             response = await api.request("POST", "/sandboxes", json=body)
             info = parse_sandbox_info(response.json())
@@ -290,6 +333,38 @@ class AsyncSandbox(AsyncCodeExecution):
         """
         await _post_pause(self._api, self._sandbox_id, request_timeout)
 
+    async def _create_snapshot_self(
+        self, name: str | None = None, request_timeout: float | None = None
+    ) -> SnapshotInfo:
+        """Saves the sandbox as it is now, to start any number of sandboxes from
+        (``create(snapshot=...)``). A microVM keeps its memory and disk, stopped only while
+        they are copied; a jail keeps its files (``keeps`` says which). It runs on.
+
+        Also callable on the class: ``await AsyncSandbox.create_snapshot(sandbox_id)``.
+        """
+        return await snapshots.take_snapshot(self._api, self._sandbox_id, name, request_timeout)
+
+    async def _fork_self(
+        self,
+        timeout: int | None = None,
+        count: int | None = None,
+        request_timeout: float | None = None,
+    ) -> builtins.list[Self | FireboxException]:
+        """``count`` (default 1) new sandboxes starting where this one is now, each with an
+        identity of its own, each its own timeout (``timeout``, default this one's); one
+        entry per fork: a sandbox, or the error that one failed with. This one runs on.
+
+        Also callable on the class: ``await AsyncSandbox.fork(sandbox_id, count=2)``.
+        """
+        made = await snapshots.fork(self._api, self._sandbox_id, timeout, count, request_timeout)
+        return [
+            m if isinstance(m, FireboxException) else type(self)(m.sandbox_id, self._new_api())
+            for m in made
+        ]
+
+    def _new_api(self) -> AsyncApiClient:
+        return AsyncApiClient(self._api.config)
+
     async def _get_info_self(self, request_timeout: float | None = None) -> SandboxInfo:
         """What the daemon knows of the sandbox: template, metadata, times, state, backend.
 
@@ -318,6 +393,10 @@ class AsyncSandbox(AsyncCodeExecution):
     get_metrics = ClassOrInstanceMethod(_get_metrics_by_id, _get_metrics_self)
     pause = ClassOrInstanceMethod(_pause_by_id, _pause_self)
     beta_pause = pause  # E2B's earlier name
+    create_snapshot = ClassOrInstanceMethod(_create_snapshot_by_id, _create_snapshot_self)
+    fork = ClassOrInstanceMethod(_fork_by_id, _fork_self)
+    list_snapshots = staticmethod(snapshots.list_snapshots)
+    delete_snapshot = staticmethod(snapshots.delete_snapshot)
 
     async def is_running(self, request_timeout: float | None = None) -> bool:
         """Whether the sandbox still runs; False once it is killed or its timeout expired."""

@@ -53,6 +53,23 @@ class SandboxInfo:
 
 
 @dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot of a sandbox (``create_snapshot``): sandboxes start from it with
+    ``Sandbox.create(snapshot=...)``."""
+
+    snapshot_id: str
+    name: str | None
+    sandbox_id: str  # the sandbox it was taken from
+    template: str
+    backend: str
+    # "memory+disk": a sandbox made from it starts where this one was, processes running;
+    # "disk": its files only (a jail here: processes start afresh)
+    keeps: str
+    created_at: datetime
+    size_bytes: int
+
+
+@dataclass(frozen=True)
 class SandboxQuery:
     """What ``Sandbox.list(query=...)`` keeps, as E2B's: sandboxes carrying all of
     ``metadata``'s pairs, in one of ``state`` ("running", "paused"), started at or after

@@ -24,6 +24,7 @@ from firebox._core.models import (
     ProcessInfo,
     SandboxInfo,
     SandboxMetrics,
+    SnapshotInfo,
 )
 from firebox.exceptions import (
     CommandExitException,
@@ -87,6 +88,20 @@ def parse_sandbox_info(obj: Any) -> SandboxInfo:
         paused_at=r.time("paused_at") if r.get("paused_at", str, None) else None,
         pause_keeps=r.get("pause_keeps", str, None),
         lifecycle=dict(r.get("lifecycle", dict, {}) or {}),
+    )
+
+
+def parse_snapshot_info(obj: Any) -> SnapshotInfo:
+    r = _Reader(obj, "SnapshotInfo")
+    return SnapshotInfo(
+        snapshot_id=r.get("snapshot_id", str),
+        name=r.get("name", str, None),
+        sandbox_id=r.get("sandbox_id", str),
+        template=r.get("template", str),
+        backend=r.get("backend", str),
+        keeps=r.get("keeps", str),
+        created_at=r.time("created_at"),
+        size_bytes=r.get("size_bytes", int),
     )
 
 

@@ -153,6 +153,10 @@ def _resume(conn: Conn, msg: protocol.Message) -> None:
     from firebox.agent import resume
 
     if isinstance(msg, protocol.Resume):
+        if msg.entropy:
+            # a clone (of a template, or of a running sandbox's snapshot): what was open in
+            # the saved memory belongs to the sandbox it was saved from
+            conn.detach_all()
         resume.apply(msg)
     conn.send(protocol.CONTROL_CHANNEL, _hello())
 

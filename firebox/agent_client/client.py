@@ -47,6 +47,8 @@ class AgentClient:
         self._hello: protocol.Hello | None = None
         self._hello_event = asyncio.Event()
         self._quiesced = asyncio.Event()
+        self._holding: asyncio.Event | None = None  # set: writes wait (``hold``)
+        self._pending: list[bytes] = []  # small frames written while held
         # when a frame last came from the agent: its liveness (server/liveness.py)
         self.last_heard = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -236,6 +238,39 @@ class AgentClient:
             ch.items.clear()
             ch.stop(gone)
 
+    async def hold(self, timeout: float) -> None:
+        """Write nothing more (requests wait; credits are kept) and have the agent do the
+        same (``quiesce``): the stream is at a frame boundary both ways while a running VM's
+        memory is saved. ``release`` lets both go on."""
+        self._holding = asyncio.Event()
+        try:
+            await self.quiesce(timeout)
+        except BaseException:
+            self._release_writes()
+            raise
+
+    async def release(self) -> None:
+        """After ``hold``: the agent writes again (``Resume`` with the clock only: it keeps
+        its identity and its channels), then so do we."""
+        try:
+            frame = protocol.encode(
+                protocol.CONTROL_CHANNEL, protocol.Resume(time_ns=time.time_ns())
+            )
+            self._writer.write(frame)
+        except (ConnectionError, OSError, RuntimeError) as e:
+            self._stop(AgentGone(f"writing to the agent failed: {e}"))
+        self._release_writes()
+
+    def _release_writes(self) -> None:
+        holding, self._holding = self._holding, None
+        pending, self._pending = self._pending, []
+        if self._gone is None:
+            for frame in pending:
+                with contextlib.suppress(Exception):
+                    self._writer.write(frame)
+        if holding is not None:
+            holding.set()
+
     async def quiesce(self, timeout: float) -> None:
         """Have the agent stop writing (``protocol.Quiesce``) and wait for its last frame:
         the stream is then at a frame boundary both ways, as a VM's saved memory needs."""
@@ -304,6 +339,8 @@ class AgentClient:
     # -- I/O ----------------------------------------------------------------------------------
 
     async def _send(self, cid: int, msg: Message, payload: bytes = b"") -> None:
+        while self._holding is not None and cid != protocol.CONTROL_CHANNEL and not self._gone:
+            await self._holding.wait()
         if self._gone is not None:
             raise self._gone
         try:
@@ -323,7 +360,10 @@ class AgentClient:
         # Small control frames (credit, cancel) from sync code: the transport buffers them.
         if self._gone is None and not self._writer.is_closing():
             with contextlib.suppress(Exception):
-                self._writer.write(protocol.encode(cid, msg))
+                if self._holding is not None:
+                    self._pending.append(protocol.encode(cid, msg))
+                else:
+                    self._writer.write(protocol.encode(cid, msg))
 
     async def _read_loop(self) -> None:
         reason = "the agent closed its channel"
@@ -394,5 +434,7 @@ class AgentClient:
             ch.stop(gone)
         self._hello_event.set()
         self._quiesced.set()
+        if self._holding is not None:
+            self._holding.set()  # writers waiting on a hold meet the end instead
         with contextlib.suppress(Exception):
             self._writer.close()

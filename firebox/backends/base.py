@@ -36,6 +36,9 @@ class SandboxSpec:
     # a built template's start command; a backend with ``starts_templates`` has it running
     # when ``start`` returns (a microVM's snapshot holds it running), else the daemon starts it
     start: StartConfig | None = None
+    # start from this snapshot of a sandbox (``Backend.snapshot`` made it) instead of the
+    # template's image: what it holds is what the backend's ``snapshot_keeps`` says
+    snapshot: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,9 @@ class Backend(abc.ABC):
     builds: bool = False
     #: whether its sandboxes come with their template's start command running
     starts_templates: bool = False
+    #: what a snapshot of a running sandbox keeps: "memory+disk", "disk" (files only: a
+    #: sandbox made from it starts its processes afresh), or None (no snapshots)
+    snapshot_keeps: str | None = None
 
     @abc.abstractmethod
     def availability(self) -> Availability:
@@ -155,6 +161,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def start(self, spec: SandboxSpec) -> RunningSandbox:
         """Start a sandbox and return once its agent's channel is connected."""
+
+    async def snapshot(self, running: RunningSandbox, spec: SandboxSpec, into: Path) -> None:
+        """Save ``running`` (a sandbox of ``spec``) into the new directory ``into``, stopping it
+        no longer than the copy needs (its agent's channel quieted by the daemon where the
+        memory is kept); sandboxes start from it with ``SandboxSpec.snapshot``."""
+        raise BackendError(f"sandboxes of the {self.name} backend cannot be snapshotted")
+
+    async def forget_snapshot(self, into: Path) -> None:
+        """A snapshot is deleted: drop what was loaded from it (nobody maps it any more)."""
+        return None
 
     def committed_mb(self, memory_mb: int) -> int:
         """What a sandbox of ``memory_mb`` may take of the host's memory: its cgroup limit."""

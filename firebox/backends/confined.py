@@ -74,6 +74,10 @@ class ConfinedSandbox(RunningSandbox):
             "supervisor": self._supervised.as_dict(),
         }
 
+    @property
+    def slot(self) -> int:
+        return self._slot
+
     async def reconnect(self) -> None:
         """A new channel to the agent through its supervisor (a restarted daemon's)."""
         self.reader, self.writer = await self._supervised.connect()

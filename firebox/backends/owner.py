@@ -44,6 +44,12 @@ class Owner:
         return image_root() / "jail-rw" / self.key
 
     @property
+    def saved_dir(self) -> Path:
+        """Where snapshots of its sandboxes are kept (server/snapshots.py): beside the images,
+        which a microVM's uid must reach to map one's RAM and disk."""
+        return image_root() / "saved" / self.key
+
+    @property
     def run_dir(self) -> Path:
         """Where the sandboxes' supervisors listen (supervision.py): root's only, and under
         /run, which a reboot empties as it ends them."""

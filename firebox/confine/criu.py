@@ -170,5 +170,6 @@ def _store(cache: Path, record: dict[str, object]) -> None:
 def pause_line(v: CriuVerdict) -> str:
     """How a jail is paused here, for ``firebox doctor``: one short line."""
     if v.usable:
-        return f"CRIU checkpoint (criu {v.version})"
+        # checkpointing jails with CRIU is not built yet: a pause freezes them all the same
+        return f"freeze in the cgroup (criu {v.version} passes its checks here)"
     return f"freeze in the cgroup — {v.reason.removesuffix(f'; {FALLBACK}')}"

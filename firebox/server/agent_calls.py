@@ -21,6 +21,8 @@ T = TypeVar("T")
 def agent_error(e: AgentError | AgentGone, sbx: LiveSandbox) -> ApiError:
     """The one translation of agent failures into API errors."""
     if isinstance(e, AgentGone):
+        if sbx.state != "running" or "was paused" in str(e):  # a pause cut it: not an end
+            return ApiError("sandbox_error", str(e))
         return ApiError(
             "sandbox_error", f"sandbox {sbx.id} stopped answering ({e}); create a new one"
         )

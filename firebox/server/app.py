@@ -10,7 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from firebox.server import code, commands, errors, files, metrics_routes, sandboxes
+from firebox.server import (
+    code,
+    commands,
+    errors,
+    files,
+    metrics_routes,
+    sandboxes,
+    snapshot_routes,
+)
 from firebox.server.body_limit import BodyLimit
 from firebox.server.e2b.control import control_app
 from firebox.server.e2b.routing import SandboxTraffic
@@ -71,6 +79,7 @@ def create_app() -> FastAPI:
     app.include_router(code.router)
     app.include_router(metrics_routes.router)
     app.include_router(templates.router)
+    app.include_router(snapshot_routes.router)
     e2b = control_app()
     e2b.state = app.state  # the same manager, registry and backend
     app.mount("/e2b", e2b)

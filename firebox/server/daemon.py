@@ -32,6 +32,7 @@ from firebox.server.config import ServerConfig
 from firebox.server.home import HomeLock, HomeTaken
 from firebox.server.manager import SandboxManager
 from firebox.server.registry import Registry
+from firebox.server.snapshots import Snapshots
 from firebox.server.templates.service import BuildSettings, TemplateService
 
 log = logging.getLogger("firebox.server")
@@ -49,6 +50,7 @@ class Running:
     registry: Registry
     manager: SandboxManager
     templates: TemplateService
+    snapshots: Snapshots
 
     async def stop(self) -> None:
         try:
@@ -90,6 +92,7 @@ def run(config: ServerConfig) -> int:
             app.state.manager = daemon.manager
             app.state.backend = daemon.manager.backend
             app.state.templates = daemon.templates
+            app.state.snapshots = daemon.snapshots
             try:
                 if not server.should_exit:  # no signal while it started
                     await server.serve(sockets=[listener])
@@ -162,7 +165,15 @@ async def start(config: ServerConfig, home: HomeLock) -> Running:
     except (OSError, ImageBuildError) as e:
         log.warning("could not prune the image cache: %s", e)
     manager.start_pool([images.DEFAULT_TEMPLATE])
-    return Running(home, registry, manager, _templates(config, manager))
+    templates = _templates(config, manager)
+    builds = templates.build_backend
+    if builds is not None and builds is not manager.backend:
+        # a build's jails outlive a daemon that dies mid-build (no --die-with-parent): what
+        # the last one left goes now (builds are never adopted)
+        freed = await builds.reclaim_stale()
+        if freed:
+            log.warning("reclaimed %d template build leftovers", freed)
+    return Running(home, registry, manager, templates, Snapshots(manager))
 
 
 def _templates(config: ServerConfig, manager: SandboxManager) -> TemplateService:

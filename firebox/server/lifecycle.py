@@ -23,7 +23,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from firebox import protocol
 from firebox.agent_client import AgentClient, AgentError, AgentGone
@@ -84,7 +84,7 @@ class Lifecycle:
             return
         if live.state == "paused":
             hours = self.config.paused_ttl / 3600
-            await self._end(live, f"kept paused for longer than {hours:g} h (--paused-ttl)")
+            await self._end(live, f"kept paused for longer than {hours:g} h (--paused-ttl-hours)")
             return
         if time.time() < live.end_at - 0.05:  # its timeout was moved meanwhile
             self.schedule(live)
@@ -234,7 +234,8 @@ class Lifecycle:
                     await agent.close()
                     raise
                 live.agent = agent
-        except (BackendError, AgentGone, AgentError, TimeoutError, OSError) as e:
+        except (BackendError, AgentGone, AgentError, TimeoutError, OSError,
+                protocol.ProtocolError) as e:  # fmt: skip
             raise ApiError(
                 "sandbox_error",
                 f"sandbox {live.id} could not be resumed ({e}); it stays paused: try again, "
@@ -271,6 +272,18 @@ class Lifecycle:
                 )
             await self.resume(live)
         return live
+
+    @contextlib.asynccontextmanager
+    async def unwatched(self, live: LiveSandbox) -> AsyncIterator[None]:
+        """Its liveness monitor off meanwhile (a snapshot holds its channel quiet, which the
+        monitor would take for a hung agent), on again after."""
+        await _cancel(live.monitor)
+        live.monitor = None
+        try:
+            yield
+        finally:
+            if not live.ended and live.state == "running":
+                self._watch(live)
 
     def extend(self, live: LiveSandbox, timeout: int) -> None:
         """Its timeout ``timeout`` s from now, never shorter than it was (E2B's connect)."""

@@ -64,6 +64,7 @@ class LiveSandbox:
     paused_at: float | None = None
     left: float = 0.0  # of its timeout, when it was paused
     transition: asyncio.Lock = field(default_factory=asyncio.Lock)
+    snapshot: str | None = None  # the snapshot it was made from (server/snapshots.py)
 
     def record(self) -> dict[str, Any]:
         """Everything a restarted daemon needs to adopt it (``adopted``), as JSON."""
@@ -81,6 +82,7 @@ class LiveSandbox:
             "template_build": self.template_build,
             "template_envs": self.template_envs,
             "committed_mb": self.committed_mb,
+            "snapshot": self.snapshot,
             "held": self.running.held(),
         }
 
@@ -128,6 +130,7 @@ def spec_record(spec: SandboxSpec) -> dict[str, Any]:
         "limits": spec.limits.model_dump(),
         "hostname": spec.hostname,
         "start": dataclasses.asdict(spec.start) if spec.start else None,
+        "snapshot": str(spec.snapshot) if spec.snapshot else None,
     }
 
 
@@ -140,6 +143,7 @@ def spec_of(record: dict[str, Any]) -> SandboxSpec:
         limits=Limits(**record["limits"]),
         hostname=record["hostname"],
         start=StartConfig(**start) if start else None,
+        snapshot=Path(record["snapshot"]) if record.get("snapshot") else None,
     )
 
 
@@ -171,4 +175,5 @@ def adopted(
         state=record["state"],
         paused_at=record.get("paused_at"),
         left=float(record.get("left") or 0.0),
+        snapshot=record.get("snapshot"),
     )

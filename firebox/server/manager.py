@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from firebox import protocol
@@ -35,6 +39,18 @@ from firebox.server.templates.catalog import Catalog, Resolved
 from firebox.settings import Bound, Limits, SandboxSettings, SettingsError, StartConfig, resolve
 
 log = logging.getLogger("firebox.manager")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a sandbox made from a snapshot starts: the snapshot (``directory``), and the
+    template and shape of the sandbox it was taken from."""
+
+    snapshot_id: str
+    directory: Path
+    template: Resolved
+    limits: Limits
+
 
 WATCHERS_MAX = 16  # per sandbox: each holds an inotify instance and a task
 # A sandbox of a new shape may need its backend to get ready first: the microvm makes a
@@ -72,6 +88,8 @@ class SandboxManager:
         )
         self.pool = WarmPool(self.default_limits, backend, config.pool_size, self.admission)
         self.metrics = Sampler(self.all_live)  # CPU, memory, disk of each sandbox (metrics.py)
+        # a sandbox made from a snapshot ended (server/snapshots.py drops a fork's snapshot)
+        self.on_snapshot_user_end: Callable[[str], Awaitable[None]] | None = None
         self.lifecycle = Lifecycle(
             config,
             registry,
@@ -102,6 +120,8 @@ class SandboxManager:
                     continue
                 except (BackendError, AgentError, AgentGone, TimeoutError, OSError) as e:
                     why = f"crashed while the daemon was down: {e}"
+                except protocol.ProtocolError as e:  # an agent of another firebox version
+                    why = f"lost: its agent cannot be adopted by this daemon ({e})"
                 except (KeyError, ValueError, TypeError) as e:  # a record of another version
                     why = f"lost: its record could not be read ({e!r})"
             self.registry.mark_ended(sandbox_id, why)
@@ -175,15 +195,23 @@ class SandboxManager:
 
     # -- the API's operations -------------------------------------------------------------
 
-    async def create(self, owner: str, settings: SandboxSettings) -> LiveSandbox:
+    async def create(
+        self, owner: str, settings: SandboxSettings, origin: Origin | None = None
+    ) -> LiveSandbox:
         """A running sandbox as ``settings`` ask, their limits within this daemon's bounds and
         what they leave out the daemon's defaults. A sandbox of the default limits comes from
-        the pool."""
+        the pool. With ``origin``, it starts from a snapshot (server/snapshots.py), of the
+        shape and template of the sandbox it was taken from."""
         limits, policy = self._checked(settings)
-        template = self.catalog.resolve(owner, settings.template)
+        if origin is not None:
+            template, limits = origin.template, origin.limits
+        else:
+            template = self.catalog.resolve(owner, settings.template)
         spec = spec_for(template.name, limits, template.rootfs, template.start)
+        if origin is not None:
+            spec = dataclasses.replace(spec, snapshot=origin.directory)
         booted = None
-        if limits == self.default_limits:
+        if limits == self.default_limits and origin is None:
             key = self._pool_for(template)
             booted = await self.pool.take(key)  # a pooled one is counted already, and ready
         pooled = booted is not None
@@ -230,6 +258,7 @@ class SandboxManager:
             committed_mb=self.backend.committed_mb(limits.memory_mb),
             template_build=template.build_id,
             template_envs=dict(template.start.envs) if template.start else {},
+            snapshot=origin.snapshot_id if origin else None,
         )
         self._live[live.id] = live
         self.registry.add_sandbox(
@@ -362,6 +391,7 @@ class SandboxManager:
         live = self.get(owner, sandbox_id)
         if live.state == "paused":  # what it will have once resumed
             live.left = float(timeout)
+            self.registry.set_record(live.id, live.record())
             return
         live.end_at = time.time() + timeout
         self.registry.set_end_at(live.id, live.end_at)
@@ -384,7 +414,9 @@ class SandboxManager:
         live = self.get(owner, sandbox_id)
         _, policy = self._checked(settings.model_copy(update={"limits": None}))
         async with live.network_lock:  # two updates at once start one proxy, not two
-            if live.egress is None and policy.opens_anything:
+            if live.state == "paused":
+                pass  # its proxy opens with the new policy when it resumes
+            elif live.egress is None and policy.opens_anything:
                 egress = SandboxEgress(live.id, live.agent, policy, self.egress)
                 try:
                     await egress.start()
@@ -478,6 +510,8 @@ class SandboxManager:
         if live.monitor is not None and live.monitor is not asyncio.current_task():
             await _cancel(live.monitor)
         log.info("sandbox %s ended: %s", live.id, reason)
+        if live.snapshot is not None and self.on_snapshot_user_end is not None:
+            await self.on_snapshot_user_end(live.snapshot)
 
 
 async def _cancel(task: asyncio.Task[Any] | None) -> None:

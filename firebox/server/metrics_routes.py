@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from firebox.server.deps import Manager, Sandbox
+from firebox.server.deps import KnownSandbox, Manager
 from firebox.server.errors import ApiError
 from firebox.server.metrics import Sample
 from firebox.server.models import iso
@@ -44,7 +44,7 @@ class SandboxMetric(BaseModel):
 
 @router.get("/sandboxes/{sandbox_id}/metrics", response_model=list[SandboxMetric])
 async def get_metrics(
-    sbx: Sandbox,
+    sbx: KnownSandbox,  # a paused one's samples too, without waking it
     mgr: Manager,
     start: float | None = Query(default=None, ge=0, description="unix seconds; default: its start"),
     end: float | None = Query(default=None, ge=0, description="unix seconds; default: now"),

@@ -50,6 +50,18 @@ CREATE TABLE IF NOT EXISTS templates (
     PRIMARY KEY (owner, name, tag)
 );
 CREATE INDEX IF NOT EXISTS templates_build ON templates(build_id);
+-- snapshots of running sandboxes (server/snapshots.py); hidden ones are a fork's, deleted with
+-- the last sandbox made from them
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL REFERENCES keys(id),
+    name TEXT,
+    sandbox_id TEXT NOT NULL,
+    hidden INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_owner ON snapshots(owner);
 """
 
 

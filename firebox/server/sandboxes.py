@@ -17,8 +17,13 @@ router = APIRouter(tags=["sandboxes"])
 
 
 @router.post("/sandboxes", status_code=201, response_model=SandboxInfo)
-async def create_sandbox(body: SandboxSettings, caller: Caller, mgr: Manager) -> SandboxInfo:
-    live = await mgr.create(caller.id, body)
+async def create_sandbox(
+    body: SandboxSettings, caller: Caller, mgr: Manager, request: Request
+) -> SandboxInfo:
+    if body.snapshot is not None:
+        live = await request.app.state.snapshots.create(caller.id, body.snapshot, body)
+    else:
+        live = await mgr.create(caller.id, body)
     return SandboxInfo(**live.info())
 
 

@@ -82,7 +82,7 @@ def test_passing_check_and_features_is_usable(fake: FakeCriu) -> None:
     v = criu.verdict()
     assert v.usable and v.version == "3.17.1"
     assert fake.checks() == ["check", *(f"check --feature {f}" for f in criu.FEATURES)]
-    assert criu.pause_line(v) == "CRIU checkpoint (criu 3.17.1)"
+    assert criu.pause_line(v) == "freeze in the cgroup (criu 3.17.1 passes its checks here)"
 
 
 def test_a_missing_feature_is_not_usable(fake: FakeCriu) -> None:

@@ -46,6 +46,7 @@ PUBLIC = [
     "SandboxMetrics",
     "SandboxNotFoundException",
     "SandboxQuery",
+    "SnapshotInfo",
     "Template",
     "TemplateBuildError",
     "TemplateBuildStatus",

@@ -61,11 +61,17 @@ def _check(ret: int, what: str) -> None:
 
 
 def create(
-    parent: Path, sandbox_id: str, disk_mb: int, host_id: int, rootfs: Path | None = None
+    parent: Path,
+    sandbox_id: str,
+    disk_mb: int,
+    host_id: int,
+    rootfs: Path | None = None,
+    saved: Path | None = None,
 ) -> Path:
     """Mount the sandbox's disk at ``parent/sandbox_id`` with its places made and owned by
     the sandbox's ids (``host_id`` is its root's host uid), holding what the image's own
-    home and /root hold (a built template's files); returns the mount point."""
+    home and /root hold (a built template's files), or what ``saved`` holds (a snapshot's
+    places, ``save``); returns the mount point."""
     parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     mnt = parent / sandbox_id
     mnt.mkdir(mode=0o711)
@@ -81,11 +87,16 @@ def create(
             place.mkdir()
             os.chown(place, host_id + owner, host_id + owner)
             place.chmod(mode)
-            if rootfs is not None and name in ("home", "root"):
+            source = None
+            if saved is not None:
+                source = saved / name
+            elif rootfs is not None and name in ("home", "root"):
+                # the place as the sandbox sees it: links followed inside the image, never on
+                # the host (an image's /home may be a link to anywhere)
+                source = resolve_in_tree(rootfs, inside)
+            if source is not None:
                 try:
-                    # the place as the sandbox sees it: links followed inside the image, never
-                    # on the host (an image's /home may be a link to anywhere)
-                    _seed(resolve_in_tree(rootfs, inside), place, host_id)
+                    _seed(source, place, host_id)
                 except OSError as e:
                     if e.errno != errno.ENOSPC:
                         raise
@@ -100,9 +111,21 @@ def create(
     return mnt
 
 
+def save(mnt: Path, into: Path, host_id: int) -> None:
+    """Copy the sandbox's places (a snapshot's disk) into ``into``, owned by their ids as they
+    are inside (a sandbox made from them has a uid range of its own)."""
+    into.mkdir(mode=0o700, parents=True)
+    for name, _, _, _ in PLACES:
+        if name == "shm":  # shared memory is memory, not disk: a fork starts without it
+            continue
+        (into / name).mkdir()
+        _seed(mnt / name, into / name, -host_id)
+
+
 def _seed(src: Path, dst: Path, host_id: int) -> None:
-    """Copy the tree ``src`` (the image's, owned by the sandbox's ids as they are inside)
-    into ``dst``, owned by their host ids. Nothing is followed through a symlink."""
+    """Copy the tree ``src`` (owned by the sandbox's ids as they are inside) into ``dst``,
+    owned by those ids plus ``host_id`` (negative: from a sandbox's host ids back to the
+    inside's). Nothing is followed through a symlink."""
     if src.is_symlink() or not src.is_dir():
         return
     top = str(src)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -48,6 +49,7 @@ from firebox.backends.microvm import (
     initramfs,
     qemu,
     restore_points,
+    saved,
     snapshot,
     template,
     vmm,
@@ -81,6 +83,7 @@ def _has_data_stack(rootfs: Path) -> bool:
 class MicroVMBackend(Backend):
     name = "microvm"
     starts_templates = True  # a template's snapshot is taken with its start command running
+    snapshot_keeps = "memory+disk"
 
     def __init__(self, owner: Owner, uid_base: int) -> None:
         self.owner = owner
@@ -93,6 +96,9 @@ class MicroVMBackend(Backend):
         self._qemu: str | None = None
         self._pieces: vmboot.BootPieces | None = None
         self._supervisors = Supervisors(owner.run_dir)
+        # running sandboxes' snapshots loaded to start sandboxes from (saved.py), by directory
+        self._saved: dict[Path, tuple[RestorePoint, qemu.VmConfig]] = {}
+        self._saved_lock = asyncio.Lock()
 
     # the guest kernel, the agent (locked in RAM) and the template's warm python context with
     # numpy, pandas and matplotlib imported: 128 MB is not enough for them, 256 MB is
@@ -177,6 +183,9 @@ class MicroVMBackend(Backend):
         for point in self._prepared.values():
             point.close()
         self._prepared.clear()
+        for point, _ in self._saved.values():
+            point.close()
+        self._saved.clear()
         await self._supervisors.close()
         with contextlib.suppress(OSError):  # left only if a sandbox's directory is in it
             self._vm_root().rmdir()
@@ -280,6 +289,7 @@ class MicroVMBackend(Backend):
                 found = await self._make_snapshot(spec)
                 self._prepared[shape] = found
                 # once per shape: what its template's older snapshots left is of no use now
+                assert found.spec is not None
                 await restore_points.prune_stale(found.spec)
         return found
 
@@ -328,6 +338,7 @@ class MicroVMBackend(Backend):
         writable: list[Path],
         pass_fds: tuple[int, ...],
         output: int = subprocess.PIPE,
+        outlive: bool = False,
     ) -> asyncio.subprocess.Process:
         """QEMU for ``vm``, jailed (vmm.py) as ``uid`` in ``cgroup``, seeing its boot files,
         ``read_only`` and ``writable`` and nothing else of the host's; its console and errors
@@ -340,6 +351,7 @@ class MicroVMBackend(Backend):
             read_only=[*vm.boot_files(), vm.root_disk, *read_only],
             writable=writable,
             kvm=kvm,
+            outlive=outlive,
         )
         return await spawn_gated(
             argv,
@@ -351,9 +363,49 @@ class MicroVMBackend(Backend):
             extra_groups=[os.stat(vmm.KVM_DEVICE).st_gid] if kvm else [],
         )
 
+    async def snapshot(self, running: RunningSandbox, spec: SandboxSpec, into: Path) -> None:
+        assert isinstance(running, MicroVMSandbox)
+        waking, qmp = running.waking, running.qmp
+        if waking is None or qmp is None:
+            raise BackendError("this VM cannot be snapshotted (it was not restored)")
+        try:
+            await saved.capture(qmp, running.directory / "rw.qcow2", into)
+            await saved.bake(
+                into,
+                waking.vm,
+                self._spawn,
+                self._slots,
+                template.limits(waking.vm.memory_mb, spec.limits.cpu_count),
+                self.owner.cgroup_parent,
+            )
+        except BaseException:
+            await asyncio.to_thread(saved.remove, into)
+            raise
+
+    async def forget_snapshot(self, into: Path) -> None:
+        found = self._saved.pop(into, None)
+        if found is not None:
+            found[0].close()
+        await asyncio.to_thread(saved.remove, into)
+
+    async def _saved_point(self, into: Path) -> tuple[RestorePoint, qemu.VmConfig]:
+        found = self._saved.get(into)
+        if found is None:
+            async with self._saved_lock:
+                found = self._saved.get(into)
+                if found is None:
+                    found = await saved.point(into, self._vm_root())
+                    self._saved[into] = found
+        return found
+
     async def start(self, spec: SandboxSpec) -> RunningSandbox:
-        point = await self._snapshot(spec)
-        entry, snap, ram_fd = point.entry, point.spec, point.ram_fd
+        if spec.snapshot is not None:
+            point, base = await self._saved_point(spec.snapshot)
+        else:
+            point = await self._snapshot(spec)
+            assert point.spec is not None
+            base = point.spec.vm(Path("/"), Path("/"), "", clone=True)
+        entry, ram_fd = point.entry, point.ram_fd
         slot = take_slot(self._slots)
         uid = self._slots.first_id(slot)
         vm_dir = self._vm_root() / spec.sandbox_id
@@ -369,14 +421,25 @@ class MicroVMBackend(Backend):
             shutil.copyfile(point.blank, overlay)
             os.chown(vm_dir, uid, uid)
             os.chown(overlay, uid, uid)
-            vm_limits = template.limits(snap.memory_mb, spec.limits.cpu_count)
+            vm_limits = template.limits(base.memory_mb, spec.limits.cpu_count)
             cgroup = await asyncio.to_thread(
                 cgroups.create, spec.sandbox_id, vm_limits, self.owner.cgroup_parent
             )
             state_fd = os.open(entry / "state", os.O_RDONLY)
-            vm = snap.vm(vm_dir, overlay, f"/proc/self/fd/{ram_fd}", clone=True)
+            vm = dataclasses.replace(
+                base,
+                rw_disk=overlay,
+                rw_format="qcow2",
+                agent_socket=vm_dir / "agent.sock",
+                qmp_socket=vm_dir / "qmp.sock",
+                mem_path=f"/proc/self/fd/{ram_fd}",
+                share_ram=False,
+                incoming=True,
+            )
             # the snapshot dir read-only: the overlay's backing file, at the path the overlay names
-            proc = await self._spawn(vm, uid, cgroup, [entry], [vm_dir], (ram_fd,), out.w)
+            proc = await self._spawn(
+                vm, uid, cgroup, [entry], [vm_dir], (ram_fd,), out.w, outlive=True
+            )
             out.spawned()
             async with asyncio.timeout(RESTORE_DEADLINE):
                 qmp = await qemu.Qmp.connect(vm.qmp_socket, RESTORE_DEADLINE, proc)
@@ -391,6 +454,8 @@ class MicroVMBackend(Backend):
                         spec.sandbox_id, sock, out.take()
                     ),
                 )
+                # a running sandbox's snapshot was saved stopped (a template's running)
+                await qmp.execute("cont")
             resume = protocol.Resume(
                 entropy=secrets.token_hex(64),
                 time_ns=time.time_ns(),
@@ -424,7 +489,7 @@ class MicroVMBackend(Backend):
             slot,
             release=lambda: self._slots.release(slot),
             backing=entry / "rw.img",
-            disk_bytes=snap.disk_mb << 20,
+            disk_bytes=spec.limits.disk_mb << 20,
             waking=Waking(vm, entry, spec, self._wake),
         )
 
@@ -450,7 +515,9 @@ class MicroVMBackend(Backend):
                 self.owner.cgroup_parent,
             )
             state_fd = os.open(sandbox.state_file, os.O_RDONLY | os.O_CLOEXEC)
-            proc = await self._spawn(vm, uid, cgroup, [waking.entry], [vm_dir], (), out.w)
+            proc = await self._spawn(
+                vm, uid, cgroup, [waking.entry], [vm_dir], (), out.w, outlive=True
+            )
             out.spawned()
             async with asyncio.timeout(WAKE_DEADLINE):
                 qmp = await qemu.Qmp.connect(vm.qmp_socket, WAKE_DEADLINE, proc)

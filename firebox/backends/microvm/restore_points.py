@@ -29,7 +29,7 @@ BootTemplate = Callable[[snapshot.SnapshotSpec], Awaitable[Path]]
 @dataclass(eq=False)
 class RestorePoint:
     entry: Path  # the snapshot's directory
-    spec: snapshot.SnapshotSpec
+    spec: snapshot.SnapshotSpec | None  # None: a running sandbox's snapshot (saved.py)
     ram_fd: int  # a sealed memfd of its RAM, mapped copy-on-write by every clone
     blank: Path  # an empty qcow2 overlay on its rw.img: a copy of it is a sandbox's disk
     lease: int
@@ -58,7 +58,7 @@ async def load(snap: snapshot.SnapshotSpec, vm_dirs: Path, boot: BootTemplate) -
         # file, where running qemu-img each time costs ~10 ms)
         vm_dirs.mkdir(mode=0o711, parents=True, exist_ok=True)
         blank = vm_dirs / f".blank-{snap.name}.qcow2"
-        await _run(
+        await run(
             "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
             "-b", str(entry / "rw.img"), str(blank),
         )  # fmt: skip
@@ -107,15 +107,15 @@ async def prune_orphans() -> list[str]:
     return await asyncio.to_thread(leases.prune, snapshot.orphans(image_root()))
 
 
-async def _run(*cmd: str) -> None:
+async def run(*cmd: str, timeout: float = 30.0) -> None:
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise BackendError(f"{cmd[0]} took over 30 s") from None
+        raise BackendError(f"{cmd[0]} took over {timeout:.0f} s") from None
     if proc.returncode != 0:
         raise BackendError(f"{' '.join(cmd)} failed: {err.decode(errors='replace').strip()}")

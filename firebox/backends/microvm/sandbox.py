@@ -121,6 +121,14 @@ class MicroVMSandbox(ConfinedSandbox):
         self._leases.append(fd)
 
     @property
+    def waking(self) -> Waking | None:
+        return self._waking
+
+    @property
+    def qmp(self) -> qemu.Qmp | None:
+        return self._qmp
+
+    @property
     def directory(self) -> Path:
         return self._dir
 
@@ -157,8 +165,8 @@ class MicroVMSandbox(ConfinedSandbox):
         fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             await qemu.save_state(qmp, fd, PAUSE_DEADLINE)
-            # on disk before QEMU goes: a paused VM survives a host reboot
-            await asyncio.to_thread(os.fsync, fd)
+            # on disk before QEMU goes, and its name too: a paused VM survives a power loss
+            await asyncio.to_thread(_sync, fd, self._dir)
         except BaseException:
             with contextlib.suppress(Exception):
                 await qmp.execute("migrate_cancel")
@@ -210,3 +218,12 @@ class MicroVMSandbox(ConfinedSandbox):
             with contextlib.suppress(OSError):
                 os.close(fd)
         await asyncio.to_thread(shutil.rmtree, self._dir, True)
+
+
+def _sync(fd: int, directory: Path) -> None:
+    os.fsync(fd)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

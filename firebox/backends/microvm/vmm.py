@@ -23,12 +23,15 @@ def bwrap_argv(
     read_only: Sequence[Path],
     writable: Sequence[Path],
     kvm: bool,
+    outlive: bool = False,
 ) -> list[str]:
     argv = [
         bwrap,
         "--unshare-all",  # user, ipc, pid, net, uts, cgroup (and no network but lo)
         "--unshare-user",
-        # not --die-with-parent: the VM outlives the daemon (a restart adopts it)
+        # a sandbox's VM outlives the daemon (a restart adopts it); a template's boot or a
+        # snapshot's bake dies with whoever runs it
+        *([] if outlive else ["--die-with-parent"]),
         "--new-session",
         "--cap-drop",
         "ALL",

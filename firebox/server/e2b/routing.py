@@ -38,7 +38,10 @@ class SandboxTraffic:
             try:
                 await self.state.manager.lifecycle.usable(decided.sandbox)
             except ApiError as e:
-                decided = access.Access(None, e, port=decided.port)
+                # E2B answers a paused sandbox's traffic with a 502 (its SDK's is_running
+                # then says False); the message says how to resume it
+                refused = ApiError("sandbox_error", e.message) if e.code == "conflict" else e
+                decided = access.Access(None, refused, port=decided.port)
         with access.entered(decided):
             await self.sandbox_app(scope, receive, send)
 

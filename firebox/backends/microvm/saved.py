@@ -1,0 +1,173 @@
+"""Snapshots of running microVMs, made into restore points of the same shape as a template's
+(snapshot.py), so that any number of sandboxes start from one as clones start from their
+template: its RAM mapped copy-on-write, a qcow2 overlay on its disk.
+
+Made in two steps:
+
+1. ``capture``, with the VM's agent quiet (the daemon holds its writes and has the agent hold
+   its own: the saved channel is at a frame boundary): the guest stopped, all of its state
+   (RAM and devices) written to ``full.state`` through a migration, its overlay copied; then
+   it runs on. It stops for as long as that copy takes.
+2. ``bake``, while it runs again: a QEMU of the same shape loads ``full.state`` with its RAM a
+   shared file (``mem``) and migrates out again with ``x-ignore-shared``: device state only
+   (``state``), as a template's snapshot has; the disk is flattened into a raw ``rw.img``
+   (sparse), standing alone from the template's. The VM's shape is kept in ``vm.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from firebox.backends.base import BackendError
+from firebox.backends.microvm import qemu
+from firebox.backends.microvm.restore_points import RestorePoint, run
+from firebox.backends.microvm.snapshot import load_ram
+from firebox.confine import cgroups
+from firebox.confine.uids import UidSlots
+
+CAPTURE_DEADLINE = 120.0
+BAKE_DEADLINE = 300.0
+VM_FILE = "vm.json"
+FILES = ("mem", "state", "rw.img")
+
+Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
+
+
+async def capture(qmp: qemu.Qmp, overlay: Path, into: Path) -> None:
+    """Stop the guest, save all of it and copy its disk into ``into``, and let it run on."""
+    into.mkdir(mode=0o700)
+    fd = os.open(into / "full.state", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        await qemu.save_state(qmp, fd, CAPTURE_DEADLINE)
+        # the disk as the saved memory knows it (the migration flushed it): a sparse copy of
+        # what this VM wrote, on the same backing file
+        await asyncio.to_thread(_copy_sparse, overlay, into / "rw.qcow2")
+    finally:
+        os.close(fd)
+        with contextlib.suppress(Exception):
+            await qmp.execute("cont")
+
+
+def _copy_sparse(src: Path, dst: Path) -> None:
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        size = os.fstat(s.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(s.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # only a hole is left
+                break
+            end = os.lseek(s.fileno(), start, os.SEEK_HOLE)
+            s.seek(start)
+            d.seek(start)
+            left = end - start
+            while left:
+                chunk = s.read(min(left, 1 << 20))
+                d.write(chunk)
+                left -= len(chunk)
+            offset = end
+        d.truncate(size)
+
+
+async def bake(
+    into: Path,
+    source: qemu.VmConfig,
+    spawn: Spawn,
+    slots: UidSlots,
+    cgroup_limits: cgroups.Limits,
+    cgroup_parent: str,
+) -> None:
+    """Turn ``capture``'s output into a restore point (the module's docstring says how)."""
+    await run("qemu-img", "convert", "-q", "-O", "raw", "-S", "4k",
+              str(into / "rw.qcow2"), str(into / "rw.img"), timeout=BAKE_DEADLINE)  # fmt: skip
+    vm = dataclasses.replace(
+        source,
+        rw_disk=into / "rw.img",
+        rw_format="raw",
+        agent_socket=into / "agent.sock",
+        qmp_socket=into / "qmp.sock",
+        mem_path=str(into / "mem"),
+        share_ram=True,
+        incoming=True,
+    )
+    slot = slots.take()
+    uid = slots.first_id(slot)
+    cgroup = await asyncio.to_thread(
+        cgroups.create, f"bake-{into.name}", cgroup_limits, cgroup_parent
+    )
+    proc: asyncio.subprocess.Process | None = None
+    state_fd = out_fd = -1
+    try:
+        for path in (into, into / "rw.img"):
+            os.chown(path, uid, uid)
+        state_fd = os.open(into / "full.state", os.O_RDONLY | os.O_CLOEXEC)
+        out_fd = os.open(into / "state", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        proc = await spawn(vm, uid, cgroup, [], [into], ())
+        async with asyncio.timeout(BAKE_DEADLINE):
+            qmp = await qemu.Qmp.connect(vm.qmp_socket, BAKE_DEADLINE, proc)
+            agent = await qemu.load_state(
+                qmp, vm, state_fd, proc, ignore_shared=False, deadline=BAKE_DEADLINE,
+                attach=_keep,
+            )  # fmt: skip
+            try:
+                await qmp.execute(
+                    "migrate-set-capabilities",
+                    capabilities=[{"capability": "x-ignore-shared", "state": True}],
+                )
+                await qmp.send_fd("baked", out_fd)
+                await qmp.execute("migrate", uri="fd:baked")
+                await qmp.wait_migration(BAKE_DEADLINE)
+            finally:
+                agent.close()
+                qmp.close()
+    except (OSError, TimeoutError) as e:
+        raise BackendError(f"could not make the snapshot: {e!r}") from e
+    finally:
+        for fd in (state_fd, out_fd):
+            if fd >= 0:
+                os.close(fd)
+        if proc is not None and proc.returncode is None:
+            proc.kill()  # never let the helper's guest run
+            await proc.wait()
+        await asyncio.to_thread(cgroup.destroy)
+        slots.release(slot)
+    for leftover in ("full.state", "rw.qcow2", "agent.sock", "qmp.sock"):
+        (into / leftover).unlink(missing_ok=True)
+    for name in FILES:
+        os.chown(into / name, 0, 0)
+        os.chmod(into / name, 0o444)
+    (into / VM_FILE).write_text(json.dumps(dataclasses.replace(source, incoming=True).as_dict()))
+    os.chown(into, 0, 0)
+    os.chmod(into, 0o755)
+
+
+async def _keep(sock: socket.socket) -> socket.socket:
+    return sock  # the guest's port connected, as it was when saved; nothing is read
+
+
+async def point(into: Path, vm_dirs: Path) -> tuple[RestorePoint, qemu.VmConfig]:
+    """A restore point of a baked snapshot, and its VM's shape: its RAM in a sealed memfd,
+    an empty overlay on its disk."""
+    vm = qemu.VmConfig.from_dict(json.loads((into / VM_FILE).read_text()))
+    ram_fd = await asyncio.to_thread(load_ram, into)
+    blank = vm_dirs / f".blank-{into.name}.qcow2"
+    try:
+        vm_dirs.mkdir(mode=0o711, parents=True, exist_ok=True)
+        await run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                  "-b", str(into / "rw.img"), str(blank))  # fmt: skip
+    except BaseException:
+        os.close(ram_fd)
+        raise
+    return RestorePoint(into, None, ram_fd, blank, -1), vm
+
+
+def remove(into: Path) -> None:
+    shutil.rmtree(into, ignore_errors=True)
