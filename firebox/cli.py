@@ -157,9 +157,33 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     if args.action == "create":
         sbx = Sandbox.create(
-            template=args.template, timeout=args.timeout, metadata=_pairs(args.metadata)
+            template=args.template,
+            timeout=args.timeout,
+            metadata=_pairs(args.metadata),
+            snapshot=args.snapshot,
         )
         print(sbx.sandbox_id)
+    elif args.action == "snapshot":
+        snap = Sandbox.create_snapshot(args.id, name=args.name)
+        print(f"{snap.snapshot_id}  keeps {snap.keeps}  {snap.size_bytes >> 20} MB")
+    elif args.action == "snapshots":
+        for s in Sandbox.list_snapshots():
+            print(
+                f"{s.snapshot_id}  {s.name or '-':16} of {s.sandbox_id}  {s.template:10} "
+                f"keeps {s.keeps:11} {s.size_bytes >> 20} MB  {s.created_at:%Y-%m-%d %H:%M:%S}"
+            )
+    elif args.action == "delete-snapshot":
+        if not Sandbox.delete_snapshot(args.ref):
+            raise SystemExit(f"firebox: no snapshot {args.ref!r} of this key")
+    elif args.action == "fork":
+        failed = 0
+        for made in Sandbox.fork(args.id, count=args.count, timeout=args.timeout):
+            if isinstance(made, Sandbox):
+                print(made.sandbox_id)
+            else:
+                failed += 1
+                print(f"firebox: a fork failed: {made}", file=sys.stderr)
+        return 1 if failed else 0
     elif args.action == "list":
         query = SandboxQuery(state=args.state) if args.state else None
         for info in Sandbox.list(metadata=_pairs(args.metadata) or None, query=query):
@@ -467,6 +491,17 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--template", default=DEFAULT_TEMPLATE)
     create.add_argument("--timeout", type=int, default=300)
     create.add_argument("--metadata", nargs="*", default=[], metavar="K=V")
+    create.add_argument("--snapshot", help="start from this snapshot (id or name)")
+    snap = sandbox_sub.add_parser("snapshot", help="save a running sandbox to start others from")
+    snap.add_argument("id")
+    snap.add_argument("--name", help="a name to find it by, unique per key")
+    sandbox_sub.add_parser("snapshots", help="list this key's snapshots")
+    delsnap = sandbox_sub.add_parser("delete-snapshot", help="delete a snapshot")
+    delsnap.add_argument("ref", metavar="ID_OR_NAME")
+    fork = sandbox_sub.add_parser("fork", help="new sandboxes starting where one is now")
+    fork.add_argument("id")
+    fork.add_argument("--count", type=int, default=1)
+    fork.add_argument("--timeout", type=int, default=300)
     lst = sandbox_sub.add_parser("list")
     lst.add_argument("--metadata", nargs="*", default=[], metavar="K=V")
     lst.add_argument("--state", nargs="*", choices=["running", "paused"], default=[])

@@ -57,3 +57,33 @@ def test_lifecycle_pause_on_timeout_and_auto_resume(e2b_env: dict[str, str]) -> 
         assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
     finally:
         sbx.kill()
+
+
+def test_snapshots_and_forks_through_e2bs_sdk(e2b_env: dict[str, str], backend_name: str) -> None:
+    sbx = CodeSandbox.create(timeout=1800)
+    try:
+        sbx.files.write("/home/user/kept.txt", "in the snapshot")
+        sbx.run_code("value = 7")
+        snap = sbx.create_snapshot()
+        listed = Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id).next_items()
+        assert snap.snapshot_id in [s.snapshot_id for s in listed]
+        made = CodeSandbox.create(snap.snapshot_id, timeout=600)  # E2B: a snapshot's id
+        try:
+            assert made.files.read("/home/user/kept.txt") == "in the snapshot"
+            if backend_name == "microvm":  # a jail's snapshot is its files only
+                assert made.run_code("value").text == "7"
+        finally:
+            made.kill()
+        forks = sbx.fork(count=2, timeout=600)
+        try:
+            assert len(forks) == 2 and all(isinstance(f, Sandbox) for f in forks), forks
+            for f in forks:
+                assert isinstance(f, Sandbox)
+                assert f.files.read("/home/user/kept.txt") == "in the snapshot"
+        finally:
+            for f in forks:
+                if isinstance(f, Sandbox):
+                    f.kill()
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+    finally:
+        sbx.kill()

@@ -53,6 +53,31 @@ def test_sandbox_pause_list_by_state_resume(daemon: Daemon) -> None:
         firebox(daemon, "sandbox", "kill", sandbox_id)
 
 
+def test_sandbox_snapshot_fork_and_create_from_a_snapshot(daemon: Daemon) -> None:
+    sandbox_id = firebox(daemon, "sandbox", "create").stdout.strip()
+    made: list[str] = []
+    try:
+        firebox(daemon, "sandbox", "exec", sandbox_id, "--", "sh -c 'echo saved > /tmp/s'")
+        name = f"cli-{sandbox_id[-8:]}"
+        taken = firebox(daemon, "sandbox", "snapshot", sandbox_id, "--name", name)
+        assert taken.returncode == 0 and taken.stdout.startswith("snap_"), taken.stderr
+        assert name in firebox(daemon, "sandbox", "snapshots").stdout
+        created = firebox(daemon, "sandbox", "create", "--snapshot", name)
+        assert created.returncode == 0, created.stderr
+        made.append(created.stdout.strip())
+        forked = firebox(daemon, "sandbox", "fork", sandbox_id, "--count", "2")
+        assert forked.returncode == 0, forked.stderr
+        made += forked.stdout.split()
+        assert len(made) == 3
+        for m in made:
+            assert firebox(daemon, "sandbox", "exec", m, "--", "cat /tmp/s").stdout == "saved\n"
+    finally:
+        for m in made:
+            firebox(daemon, "sandbox", "kill", m)
+        firebox(daemon, "sandbox", "kill", sandbox_id)
+    assert firebox(daemon, "sandbox", "delete-snapshot", name).returncode == 0
+
+
 def test_doctor_says_which_backends_work(daemon: Daemon) -> None:
     out = firebox(daemon, "--home", str(daemon.home), "doctor")
     assert out.returncode == 0, out.stdout + out.stderr

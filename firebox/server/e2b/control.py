@@ -39,10 +39,7 @@ from firebox.settings import (
 ENVD_VERSION = "0.6.4"
 # E2B's names for its own default images; firebox's default template stands in for them.
 TEMPLATE_ALIASES = {"base": DEFAULT_TEMPLATE, "code-interpreter-v1": DEFAULT_TEMPLATE}
-NOT_YET = {
-    "fork": "forking a sandbox",
-    "snapshots": "snapshots of a sandbox",
-}
+NOT_YET: dict[str, str] = {}
 PAGE_MAX = 100
 
 
@@ -221,8 +218,15 @@ router = APIRouter()
 
 @router.post("/sandboxes", status_code=201)
 @router.post("/v2/sandboxes", status_code=201)  # v2: no `secure` (always secure, as here)
-async def create(body: NewSandbox, caller: Caller, mgr: Manager) -> dict[str, Any]:
-    live = await mgr.create(caller.id, settings_of(body))
+async def create(
+    body: NewSandbox, caller: Caller, mgr: Manager, request: Request
+) -> dict[str, Any]:
+    snapshots = request.app.state.snapshots
+    if snapshots.find(caller.id, body.template_id) is not None:  # E2B: a snapshot's id
+        settings = settings_of(body.model_copy(update={"template_id": DEFAULT_TEMPLATE}))
+        live = await snapshots.create(caller.id, body.template_id, settings)
+    else:
+        live = await mgr.create(caller.id, settings_of(body))
     return sandbox_created(live)
 
 
@@ -414,8 +418,9 @@ def control_app() -> FastAPI:
     # E2B's template API; imported here, as it imports this module's ENVD_VERSION. Names
     # first: the builds' refusal of E2B's first build calls (POST /templates/{id}) would take
     # POST /templates/tags
-    from firebox.server.e2b import template_names, templates
+    from firebox.server.e2b import snapshots, template_names, templates
 
+    app.include_router(snapshots.router)  # before template_names: DELETE of a snapshot
     app.include_router(template_names.router)
     app.include_router(templates.router)
     app.include_router(router)

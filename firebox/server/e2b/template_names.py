@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firebox.server.deps import Caller
 from firebox.server.e2b.control import ENVD_VERSION
+from firebox.server.e2b.snapshots import delete_if_snapshot
 from firebox.server.e2b.templates import e2b_build_id, sandbox_sizes, template_service
 from firebox.server.errors import ApiError
 from firebox.server.models import iso
@@ -167,7 +168,8 @@ async def get_template(template_id: str, caller: Caller, request: Request) -> di
 
 @router.delete("/templates/{template_id}", status_code=204)
 async def delete_template(template_id: str, caller: Caller, request: Request) -> Response:
-    await template_service(request).delete(caller.id, template_id)
+    if not await delete_if_snapshot(request, caller.id, template_id):  # E2B's way to
+        await template_service(request).delete(caller.id, template_id)  # delete one too
     return Response(status_code=204)
 
 
