@@ -13,7 +13,9 @@ stopped by PID):
 - re-adoption: a daemon SIGKILLed with N live sandboxes, the next one started: seconds from
   its start to serving with all N adopted, against the same daemon started on an empty home
   in the same run (the target: ≤ 5 s for 50);
-- a supervisor's memory (PSS) and the run_code round trip through it.
+- a supervisor's memory (PSS) and the run_code round trip through it;
+- forks: 10 sandboxes from one snapshot of a warm sandbox (``fork(count=10)``): seconds to
+  all ready (the target: ≤ 2 s microVM), and each fork's PSS on the host.
 
 Prints a table; writes the samples to bench/results/lifecycle-<date>.json.
 """
@@ -88,9 +90,27 @@ def pause_resume(backend: str, cycles: int) -> dict[str, object]:
             assert again.run_code("x").text == "41"
             resumes.append((time.perf_counter() - start) * 1000)
             time.sleep(0.5)
+        start = time.perf_counter()
+        snap = sbx.create_snapshot()
+        snapshot_s = time.perf_counter() - start
+        start = time.perf_counter()
+        forks = sbx.fork(count=10, timeout=600)
+        forks_s = time.perf_counter() - start
+        made = [f for f in forks if isinstance(f, Sandbox)]
+        for f in made:
+            f.commands.run("true")  # each answers
+        fork_pss = [sandbox_pss_mb(d, f.sandbox_id) for f in made]
+        for f in made:
+            f.kill()
+        Sandbox.delete_snapshot(snap.snapshot_id, **opts)
         sbx.kill()
     return {
         "backend": backend,
+        "snapshot_s": snapshot_s,
+        "snapshot_mb": snap.size_bytes / 2**20,
+        "forks_ready": len(made),
+        "forks_s": forks_s,
+        "fork_pss_mb": fork_pss,
         "pause_ms": pauses,
         "resume_first_result_ms": resumes,
         "paused_disk_mb": disk,
@@ -170,6 +190,17 @@ def main() -> int:
             f"| {r['running_pss_mb']:.0f} MB "
             f"| {med(r['supervisor_pss_mb'] or [0]):.1f} MB "  # type: ignore[arg-type]
             f"| {med(r['run_code_round_trip_ms']):.2f} ms |"  # type: ignore[arg-type]
+        )
+    lines += [
+        "",
+        "| backend | snapshot of a warm sandbox | its size | 10 forks: all ready | PSS per fork |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['backend']} | {r['snapshot_s']:.2f} s | {r['snapshot_mb']:.0f} MB "
+            f"| {r['forks_s']:.2f} s ({r['forks_ready']} ready) "
+            f"| {med(r['fork_pss_mb'] or [0]):.0f} MB |"  # type: ignore[arg-type]
         )
     lines += [
         "",
