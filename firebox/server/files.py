@@ -19,8 +19,9 @@ from starlette.requests import ClientDisconnect
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone
+from firebox.server import watchers
 from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity
-from firebox.server.deps import Manager, Sandbox
+from firebox.server.deps import Sandbox
 from firebox.server.errors import ApiError, StreamAborted
 from firebox.server.manager import LiveSandbox
 from firebox.server.models import (
@@ -227,9 +228,9 @@ async def make_dir(body: MakeDir, sbx: Sandbox) -> MadeDir:
 
 
 @router.post("/sandboxes/{sandbox_id}/watchers", status_code=201, response_model=WatcherCreated)
-async def create_watcher(body: CreateWatcher, sbx: Sandbox, mgr: Manager) -> WatcherCreated:
+async def create_watcher(body: CreateWatcher, sbx: Sandbox) -> WatcherCreated:
     watcher = await agent_call(
-        sbx, mgr.add_watcher(sbx, check_path(body.path), body.user, body.recursive)
+        sbx, watchers.add(sbx, check_path(body.path), body.user, body.recursive)
     )
     return WatcherCreated(watcher_id=watcher.id)
 
@@ -247,6 +248,6 @@ async def watcher_events(watcher_id: str, sbx: Sandbox) -> list[FilesystemEvent]
 
 
 @router.delete("/sandboxes/{sandbox_id}/watchers/{watcher_id}", status_code=204)
-async def delete_watcher(watcher_id: str, sbx: Sandbox, mgr: Manager) -> Response:
-    await mgr.remove_watcher(sbx, watcher_id)
+async def delete_watcher(watcher_id: str, sbx: Sandbox) -> Response:
+    await watchers.remove(sbx, watcher_id)
     return Response(status_code=204)

@@ -32,7 +32,7 @@ from firebox.server.admission import Admission
 from firebox.server.config import ServerConfig
 from firebox.server.egress import EgressSettings, SandboxEgress
 from firebox.server.errors import ApiError
-from firebox.server.live import LiveSandbox
+from firebox.server.live import LiveSandbox, cancel_task
 from firebox.server.registry import Registry
 
 log = logging.getLogger("firebox.lifecycle")
@@ -115,7 +115,7 @@ class Lifecycle:
             if live.state == "paused":
                 return
             self._check_room(live, keeps)
-            await _cancel(live.monitor)
+            await cancel_task(live.monitor)
             live.monitor = None
             live.agent.interrupt(
                 AgentGone(
@@ -277,7 +277,7 @@ class Lifecycle:
     async def unwatched(self, live: LiveSandbox) -> AsyncIterator[None]:
         """Its liveness monitor off meanwhile (a snapshot holds its channel quiet, which the
         monitor would take for a hung agent), on again after."""
-        await _cancel(live.monitor)
+        await cancel_task(live.monitor)
         live.monitor = None
         try:
             yield
@@ -294,11 +294,3 @@ class Lifecycle:
             self.registry.set_record(live.id, live.record())
             if live.state == "running":
                 self.schedule(live)
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None or task.done() or task is asyncio.current_task():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await asyncio.wait_for(task, 5)

@@ -4,6 +4,7 @@ and watchers, its egress, its tokens, and its lifecycle state (server/lifecycle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 from collections import deque
@@ -177,3 +178,13 @@ def adopted(
         left=float(record.get("left") or 0.0),
         snapshot=record.get("snapshot"),
     )
+
+
+async def cancel_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a sandbox's task (a monitor, a watcher's pump) and wait for it, boundedly; the
+    current task never waits for itself."""
+    if task is None or task.done() or task is asyncio.current_task():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(task, 5)

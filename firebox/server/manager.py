@@ -8,10 +8,8 @@ every path goes through ``_end``, which frees everything exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse
 from firebox.server.egress_policy import Policy, PolicyError, parse_networks, parse_policy
 from firebox.server.errors import ApiError
 from firebox.server.lifecycle import Lifecycle
-from firebox.server.live import LiveSandbox, Watcher, adopted, spec_of
+from firebox.server.live import LiveSandbox, adopted, cancel_task, spec_of
 from firebox.server.metrics import Sampler
 from firebox.server.pool import Source, WarmPool
 from firebox.server.registry import Registry
@@ -185,9 +183,9 @@ class SandboxManager:
         if live.timer is not None:
             live.timer.cancel()
         if live.monitor is not None:
-            await _cancel(live.monitor)
+            await cancel_task(live.monitor)
         for watcher in live.watchers.values():
-            await _cancel(watcher.task)
+            await cancel_task(watcher.task)
         if live.egress is not None:
             await live.egress.close()
         self.registry.set_record(live.id, live.record())
@@ -445,41 +443,6 @@ class SandboxManager:
     def count(self) -> int:
         return len(self._live)
 
-    # -- watchers (files.watch_dir) --------------------------------------------------------
-
-    async def add_watcher(
-        self, live: LiveSandbox, path: str, user: str, recursive: bool
-    ) -> Watcher:
-        if len(live.watchers) >= WATCHERS_MAX:
-            raise ApiError(
-                "rate_limited",
-                f"sandbox {live.id} already has {WATCHERS_MAX} watchers; stop one "
-                "(DELETE /sandboxes/{id}/watchers/{watcher_id}) before adding another",
-            )
-        watch = await live.agent.watch(path, user, recursive)
-        watcher = Watcher(id="w_" + secrets.token_hex(6))
-
-        async def pump() -> None:
-            try:
-                async for event in watch:
-                    name = protocol.display(str(event.name))
-                    watcher.events.append({"type": str(event.type), "name": name})
-            except (AgentGone, AgentError) as e:  # agent gone, or the watch overflowed (busy)
-                watcher.error = str(e)
-            finally:
-                with contextlib.suppress(Exception):
-                    await watch.cancel()
-
-        watcher.task = asyncio.create_task(pump())
-        live.watchers[watcher.id] = watcher
-        return watcher
-
-    async def remove_watcher(self, live: LiveSandbox, watcher_id: str) -> None:
-        watcher = live.watchers.pop(watcher_id, None)
-        if watcher is None:
-            raise ApiError("not_found", f"no watcher {watcher_id} in sandbox {live.id}")
-        await _cancel(watcher.task)
-
     # -- internals ------------------------------------------------------------------------
 
     async def _crashed(self, live: LiveSandbox, why: str) -> None:
@@ -499,7 +462,7 @@ class SandboxManager:
         # next: every call still waiting on the agent ends now, not after the rest is freed
         await live.agent.close()
         for watcher in live.watchers.values():
-            await _cancel(watcher.task)
+            await cancel_task(watcher.task)
         live.watchers.clear()
         if live.egress is not None:
             await live.egress.close()
@@ -508,15 +471,7 @@ class SandboxManager:
         except Exception:  # recorded as ended all the same; what is left shows in the log
             log.exception("sandbox %s: freeing its host resources failed", live.id)
         if live.monitor is not None and live.monitor is not asyncio.current_task():
-            await _cancel(live.monitor)
+            await cancel_task(live.monitor)
         log.info("sandbox %s ended: %s", live.id, reason)
         if live.snapshot is not None and self.on_snapshot_user_end is not None:
             await self.on_snapshot_user_end(live.snapshot)
-
-
-async def _cancel(task: asyncio.Task[Any] | None) -> None:
-    if task is None or task.done():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await asyncio.wait_for(task, 5)

@@ -20,6 +20,7 @@ from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone, Watch
+from firebox.server import watchers
 from firebox.server.agent_calls import ensure_capacity
 from firebox.server.e2b import access
 from firebox.server.e2b.envd.errors import as_api_error, connect_errors
@@ -180,7 +181,7 @@ class FilesystemService(Filesystem):
     ) -> pb.CreateWatcherResponse:
         with connect_errors():
             sbx = access.current()
-            watcher = await access.manager().add_watcher(
+            watcher = await watchers.add(
                 sbx, _checked(request.path), user_of(ctx), request.recursive
             )
         return pb.CreateWatcherResponse(watcher_id=watcher.id)
@@ -211,7 +212,7 @@ class FilesystemService(Filesystem):
         ctx: RequestContext[pb.RemoveWatcherRequest, pb.RemoveWatcherResponse],
     ) -> pb.RemoveWatcherResponse:
         with connect_errors():
-            await access.manager().remove_watcher(access.current(), request.watcher_id)
+            await watchers.remove(access.current(), request.watcher_id)
         return pb.RemoveWatcherResponse()
 
 
