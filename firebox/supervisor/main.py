@@ -139,15 +139,22 @@ class Supervisor:
                 for frame in frames:
                     self.to_daemon.append(memoryview(frame))
                     self.to_daemon_bytes += len(frame)
-        if events & selectors.EVENT_WRITE and self.to_agent:
-            try:
-                sent = self.agent.send(self.to_agent)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._agent_gone()
-                return
-            del self.to_agent[:sent]
+                # now, not a round of the loop later: a round trip is a few frames each way
+                self._send_to_daemon()
+        if events & selectors.EVENT_WRITE:
+            self._send_to_agent()
+
+    def _send_to_agent(self) -> None:
+        if not self.to_agent or not self.agent_open:
+            return
+        try:
+            sent = self.agent.send(self.to_agent)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._agent_gone()
+            return
+        del self.to_agent[:sent]
 
     def _agent_gone(self) -> None:
         """The agent's channel ended: the sandbox is gone. The daemon sees its end too."""
@@ -192,21 +199,25 @@ class Supervisor:
                 except ProtocolError:
                     self._drop_conn()
                     return
+                self._send_to_agent()
         if events & selectors.EVENT_WRITE:
-            while self.to_daemon:
-                first = self.to_daemon[0][self.sent_of_first :]
-                try:
-                    sent = self.conn.send(first)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    self._drop_conn()
-                    return
-                self.sent_of_first += sent
-                if sent < len(first):
-                    return
-                self.to_daemon_bytes -= len(self.to_daemon.popleft())
-                self.sent_of_first = 0
+            self._send_to_daemon()
+
+    def _send_to_daemon(self) -> None:
+        while self.to_daemon and self.conn is not None:
+            first = self.to_daemon[0][self.sent_of_first :]
+            try:
+                sent = self.conn.send(first)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop_conn()
+                return
+            self.sent_of_first += sent
+            if sent < len(first):
+                return
+            self.to_daemon_bytes -= len(self.to_daemon.popleft())
+            self.sent_of_first = 0
 
     def _drop_conn(self) -> None:
         """The daemon went (or another replaced it): what it half sent is dropped, and so is
