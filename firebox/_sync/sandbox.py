@@ -352,7 +352,7 @@ class Sandbox(CodeExecution):
         request_timeout: float | None = None,
     ) -> builtins.list[Self | FireboxException]:
         """``count`` (default 1) new sandboxes starting where this one is now, each with an
-        identity of its own, each its own timeout (``timeout``, default this one's); one
+        identity of its own and its own timeout (``timeout``, default the daemon's); one
         entry per fork: a sandbox, or the error that one failed with. This one runs on.
 
         Also callable on the class: ``Sandbox.fork(sandbox_id, count=2)``.

@@ -173,7 +173,9 @@ async def start(config: ServerConfig, home: HomeLock) -> Running:
         freed = await builds.reclaim_stale()
         if freed:
             log.warning("reclaimed %d template build leftovers", freed)
-    return Running(home, registry, manager, templates, Snapshots(manager))
+    snapshots = Snapshots(manager)
+    await snapshots.sweep()
+    return Running(home, registry, manager, templates, snapshots)
 
 
 def _templates(config: ServerConfig, manager: SandboxManager) -> TemplateService:

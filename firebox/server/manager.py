@@ -216,7 +216,8 @@ class SandboxManager:
         if booted is None:
             with self.admission.starting(self.backend.committed_mb(limits.memory_mb)):
                 try:
-                    await asyncio.wait_for(self.backend.prepare(spec), PREPARE_DEADLINE)
+                    if origin is None:  # a snapshot is ready as it is
+                        await asyncio.wait_for(self.backend.prepare(spec), PREPARE_DEADLINE)
                 except TimeoutError:
                     raise ApiError(
                         "timeout",
@@ -321,8 +322,14 @@ class SandboxManager:
             ) from None
 
     def template_users(self, build_id: str) -> int:
-        """How many running sandboxes were made from the build ``build_id``."""
-        return sum(1 for s in self._live.values() if s.template_build == build_id)
+        """How many running sandboxes and snapshots were made from the build ``build_id``
+        (a snapshot starts sandboxes on its template's tree)."""
+        live = sum(1 for s in self._live.values() if s.template_build == build_id)
+        saved = self.registry.query(
+            "SELECT COUNT(*) FROM snapshots WHERE json_extract(record, '$.template_build') = ?",
+            (build_id,),
+        )
+        return live + int(saved[0][0])
 
     async def forget_template(self, build_id: str) -> None:
         """A built template is going: its pool too."""

@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_owner ON snapshots(owner);
+CREATE UNIQUE INDEX IF NOT EXISTS snapshots_name ON snapshots(owner, name)
+    WHERE name IS NOT NULL;
 """
 
 

@@ -15,10 +15,13 @@ from it at once; the hidden snapshot goes with the last of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import secrets
+import shutil
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +101,10 @@ class Snapshots:
             if self.find(owner, name) is not None:
                 raise ApiError("conflict", f"a snapshot named {name!r} exists; delete it first")
         live = await self.manager.usable(owner, sandbox_id)
+        self._check_room(live, keeps)
         snapshot_id = "snap_" + secrets.token_hex(8)
         into = self.root / snapshot_id
-        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
         async with live.transition, self.manager.lifecycle.unwatched(live):
             if live.ended or live.state != "running":
                 raise ApiError("conflict", f"sandbox {live.id} is not running now; try again")
@@ -108,7 +112,13 @@ class Snapshots:
                 if keeps == "memory+disk":
                     await live.agent.hold(QUIET_DEADLINE)
                 try:
-                    await backend.snapshot(live.running, live.spec, into)
+                    # a microVM's is made by a helper VM of the same size: counted as one
+                    with self.manager.admission.starting(
+                        backend.committed_mb(live.spec.limits.memory_mb)
+                        if keeps == "memory+disk"
+                        else 0
+                    ):
+                        await backend.snapshot(live.running, live.spec, into)
                 finally:
                     if keeps == "memory+disk":
                         await live.agent.release()
@@ -119,13 +129,49 @@ class Snapshots:
         snap = Snapshot(
             snapshot_id, owner, name, live.id, hidden, time.time(), self._record(live, into)
         )
-        self.registry.query(
-            "INSERT INTO snapshots (id, owner, name, sandbox_id, hidden, created_at, record) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (snap.id, owner, name, live.id, int(hidden), snap.created_at, json.dumps(snap.record)),
-        )
+        try:
+            self.registry.query(
+                "INSERT INTO snapshots (id, owner, name, sandbox_id, hidden, created_at, record) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (snap.id, owner, name, live.id, int(hidden), snap.created_at,
+                 json.dumps(snap.record)),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:  # the same name, taken meanwhile
+            await backend.forget_snapshot(into)
+            raise ApiError(
+                "conflict", f"a snapshot named {name!r} exists; delete it first"
+            ) from None
         log.info("snapshot %s of %s (%s)", snap.id, live.id, keeps)
         return snap
+
+    def _check_room(self, live: LiveSandbox, keeps: str) -> None:
+        """A snapshot is written where the images are: refused where it would eat into the
+        free-disk floor (a microVM's holds its RAM, twice while it is made)."""
+        need = live.spec.limits.disk_mb + (
+            2 * live.spec.limits.memory_mb if "memory" in keeps else 0
+        )
+        floor = self.manager.config.min_free_disk_mb
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(self.root.parent.parent).free >> 20
+            if free - need < floor:
+                raise ApiError(
+                    "no_space",
+                    f"a snapshot of {live.id} may take up to {need} MB where {free} MB are free "
+                    f"of the {floor} MB firebox keeps free; delete snapshots you no longer need "
+                    "(GET /snapshots) or free some disk space",
+                )
+
+    async def sweep(self) -> None:
+        """At start: a fork's snapshot whose sandboxes all ended while no daemon ran goes,
+        and so does a directory of a snapshot the registry does not know (a take cut short)."""
+        for snap in self._rows("hidden = 1", ()):
+            if not self.users(snap.id):
+                with contextlib.suppress(ApiError):
+                    await self._delete(snap)
+        known = {r[0] for r in self.registry.query("SELECT id FROM snapshots", ())}
+        for entry in self.root.iterdir() if self.root.is_dir() else ():
+            if entry.is_dir() and entry.name not in known:
+                await self.manager.backend.forget_snapshot(entry)
 
     def _record(self, live: LiveSandbox, into: Path) -> dict[str, Any]:
         size = sum(p.stat().st_blocks * 512 for p in into.rglob("*") if p.is_file())
@@ -151,6 +197,11 @@ class Snapshots:
             Snapshot(r[0], r[1], r[2], r[3], bool(r[4]), float(r[5]), json.loads(r[6]))
             for r in rows
         ]
+
+    def by_id(self, owner: str, snapshot_id: str) -> Snapshot | None:
+        """``owner``'s snapshot of that id (E2B's routes, where a name could be a template's)."""
+        found = self._rows("owner = ? AND id = ?", (owner, snapshot_id))
+        return found[0] if found else None
 
     def find(self, owner: str, ref: str) -> Snapshot | None:
         """``owner``'s snapshot by id or name (another key's is never found)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,41 @@ def test_another_keys_snapshot_is_not_found(daemon: Daemon, source: Sandbox) -> 
             Sandbox.fork(source.sandbox_id, count=1, **other)
     finally:
         Sandbox.delete_snapshot(snap.snapshot_id)
+
+
+def test_snapshots_survive_a_daemon_restart(
+    daemon: Daemon, backend_name: str, tmp_path: Path
+) -> None:
+    import os
+
+    from firebox.testing import LocalDaemon
+
+    first = LocalDaemon(
+        home=tmp_path,
+        pool_size=0,
+        cgroup_parent=f"firebox-snaprestart-{os.getpid()}-{backend_name}",
+        isolation=backend_name,
+        on_stop="keep",
+    )
+    with first:
+        opts = {"api_key": first.key, "api_url": first.url}
+        src = Sandbox.create(timeout=600, **opts)
+        src.files.write("/tmp/kept", "across a restart")
+        snap = src.create_snapshot(name="restart")
+        forks = src.fork(count=1, timeout=600)
+        src.kill()
+    again = LocalDaemon(
+        home=tmp_path, pool_size=0, cgroup_parent=first.cgroup_parent, isolation=backend_name
+    )
+    with again:
+        opts = {"api_key": again.key, "api_url": again.url}
+        assert [s.snapshot_id for s in Sandbox.list_snapshots(**opts)] == [snap.snapshot_id]
+        made = Sandbox.create(snapshot="restart", timeout=600, **opts)
+        assert made.files.read("/tmp/kept") == "across a restart"
+        fork = forks[0]
+        assert isinstance(fork, Sandbox)
+        adopted = Sandbox.connect(fork.sandbox_id, **opts)  # a fork was adopted too
+        assert adopted.files.read("/tmp/kept") == "across a restart"
+        made.kill()
+        adopted.kill()
+        assert Sandbox.delete_snapshot("restart", **opts) is True

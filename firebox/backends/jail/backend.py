@@ -250,6 +250,9 @@ class JailBackend(Backend):
             await asyncio.to_thread(
                 rwdisk.save, running.disk, into / "disk", self._slots.first_id(running.slot)
             )
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, into, True)
+            raise
         finally:
             await running.resume()
 

@@ -141,12 +141,16 @@ async def bake(
         slots.release(slot)
     for leftover in ("full.state", "rw.qcow2", "agent.sock", "qmp.sock"):
         (into / leftover).unlink(missing_ok=True)
-    for name in FILES:
+    # A sandbox's RAM and device state are root's alone (the daemon hands them over by fd);
+    # its disk must be opened by each QEMU made from it (its overlay's backing file), as its
+    # own uid: readable, in a directory that cannot be listed, under a name nobody can guess.
+    for name, mode in (("mem", 0o400), ("state", 0o400), ("rw.img", 0o444)):
         os.chown(into / name, 0, 0)
-        os.chmod(into / name, 0o444)
+        os.chmod(into / name, mode)
     (into / VM_FILE).write_text(json.dumps(dataclasses.replace(source, incoming=True).as_dict()))
+    os.chmod(into / VM_FILE, 0o400)
     os.chown(into, 0, 0)
-    os.chmod(into, 0o755)
+    os.chmod(into, 0o711)
 
 
 async def _keep(sock: socket.socket) -> socket.socket:
@@ -171,3 +175,5 @@ async def point(into: Path, vm_dirs: Path) -> tuple[RestorePoint, qemu.VmConfig]
 
 def remove(into: Path) -> None:
     shutil.rmtree(into, ignore_errors=True)
+    # the lease file an adopted sandbox made from it held (images/leases.py): nobody uses it
+    into.with_name(into.name + ".use").unlink(missing_ok=True)

@@ -222,7 +222,7 @@ async def create(
     body: NewSandbox, caller: Caller, mgr: Manager, request: Request
 ) -> dict[str, Any]:
     snapshots = request.app.state.snapshots
-    if snapshots.find(caller.id, body.template_id) is not None:  # E2B: a snapshot's id
+    if snapshots.by_id(caller.id, body.template_id) is not None:  # E2B: a snapshot's id
         settings = settings_of(body.model_copy(update={"template_id": DEFAULT_TEMPLATE}))
         live = await snapshots.create(caller.id, body.template_id, settings)
     else:

@@ -90,7 +90,7 @@ async def fork(
 async def delete_if_snapshot(request: Request, owner: str, ref: str) -> bool:
     """``DELETE /templates/{id}`` of a snapshot's id: deleted here (True)."""
     snaps = service(request)
-    if snaps.find(owner, ref) is None:
+    if snaps.by_id(owner, ref) is None:  # by id only: a name could be a template's
         return False
     await snaps.delete(owner, ref)
     return True
