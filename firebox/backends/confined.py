@@ -125,7 +125,7 @@ class ConfinedSandbox(RunningSandbox):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), 5.0)
         await asyncio.to_thread(self._cgroup.destroy)
-        self._supervised.forget()
+        await self._supervised.forget()
         await self._free()
         # only now: a cgroup that could not be emptied keeps its uid range out of use
         self._release()

@@ -25,6 +25,7 @@ from firebox.protocol import STREAM_LIMIT
 
 HANDOVER_DEADLINE = 10.0  # for a supervisor to start (a loaded host) and take a sandbox
 CONNECT_DEADLINE = 5.0
+FORGET_DEADLINE = 3.0  # for a supervisor to end once its sandbox has (its channel and output)
 CONTROL_ENV = "FIREBOX_SUPERVISOR_FD"  # as firebox/supervisor/main.py reads it
 
 
@@ -50,8 +51,24 @@ class Supervised:
         except (OSError, TimeoutError) as e:
             raise BackendError(f"the sandbox's supervisor is gone ({e})") from None
 
-    def forget(self) -> None:
-        """The sandbox is gone: its socket (if left) and output's tail go too."""
+    async def forget(self) -> None:
+        """The sandbox is gone: its socket (if left) and output's tail go too, once its
+        supervisor has ended (else it could write the tail again after)."""
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(self.pid)
+            try:
+                loop = asyncio.get_running_loop()
+                ended = asyncio.Event()
+                loop.add_reader(pidfd, ended.set)
+                try:
+                    async with asyncio.timeout(FORGET_DEADLINE):
+                        await ended.wait()
+                except TimeoutError:
+                    pass
+                finally:
+                    loop.remove_reader(pidfd)
+            finally:
+                os.close(pidfd)
         for path in (self.socket, self.tail):
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)

@@ -122,7 +122,9 @@ def _listen(config: ServerConfig) -> socket.socket:
             f"cannot listen on {config.host}:{config.port} ({e.strerror}); another daemon or "
             "program has it: choose another --port"
         ) from None
-    sock.set_inheritable(True)
+    # not inheritable: nothing the daemon starts (a supervisor, a jail's processes) may hold
+    # the API's socket, which would also keep the port taken after the daemon has gone
+    sock.set_inheritable(False)
     return sock
 
 

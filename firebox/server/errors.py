@@ -49,12 +49,22 @@ class StreamAborted(Exception):
     sees a truncated answer rather than a complete-looking one. Already logged where raised."""
 
 
+# seconds a client is told to wait before it tries again past a capacity limit (429, 503)
+RETRY_AFTER = {"rate_limited": 1, "unavailable": 2}
+
+
 class ApiError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         assert code in STATUS, code
         self.code = code
         self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Retry-After on the answers that say "not now" (capacity), as HTTP has it."""
+        after = RETRY_AFTER.get(self.code)
+        return {"Retry-After": str(after)} if after else {}
 
     @property
     def status(self) -> int:
@@ -67,7 +77,7 @@ def body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse(body(exc.code, exc.message), status_code=exc.status)
+    return JSONResponse(body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
 
 
 async def validation_handler(_: Request, exc: Exception) -> JSONResponse:

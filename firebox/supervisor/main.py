@@ -242,11 +242,10 @@ class Supervisor:
             return
         except OSError:
             data = b""
-        if not data:
+        if not data:  # nothing new to write: the tail already holds all of it
             self.sel.unregister(self.output)
             os.close(self.output)
             self.output = None
-            self.tail_dirty = True
             return
         self.tail += data
         del self.tail[:-TAIL_BYTES]
@@ -278,7 +277,12 @@ def _handed_over(control: socket.socket) -> tuple[dict[str, str], list[int]]:
 
 
 def main() -> None:
-    control = socket.socket(fileno=int(os.environ[CONTROL_ENV]))
+    control_fd = int(os.environ[CONTROL_ENV])
+    # Whatever the daemon's event loop let through (uvloop's spawn ignores close_fds) is not
+    # ours to hold: only stdio and the control socket stay.
+    os.closerange(3, control_fd)
+    os.closerange(control_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    control = socket.socket(fileno=control_fd)
     settings, fds = _handed_over(control)
     agent = socket.socket(fileno=fds[0])
     output = fds[1] if len(fds) > 1 else None

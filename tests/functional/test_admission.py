@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import pytest
 
 from firebox import Sandbox
@@ -36,6 +37,14 @@ def test_the_host_runs_at_most_its_maximum_of_sandboxes(daemon: Daemon, backend_
         first, second = _create(d), _create(d)
         with pytest.raises(RateLimitException, match="maximum of 2 sandboxes"):
             _create(d)
+        # a client is told when to try again, on both edges
+        headers = {"X-API-Key": d.key}
+        refused = httpx.post(f"{d.url}/sandboxes", json={}, headers=headers, timeout=30)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+        e2b = httpx.post(
+            f"{d.url}/e2b/sandboxes", json={"templateID": "base"}, headers=headers, timeout=30
+        )
+        assert e2b.status_code == 429 and e2b.headers["Retry-After"] == "1"
         assert len(Sandbox.list(api_key=d.key, api_url=d.url)) == 2  # nothing half-started
         first.kill()
         third = _create(d)  # the limit frees up as a sandbox ends

@@ -118,7 +118,10 @@ def test_a_stopped_daemon_leaves_its_sandboxes_to_the_next(first: LocalDaemon) -
     sbx = Sandbox.create(timeout=1800, api_key=first.key, api_url=first.url)
     sbx.files.write("/tmp/x", "kept")
     first.stop()  # SIGTERM, --on-stop keep
-    with _again(first) as second:
+    second = _again(first)
+    # on the same port: nothing the daemon started holds its listening socket
+    second.port, second.url = first.port, first.url
+    with second:
         again = Sandbox.connect(sbx.sandbox_id, api_key=second.key, api_url=second.url)
         assert again.files.read("/tmp/x") == "kept"
 

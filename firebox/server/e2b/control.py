@@ -382,7 +382,9 @@ def _error(status: int, message: str) -> JSONResponse:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return _error(exc.status, exc.message)
+    answer = _error(exc.status, exc.message)
+    answer.headers.update(exc.headers)
+    return answer
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
