@@ -6,14 +6,60 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from firebox.backends.adopted import HeldProcess, start_time
+from firebox.backends.adopted import AdoptedProcess, HeldProcess, start_time
 from firebox.backends.base import BackendError, RunningSandbox, SandboxUsage
 from firebox.backends.supervision import Supervised
 from firebox.confine import cgroups
 from firebox.confine.uids import UidSlots
+
+
+@dataclass
+class Adopted:
+    """What of a sandbox an earlier daemon started is still there, taken over (``adopt``)."""
+
+    proc: AdoptedProcess
+    cgroup: cgroups.CgroupSet
+    supervised: Supervised
+    slot: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    release: Callable[[], None]
+
+
+async def adopt(
+    held: dict[str, Any],
+    slots: UidSlots,
+    cgroup_parent: str,
+    what: str,
+    connect: Callable[[AdoptedProcess], Awaitable[object]] | None = None,
+) -> Adopted:
+    """Take over a sandbox's host process ``what`` (bwrap, QEMU: by pid and start time), its
+    uid range, its cgroup and its agent's channel through its supervisor, from its
+    ``RunningSandbox.held``; then ``connect`` what else the backend holds of it. BackendError
+    if any of it is gone, with what was taken let go."""
+    proc = AdoptedProcess.of(int(held["pid"]), int(held["started"]))
+    if proc is None:
+        raise BackendError(f"its {what} is gone")
+    slot = int(held["slot"])
+    if not slots.reclaim(slot):
+        proc.kill()
+        raise BackendError("its host uid range is held by another daemon")
+    cgroup = await asyncio.to_thread(cgroups.attach, str(held["cgroup"]), cgroup_parent)
+    supervised = Supervised.from_dict(held["supervisor"])
+    try:
+        reader, writer = await supervised.connect()
+        if connect is not None:
+            await connect(proc)
+    except BaseException:
+        proc.kill()
+        await asyncio.to_thread(cgroup.destroy)
+        slots.release(slot)
+        raise
+    return Adopted(proc, cgroup, supervised, slot, reader, writer, lambda: slots.release(slot))
 
 
 def take_slot(slots: UidSlots) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from firebox.backends import agent_files
-from firebox.backends.adopted import AdoptedProcess, HeldProcess
+from firebox.backends.adopted import HeldProcess
 from firebox.backends.base import (
     Availability,
     Backend,
@@ -44,7 +44,7 @@ from firebox.backends.base import (
     RunningSandbox,
     SandboxSpec,
 )
-from firebox.backends.confined import ConfinedSandbox, take_slot
+from firebox.backends.confined import ConfinedSandbox, adopt, take_slot
 from firebox.backends.jail import rwdisk
 from firebox.backends.jail.bwrap import JailFds, build_root, bwrap_argv, identity_fds
 from firebox.backends.jail.entry import Entry, Exec, Forked
@@ -210,33 +210,15 @@ class JailBackend(Backend):
         """A jail an earlier daemon of this home started, still running: its bwrap (by pid
         and start time), its cgroup, its uid range and disk, and its agent through its
         supervisor. BackendError if any of it is gone (``reclaim_stale`` frees the rest)."""
-        proc = AdoptedProcess.of(int(held["pid"]), int(held["started"]))
-        if proc is None:
-            raise BackendError("its bwrap process is gone")
-        supervised = Supervised.from_dict(held["supervisor"])
-        slot = int(held["slot"])
-        if not self._slots.reclaim(slot):
-            proc.kill()
-            raise BackendError("its host uid range is held by another daemon")
-        cgroup = await asyncio.to_thread(
-            cgroups.attach, str(held["cgroup"]), self.owner.cgroup_parent
-        )
-        try:
-            reader, writer = await supervised.connect()
-        except BackendError:
-            proc.kill()
-            await asyncio.to_thread(cgroup.destroy)
-            self._slots.release(slot)
-            raise
-        slots = self._slots
+        got = await adopt(held, self._slots, self.owner.cgroup_parent, "bwrap process")
         return JailSandbox(
-            proc,
-            cgroup,
-            reader,
-            writer,
-            supervised,
-            slot,
-            release=lambda: slots.release(slot),
+            got.proc,
+            got.cgroup,
+            got.reader,
+            got.writer,
+            got.supervised,
+            got.slot,
+            release=got.release,
             rw=Path(str(held["rw"])),
             build=bool(held.get("build")),
         )

@@ -35,7 +35,7 @@ from typing import Any
 
 from firebox import protocol
 from firebox.backends import agent_files
-from firebox.backends.adopted import AdoptedProcess
+from firebox.backends.adopted import HeldProcess
 from firebox.backends.base import (
     Availability,
     Backend,
@@ -43,7 +43,7 @@ from firebox.backends.base import (
     RunningSandbox,
     SandboxSpec,
 )
-from firebox.backends.confined import take_slot
+from firebox.backends.confined import adopt, take_slot
 from firebox.backends.microvm import (
     accel,
     initramfs,
@@ -57,7 +57,7 @@ from firebox.backends.microvm import (
 from firebox.backends.microvm.restore_points import RestorePoint
 from firebox.backends.microvm.sandbox import STATE_FILE, MicroVMSandbox, Waking
 from firebox.backends.owner import Owner
-from firebox.backends.supervision import Supervised, Supervisors
+from firebox.backends.supervision import Supervisors
 from firebox.confine import cgroups
 from firebox.confine.gate import spawn_gated
 from firebox.confine.uids import UidSlots, range_problem
@@ -222,36 +222,22 @@ class MicroVMBackend(Backend):
                 raise BackendError("its saved state is gone")
             absent = cgroups.attach(spec.sandbox_id, self.owner.cgroup_parent, must_exist=False)
             return await MicroVMSandbox.asleep(vm_dir, waking, backing, disk_bytes, absent)
-        proc = AdoptedProcess.of(int(held["pid"]), int(held["started"]))
-        if proc is None:
-            raise BackendError("its QEMU is gone")
-        slot = int(held["slot"])
-        if not self._slots.reclaim(slot):
-            proc.kill()
-            raise BackendError("its host uid range is held by another daemon")
-        cgroup = await asyncio.to_thread(
-            cgroups.attach, str(held["cgroup"]), self.owner.cgroup_parent
-        )
-        supervised = Supervised.from_dict(held["supervisor"])
-        try:
-            reader, writer = await supervised.connect()
-            qmp = await qemu.Qmp.connect(waking.vm.qmp_socket, RESTORE_DEADLINE, proc)
-        except BaseException:
-            proc.kill()
-            await asyncio.to_thread(cgroup.destroy)
-            self._slots.release(slot)
-            raise
-        slots = self._slots
+        monitors: list[qemu.Qmp] = []
+
+        async def connect_qmp(proc: HeldProcess) -> None:
+            monitors.append(await qemu.Qmp.connect(waking.vm.qmp_socket, RESTORE_DEADLINE, proc))
+
+        got = await adopt(held, self._slots, self.owner.cgroup_parent, "QEMU", connect_qmp)
         return MicroVMSandbox(
-            proc,
-            cgroup,
+            got.proc,
+            got.cgroup,
             vm_dir,
-            reader,
-            writer,
-            qmp,
-            supervised,
-            slot,
-            release=lambda: slots.release(slot),
+            got.reader,
+            got.writer,
+            monitors[0],
+            got.supervised,
+            got.slot,
+            release=got.release,
             backing=backing,
             disk_bytes=disk_bytes,
             waking=waking,

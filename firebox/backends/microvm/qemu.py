@@ -237,12 +237,18 @@ async def save_state(qmp: Qmp, state_fd: int, deadline: float) -> None:
     """Stop the guest and write all of it (RAM, devices) to ``state_fd``; the disks are
     flushed as the migration completes. The guest stays stopped."""
     await qmp.execute("stop")
+    await migrate_out(qmp, state_fd, ignore_shared=False, deadline=deadline)
+
+
+async def migrate_out(qmp: Qmp, state_fd: int, ignore_shared: bool, deadline: float) -> None:
+    """Migrate the VM to ``state_fd``: its devices, and its RAM unless ``ignore_shared`` (the
+    RAM is a shared file, saved as it is: a template's snapshot)."""
     await qmp.execute(
         "migrate-set-capabilities",
-        capabilities=[{"capability": "x-ignore-shared", "state": False}],
+        capabilities=[{"capability": "x-ignore-shared", "state": ignore_shared}],
     )
-    await qmp.send_fd("pause", state_fd)
-    await qmp.execute("migrate", uri="fd:pause")
+    await qmp.send_fd("out", state_fd)
+    await qmp.execute("migrate", uri="fd:out")
     await qmp.wait_migration(deadline)
 
 

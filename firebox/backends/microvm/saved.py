@@ -118,13 +118,7 @@ async def bake(
                 attach=_keep,
             )  # fmt: skip
             try:
-                await qmp.execute(
-                    "migrate-set-capabilities",
-                    capabilities=[{"capability": "x-ignore-shared", "state": True}],
-                )
-                await qmp.send_fd("baked", out_fd)
-                await qmp.execute("migrate", uri="fd:baked")
-                await qmp.wait_migration(BAKE_DEADLINE)
+                await qemu.migrate_out(qmp, out_fd, ignore_shared=True, deadline=BAKE_DEADLINE)
             finally:
                 agent.close()
                 qmp.close()

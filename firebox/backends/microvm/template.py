@@ -93,13 +93,9 @@ async def boot(
                 if snap.start is not None:
                     # a built template's server, up and ready in every restored clone
                     await start_and_wait(agent, snap.start, TEMPLATE_DEADLINE / 2)
-                await qmp.execute(
-                    "migrate-set-capabilities",
-                    capabilities=[{"capability": "x-ignore-shared", "state": True}],
+                await qemu.migrate_out(
+                    qmp, state_fd, ignore_shared=True, deadline=TEMPLATE_DEADLINE
                 )
-                await qmp.send_fd("state", state_fd)
-                await qmp.execute("migrate", uri="fd:state")
-                await qmp.wait_migration(TEMPLATE_DEADLINE)
         except NotReady as e:
             proc.kill()
             said = (await _finish(console)).strip()[-3000:]
