@@ -138,3 +138,27 @@ def test_a_killed_paused_sandbox_is_gone(daemon: Daemon) -> None:
     sbx.pause()
     assert sbx.kill() is True
     assert sbx.sandbox_id not in [s.sandbox_id for s in Sandbox.list()]
+
+
+def test_a_microvm_paused_for_a_while_wakes_from_its_baked_ram(
+    daemon: Daemon, backend_name: str, sbx: Sandbox
+) -> None:
+    if backend_name != "microvm":
+        pytest.skip("a jail's pause is a freeze: nothing is written to bake")
+    from firebox.backends.owner import Owner
+
+    vm_dir = Owner.of_home(daemon.home).vm_dirs / sbx.sandbox_id
+    sbx.run_code("kept = [1, 2, 3]")
+    sbx.files.write("/home/user/f.txt", "baked")
+    sbx.pause()
+    deadline = time.monotonic() + 120
+    while not (vm_dir / "paused.dev").exists() or (vm_dir / "paused.state").exists():
+        assert time.monotonic() < deadline, "the pause was not baked into a RAM file"
+        time.sleep(0.2)
+    Sandbox.connect(sbx.sandbox_id)
+    assert sbx.run_code("sum(kept)").text == "6"
+    assert sbx.files.read("/home/user/f.txt") == "baked"
+    assert not (vm_dir / "paused.mem").exists()  # QEMU maps it; its name is gone
+    sbx.pause()  # and again, from the woken VM
+    Sandbox.connect(sbx.sandbox_id)
+    assert sbx.run_code("sum(kept)").text == "6"

@@ -55,7 +55,7 @@ from firebox.backends.microvm import (
     vmm,
 )
 from firebox.backends.microvm.restore_points import RestorePoint
-from firebox.backends.microvm.sandbox import STATE_FILE, MicroVMSandbox, Waking
+from firebox.backends.microvm.sandbox import BAKED_DEV, STATE_FILE, MicroVMSandbox, Waking
 from firebox.backends.owner import Owner
 from firebox.backends.supervision import Supervisors
 from firebox.confine import cgroups
@@ -213,12 +213,14 @@ class MicroVMBackend(Backend):
     async def _adopted(
         self, spec: SandboxSpec, held: dict[str, Any], entry: Path
     ) -> MicroVMSandbox:
-        waking = Waking(qemu.VmConfig.from_dict(held["vm"]), entry, spec, self._wake)
+        waking = Waking(
+            qemu.VmConfig.from_dict(held["vm"]), entry, spec, self._wake, self._bake_paused
+        )
         vm_dir = Path(str(held["dir"]))
         backing = Path(str(held["backing"])) if held.get("backing") else None
         disk_bytes = held.get("disk_bytes")
         if held.get("paused"):
-            if not (vm_dir / STATE_FILE).exists():
+            if not (vm_dir / STATE_FILE).exists() and not (vm_dir / BAKED_DEV).exists():
                 raise BackendError("its saved state is gone")
             absent = cgroups.attach(spec.sandbox_id, self.owner.cgroup_parent, must_exist=False)
             return await MicroVMSandbox.asleep(vm_dir, waking, backing, disk_bytes, absent)
@@ -476,8 +478,26 @@ class MicroVMBackend(Backend):
             release=lambda: self._slots.release(slot),
             backing=entry / "rw.img",
             disk_bytes=spec.limits.disk_mb << 20,
-            waking=Waking(vm, entry, spec, self._wake),
+            waking=Waking(vm, entry, spec, self._wake, self._bake_paused),
         )
+
+    async def _bake_paused(self, sandbox: MicroVMSandbox, waking: Waking) -> None:
+        """After a pause: its saved stream made into a RAM file and device state (saved.py's
+        rebake), durable before the stream goes."""
+        vm_dir = sandbox.directory
+        vm = dataclasses.replace(waking.vm, rw_disk=vm_dir / "rw.qcow2", rw_format="qcow2")
+        helper = saved.Helper(
+            self._spawn,
+            self._slots,
+            template.limits(vm.memory_mb, waking.spec.limits.cpu_count),
+            self.owner.cgroup_parent,
+        )
+        await saved.rebake(
+            vm_dir, vm, sandbox.state_file, sandbox.baked_mem, sandbox.baked_dev,
+            [waking.entry], helper,
+        )  # fmt: skip
+        await asyncio.to_thread(_durable, sandbox.baked_mem, sandbox.baked_dev)
+        sandbox.state_file.unlink(missing_ok=True)
 
     async def _wake(self, sandbox: MicroVMSandbox, waking: Waking) -> None:
         """A paused VM running again: a QEMU of its shape, jailed as a uid range of its own
@@ -485,13 +505,16 @@ class MicroVMBackend(Backend):
         slot = take_slot(self._slots)
         uid = self._slots.first_id(slot)
         vm_dir, vm = sandbox.directory, waking.vm
+        baked = sandbox.baked()
+        if baked:  # its RAM a file of its own, mapped copy-on-write: nothing copied up front
+            vm = dataclasses.replace(vm, mem_path=str(sandbox.baked_mem), share_ram=False)
         cgroup: cgroups.CgroupSet | None = None
         proc: asyncio.subprocess.Process | None = None
         state_fd = -1
         out = _Output()
         try:
-            for path in (vm_dir, vm.rw_disk):
-                os.chown(path, uid, uid)
+            for path in (vm_dir, vm.rw_disk, *([sandbox.baked_mem] if baked else [])):
+                os.chown(path, uid, uid)  # QEMU opens a private mapping's file read-write
             for sock in (vm.agent_socket, vm.qmp_socket):
                 sock.unlink(missing_ok=True)
             cgroup = await asyncio.to_thread(
@@ -500,7 +523,8 @@ class MicroVMBackend(Backend):
                 template.limits(vm.memory_mb, waking.spec.limits.cpu_count),
                 self.owner.cgroup_parent,
             )
-            state_fd = os.open(sandbox.state_file, os.O_RDONLY | os.O_CLOEXEC)
+            state = sandbox.baked_dev if baked else sandbox.state_file
+            state_fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
             proc = await self._spawn(
                 vm, uid, cgroup, [waking.entry], [vm_dir], (), out.w, outlive=True
             )
@@ -512,7 +536,7 @@ class MicroVMBackend(Backend):
                     vm,
                     state_fd,
                     proc,
-                    ignore_shared=False,
+                    ignore_shared=baked,
                     deadline=WAKE_DEADLINE,
                     attach=lambda sock: self._supervisors.supervise(
                         waking.spec.sandbox_id, sock, out.take()
@@ -566,6 +590,15 @@ class _Output:
             if fd >= 0:
                 os.close(fd)
         self.r = self.w = -1
+
+
+def _durable(*paths: Path) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 async def _abandon(proc: asyncio.subprocess.Process | None, out: _Output) -> str:

@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from firebox.backends.base import BackendError
@@ -88,29 +89,58 @@ async def bake(
     """Turn ``capture``'s output into a restore point (the module's docstring says how)."""
     await run("qemu-img", "convert", "-q", "-O", "raw", "-S", "4k",
               str(into / "rw.qcow2"), str(into / "rw.img"), timeout=BAKE_DEADLINE)  # fmt: skip
+    vm = dataclasses.replace(source, rw_disk=into / "rw.img", rw_format="raw")
+    await rebake(
+        into, vm, into / "full.state", into / "mem", into / "state", [],
+        Helper(spawn, slots, cgroup_limits, cgroup_parent),
+    )  # fmt: skip
+    await asyncio.to_thread(_finish, into, source)
+
+
+@dataclass(frozen=True)
+class Helper:
+    """What a helper QEMU is started with: the backend's jailed spawn, a uid range, limits."""
+
+    spawn: Spawn
+    slots: UidSlots
+    limits: cgroups.Limits
+    cgroup_parent: str
+
+
+async def rebake(
+    work: Path,
+    vm: qemu.VmConfig,
+    full_state: Path,
+    mem: Path,
+    out_state: Path,
+    read_only: list[Path],
+    helper: Helper,
+) -> None:
+    """Load ``full_state`` (RAM and devices) into a helper QEMU of ``vm``'s shape whose RAM is
+    the shared file ``mem``, and save its devices alone to ``out_state``: RAM that a QEMU
+    then maps copy-on-write and lazily, where loading the whole stream would copy all of it.
+    The helper's guest never runs. ``work`` holds its sockets; it sees ``read_only`` too."""
     vm = dataclasses.replace(
-        source,
-        rw_disk=into / "rw.img",
-        rw_format="raw",
-        agent_socket=into / "agent.sock",
-        qmp_socket=into / "qmp.sock",
-        mem_path=str(into / "mem"),
+        vm,
+        agent_socket=work / "agent.sock",
+        qmp_socket=work / "qmp.sock",
+        mem_path=str(mem),
         share_ram=True,
         incoming=True,
     )
-    slot = slots.take()
-    uid = slots.first_id(slot)
+    slot = helper.slots.take()
+    uid = helper.slots.first_id(slot)
     cgroup = await asyncio.to_thread(
-        cgroups.create, f"bake-{into.name}", cgroup_limits, cgroup_parent
+        cgroups.create, f"bake-{work.name}", helper.limits, helper.cgroup_parent
     )
     proc: asyncio.subprocess.Process | None = None
     state_fd = out_fd = -1
     try:
-        for path in (into, into / "rw.img"):
+        for path in (work, vm.rw_disk):
             os.chown(path, uid, uid)
-        state_fd = os.open(into / "full.state", os.O_RDONLY | os.O_CLOEXEC)
-        out_fd = os.open(into / "state", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        proc = await spawn(vm, uid, cgroup, [], [into], ())
+        state_fd = os.open(full_state, os.O_RDONLY | os.O_CLOEXEC)
+        out_fd = os.open(out_state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        proc = await helper.spawn(vm, uid, cgroup, read_only, [work], ())
         async with asyncio.timeout(BAKE_DEADLINE):
             qmp = await qemu.Qmp.connect(vm.qmp_socket, BAKE_DEADLINE, proc)
             agent = await qemu.load_state(
@@ -123,7 +153,7 @@ async def bake(
                 agent.close()
                 qmp.close()
     except (OSError, TimeoutError) as e:
-        raise BackendError(f"could not make the snapshot: {e!r}") from e
+        raise BackendError(f"could not turn the saved state into a RAM file: {e!r}") from e
     finally:
         for fd in (state_fd, out_fd):
             if fd >= 0:
@@ -132,8 +162,14 @@ async def bake(
             proc.kill()  # never let the helper's guest run
             await proc.wait()
         await asyncio.to_thread(cgroup.destroy)
-        slots.release(slot)
-    for leftover in ("full.state", "rw.qcow2", "agent.sock", "qmp.sock"):
+        helper.slots.release(slot)
+        for sock in (vm.agent_socket, vm.qmp_socket):
+            sock.unlink(missing_ok=True)
+
+
+def _finish(into: Path, source: qemu.VmConfig) -> None:
+    """Seal a baked snapshot: its files root's, and the VM's shape beside them."""
+    for leftover in ("full.state", "rw.qcow2"):
         (into / leftover).unlink(missing_ok=True)
     # A sandbox's RAM and device state are root's alone (the daemon hands them over by fd);
     # its disk must be opened by each QEMU made from it (its overlay's backing file), as its
