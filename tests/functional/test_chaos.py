@@ -5,6 +5,7 @@ with the sandbox running on. Bounded, loopback only."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -177,3 +178,93 @@ def _listener_pid(sock: Path) -> int:
         except OSError:
             continue
     raise AssertionError(f"no process holds {sock}")
+
+
+def _holder_pids(d: LocalDaemon, sandbox_id: str, backend: str) -> list[int]:
+    """A jail's agent, or a microVM's QEMU: what holds the sandbox's state on the host."""
+    pids = []
+    for base in Path("/sys/fs/cgroup").glob(f"*/{d.cgroup_parent}/{sandbox_id}/cgroup.procs"):
+        pids += [int(p) for p in base.read_text().split()]
+    want = b"firebox-agent" if backend == "jail" else b"qemu-system"
+    found = []
+    for pid in set(pids):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_bytes()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if want in comm or (backend != "jail" and want in cmd):
+            found.append(pid)
+    return found
+
+
+@pytest.mark.parametrize("when", ["during a pause", "while paused", "during a resume"])
+def test_a_holder_killed_around_a_pause_is_reported_and_freed(
+    home_daemon: LocalDaemon, backend_name: str, when: str
+) -> None:
+    if backend_name == "microvm" and when == "while paused":
+        pytest.skip("a paused microVM has no process to kill: it is on disk")
+    opts = {"api_key": home_daemon.key, "api_url": home_daemon.url}
+    sbx = Sandbox.create(timeout=600, **opts)
+    holders = _holder_pids(home_daemon, sbx.sandbox_id, backend_name)
+    assert holders, "found the sandbox's holder"
+    outcome: list[BaseException | None] = []
+
+    def act(action: str) -> None:
+        try:
+            if action == "pause":
+                sbx.pause()
+            else:
+                Sandbox.connect(sbx.sandbox_id, **opts)
+            outcome.append(None)
+        except BaseException as e:  # either way: what matters is what the daemon says after
+            outcome.append(e)
+
+    if when == "during a resume":
+        sbx.pause()
+        worker = threading.Thread(target=act, args=("resume",))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not (holders := _holder_pids(home_daemon, sbx.sandbox_id, backend_name)):
+            if not worker.is_alive() or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+    elif when == "during a pause":
+        worker = threading.Thread(target=act, args=("pause",))
+        worker.start()
+        time.sleep(0.01)
+    else:
+        sbx.pause()
+        worker = None
+    for pid in holders:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if worker is not None:
+        worker.join(120)
+        assert not worker.is_alive(), f"the call {when} never returned"
+        assert len(outcome) == 1
+    # whatever state it was left in, using it now finds it working (the kill came after the
+    # change was complete, and what it killed was already gone or made anew) or reports it
+    # crashed: never stuck, never silent
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            Sandbox.connect(sbx.sandbox_id, **opts).commands.run("true", timeout=10)
+            break
+        except SandboxNotFoundException as e:
+            assert "crashed" in str(e) or "stopped answering" in str(e), e
+            break
+        except FireboxException:  # a resume refused, a call cut: being found out
+            pass
+        assert time.monotonic() < deadline, f"{when}: neither working nor reported"
+        time.sleep(0.2)
+    with contextlib.suppress(FireboxException):
+        Sandbox.kill(sbx.sandbox_id, **opts)
+    pattern = f"*/{home_daemon.cgroup_parent}/{sbx.sandbox_id}"
+    run_dir = Owner.of_home(home_daemon.home).run_dir
+    deadline = time.monotonic() + 30
+    while (
+        list(Path("/sys/fs/cgroup").glob(pattern)) or (run_dir / f"{sbx.sandbox_id}.sock").exists()
+    ):
+        assert time.monotonic() < deadline, "its cgroup or supervisor was never freed"
+        time.sleep(0.1)

@@ -162,3 +162,15 @@ def test_a_stream_cut_by_a_restart_ends_with_an_error_and_reconnecting_works(
         again.commands.kill(handle.pid)
         with pytest.raises(FireboxException):
             attached.wait()
+
+
+def test_a_daemon_killed_right_after_a_pause_loses_nothing(first: LocalDaemon) -> None:
+    # a microVM's pause goes on in the background (its RAM made into a file) after the call
+    # returns: a daemon killed then leaves it half made, and the next wakes it all the same
+    sbx = Sandbox.create(timeout=1800, api_key=first.key, api_url=first.url)
+    sbx.run_code("kept = 'through a cut-short pause'")
+    sbx.pause()
+    _sigkill(first)
+    with _again(first) as second:
+        again = Sandbox.connect(sbx.sandbox_id, api_key=second.key, api_url=second.url)
+        assert again.run_code("kept").text == "through a cut-short pause"

@@ -227,7 +227,10 @@ class MicroVMBackend(Backend):
         monitors: list[qemu.Qmp] = []
 
         async def connect_qmp(proc: HeldProcess) -> None:
-            monitors.append(await qemu.Qmp.connect(waking.vm.qmp_socket, RESTORE_DEADLINE, proc))
+            qmp = await qemu.Qmp.connect(waking.vm.qmp_socket, RESTORE_DEADLINE, proc)
+            monitors.append(qmp)
+            # a daemon killed in the middle of a pause or a snapshot left the guest stopped
+            await qmp.execute("cont")
 
         got = await adopt(held, self._slots, self.owner.cgroup_parent, "QEMU", connect_qmp)
         return MicroVMSandbox(
@@ -492,11 +495,15 @@ class MicroVMBackend(Backend):
             template.limits(vm.memory_mb, waking.spec.limits.cpu_count),
             self.owner.cgroup_parent,
         )
+        # the device state under another name until all of it is durable: a bake cut short (a
+        # daemon killed meanwhile takes its helper with it) never looks finished
+        part = sandbox.baked_dev.with_name(sandbox.baked_dev.name + ".part")
         await saved.rebake(
-            vm_dir, vm, sandbox.state_file, sandbox.baked_mem, sandbox.baked_dev,
-            [waking.entry], helper,
+            vm_dir, vm, sandbox.state_file, sandbox.baked_mem, part, [waking.entry], helper,
         )  # fmt: skip
-        await asyncio.to_thread(_durable, sandbox.baked_mem, sandbox.baked_dev)
+        await asyncio.to_thread(_durable, sandbox.baked_mem, part)
+        part.rename(sandbox.baked_dev)
+        await asyncio.to_thread(_durable, vm_dir)
         sandbox.state_file.unlink(missing_ok=True)
 
     async def _wake(self, sandbox: MicroVMSandbox, waking: Waking) -> None:

@@ -172,6 +172,10 @@ class MicroVMSandbox(ConfinedSandbox):
     def baked_dev(self) -> Path:
         return self._dir / BAKED_DEV
 
+    @property
+    def _baked_part(self) -> Path:
+        return self._dir / (BAKED_DEV + ".part")
+
     def baked(self) -> bool:
         """Whether its pause has been made into a RAM file (resumes map it lazily)."""
         return self.baked_mem.exists() and self.baked_dev.exists()
@@ -221,12 +225,10 @@ class MicroVMSandbox(ConfinedSandbox):
             with contextlib.suppress(BaseException):
                 await self._baking
             self._baking = None
-            if self.state_file.exists():  # a bake cut short: what it made is partial
-                for path in (self.baked_mem, self.baked_dev):
-                    path.unlink(missing_ok=True)
         await self._waking.wake(self, self._waking)
-        # the RAM lives in QEMU again (a baked RAM file stays only as long as QEMU maps it)
-        for path in (self.state_file, self.baked_mem, self.baked_dev):
+        # the RAM lives in QEMU again (a baked RAM file stays only as long as QEMU maps it),
+        # and whatever a bake cut short left goes too
+        for path in (self.state_file, self.baked_mem, self.baked_dev, self._baked_part):
             path.unlink(missing_ok=True)
 
     def woken(
