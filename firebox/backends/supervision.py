@@ -189,6 +189,16 @@ class Supervisors:
             raise BackendError(f"the sandbox's supervisor could not take it: {said}")
         return supervised
 
+    def sweep(self, keep: frozenset[str]) -> int:
+        """Remove what supervisors of sandboxes not in ``keep`` left in the run directory (a
+        sandbox that died while no daemon ran leaves its output's tail); how many files."""
+        removed = 0
+        for path in self.run_dir.iterdir() if self.run_dir.is_dir() else ():
+            if path.suffix in (".sock", ".tail") and path.stem not in keep:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     async def close(self) -> None:
         """Stop the supervisors waiting for a sandbox (those holding one run on); the run
         directory goes if none is left in it."""

@@ -137,6 +137,8 @@ def test_a_sandbox_that_died_while_the_daemon_was_down_is_reported_and_freed(
         with pytest.raises(SandboxNotFoundException, match="crashed while the daemon was down"):
             Sandbox.connect(sbx.sandbox_id, api_key=second.key, api_url=second.url)
         assert not _cgroup_dirs(first.cgroup_parent, sbx.sandbox_id), "its cgroup was freed"
+        run_dir = Owner.of_home(first.home).run_dir
+        assert not list(run_dir.glob(f"{sbx.sandbox_id}.*")), "its supervisor's files too"
 
 
 def test_a_stream_cut_by_a_restart_ends_with_an_error_and_reconnecting_works(

@@ -202,9 +202,8 @@ class JailBackend(Backend):
 
     async def reclaim_stale(self, keep: frozenset[str] = frozenset()) -> int:
         disks = await asyncio.to_thread(rwdisk.remove_stale, self.owner.jail_disks, keep)
-        return disks + await asyncio.to_thread(
-            cgroups.cleanup_stale, self.owner.cgroup_parent, keep=keep
-        )
+        cgs = await asyncio.to_thread(cgroups.cleanup_stale, self.owner.cgroup_parent, keep=keep)
+        return disks + cgs + self._supervisors.sweep(keep)
 
     async def adopt(self, spec: SandboxSpec, held: dict[str, Any]) -> RunningSandbox:
         """A jail an earlier daemon of this home started, still running: its bwrap (by pid

@@ -167,6 +167,7 @@ class MicroVMBackend(Backend):
 
     async def reclaim_stale(self, keep: frozenset[str] = frozenset()) -> int:
         freed = await asyncio.to_thread(cgroups.cleanup_stale, self.owner.cgroup_parent, keep=keep)
+        freed += self._supervisors.sweep(keep)
         base = self._vm_root()
         if base.is_dir():
             for stale in base.iterdir():

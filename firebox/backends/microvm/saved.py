@@ -130,9 +130,13 @@ async def rebake(
     )
     slot = helper.slots.take()
     uid = helper.slots.first_id(slot)
-    cgroup = await asyncio.to_thread(
-        cgroups.create, f"bake-{work.name}", helper.limits, helper.cgroup_parent
-    )
+    try:
+        # not in a thread: a bake is cancelled (a resume comes first), and a cgroup a thread
+        # made after the cancel would be nobody's to remove (it is a few mkdirs and writes)
+        cgroup = cgroups.create(f"bake-{work.name}", helper.limits, helper.cgroup_parent)
+    except BaseException:
+        helper.slots.release(slot)
+        raise
     proc: asyncio.subprocess.Process | None = None
     state_fd = out_fd = -1
     try:
