@@ -6,7 +6,7 @@ import builtins
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from firebox._async import snapshots
 from firebox._async._http import AsyncApiClient
@@ -105,16 +105,20 @@ async def _fork_by_id(
     """Forks the sandbox ``sandbox_id`` (see ``fork``)."""
     async with _client(api_key, api_url, request_timeout) as api:
         made = await snapshots.fork(api, sandbox_id, timeout, count, None)
-        return [_sandbox_of(m, api) for m in made]
+        return [_sandbox_of(m, api, AsyncSandbox) for m in made]
+
+
+S = TypeVar("S", bound="AsyncSandbox")
 
 
 def _sandbox_of(
-    made: SandboxInfo | FireboxException, api: AsyncApiClient
-) -> AsyncSandbox | FireboxException:
-    """A fork as its caller gets it: a sandbox with a client of its own, or its error."""
+    made: SandboxInfo | FireboxException, api: AsyncApiClient, cls: type[S]
+) -> S | FireboxException:
+    """A fork as its caller gets it: a sandbox (of ``cls``) with a client of its own, or its
+    error."""
     if isinstance(made, FireboxException):
         return made
-    return AsyncSandbox(made.sandbox_id, AsyncApiClient(api.config))
+    return cls(made.sandbox_id, AsyncApiClient(api.config))
 
 
 async def _post_pause(api: AsyncApiClient, sandbox_id: str, request_timeout: float | None) -> None:
@@ -357,13 +361,7 @@ class AsyncSandbox(AsyncCodeExecution):
         Also callable on the class: ``await AsyncSandbox.fork(sandbox_id, count=2)``.
         """
         made = await snapshots.fork(self._api, self._sandbox_id, timeout, count, request_timeout)
-        return [
-            m if isinstance(m, FireboxException) else type(self)(m.sandbox_id, self._new_api())
-            for m in made
-        ]
-
-    def _new_api(self) -> AsyncApiClient:
-        return AsyncApiClient(self._api.config)
+        return [_sandbox_of(m, self._api, type(self)) for m in made]
 
     async def _get_info_self(self, request_timeout: float | None = None) -> SandboxInfo:
         """What the daemon knows of the sandbox: template, metadata, times, state, backend.

@@ -7,7 +7,7 @@ import builtins
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from firebox._sync import snapshots
 from firebox._sync._http import ApiClient
@@ -106,16 +106,20 @@ def _fork_by_id(
     """Forks the sandbox ``sandbox_id`` (see ``fork``)."""
     with _client(api_key, api_url, request_timeout) as api:
         made = snapshots.fork(api, sandbox_id, timeout, count, None)
-        return [_sandbox_of(m, api) for m in made]
+        return [_sandbox_of(m, api, Sandbox) for m in made]
+
+
+S = TypeVar("S", bound="Sandbox")
 
 
 def _sandbox_of(
-    made: SandboxInfo | FireboxException, api: ApiClient
-) -> Sandbox | FireboxException:
-    """A fork as its caller gets it: a sandbox with a client of its own, or its error."""
+    made: SandboxInfo | FireboxException, api: ApiClient, cls: type[S]
+) -> S | FireboxException:
+    """A fork as its caller gets it: a sandbox (of ``cls``) with a client of its own, or its
+    error."""
     if isinstance(made, FireboxException):
         return made
-    return Sandbox(made.sandbox_id, ApiClient(api.config))
+    return cls(made.sandbox_id, ApiClient(api.config))
 
 
 def _post_pause(api: ApiClient, sandbox_id: str, request_timeout: float | None) -> None:
@@ -358,13 +362,7 @@ class Sandbox(CodeExecution):
         Also callable on the class: ``Sandbox.fork(sandbox_id, count=2)``.
         """
         made = snapshots.fork(self._api, self._sandbox_id, timeout, count, request_timeout)
-        return [
-            m if isinstance(m, FireboxException) else type(self)(m.sandbox_id, self._new_api())
-            for m in made
-        ]
-
-    def _new_api(self) -> ApiClient:
-        return ApiClient(self._api.config)
+        return [_sandbox_of(m, self._api, type(self)) for m in made]
 
     def _get_info_self(self, request_timeout: float | None = None) -> SandboxInfo:
         """What the daemon knows of the sandbox: template, metadata, times, state, backend.
