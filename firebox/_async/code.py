@@ -26,7 +26,7 @@ from firebox._core.code import (
 )
 from firebox._core.errors import error_from_transport
 from firebox._core.models import OutputHandler
-from firebox._core.requests import command_timeout, sandbox_path
+from firebox._core.requests import command_timeout, context_start_timeout, sandbox_path
 from firebox._core.responses import parse_list
 from firebox.exceptions import SandboxException
 
@@ -133,7 +133,7 @@ class AsyncCodeExecution:
             "POST",
             sandbox_path(self._sandbox_id, "contexts"),
             json={"language": language, "cwd": cwd, "user": user},
-            timeout=request_timeout,
+            timeout=context_start_timeout(request_timeout, self._api.config.request_timeout),
         )
         return parse_context(response.json())
 
@@ -152,7 +152,7 @@ class AsyncCodeExecution:
         await self._api.request(
             "POST",
             sandbox_path(self._sandbox_id, "contexts", context_id(context), "restart"),
-            timeout=request_timeout,
+            timeout=context_start_timeout(request_timeout, self._api.config.request_timeout),
         )
 
     async def remove_code_context(

@@ -132,6 +132,25 @@ def command_timeout(timeout: float | None, request_timeout: float) -> httpx.Time
     return httpx.Timeout(request_timeout, read=read)
 
 
+# The daemon answers a context's creation or restart once its interpreter has started, and
+# gives it up to 70 s (90 s for a restart, which first lets a running cell end; see
+# firebox.server.code): under emulation a python with the template's imports can take that
+# long. So a context call waits this long for the answer unless told otherwise, rather than
+# give up first and leave the interpreter starting for nobody (tests/unit/test_sdk_core.py
+# checks that the two agree).
+CONTEXT_START_ANSWER = 95.0
+
+
+def context_start_timeout(
+    request_timeout: float | None, configured: float
+) -> float | httpx.Timeout:
+    """The timeout of a call that starts an interpreter: the caller's, else the configured
+    one to connect and send and at least the daemon's start allowance to read."""
+    if request_timeout is not None:
+        return request_timeout
+    return httpx.Timeout(configured, read=max(configured, CONTEXT_START_ANSWER))
+
+
 def metadata_headers(metadata: Mapping[str, str] | None) -> dict[str, str]:
     """A file's metadata as an upload carries it: ``X-Metadata-<key>`` headers (E2B's)."""
     out = {}

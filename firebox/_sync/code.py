@@ -27,7 +27,7 @@ from firebox._core.code import (
 )
 from firebox._core.errors import error_from_transport
 from firebox._core.models import OutputHandler
-from firebox._core.requests import command_timeout, sandbox_path
+from firebox._core.requests import command_timeout, context_start_timeout, sandbox_path
 from firebox._core.responses import parse_list
 from firebox.exceptions import SandboxException
 
@@ -134,7 +134,7 @@ class CodeExecution:
             "POST",
             sandbox_path(self._sandbox_id, "contexts"),
             json={"language": language, "cwd": cwd, "user": user},
-            timeout=request_timeout,
+            timeout=context_start_timeout(request_timeout, self._api.config.request_timeout),
         )
         return parse_context(response.json())
 
@@ -153,7 +153,7 @@ class CodeExecution:
         self._api.request(
             "POST",
             sandbox_path(self._sandbox_id, "contexts", context_id(context), "restart"),
-            timeout=request_timeout,
+            timeout=context_start_timeout(request_timeout, self._api.config.request_timeout),
         )
 
     def remove_code_context(

@@ -372,3 +372,15 @@ def test_parse_process_info_maps_argv_to_args() -> None:
 def test_parse_fs_events_skips_unknown_types() -> None:
     events = parse_fs_events([{"type": "write", "name": "f"}, {"type": "attrib", "name": "g"}])
     assert [(e.type, e.name) for e in events] == [(FilesystemEventType.WRITE, "f")]
+
+
+def test_a_context_call_waits_as_long_as_the_daemon_lets_an_interpreter_start() -> None:
+    from firebox._core.requests import CONTEXT_START_ANSWER, context_start_timeout
+    from firebox.protocol import CONTEXT_RESTART_WAIT
+    from firebox.server.code import CONTEXT_START_TIMEOUT
+
+    assert CONTEXT_START_ANSWER > CONTEXT_START_TIMEOUT + CONTEXT_RESTART_WAIT
+    waited = context_start_timeout(None, 30.0)
+    assert isinstance(waited, httpx.Timeout)
+    assert waited.read == CONTEXT_START_ANSWER and waited.connect == 30.0
+    assert context_start_timeout(5.0, 30.0) == 5.0  # the caller's own is kept
