@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import secrets
@@ -54,6 +53,7 @@ from firebox.backends.microvm import (
     template,
     vmm,
 )
+from firebox.backends.microvm.launch import Launch, launch
 from firebox.backends.microvm.restore_points import RestorePoint
 from firebox.backends.microvm.sandbox import BAKED_DEV, STATE_FILE, MicroVMSandbox, Waking
 from firebox.backends.owner import Owner
@@ -96,6 +96,7 @@ class MicroVMBackend(Backend):
         self._qemu: str | None = None
         self._pieces: vmboot.BootPieces | None = None
         self._supervisors = Supervisors(owner.run_dir)
+        self._launch = Launch(self._spawn, self._supervisors, owner.cgroup_parent)
         # running sandboxes' snapshots loaded to start sandboxes from (saved.py), by directory
         self._saved: dict[Path, tuple[RestorePoint, qemu.VmConfig]] = {}
         self._saved_lock = asyncio.Lock()
@@ -401,10 +402,6 @@ class MicroVMBackend(Backend):
         slot = take_slot(self._slots)
         uid = self._slots.first_id(slot)
         vm_dir = self._vm_root() / spec.sandbox_id
-        cgroup: cgroups.CgroupSet | None = None
-        proc: asyncio.subprocess.Process | None = None
-        state_fd = -1
-        out = _Output()
         try:
             vm_dir.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
             os.chmod(vm_dir.parent.parent, 0o711)
@@ -413,11 +410,6 @@ class MicroVMBackend(Backend):
             shutil.copyfile(point.blank, overlay)
             os.chown(vm_dir, uid, uid)
             os.chown(overlay, uid, uid)
-            vm_limits = template.limits(base.memory_mb, spec.limits.cpu_count)
-            cgroup = await asyncio.to_thread(
-                cgroups.create, spec.sandbox_id, vm_limits, self.owner.cgroup_parent
-            )
-            state_fd = os.open(entry / "state", os.O_RDONLY)
             vm = dataclasses.replace(
                 base,
                 rw_disk=overlay,
@@ -428,26 +420,6 @@ class MicroVMBackend(Backend):
                 share_ram=False,
                 incoming=True,
             )
-            # the snapshot dir read-only: the overlay's backing file, at the path the overlay names
-            proc = await self._spawn(
-                vm, uid, cgroup, [entry], [vm_dir], (ram_fd,), out.w, outlive=True
-            )
-            out.spawned()
-            async with asyncio.timeout(RESTORE_DEADLINE):
-                qmp = await qemu.Qmp.connect(vm.qmp_socket, RESTORE_DEADLINE, proc)
-                supervised, reader, writer = await qemu.load_state(
-                    qmp,
-                    vm,
-                    state_fd,
-                    proc,
-                    ignore_shared=True,
-                    deadline=RESTORE_DEADLINE,
-                    attach=lambda sock: self._supervisors.supervise(
-                        spec.sandbox_id, sock, out.take()
-                    ),
-                )
-                # a running sandbox's snapshot was saved stopped (a template's running)
-                await qmp.execute("cont")
             resume = protocol.Resume(
                 entropy=secrets.token_hex(64),
                 time_ns=time.time_ns(),
@@ -455,29 +427,37 @@ class MicroVMBackend(Backend):
                 machine_id=secrets.token_hex(16),
                 boot_id=str(uuid.uuid4()),
             )
-            writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
-            await writer.drain()
+            # the snapshot's directory read-only: the overlay's backing file, at the path the
+            # overlay names; a running sandbox's snapshot was saved stopped, as a template's
+            got = await launch(
+                self._launch,
+                spec.sandbox_id,
+                vm,
+                uid,
+                template.limits(base.memory_mb, spec.limits.cpu_count),
+                entry / "state",
+                [entry],
+                [vm_dir],
+                resume,
+                pass_fds=(ram_fd,),
+                ignore_shared=True,
+                deadline=RESTORE_DEADLINE,
+                what="restore the VM",
+            )
         except BaseException as e:
-            said = await _abandon(proc, out)
-            if cgroup is not None:
-                await asyncio.to_thread(cgroup.destroy)
             self._slots.release(slot)
             shutil.rmtree(vm_dir, ignore_errors=True)
-            if isinstance(e, OSError | TimeoutError | BackendError | json.JSONDecodeError):
-                raise BackendError(f"could not restore the VM: {e!r} {said}") from e
+            if isinstance(e, OSError):  # before QEMU: its directory could not be made
+                raise BackendError(f"could not restore the VM: {e!r}") from e
             raise
-        finally:
-            out.close()
-            if state_fd >= 0:
-                os.close(state_fd)
         return MicroVMSandbox(
-            proc,
-            cgroup,
+            got.proc,
+            got.cgroup,
             vm_dir,
-            reader,
-            writer,
-            qmp,
-            supervised,
+            got.reader,
+            got.writer,
+            got.qmp,
+            got.supervised,
             slot,
             release=lambda: self._slots.release(slot),
             backing=entry / "rw.img",
@@ -516,88 +496,34 @@ class MicroVMBackend(Backend):
         baked = sandbox.baked()
         if baked:  # its RAM a file of its own, mapped copy-on-write: nothing copied up front
             vm = dataclasses.replace(vm, mem_path=str(sandbox.baked_mem), share_ram=False)
-        cgroup: cgroups.CgroupSet | None = None
-        proc: asyncio.subprocess.Process | None = None
-        state_fd = -1
-        out = _Output()
         try:
             for path in (vm_dir, vm.rw_disk, *([sandbox.baked_mem] if baked else [])):
                 os.chown(path, uid, uid)  # QEMU opens a private mapping's file read-write
             for sock in (vm.agent_socket, vm.qmp_socket):
                 sock.unlink(missing_ok=True)
-            cgroup = await asyncio.to_thread(
-                cgroups.create,
+            got = await launch(
+                self._launch,
                 waking.spec.sandbox_id,
+                vm,
+                uid,
                 template.limits(vm.memory_mb, waking.spec.limits.cpu_count),
-                self.owner.cgroup_parent,
+                sandbox.baked_dev if baked else sandbox.state_file,
+                [waking.entry],
+                [vm_dir],
+                protocol.Resume(time_ns=time.time_ns()),  # the same sandbox: clock only
+                ignore_shared=baked,
+                deadline=WAKE_DEADLINE,
+                what="wake the paused VM",
             )
-            state = sandbox.baked_dev if baked else sandbox.state_file
-            state_fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
-            proc = await self._spawn(
-                vm, uid, cgroup, [waking.entry], [vm_dir], (), out.w, outlive=True
-            )
-            out.spawned()
-            async with asyncio.timeout(WAKE_DEADLINE):
-                qmp = await qemu.Qmp.connect(vm.qmp_socket, WAKE_DEADLINE, proc)
-                supervised, reader, writer = await qemu.load_state(
-                    qmp,
-                    vm,
-                    state_fd,
-                    proc,
-                    ignore_shared=baked,
-                    deadline=WAKE_DEADLINE,
-                    attach=lambda sock: self._supervisors.supervise(
-                        waking.spec.sandbox_id, sock, out.take()
-                    ),
-                )
-                await qmp.execute("cont")  # it was stopped when its state was saved
-            resume = protocol.Resume(time_ns=time.time_ns())  # the same sandbox: clock only
-            writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
-            await writer.drain()
         except BaseException as e:
-            said = await _abandon(proc, out)
-            if cgroup is not None:
-                await asyncio.to_thread(cgroup.destroy)
             self._slots.release(slot)
-            if isinstance(e, OSError | TimeoutError | BackendError | json.JSONDecodeError):
-                raise BackendError(f"could not wake the paused VM: {e!r} {said}") from e
+            if isinstance(e, OSError):  # before QEMU: its files could not be handed over
+                raise BackendError(f"could not wake the paused VM: {e!r}") from e
             raise
-        finally:
-            out.close()
-            if state_fd >= 0:
-                os.close(state_fd)
         release = lambda: self._slots.release(slot)  # noqa: E731
-        sandbox.woken(proc, cgroup, reader, writer, qmp, supervised, slot, release)
-
-
-class _Output:
-    """The pipe QEMU writes its console and errors to: ours until its supervisor takes it."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-
-    def spawned(self) -> None:
-        os.close(self.w)  # QEMU has its own
-        self.w = -1
-
-    def take(self) -> int:
-        fd, self.r = self.r, -1
-        return fd
-
-    def said(self) -> str:
-        if self.r < 0:
-            return ""
-        try:
-            os.set_blocking(self.r, False)
-            return os.read(self.r, 8192).decode(errors="replace").strip()
-        except OSError:
-            return ""
-
-    def close(self) -> None:
-        for fd in (self.r, self.w):
-            if fd >= 0:
-                os.close(fd)
-        self.r = self.w = -1
+        sandbox.woken(
+            got.proc, got.cgroup, got.reader, got.writer, got.qmp, got.supervised, slot, release
+        )
 
 
 def _durable(*paths: Path) -> None:
@@ -607,17 +533,6 @@ def _durable(*paths: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-async def _abandon(proc: asyncio.subprocess.Process | None, out: _Output) -> str:
-    """Kill a QEMU that failed to start; what it said (its console and errors)."""
-    if proc is None:
-        return ""
-    if proc.returncode is None:
-        proc.kill()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 5)
-    return out.said()
 
 
 def _vcpus(cpus: float) -> int:
