@@ -45,7 +45,7 @@ async def adopt(
     if proc is None:
         raise BackendError(f"its {what} is gone")
     slot = int(held["slot"])
-    if not slots.reclaim(slot):
+    if not await asyncio.to_thread(slots.reclaim, slot):
         proc.kill()
         raise BackendError("its host uid range is held by another daemon")
     cgroup = await asyncio.to_thread(cgroups.attach, str(held["cgroup"]), cgroup_parent)

@@ -17,11 +17,13 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 UID_RANGE = 65536
 MAX_SLOTS = 4096  # uid ranges: uid_base + 4096 × 65536 stays far below 2^32
 LOCK_DIR = Path("/run/firebox/uids")  # a tmpfs: no range is in use after a reboot
+RECLAIM_WAIT = 3.0  # seconds: longer than another daemon's look into a range takes
 
 
 def id_conflicts(base: int, size: int, etc: Path = Path("/etc")) -> list[str]:
@@ -115,19 +117,28 @@ class UidSlots:
         self._held[slot] = fd
         return True
 
-    def reclaim(self, slot: int) -> bool:
+    def reclaim(self, slot: int, wait: float = RECLAIM_WAIT) -> bool:
         """Hold ``slot`` again for a sandbox this process adopts (an earlier daemon of its
-        home took it and died, its processes running on): False if someone else holds it."""
+        home took it and died, its processes running on): False if someone else holds it.
+
+        Another daemon's ``take`` locks each range it passes for as long as it looks for
+        processes in it (and then lets go of one whose holder died with processes left): so
+        a range held for ``wait`` seconds is held, one held for less was only looked at."""
         if slot in self._held:
             return True
         self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         first = self.first_id(slot)
         fd = os.open(self.lock_dir / f"{first}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.01)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._held[slot] = fd

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import time
 from pathlib import Path
 
-from firebox.confine.uids import id_conflicts
+from firebox.confine.uids import UidSlots, id_conflicts
 from firebox.protocol import display
 
 
@@ -29,3 +33,24 @@ def test_file_names_that_are_not_utf8_become_valid_text() -> None:
     assert display("ok") == "ok"
     assert display(b"bad\xff".decode("utf-8", "surrogateescape")) == "bad\ufffd"
     assert display("\ud800") == "?"
+
+
+def test_a_range_another_daemon_only_looks_at_is_reclaimed(tmp_path: Path) -> None:
+    """Another daemon's take() locks a range while it looks for processes in it: an
+    adopting daemon waits that out (it used to kill the sandbox it was adopting)."""
+    slots = UidSlots(1 << 30, tmp_path)
+    fd = os.open(tmp_path / f"{slots.first_id(3)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    threading.Timer(0.3, os.close, (fd,)).start()  # the look ends
+    started = time.monotonic()
+    assert slots.reclaim(3)
+    assert time.monotonic() - started >= 0.2
+    slots.release(3)
+
+
+def test_a_range_held_by_another_daemon_is_not_reclaimed(tmp_path: Path) -> None:
+    other, mine = UidSlots(1 << 30, tmp_path), UidSlots(1 << 30, tmp_path)
+    slot = other.take()
+    assert not mine.reclaim(slot, wait=0.2)
+    other.release(slot)
+    assert mine.reclaim(slot, wait=0.2)
