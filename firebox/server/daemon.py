@@ -227,6 +227,7 @@ async def _ready_manager(config: ServerConfig, registry: Registry) -> SandboxMan
             return manager
         except BackendError as e:
             log.error("isolation %s could not get ready: %s", backend.name, e)
+            await manager.let_go()  # what it adopted holds no timer or channel of ours
             await backend.close()
             if config.isolation != "auto":
                 raise

@@ -167,14 +167,19 @@ class SandboxManager:
         await self.metrics.stop()
         await self.pool.close()
         if self.config.keep_sandboxes_on_stop:
-            for live in list(self._live.values()):
-                await self._let_go(live)
+            await self.let_go()
         else:
             await asyncio.gather(
                 *(self._end(s, "daemon stopped") for s in list(self._live.values())),
                 return_exceptions=True,
             )
         await self.backend.close()
+
+    async def let_go(self) -> None:
+        """Hold none of the sandboxes any more (each left running, its record kept): for a
+        daemon that stops, or a backend that adopted them and then could not get ready."""
+        for live in list(self._live.values()):
+            await self._let_go(live)
 
     async def _let_go(self, live: LiveSandbox) -> None:
         """Leave a sandbox running for the next daemon: its record kept, our hold on it
