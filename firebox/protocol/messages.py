@@ -15,7 +15,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-PROTOCOL_VERSION = 1
+# 2: quiesce/quiesced, detach and adopt (pause, snapshots, a daemon restart); an agent
+# without them is told apart at its hello, not by a pause that never ends
+PROTOCOL_VERSION = 2
 
 # Error codes an agent may return; the daemon maps each to one HTTP status (server/errors.py).
 ERROR_CODES = (
