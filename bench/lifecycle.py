@@ -15,8 +15,10 @@ stopped by PID):
   in the same run (the target: ≤ 5 s for 50);
 - a supervisor's memory (PSS) and the run_code round trip through it;
 - snapshots and forks: a snapshot of a warm sandbox (seconds, size); 10 sandboxes started at
-  once from it, seconds until all answer (the target: ≤ 2 s microVM), each one's PSS on the
-  host; and ``fork(count=10)``, which takes its own snapshot first, end to end.
+  once from it, seconds until all are created and until all answer a command (the target:
+  ≤ 2 s microVM), each one's PSS on the host; one more from it left idle for 5 s, then its
+  first command and its second (what the first costs after a restore); and
+  ``fork(count=10)``, which takes its own snapshot first, end to end.
 
 Prints a table; writes the samples to bench/results/lifecycle-<date>.json.
 """
@@ -78,7 +80,7 @@ def pause_resume(backend: str, cycles: int, settle: float) -> dict[str, object]:
         sup = _supervisor_pids(owner.run_dir)
         sup_pss = [pss_kb(p) / 1024 for p in sup]
         running_pss = sandbox_pss_mb(d, sbx.sandbox_id)
-        pauses, resumes, disk, mem = [], [], [], []
+        pauses, resumes, resumes_alone, disk, mem = [], [], [], [], []
         for _ in range(cycles):
             start = time.perf_counter()
             sbx.pause()
@@ -89,6 +91,7 @@ def pause_resume(backend: str, cycles: int, settle: float) -> dict[str, object]:
             disk.append(_du(owner.vm_dirs / sbx.sandbox_id) / 2**20)
             start = time.perf_counter()
             again = Sandbox.resume(sbx.sandbox_id, **opts)
+            resumes_alone.append((time.perf_counter() - start) * 1000)
             assert again.run_code("x").text == "41"
             resumes.append((time.perf_counter() - start) * 1000)
             time.sleep(0.5)
@@ -96,15 +99,27 @@ def pause_resume(backend: str, cycles: int, settle: float) -> dict[str, object]:
         snap = sbx.create_snapshot()
         snapshot_s = time.perf_counter() - start
 
-        def from_snapshot(_: int) -> Sandbox:
+        def from_snapshot(_: int) -> tuple[Sandbox, float]:
             made = Sandbox.create(snapshot=snap.snapshot_id, timeout=600, **opts)
+            created = time.perf_counter() - start
             made.commands.run("true")  # it answers
-            return made
+            return made, created
 
         start = time.perf_counter()
         with ThreadPoolExecutor(10) as pool:
-            made = list(pool.map(from_snapshot, range(10)))
+            got = list(pool.map(from_snapshot, range(10)))
         forks_s = time.perf_counter() - start
+        made = [m for m, _ in got]
+        forks_created_s = max(c for _, c in got)
+        # where the time to answer goes: a sandbox's first command after it has sat idle
+        # (under emulation its QEMU translates the guest's spawn path anew) and its second
+        idle = Sandbox.create(snapshot=snap.snapshot_id, timeout=600, **opts)
+        time.sleep(5)
+        first_cmd_ms, second_cmd_ms = (
+            timed(lambda: idle.commands.run("true"), 1, warmup=0)[0],
+            timed(lambda: idle.commands.run("true"), 1, warmup=0)[0],
+        )
+        idle.kill()
         fork_pss = [sandbox_pss_mb(d, f.sandbox_id) for f in made]
         for f in made:
             f.kill()
@@ -125,6 +140,10 @@ def pause_resume(backend: str, cycles: int, settle: float) -> dict[str, object]:
         "snapshot_mb": snap.size_bytes / 2**20,
         "forks_ready": len(made),
         "forks_s": forks_s,
+        "forks_created_s": forks_created_s,
+        "first_command_ms": first_cmd_ms,
+        "second_command_ms": second_cmd_ms,
+        "resume_alone_ms": resumes_alone,
         "fork_call_s": fork_call_s,
         "fork_pss_mb": fork_pss,
         "pause_ms": pauses,
@@ -194,14 +213,15 @@ def main() -> int:
         print(f"{backend}: done", file=sys.stderr)
     med = statistics.median
     lines = [
-        "| backend | pause | resume → first result | paused: disk | paused: memory "
-        "| running PSS | supervisor PSS | run_code round trip |",
+        "| backend | pause | resume → first result (the resume alone) | paused: disk "
+        "| paused: memory | running PSS | supervisor PSS | run_code round trip |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['backend']} | {med(r['pause_ms']):.0f} ms "  # type: ignore[arg-type]
             f"| {med(r['resume_first_result_ms']):.0f} ms "  # type: ignore[arg-type]
+            f"({med(r['resume_alone_ms']):.0f} ms) "  # type: ignore[arg-type]
             f"| {med(r['paused_disk_mb']):.0f} MB "  # type: ignore[arg-type]
             f"| {med(r['paused_memory_mb']):.0f} MB "  # type: ignore[arg-type]
             f"| {r['running_pss_mb']:.0f} MB "
@@ -210,16 +230,19 @@ def main() -> int:
         )
     lines += [
         "",
-        "| backend | snapshot of a warm sandbox | its size | 10 from it at once: all answer "
-        "| PSS each | fork(count=10), its snapshot included |",
-        "|---|---|---|---|---|---|",
+        "| backend | snapshot of a warm sandbox | its size | 10 from it at once: all created "
+        "| all answer | PSS each | fork(count=10), its snapshot included "
+        "| one from it, idle 5 s: first / second command |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['backend']} | {r['snapshot_s']:.2f} s | {r['snapshot_mb']:.0f} MB "
+            f"| {r['forks_created_s']:.2f} s "
             f"| {r['forks_s']:.2f} s ({r['forks_ready']} ready) "
             f"| {med(r['fork_pss_mb'] or [0]):.0f} MB "  # type: ignore[arg-type]
-            f"| {r['fork_call_s']:.2f} s |"
+            f"| {r['fork_call_s']:.2f} s "
+            f"| {r['first_command_ms']:.0f} / {r['second_command_ms']:.0f} ms |"
         )
     lines += [
         "",
