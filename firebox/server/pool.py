@@ -37,6 +37,7 @@ RETRY_DELAY = 5.0  # after a failed refill, so a broken host is not hammered
 REFILL_DELAY = 0.25
 WARM_UP_DEADLINE = 60.0
 IDLE = 600.0  # seconds without a take before a built template's pool is emptied
+FORGET_WAIT = 10.0  # seconds a forgotten pool's refill is waited for (forget)
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,19 @@ class WarmPool:
         return sum(q.qsize() for q in self._ready.values())
 
     async def forget(self, key: str) -> None:
-        """Stop ``key``'s pool and discard what it holds (its template is going)."""
+        """Stop ``key``'s pool and discard what it holds (its template is going). Its refill
+        is told and cancelled, and waited for ``FORGET_WAIT`` at most: one whose cancel was
+        lost in a wait it was in (a template's DELETE once waited 300 s for the pool to idle
+        out) still ends at its next step, discarding what it made meanwhile."""
+        self._sources.pop(key, None)  # what the refill looks at before each step
+        if (wake := self._wake.get(key)) is not None:
+            wake.set()
         task = self._refills.pop(key, None)
         if task is not None:
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await asyncio.wait({task}, timeout=FORGET_WAIT)
+            if task.done() and not task.cancelled():
+                task.exception()  # looked at: a refill's own error is logged where it happens
         await self._drain(key)
 
     async def _drain(self, key: str) -> None:
@@ -137,18 +145,22 @@ class WarmPool:
         while queue is not None and not queue.empty():
             await queue.get_nowait().discard()
 
-    def _idle(self, key: str) -> bool:
-        return not self._sources[key].keep and (time.monotonic() - self._taken.get(key, 0.0) > IDLE)
+    def _idle(self, key: str, source: Source) -> bool:
+        return not source.keep and (time.monotonic() - self._taken.get(key, 0.0) > IDLE)
+
+    def _serving(self, key: str, source: Source) -> bool:
+        """Whether a refill of ``source`` is still wanted (not closed, not forgotten)."""
+        return not self._closed and self._sources.get(key) is source
 
     async def _refill(self, key: str) -> None:
-        source = self._sources[key]
-        queue = self._ready[key]
-        wake = self._wake[key]
+        source, queue, wake = self._sources.get(key), self._ready.get(key), self._wake.get(key)
+        if source is None or queue is None or wake is None:
+            return  # forgotten before it began
         if not source.keep:
             # a built template's pool starts as its first create does: let that one go first
             await asyncio.sleep(REFILL_DELAY * 4)
-        while not self._closed:
-            if self._idle(key):
+        while self._serving(key, source):
+            if self._idle(key, source):
                 log.warning("warm pool for %s: unused for %.0f s, emptied", key, IDLE)
                 self._refills.pop(key, None)
                 await self._drain(key)
@@ -169,7 +181,7 @@ class WarmPool:
                         await booted.discard()
                         raise
                     await warm_up(booted)
-                    if self._closed:
+                    if not self._serving(key, source):
                         await booted.discard()
                         return
                     queue.put_nowait(booted)
