@@ -84,6 +84,7 @@ class WarmPool:
         self._refills: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._taken: dict[str, float] = {}  # when each pool was last asked
+        self._leaving: set[asyncio.Task[None]] = set()  # refills of forgotten pools, ending
         self._closed = False
 
     def start(self, templates: list[str]) -> None:
@@ -133,10 +134,17 @@ class WarmPool:
         task = self._refills.pop(key, None)
         if task is not None:
             task.cancel()
+            # held until it ends (asyncio keeps only weak references to tasks: a dropped one
+            # can be collected mid-boot, its sandbox left running), and waited for at close
+            self._leaving.add(task)
+            task.add_done_callback(self._left)
             await asyncio.wait({task}, timeout=FORGET_WAIT)
-            if task.done() and not task.cancelled():
-                task.exception()  # looked at: a refill's own error is logged where it happens
         await self._drain(key)
+
+    def _left(self, task: asyncio.Task[None]) -> None:
+        self._leaving.discard(task)
+        if not task.cancelled():
+            task.exception()  # looked at: a refill's own error is logged where it happens
 
     async def _drain(self, key: str) -> None:
         queue = self._ready.pop(key, None)
@@ -198,7 +206,7 @@ class WarmPool:
         self._closed = True
         for wake in self._wake.values():
             wake.set()
-        for task in list(self._refills.values()):
+        for task in [*self._refills.values(), *self._leaving]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, START_DEADLINE + HELLO_DEADLINE + 5)
         for key in list(self._ready):
