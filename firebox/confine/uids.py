@@ -102,20 +102,36 @@ class UidSlots:
         )
 
     def _claim(self, slot: int) -> bool:
-        first = self.first_id(slot)
-        fd = os.open(self.lock_dir / f"{first}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another daemon's sandbox has it
-            os.close(fd)
+        fd = self._lock(slot, wait=0.0)  # one held: another daemon's sandbox has it
+        if fd < 0:
             return False
-        if os.pread(fd, 64, 0) and processes_in_range(first):
+        if os.pread(fd, 64, 0) and processes_in_range(self.first_id(slot)):
             os.close(fd)  # its holder died with processes left in it: not until reclaimed
             return False
+        self._hold(slot, fd)
+        return True
+
+    def _lock(self, slot: int, wait: float) -> int:
+        """The lock file of ``slot`` locked (its descriptor), trying for ``wait`` seconds;
+        -1 if someone else held it all that time."""
+        path = self.lock_dir / f"{self.first_id(slot)}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return -1
+                time.sleep(0.01)
+
+    def _hold(self, slot: int, fd: int) -> None:
+        """``slot`` ours: its lock file names this process."""
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._held[slot] = fd
-        return True
 
     def reclaim(self, slot: int, wait: float = RECLAIM_WAIT) -> bool:
         """Hold ``slot`` again for a sandbox this process adopts (an earlier daemon of its
@@ -127,21 +143,10 @@ class UidSlots:
         if slot in self._held:
             return True
         self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        first = self.first_id(slot)
-        fd = os.open(self.lock_dir / f"{first}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    return False
-                time.sleep(0.01)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._held[slot] = fd
+        fd = self._lock(slot, wait)
+        if fd < 0:
+            return False
+        self._hold(slot, fd)
         return True
 
     def release(self, slot: int) -> None:

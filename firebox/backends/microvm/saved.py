@@ -23,12 +23,12 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from firebox.backends.base import BackendError
 from firebox.backends.microvm import qemu
+from firebox.backends.microvm.launch import Spawn
 from firebox.backends.microvm.restore_points import RestorePoint, run
 from firebox.backends.microvm.snapshot import load_ram
 from firebox.confine import cgroups
@@ -38,8 +38,6 @@ CAPTURE_DEADLINE = 120.0
 BAKE_DEADLINE = 300.0
 VM_FILE = "vm.json"
 FILES = ("mem", "state", "rw.img")
-
-Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 
 
 async def capture(qmp: qemu.Qmp, overlay: Path, into: Path) -> None:
