@@ -1,6 +1,6 @@
 """The `firebox` command: thin; it parses arguments and calls the SDK, the server or the images.
 
-firebox serve [--host H] [--port P] [--isolation auto|jail|microvm]
+firebox serve [--host H] [--port P] [--isolation auto|microvm|gvisor|jail]
 firebox image build [TEMPLATE] [--force]
 firebox sandbox create [--template T] [--timeout S] [--metadata k=v ...]
 firebox sandbox list [--metadata k=v ...]
@@ -134,14 +134,24 @@ def _build_microvm_pieces(template: str) -> None:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from firebox import images
-    from firebox.backends.select import report
+    from firebox.backends.base import BackendError
+    from firebox.backends.owner import Owner
+    from firebox.backends.select import consequence, report, select
     from firebox.confine import criu
 
     ok_any = False
-    for name, verdict in report(ServerConfig().uid_base).items():
+    uid_base = ServerConfig().uid_base
+    for name, verdict in report(uid_base).items():
         mark = "ok " if verdict.ok else "no "
         ok_any |= verdict.ok
         print(f"{mark} {name:8} {verdict.reason}")
+        if advice := verdict.details.get("advice"):
+            print(f"    warning: {advice}")
+    try:
+        chosen = select("auto", Owner.of_process("doctor"), uid_base)
+        print(f"    auto: {chosen.name}: {consequence(chosen)}")
+    except BackendError as e:
+        print(f"    auto: {e}")
     print(f"    pause (jail): {criu.pause_line(criu.verdict())}")
     for template in images.known_templates():
         path = images.image_path(template)
@@ -370,7 +380,13 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--isolation", default="auto", choices=["auto", "jail", "microvm"])
+    serve.add_argument(
+        "--isolation",
+        default="auto",
+        choices=["auto", "microvm", "gvisor", "jail"],
+        help="auto: a microVM with KVM, else gVisor, else a microVM under emulation; the jail "
+        "(sharing the host's kernel) only by name",
+    )
     serve.add_argument(
         "--pool-size",
         type=int,

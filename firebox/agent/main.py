@@ -13,6 +13,7 @@ we started is killed and the agent exits.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -191,10 +192,32 @@ def _route(stream: Stream, kind: str, frame: protocol.Frame) -> None:
 def _open_channel() -> int:
     path = os.environ.get("FIREBOX_AGENT_PATH")
     if path:
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
-    fd = int(os.environ.get("FIREBOX_AGENT_FD", "3"))
-    os.set_inheritable(fd, False)  # nothing we start may talk to the daemon
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+    else:
+        fd = int(os.environ.get("FIREBOX_AGENT_FD", "3"))
+        os.set_inheritable(fd, False)  # nothing we start may talk to the daemon
+    if fd < 3:
+        # gVisor hands the channel over as stdin: moved above stdio, so that no pipe of ours
+        # and no child's dup2 onto 0 can ever be it
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(fd)
+        fd = moved
+    _fill_stdio()
     return fd
+
+
+def _fill_stdio() -> None:
+    """/dev/null on any of 0, 1, 2 left closed (runsc passes no stdout when it is stderr's
+    pipe): else the next pipe made here would take that number, and a worker that dup2s its
+    own stdout there would lose it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _close_strays(keep: int) -> None:

@@ -246,9 +246,31 @@ def _current_fsgid() -> int:
     return int(libc.setfsgid(0xFFFFFFFF))
 
 
+SYS_SETRESUID, SYS_SETRESGID = 117, 119  # x86_64
+
+
+def _setres(call: int, effective: int) -> int:
+    """setresuid/setresgid(-1, effective, -1) for this thread alone (``syscall`` is variadic:
+    its arguments go as longs)."""
+    keep = ctypes.c_long(-1)
+    return int(libc.syscall(ctypes.c_long(call), keep, ctypes.c_long(effective), keep))
+
+
+def _fsuid_works() -> bool:
+    """gVisor's kernel has no setfsuid (ENOSYS: the query answers -1)."""
+    return _current_fsuid() != -1
+
+
 @contextmanager
 def as_user(uid: int, gid: int, name: str) -> Iterator[None]:
-    """Run the body with this thread's filesystem identity set to ``uid``/``gid``."""
+    """Run the body with this thread's filesystem identity set to ``uid``/``gid``: its fsuid
+    and fsgid, or where the kernel lacks those (gVisor) its effective ids, set for this thread
+    alone by the raw system calls (glibc's wrappers would change every thread's). Either way
+    the thread's effective capabilities go while it is the user, and come back after."""
+    if not _FSUID:
+        with _as_user_by_euid(uid, gid, name):
+            yield
+        return
     old_uid, old_gid = _current_fsuid(), _current_fsgid()
     if (old_uid, old_gid) == (uid, gid):
         yield
@@ -257,15 +279,41 @@ def as_user(uid: int, gid: int, name: str) -> Iterator[None]:
     libc.setfsuid(uid)
     try:
         if _current_fsuid() != uid or _current_fsgid() != gid:
-            raise Fail(
-                "permission_denied",
-                f"the agent (uid {os.geteuid()}) may not act as user {name!r} (uid {uid}); "
-                "run it as root inside the sandbox",
-            )
+            raise _cannot_act(uid, name)
         yield
     finally:
         libc.setfsuid(old_uid)
         libc.setfsgid(old_gid)
+
+
+@contextmanager
+def _as_user_by_euid(uid: int, gid: int, name: str) -> Iterator[None]:
+    old_uid, old_gid = os.geteuid(), os.getegid()  # this thread's (the kernel's answer)
+    if (old_uid, old_gid) == (uid, gid):
+        yield
+        return
+    if _setres(SYS_SETRESGID, gid) != 0:
+        raise _cannot_act(uid, name)
+    if _setres(SYS_SETRESUID, uid) != 0:
+        _setres(SYS_SETRESGID, old_gid)
+        raise _cannot_act(uid, name)
+    try:
+        yield
+    finally:
+        # back to root first: only root may set the group back
+        _setres(SYS_SETRESUID, old_uid)
+        _setres(SYS_SETRESGID, old_gid)
+
+
+def _cannot_act(uid: int, name: str) -> Fail:
+    return Fail(
+        "permission_denied",
+        f"the agent (uid {os.geteuid()}) may not act as user {name!r} (uid {uid}); "
+        "run it as root inside the sandbox",
+    )
+
+
+_FSUID = _fsuid_works()
 
 
 def setgroups_allowed() -> bool:

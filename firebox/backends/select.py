@@ -8,17 +8,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from firebox.backends.base import Availability, Backend, BackendError
+from firebox.backends.gvisor.backend import GVisorBackend
 from firebox.backends.jail.backend import JailBackend
 from firebox.backends.microvm import restore_points
 from firebox.backends.microvm.backend import MicroVMBackend
 from firebox.backends.owner import Owner
 
-# strongest first: a VM has its own kernel; the jail shares the host's
-NAMES = ("microvm", "jail")
+NAMES = ("microvm", "gvisor", "jail")
+# What ``auto`` tries, in order: a VM's own kernel on hardware virtualization; else gVisor's
+# kernel in user space at native speed; else the VM under software emulation (as strong,
+# 5-100x slower at compute). The jail shares the host's kernel: only when asked by name.
+AUTO = (("microvm", "kvm"), ("gvisor", None), ("microvm", "tcg"))
+# one sentence each on what the choice means for the user's code
+CONSEQUENCE = {
+    ("microvm", "kvm"): "code runs at near-native speed in a VM of its own",
+    ("gvisor", None): "code runs at native speed; system calls and file I/O cost more (gVisor)",
+    ("microvm", "tcg"): (
+        "code runs 5-100x slower than natively: no KVM here and no working gVisor, so the "
+        "microVM's CPU is emulated (install runsc for native speed)"
+    ),
+    ("jail", None): "code runs at native speed, sharing the host's kernel (the weakest tier)",
+}
 
 
 def backends(owner: Owner, uid_base: int) -> dict[str, Backend]:
-    return {"microvm": MicroVMBackend(owner, uid_base), "jail": JailBackend(owner, uid_base)}
+    return {
+        "microvm": MicroVMBackend(owner, uid_base),
+        "gvisor": GVisorBackend(owner, uid_base),
+        "jail": JailBackend(owner, uid_base),
+    }
+
+
+def consequence(backend: Backend) -> str:
+    """What ``backend``, as it runs here, means for the speed of the user's code."""
+    accel = backend.availability().details.get("accel") if backend.name == "microvm" else None
+    return CONSEQUENCE.get((backend.name, accel), "")
 
 
 def build_backend(running: Backend, owner: Owner, uid_base: int) -> Backend | None:
@@ -54,8 +78,8 @@ def report(uid_base: int) -> dict[str, Availability]:
 def select(
     name: str, owner: Owner, uid_base: int, ruled_out: dict[str, str] | None = None
 ) -> Backend:
-    """The backend called ``name``, or for ``auto`` the strongest that works here and is not
-    in ``ruled_out`` (backends that failed to get ready, with why)."""
+    """The backend called ``name``, or for ``auto`` the first of ``AUTO`` that works here and
+    is not in ``ruled_out`` (backends that failed to get ready, with why)."""
     found = backends(owner, uid_base)
     ruled_out = ruled_out or {}
     if name != "auto":
@@ -66,14 +90,19 @@ def select(
         if not verdict.ok:
             raise BackendError(f"isolation {name!r} cannot run on this host: {verdict.reason}")
         return backend
-    reasons = []
-    for candidate in NAMES:
+    reasons: dict[str, str] = {}
+    for candidate, accel in AUTO:
         if candidate in ruled_out:
-            reasons.append(f"{candidate}: {ruled_out[candidate]}")
+            reasons[candidate] = ruled_out[candidate]
             continue
         backend = found[candidate]
         verdict = backend.availability()
-        if verdict.ok:
+        if not verdict.ok:
+            reasons[candidate] = verdict.reason
+        elif accel is None or verdict.details.get("accel") == accel:
             return backend
-        reasons.append(f"{candidate}: {verdict.reason}")
-    raise BackendError("no isolation backend works on this host:\n  " + "\n  ".join(reasons))
+    raise BackendError(
+        "no strong isolation backend works on this host (the jail, sharing the host's "
+        "kernel, runs only when asked for by name: --isolation jail):\n  "
+        + "\n  ".join(f"{name}: {why}" for name, why in reasons.items())
+    )

@@ -4,6 +4,9 @@ A gate process (``sh`` waiting on a pipe) is moved into the cgroup first, then e
 ``setpriv`` (dropping to the uid; cheaper than Popen's ``user=``, which forces a full fork of
 the large daemon) and the program, all under one pid: nothing of the sandbox ever runs outside
 its cgroup.
+
+runsc (the gVisor backend) is gated the same way but stays root: it drops to the sandbox's
+host uid range itself (its gofer) and to nobody (its sentry), and needs root to set them up.
 """
 
 from __future__ import annotations
@@ -23,33 +26,45 @@ CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 async def spawn_gated(
     argv: Sequence[str],
     cgroup: cgroups.CgroupSet,
-    host_id: int,
+    host_id: int | None,
     pass_fds: Sequence[int] = (),
     stdout: int = subprocess.DEVNULL,
     stderr: int = subprocess.PIPE,
     extra_groups: Sequence[int] = (),
+    stdin: int | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start ``argv`` as ``host_id`` in ``cgroup``, in a session of its own, with an empty
-    environment (what it keeps would be readable in its /proc/<pid>/environ)."""
-    groups = (
-        [f"--groups={','.join(str(g) for g in extra_groups)}"]
-        if extra_groups
-        else ["--clear-groups"]
-    )
+    """Start ``argv`` as ``host_id`` (None: as root, for runsc) in ``cgroup``, in a session of
+    its own, with an empty environment (what it keeps would be readable in its
+    /proc/<pid>/environ), and ``stdin`` (one of ``pass_fds``) as its stdin, else /dev/null."""
+    drop: list[str] = []
+    if host_id is not None:
+        groups = (
+            [f"--groups={','.join(str(g) for g in extra_groups)}"]
+            if extra_groups
+            else ["--clear-groups"]
+        )
+        drop = [
+            SETPRIV,
+            f"--reuid={host_id}",
+            f"--regid={host_id}",
+            *groups,
+            # no capability can ever come back in the host's namespaces, even through a
+            # setuid or file-capability binary (bwrap gets its own full set in the user
+            # namespace it makes: a new namespace's set does not come from this one)
+            "--bounding-set=-all",
+            "--",
+        ]
+    # The gate reads "go" on its own stdin; the program gets ``stdin`` in its place. bash for
+    # that: dash reads only one-digit descriptors in a redirection.
+    shell, gate = "/bin/sh", GATE
+    if stdin is not None:
+        shell, gate = "/bin/bash", f'read -r _ && exec "$@" <&{int(stdin)} {int(stdin)}<&-'
     proc = await asyncio.create_subprocess_exec(
-        "/bin/sh",
+        shell,
         "-c",
-        GATE,
+        gate,
         "gate",
-        SETPRIV,
-        f"--reuid={host_id}",
-        f"--regid={host_id}",
-        *groups,
-        # no capability can ever come back in the host's namespaces, even through a setuid
-        # or file-capability binary (bwrap gets its own full set in the user namespace it
-        # makes: a new namespace's set does not come from this one)
-        "--bounding-set=-all",
-        "--",
+        *drop,
         *argv,
         stdin=subprocess.PIPE,
         stdout=stdout,

@@ -22,7 +22,7 @@ from firebox import images
 from firebox.backends.base import BackendError
 from firebox.backends.jail.backend import JailBackend
 from firebox.backends.owner import Owner
-from firebox.backends.select import build_backend, select
+from firebox.backends.select import build_backend, consequence, select
 from firebox.images import ImageBuildError
 from firebox.images import bases as image_bases
 from firebox.server.app import create_app
@@ -219,7 +219,12 @@ async def _ready_manager(config: ServerConfig, registry: Registry) -> SandboxMan
     ruled_out: dict[str, str] = {}
     while True:
         backend = select(config.isolation, owner, config.uid_base, ruled_out)
-        log.warning("isolation: %s (%s)", backend.name, backend.availability().reason)
+        log.warning(
+            "isolation: %s (%s): %s",
+            backend.name,
+            backend.availability().reason,
+            consequence(backend),
+        )
         manager = SandboxManager(config, registry, backend)
         await manager.adopt()
         try:

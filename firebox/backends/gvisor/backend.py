@@ -1,0 +1,431 @@
+"""The gVisor backend: ``runsc``, a kernel of the sandbox's own in user space.
+
+The user's code runs natively on the host's CPU; each of its system calls is caught by the
+sentry (gVisor's kernel, written in Go, itself under a seccomp filter, as nobody in its own
+user namespace), never reaching the host kernel. Files of the image reach it through the
+gofer, running as the sandbox's own unprivileged host uid range. On a host without KVM this
+is the strong tier at native speed; a microVM there runs under emulation (docs/BACKENDS.md).
+
+Start-up, each step failing loudly and undone in reverse (``_Start``):
+
+1. a host uid range of its own, its capped disk (the jail's: jail/rwdisk.py), a cgroup with
+   the sandbox's memory, pids and CPU limits;
+2. its OCI bundle (bundle.py): the image read-only as root, the disk's places bound in, the
+   ids mapped onto the range;
+3. ``runsc run`` gated into the cgroup (confine/gate.py), so that the gofer, the sentry and
+   its stubs are all born inside it, with the agent's channel as its stdin: runsc hands that
+   to the agent, its first process;
+4. the channel and runsc's output go to the sandbox's supervisor, which outlives the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from firebox.backends import agent_files
+from firebox.backends.adopted import HeldProcess
+from firebox.backends.base import (
+    Availability,
+    Backend,
+    BackendError,
+    RunningSandbox,
+    SandboxSpec,
+)
+from firebox.backends.confined import ConfinedSandbox, adopt, take_slot
+from firebox.backends.gvisor import bundle, runsc
+from firebox.backends.jail import rwdisk
+from firebox.backends.owner import Owner
+from firebox.backends.supervision import Supervised, Supervisors
+from firebox.confine import cgroups
+from firebox.confine.gate import spawn_gated
+from firebox.confine.uids import UidSlots, range_problem
+from firebox.images.cache import image_root
+
+log = logging.getLogger("firebox.gvisor")
+
+DELETE_DEADLINE = 10.0  # `runsc delete` of a sandbox already killed: its state files only
+# Host threads and processes the sentry and gofer need besides the sandbox's own: Go's
+# runtime threads, and (ptrace, systrap) stubs. The sentry panics when it cannot make one.
+SENTRY_PIDS = 256
+
+
+class GVisorSandbox(ConfinedSandbox):
+    def __init__(
+        self,
+        proc: HeldProcess,
+        cgroup: cgroups.CgroupSet,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        supervised: Supervised,
+        slot: int,
+        release: Callable[[], None],
+        rw: Path,
+        bundle_dir: Path,
+        runsc_argv: list[str],
+        container: str,
+    ) -> None:
+        super().__init__(proc, cgroup, reader, writer, supervised, slot, release)
+        self._rw = rw
+        self._bundle = bundle_dir
+        self._runsc = runsc_argv  # the binary and its global flags
+        self._container = container
+
+    def held(self) -> dict[str, Any]:
+        return {
+            **super().held(),
+            "rw": str(self._rw),
+            "bundle": str(self._bundle),
+            "runsc": self._runsc,
+            "container": self._container,
+        }
+
+    @property
+    def disk(self) -> Path:
+        return self._rw
+
+    # Paused: the sentry's and gofer's host threads frozen in the cgroup, its memory kept.
+    pause_keeps = "memory"
+
+    async def pause(self) -> None:
+        try:
+            await asyncio.to_thread(self._cgroup.freeze)
+        except OSError as e:
+            raise BackendError(f"could not freeze the gVisor sandbox: {e}") from None
+
+    async def resume(self) -> None:
+        try:
+            await asyncio.to_thread(self._cgroup.thaw)
+        except OSError as e:
+            raise BackendError(f"could not thaw the gVisor sandbox: {e}") from None
+
+    def _disk(self) -> tuple[int | None, int | None]:
+        return rwdisk.usage(self._rw)
+
+    async def _free(self) -> None:
+        await _delete(self._runsc, self._container)
+        await asyncio.to_thread(_remove, self._bundle, self._rw)
+
+
+async def _delete(runsc_argv: list[str], container: str) -> None:
+    """runsc's own state of a sandbox that is gone (its sentry and gofer killed already)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        await asyncio.to_thread(
+            subprocess.run,
+            [*runsc_argv, "delete", "--force", container],
+            capture_output=True,
+            timeout=DELETE_DEADLINE,
+            check=False,
+        )
+
+
+def _remove(bundle_dir: Path, rw: Path) -> None:
+    shutil.rmtree(bundle_dir, ignore_errors=True)
+    rwdisk.remove(rw)
+
+
+class GVisorBackend(Backend):
+    name = "gvisor"
+    # files only, as a jail's: a snapshot of its memory (runsc checkpoint) is not kept yet
+    snapshot_keeps = "disk"
+
+    def __init__(self, owner: Owner, uid_base: int) -> None:
+        self.owner = owner
+        self.uid_base = uid_base
+        self._slots = UidSlots(uid_base)
+        self._agent_lib: Path | None = None
+        self._availability: Availability | None = None
+        self._supervisors = Supervisors(owner.run_dir)
+
+    @property
+    def _bundles(self) -> Path:
+        """Each sandbox's OCI bundle: beside its disk, where the gofer (the sandbox's uid
+        range) can reach its machine id, as it reaches the images."""
+        return image_root() / "gvisor" / self.owner.key
+
+    @property
+    def _state(self) -> Path:
+        """runsc's own state (``--root``): root's only, under /run, as the supervisors are."""
+        return self.owner.run_dir / "runsc"
+
+    # -- probing -------------------------------------------------------------------------
+
+    def availability(self) -> Availability:
+        if self._availability is None:
+            self._availability = self._probe()
+        return self._availability
+
+    def _probe(self) -> Availability:
+        found = runsc.find()
+        if found is None:
+            return Availability(
+                False,
+                "gVisor's runsc is not installed: apt-get install runsc (or put a release's "
+                f"runsc on PATH, or set {runsc.ENV} to it)",
+            )
+        if os.geteuid() != 0:
+            return Availability(
+                False,
+                "the gvisor backend needs the daemon to run as root (runsc maps each sandbox "
+                "onto unprivileged host uids and creates cgroups); run `firebox serve` as root",
+            )
+        if (problem := range_problem(self.uid_base)) is not None:
+            return Availability(False, problem)
+        host = cgroups.detect()
+        missing = [c for c in ("memory", "pids", "cpu") if c not in host.controllers]
+        if missing:
+            return Availability(
+                False,
+                f"cgroup controllers {', '.join(missing)} are not available "
+                f"(cgroup v{host.version}); {host.reason}".rstrip("; "),
+            )
+        chosen = runsc.platform(found)
+        details: dict[str, Any] = {
+            "runsc": found.path,
+            "version": found.version,
+            "platforms": chosen.tried,
+        }
+        if found.old:
+            details["advice"] = found.advice()
+        if chosen.name is None:
+            why = "; ".join(f"{p}: {r}" for p, r in chosen.tried.items())
+            reason = f"runsc {found.version} runs no sandbox here ({why})"
+            return Availability(False, reason, details)
+        details["platform"] = chosen.name
+        return Availability(
+            True,
+            f"gVisor runsc {found.version}, {chosen.name} platform: a user-space kernel per "
+            "sandbox, code at native speed, each system call paying its way through the sentry",
+            details,
+        )
+
+    def _runsc_argv(self) -> list[str]:
+        """runsc and its global flags, as every call of this daemon's names them."""
+        details = self.availability().details
+        return [
+            str(details["runsc"]),
+            "--root",
+            str(self._state),
+            # no network device: egress rides the agent's channel, as on every backend
+            "--network=none",
+            f"--platform={details['platform']}",
+            # the root is the image, read-only; the writable places are the capped disk's
+            "--overlay2=none",
+            # only this sandbox touches its disk's files (the daemon copies them frozen):
+            # the sentry may cache them
+            "--file-access-mounts=exclusive",
+        ]
+
+    # -- adopting and reclaiming ----------------------------------------------------------
+
+    async def reclaim_stale(self, keep: frozenset[str] = frozenset()) -> int:
+        disks = await asyncio.to_thread(rwdisk.remove_stale, self.owner.jail_disks, keep)
+        cgs = await asyncio.to_thread(cgroups.cleanup_stale, self.owner.cgroup_parent, keep=keep)
+        bundles = 0
+        for path in self._bundles.iterdir() if self._bundles.is_dir() else ():
+            if path.name not in keep:
+                if self.availability().ok:
+                    await _delete(self._runsc_argv(), path.name)
+                await asyncio.to_thread(shutil.rmtree, path, True)
+                bundles += 1
+        return disks + cgs + bundles + self._supervisors.sweep(keep)
+
+    async def adopt(self, spec: SandboxSpec, held: dict[str, Any]) -> RunningSandbox:
+        """A sandbox an earlier daemon of this home started, still running: its ``runsc run``
+        (by pid and start time), cgroup, uid range, disk, and agent through its supervisor."""
+        got = await adopt(held, self._slots, self.owner.cgroup_parent, "runsc process")
+        return GVisorSandbox(
+            got.proc,
+            got.cgroup,
+            got.reader,
+            got.writer,
+            got.supervised,
+            got.slot,
+            release=got.release,
+            rw=Path(str(held["rw"])),
+            bundle_dir=Path(str(held["bundle"])),
+            runsc_argv=[str(a) for a in held["runsc"]],
+            container=str(held["container"]),
+        )
+
+    async def snapshot(self, running: RunningSandbox, spec: SandboxSpec, into: Path) -> None:
+        """Its disk (home, /tmp, /root), copied while it is frozen (as a jail's)."""
+        assert isinstance(running, GVisorSandbox)
+        await running.pause()
+        try:
+            await asyncio.to_thread(
+                rwdisk.save, running.disk, into / "disk", self._slots.first_id(running.slot)
+            )
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, into, True)
+            raise
+        finally:
+            await running.resume()
+
+    async def forget_snapshot(self, into: Path) -> None:
+        await asyncio.to_thread(shutil.rmtree, into, True)
+
+    async def close(self) -> None:
+        await self._supervisors.close()
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(cgroups.remove_parent, self.owner.cgroup_parent)
+        for leftover in (self.owner.jail_disks, self._bundles):
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
+
+    # -- starting ------------------------------------------------------------------------
+
+    def _lib(self) -> Path:
+        if self._agent_lib is None:
+            self._agent_lib = agent_files.stage(image_root())
+        return self._agent_lib
+
+    async def start(self, spec: SandboxSpec) -> RunningSandbox:
+        ok = self.availability()
+        if not ok.ok:
+            raise BackendError(f"the gvisor backend cannot run here: {ok.reason}")
+        if spec.build_layers:
+            raise BackendError("gVisor sandboxes do not run template builds (a jail does)")
+        start = _Start(self, spec)
+        try:
+            await start.disk_and_cgroup()
+            await asyncio.to_thread(start.bundle)
+            await start.spawn()
+            return await start.running()
+        except BaseException as e:
+            await start.undo()
+            if isinstance(e, OSError):
+                raise BackendError(f"could not start the gVisor sandbox: {e}") from e
+            raise
+        finally:
+            start.close()
+
+
+class _Start:
+    """One sandbox's start: what it has made so far, each step a method (``start``)."""
+
+    def __init__(self, backend: GVisorBackend, spec: SandboxSpec) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.slot: int | None = None
+        self.rw: Path | None = None
+        self.bundle_dir: Path | None = None
+        self.cgroup: cgroups.CgroupSet | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.argv = backend._runsc_argv()
+        ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ours: socket.socket | None = ours
+        self.output_r, self.output_w = os.pipe()  # runsc's own words, for the supervisor
+
+    @property
+    def host_id(self) -> int:
+        assert self.slot is not None
+        return self.backend._slots.first_id(self.slot)
+
+    async def disk_and_cgroup(self) -> None:
+        """1. A host uid range, the sandbox's disk, its cgroup with the limits."""
+        limits = self.spec.limits
+        self.slot = take_slot(self.backend._slots)
+        self.rw = await asyncio.to_thread(
+            rwdisk.create,
+            self.backend.owner.jail_disks,
+            self.spec.sandbox_id,
+            limits.disk_mb,
+            self.host_id,
+            self.spec.rootfs,
+            self.spec.snapshot / "disk" if self.spec.snapshot else None,
+        )
+        cgroup_limits = cgroups.Limits(
+            memory_bytes=limits.memory_mb << 20,
+            pids=limits.processes + SENTRY_PIDS,
+            cpu_quota=limits.cpu_count,
+        )
+        self.cgroup = await asyncio.to_thread(
+            cgroups.create, self.spec.sandbox_id, cgroup_limits, self.backend.owner.cgroup_parent
+        )
+
+    def bundle(self) -> None:
+        """2. Its OCI bundle."""
+        assert self.rw is not None
+        self.bundle_dir = self.backend._bundles / self.spec.sandbox_id
+        self.backend._state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        bundle.write(self.spec, self.backend._lib(), self.rw, self.bundle_dir, self.host_id)
+
+    async def spawn(self) -> None:
+        """3. ``runsc run``, gated into the cgroup, the agent's channel as its stdin."""
+        assert self.cgroup is not None and self.bundle_dir is not None
+        theirs = self.theirs.fileno()
+        self.proc = await spawn_gated(
+            [*self.argv, "run", "--bundle", str(self.bundle_dir), self.spec.sandbox_id],
+            self.cgroup,
+            None,
+            pass_fds=[theirs],
+            stdin=theirs,
+            stdout=self.output_w,
+            stderr=self.output_w,
+        )
+
+    async def running(self) -> GVisorSandbox:
+        """4. The channel and output to the supervisor; the sandbox holds what was made."""
+        assert self.proc is not None and self.cgroup is not None
+        assert self.rw is not None and self.bundle_dir is not None and self.slot is not None
+        self.theirs.close()  # runsc has its own copy
+        os.close(self.output_w)
+        self.output_w = -1
+        ours, self.ours = self.ours, None
+        output, self.output_r = self.output_r, -1
+        assert ours is not None
+        supervised, reader, writer = await self.backend._supervisors.supervise(
+            self.spec.sandbox_id, ours, output
+        )
+        slots, slot = self.backend._slots, self.slot
+        sandbox = GVisorSandbox(
+            self.proc,
+            self.cgroup,
+            reader,
+            writer,
+            supervised,
+            slot,
+            release=lambda: slots.release(slot),
+            rw=self.rw,
+            bundle_dir=self.bundle_dir,
+            runsc_argv=self.argv,
+            container=self.spec.sandbox_id,
+        )
+        self.slot = self.rw = self.cgroup = self.proc = self.bundle_dir = None
+        return sandbox
+
+    async def undo(self) -> None:
+        """Free what was made, in reverse: nothing of the sandbox stays."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 5)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.destroy)
+        if self.proc is not None:
+            await _delete(self.argv, self.spec.sandbox_id)
+        if self.bundle_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self.bundle_dir, True)
+        if self.rw is not None:
+            await asyncio.to_thread(rwdisk.remove, self.rw)
+        if self.slot is not None:
+            self.backend._slots.release(self.slot)
+        if self.ours is not None:
+            self.ours.close()
+
+    def close(self) -> None:
+        """Our ends of the start's pipes, whatever happened."""
+        for fd in (self.output_r, self.output_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.theirs.close()

@@ -1,0 +1,114 @@
+"""The OCI bundle of a gVisor sandbox: its ``config.json``, built from a spec as an ordered
+containment checklist (as the jail's bwrap command line is: jail/bwrap.py).
+
+runsc reads it as root, so nothing in it comes from the sandbox. Each step names what it
+protects against; what runsc itself adds (the sentry's seccomp filter, its own user and
+network namespaces, no host devices) is in docs/BACKENDS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from firebox.backends.agent_files import AGENT_COMMAND, GUEST_LIB
+from firebox.backends.base import SandboxSpec
+from firebox.backends.jail import rwdisk
+from firebox.backends.jail.bwrap import AGENT_CAPS, GUEST_PATH
+from firebox.confine.uids import UID_RANGE
+
+CONFIG = "config.json"
+MACHINE_ID = "machine-id"
+SHM_MB = 64  # /dev/shm: the sentry's own memory, so capped on its own
+# runsc hands its stdin to the container's first process: the agent's channel (fd 0)
+AGENT_FD = 0
+AGENT_ENV = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "FIREBOX_BACKEND": "gvisor"}
+
+
+def config(spec: SandboxSpec, agent_lib: Path, rw: Path, bundle: Path, host_id: int) -> dict:
+    """The bundle's ``config.json`` for a sandbox of ``spec`` with its disk at ``rw``, its
+    ids 0..65535 being host ids ``host_id``..; ``bundle`` holds its machine id."""
+    env = {**AGENT_ENV, "FIREBOX_AGENT_FD": str(AGENT_FD)}
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            # 1. The agent, as root of the sandbox's own ids, with only the capabilities it
+            #    needs to serve (jail/bwrap.py says why each) and none regained by an exec.
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": AGENT_COMMAND,
+            # 2. A clean environment: nothing of the daemon's leaks in.
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "cwd": "/",
+            "capabilities": {
+                kind: [*AGENT_CAPS] for kind in ("bounding", "effective", "permitted")
+            },
+            "noNewPrivileges": True,
+        },
+        # 3. Filesystem: the image read-only as / (the gofer serves it; nothing can write
+        #    through to the host's tree), the sandbox's capped disk for the only writable
+        #    places, the agent's code read-only. Mount points must exist in the image: runsc
+        #    would make a missing one in the image's tree on the host.
+        "root": {"path": str(spec.rootfs), "readonly": True},
+        "hostname": spec.hostname,
+        "mounts": _mounts(agent_lib, rw, bundle),
+        "linux": {
+            # 4. Namespaces, and the sandbox's ids mapped onto its own unprivileged host
+            #    range: the gofer (the one process that touches host files) runs as that
+            #    range, never as host root, and files the sandbox writes are the range's.
+            "namespaces": [
+                {"type": t} for t in ("pid", "ipc", "uts", "mount", "user", "network")
+            ],
+            "uidMappings": [{"containerID": 0, "hostID": host_id, "size": UID_RANGE}],
+            "gidMappings": [{"containerID": 0, "hostID": host_id, "size": UID_RANGE}],
+            # no cgroupsPath: runsc is started inside the sandbox's cgroup already (the gate:
+            # confine/gate.py), so the gofer, the sentry and its stubs are all born there
+        },
+    }
+
+
+def _mounts(agent_lib: Path, rw: Path, bundle: Path) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["ro", "nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": [f"size={SHM_MB}m", "nosuid", "nodev", "mode=1777"],
+        },
+        {"destination": GUEST_LIB, "type": "bind", "source": str(agent_lib), "options": ["ro"]},
+        # an identity of its own: the image's machine id would be every sandbox's
+        {
+            "destination": "/etc/machine-id",
+            "type": "bind",
+            "source": str(bundle / MACHINE_ID),
+            "options": ["ro"],
+        },
+    ]
+    for name, inside, _, _ in rwdisk.PLACES:
+        if name != "shm":  # the sentry's own tmpfs above
+            mounts.append(
+                {"destination": inside, "type": "bind", "source": str(rw / name), "options": []}
+            )
+    return mounts
+
+
+def write(spec: SandboxSpec, agent_lib: Path, rw: Path, bundle: Path, host_id: int) -> None:
+    """Make ``bundle``: its config (runsc reads it as root: root's only) and machine id (read
+    by the gofer as the sandbox's range: world-readable, as the image's own is)."""
+    bundle.mkdir(mode=0o711, parents=True)
+    machine_id = bundle / MACHINE_ID
+    machine_id.write_text(uuid.uuid4().hex + "\n")
+    machine_id.chmod(0o444)
+    fd = os.open(bundle / CONFIG, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(config(spec, agent_lib, rw, bundle, host_id), f)
