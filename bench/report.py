@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import compute
 from common import RESULTS
 from firebox_figures import BACKENDS, DEFAULT_POOL, subject
 
@@ -226,6 +227,7 @@ def markdown(results: dict[str, Any]) -> str:
             out.append("| " + " | ".join(cells) + " |")
     out += overhead_section(results)
     out += density_section(results)
+    out += compute.markdown_lines(results["compute"]) if results.get("compute") else []
     out += notes_section(results)
     return "\n".join(out) + "\n"
 

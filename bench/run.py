@@ -9,7 +9,9 @@ As root, after the README's set-up and `bench/peers/install.sh` (once). In this 
      its reason when it cannot run here;
   2. firebox on each backend, microvm then jail, warm pool off and on (firebox_figures.py),
      each through a daemon of its own; on the pool-off one also the daemon's overhead per
-     call (overhead.py) and the density.
+     call (overhead.py) and the density;
+  3. what each backend costs your code (compute.py): compute cells in a sandbox of each
+     backend beside the same cells run bare in a chroot of the image.
 
 Writes the raw samples to bench/results/run-<date>.json and latest.json and the table of
 medians, p95, ratios and targets to bench/results/latest.md (report.py), which it prints too.
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import compute
 import leftovers
 import overhead
 import report
@@ -80,6 +83,7 @@ def parse_args() -> argparse.Namespace:
         "--backend", choices=BACKENDS, action="append", help="only this firebox backend"
     )
     ap.add_argument("--skip-peers", action="store_true", help="no floors or peers (development)")
+    ap.add_argument("--skip-compute", action="store_true", help="no compute cells (development)")
     return ap.parse_args()
 
 
@@ -113,6 +117,10 @@ def main() -> int:
         measure_peers(peer_plan, figures, baselines)
     for backend in backends:
         measure_backend(backend, plan, figures)
+    computed: dict[str, Any] = {}
+    if not args.skip_compute:
+        homes = plan.details.setdefault("homes", [])
+        computed = compute.measure(backends, 1 if quick else 3, log=log, homes=homes)
 
     over: dict[str, Any] = {}
     for backend, got in plan.details.get("overhead", {}).items():
@@ -142,6 +150,7 @@ def main() -> int:
         "density": plan.details.get("density", {}),
         "throughput": plan.details.get("throughput", {}),
         "baselines": baselines,
+        "compute": computed,
     }
     report.summarize(results)
     log("looking for anything left behind")
