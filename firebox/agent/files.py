@@ -85,10 +85,13 @@ def _set_metadata(fd: int, path: str, metadata: dict[str, str]) -> None:
             os.setxattr(fd, META_XATTR + key, value.encode())
     except OSError as e:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            where = "under /home or /tmp"
+            if os.environ.get("FIREBOX_BACKEND") == "gvisor":  # its host-backed files have none
+                where = "under /dev/shm (gVisor keeps extended attributes only in memory)"
             raise Fail(
                 "invalid",
                 f"{path}: this filesystem cannot hold file metadata (extended attributes); "
-                "write the file without metadata or under /home or /tmp",
+                f"write the file without metadata or {where}",
             ) from None
         if e.errno in (errno.ENOSPC, errno.E2BIG, errno.ERANGE):
             raise Fail("invalid", f"{path}: the metadata is too large for the file") from None

@@ -331,6 +331,10 @@ def main(forked: bool = False) -> None:
         resume.prepare()
         limits.prepare()
         threading.Thread(target=warm_login_shell, name="warm-bash", daemon=True).start()
+    elif os.environ.get("FIREBOX_BACKEND") == "gvisor":
+        from firebox.agent import resume  # a restored checkpoint resumes as a clone does
+
+        resume.prepare()
 
     # IPython takes ~0.25 s of CPU to start: do it now, off the first run_code's path.
     contexts.prestart(preforked)

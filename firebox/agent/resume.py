@@ -21,7 +21,10 @@ from firebox.agent.errors import log
 
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
-MACHINE_ID = "/run/machine-id"
+# a microVM's init binds /run/machine-id over /etc/machine-id; gVisor's bundle binds a file
+# of the sandbox's own there (backends/gvisor/bundle.py)
+GVISOR = os.environ.get("FIREBOX_BACKEND") == "gvisor"
+MACHINE_ID = "/etc/machine-id" if GVISOR else "/run/machine-id"
 BOOT_ID = "/run/firebox/boot_id"  # bound over /proc/sys/kernel/random/boot_id by the guest init
 CLOCK_SLACK_NS = 20_000_000  # a clock this close to the host's is left alone
 # Under software emulation every kernel path a restored guest takes for the first time costs
@@ -32,11 +35,14 @@ _files: dict[str, int] = {}
 
 def prepare() -> None:
     """In the template, before the snapshot: open what a resume writes to."""
-    for path, flags in (
+    files = [
         ("/dev/urandom", os.O_WRONLY),
-        (MACHINE_ID, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-        (BOOT_ID, os.O_WRONLY),
-    ):
+        # gVisor's is there already, holding the sandbox's id: written over, never emptied
+        (MACHINE_ID, os.O_WRONLY if GVISOR else os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+    ]
+    if not GVISOR:  # gVisor's boot id is its kernel's own, in its /proc
+        files.append((BOOT_ID, os.O_WRONLY))
+    for path, flags in files:
         try:
             _files[path] = os.open(path, flags | os.O_CLOEXEC, 0o444)
         except OSError as e:
@@ -52,13 +58,14 @@ def apply(msg: protocol.Resume) -> None:
         except (OSError, ValueError, TypeError) as e:
             log(f"resume: could not set the clock: {e}")
         return
-    steps = (
-        ("reseed the kernel's random pool", lambda: _reseed_kernel(msg.entropy)),
+    steps = [
         ("set the clock", lambda: _set_clock(int(msg.time_ns))),
         ("set the hostname", lambda: socket.sethostname(msg.hostname) if msg.hostname else None),
         ("write the machine id", lambda: _rewrite(MACHINE_ID, msg.machine_id + "\n")),
-        ("write the boot id", lambda: _rewrite(BOOT_ID, msg.boot_id + "\n")),
-    )
+    ]
+    if not GVISOR:  # gVisor's kernel draws every random byte from the host's: nothing to reseed
+        steps.append(("reseed the kernel's random pool", lambda: _reseed_kernel(msg.entropy)))
+        steps.append(("write the boot id", lambda: _rewrite(BOOT_ID, msg.boot_id + "\n")))
     for what, step in steps:
         try:
             step()
@@ -87,4 +94,6 @@ def _set_clock(host_ns: int) -> None:
 
 def _rewrite(path: str, text: str) -> None:
     if text.strip() and text.strip() != "0":
+        if path not in _files:
+            raise ValueError(f"{path} was not opened ahead")
         os.pwrite(_files[path], text.encode(), 0)

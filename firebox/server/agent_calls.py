@@ -23,6 +23,8 @@ def agent_error(e: AgentError | AgentGone, sbx: LiveSandbox) -> ApiError:
     if isinstance(e, AgentGone):
         if sbx.state != "running" or "was paused" in str(e):  # a pause cut it: not an end
             return ApiError("sandbox_error", str(e))
+        if sbx.ended_out_of_memory():
+            return ApiError("sandbox_error", sbx.out_of_memory_message())
         return ApiError(
             "sandbox_error", f"sandbox {sbx.id} stopped answering ({e}); create a new one"
         )

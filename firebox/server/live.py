@@ -67,6 +67,24 @@ class LiveSandbox:
     transition: asyncio.Lock = field(default_factory=asyncio.Lock)
     snapshot: str | None = None  # the snapshot it was made from (server/snapshots.py)
 
+    def ended_out_of_memory(self) -> bool:
+        """Whether the host's OOM killer struck in it since last looked: a gVisor sandbox
+        ends as a whole at its memory limit (its kernel is one host process); reads the
+        cgroup's counter, so ask before the sandbox is freed."""
+        try:
+            now = self.running.limit_events().get("oom_kill", 0)
+        except OSError:
+            return False
+        return now > self.limits_seen.get("oom_kill", 0)
+
+    def out_of_memory_message(self) -> str:
+        mb = self.spec.limits.memory_mb
+        return (
+            f"sandbox {self.id} went past its memory limit of {mb} MB and ended (a {self.backend} "
+            "sandbox cannot lose one process to it: its kernel is one host process); create one "
+            f'with more memory, limits={{"memory_mb": {2 * mb}}}, or use less'
+        )
+
     def record(self) -> dict[str, Any]:
         """Everything a restarted daemon needs to adopt it (``adopted``), as JSON."""
         return {

@@ -460,6 +460,8 @@ class SandboxManager:
     async def _crashed(self, live: LiveSandbox, why: str) -> None:
         if not live.ended:
             log.warning("sandbox %s %s: %s", live.id, why, live.running.limit_events())
+            if live.ended_out_of_memory():
+                why = f"crashed: out of memory (past its limit of {live.spec.limits.memory_mb} MB)"
             await self._end(live, why)
 
     async def _end(self, live: LiveSandbox, reason: str) -> None:

@@ -16,21 +16,31 @@ Start-up, each step failing loudly and undone in reverse (``_Start``):
    its stubs are all born inside it, with the agent's channel as its stdin: runsc hands that
    to the agent, its first process;
 4. the channel and runsc's output go to the sandbox's supervisor, which outlives the daemon.
+
+A sandbox of the shape the daemon prepared (its template's default limits) is a ``runsc
+restore`` of the template's checkpoint instead (checkpoint.py): its disk starts as the
+template sandbox's was, and its agent, told so (``protocol.Resume``), takes a host name and
+machine id of its own and answers with a new hello.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from firebox import protocol
+from firebox.agent_client import AgentClient, AgentGone
 from firebox.backends import agent_files
 from firebox.backends.adopted import HeldProcess
 from firebox.backends.base import (
@@ -41,10 +51,11 @@ from firebox.backends.base import (
     SandboxSpec,
 )
 from firebox.backends.confined import ConfinedSandbox, adopt, take_slot
-from firebox.backends.gvisor import bundle, runsc
+from firebox.backends.gvisor import bundle, checkpoint, runsc
 from firebox.backends.jail import rwdisk
 from firebox.backends.owner import Owner
 from firebox.backends.supervision import Supervised, Supervisors
+from firebox.backends.warm import warm_imports
 from firebox.confine import cgroups
 from firebox.confine.gate import spawn_gated
 from firebox.confine.uids import UidSlots, range_problem
@@ -53,6 +64,9 @@ from firebox.images.cache import image_root
 log = logging.getLogger("firebox.gvisor")
 
 DELETE_DEADLINE = 10.0  # `runsc delete` of a sandbox already killed: its state files only
+# A template's checkpoint: a cold start, its python context's warm imports (3-5 s of file
+# reads through the sentry here) and the checkpoint itself (~2 s), on a loaded host.
+CHECKPOINT_DEADLINE = 180.0
 # Host threads and processes the sentry and gofer need besides the sandbox's own: Go's
 # runtime threads, and (ptrace, systrap) stubs. The sentry panics when it cannot make one.
 SENTRY_PIDS = 256
@@ -91,6 +105,14 @@ class GVisorSandbox(ConfinedSandbox):
     @property
     def disk(self) -> Path:
         return self._rw
+
+    @property
+    def runsc_argv(self) -> list[str]:
+        return self._runsc
+
+    @property
+    def container(self) -> str:
+        return self._container
 
     # Paused: the sentry's and gofer's host threads frozen in the cgroup, its memory kept.
     pause_keeps = "memory"
@@ -144,6 +166,8 @@ class GVisorBackend(Backend):
         self._agent_lib: Path | None = None
         self._availability: Availability | None = None
         self._supervisors = Supervisors(owner.run_dir)
+        self._prepare_lock = asyncio.Lock()
+        self._broken: set[Path] = set()  # checkpoints that failed to restore: started cold
 
     @property
     def _bundles(self) -> Path:
@@ -273,6 +297,89 @@ class GVisorBackend(Backend):
     async def forget_snapshot(self, into: Path) -> None:
         await asyncio.to_thread(shutil.rmtree, into, True)
 
+    async def forget_image(self, rootfs: Path) -> None:
+        await asyncio.to_thread(checkpoint.prune, rootfs)
+
+    # -- template checkpoints -------------------------------------------------------------
+
+    def _shape(self, spec: SandboxSpec) -> checkpoint.Shape | None:
+        """What a checkpoint for sandboxes like ``spec`` is made of; None for those that never
+        start from one (a template with a start command, a snapshot's, a build's)."""
+        if spec.start is not None or spec.snapshot is not None or spec.build_layers:
+            return None
+        details = self.availability().details
+        return checkpoint.Shape(
+            template=spec.template,
+            rootfs=spec.rootfs,
+            agent_lib=self._lib(),
+            runsc=f"{details['version']} {details['platform']}",
+            memory_mb=spec.limits.memory_mb,
+            processes=spec.limits.processes,
+        )
+
+    async def prepare(self, spec: SandboxSpec) -> None:
+        """Make the template's checkpoint (once per shape, kept across daemons); until it
+        exists, or if it cannot be made, sandboxes start cold (slower, never failing)."""
+        shape = self._shape(spec) if self.availability().ok else None
+        if shape is None:
+            return
+        async with self._prepare_lock:
+            if checkpoint.ready(shape) is not None:
+                return
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(CHECKPOINT_DEADLINE):
+                    await self._make_checkpoint(spec, shape)
+            except (BackendError, OSError, TimeoutError, AgentGone, protocol.ProtocolError) as e:
+                log.warning(
+                    "gvisor: no checkpoint of %s, sandboxes start cold: %s", spec.template, e
+                )
+                return
+            log.info(
+                "gvisor: checkpoint of %s made in %.1f s", spec.template, time.monotonic() - started
+            )
+            await asyncio.to_thread(checkpoint.prune)
+
+    async def _make_checkpoint(self, spec: SandboxSpec, shape: checkpoint.Shape) -> None:
+        """Boot the template cold with its warm imports, wait for its python context, and
+        checkpoint it with its disk."""
+        tmp = await asyncio.to_thread(checkpoint.workdir, shape)
+        template = dataclasses.replace(
+            spec, sandbox_id=f"template-{shape.key}-{os.getpid()}", hostname="sandbox"
+        )
+        running = await self._start(template, None, warm_imports(spec.rootfs))
+        agent = AgentClient(running.reader, running.writer)
+        try:
+            await agent.wait_hello(CHECKPOINT_DEADLINE)
+            # an empty cell waits for the pre-started context and its warm imports
+            stream = await agent.run_code(protocol.CodeRun(code="", language="python"))
+            async for _ in stream:
+                pass
+            assert isinstance(running, GVisorSandbox)
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [*running.runsc_argv, "checkpoint", f"--image-path={tmp}", running.container],
+                capture_output=True,
+                text=True,
+                timeout=CHECKPOINT_DEADLINE / 2,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise BackendError(f"runsc checkpoint failed: {done.stderr.strip()[-500:]}")
+            # the checkpoint stopped it: its disk is as its processes left it
+            await asyncio.to_thread(
+                rwdisk.save,
+                running.disk,
+                tmp / checkpoint.DISK,
+                self._slots.first_id(running.slot),
+            )
+            await asyncio.to_thread(checkpoint.seal, tmp, shape)
+        finally:
+            with contextlib.suppress(Exception):
+                await agent.close()
+            await running.cleanup()
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+
     async def close(self) -> None:
         await self._supervisors.close()
         with contextlib.suppress(OSError):
@@ -294,12 +401,25 @@ class GVisorBackend(Backend):
             raise BackendError(f"the gvisor backend cannot run here: {ok.reason}")
         if spec.build_layers:
             raise BackendError("gVisor sandboxes do not run template builds (a jail does)")
+        shape = self._shape(spec)
+        point = checkpoint.ready(shape) if shape is not None else None
+        if point is not None and point not in self._broken:
+            try:
+                return await self._start(spec, point)
+            except BackendError as e:
+                self._broken.add(point)
+                log.warning("gvisor: could not restore %s, starting cold: %s", point.name, e)
+        return await self._start(spec, None)
+
+    async def _start(self, spec: SandboxSpec, point: Path | None, warm: str = "") -> GVisorSandbox:
+        """A sandbox of ``spec``: restored from the checkpoint ``point``, or started cold
+        (``warm``: what its python context imports ahead)."""
         start = _Start(self, spec)
         try:
-            await start.disk_and_cgroup()
-            await asyncio.to_thread(start.bundle)
-            await start.spawn()
-            return await start.running()
+            await start.disk_and_cgroup(point / checkpoint.DISK if point is not None else None)
+            await asyncio.to_thread(start.bundle, warm)
+            await start.spawn(point)
+            sandbox = await start.running()
         except BaseException as e:
             await start.undo()
             if isinstance(e, OSError):
@@ -307,6 +427,21 @@ class GVisorBackend(Backend):
             raise
         finally:
             start.close()
+        if point is not None:
+            # the template's kernel, restored: an identity of its own; it answers with a hello
+            resume = protocol.Resume(
+                time_ns=time.time_ns(),
+                entropy=secrets.token_hex(32),
+                hostname=spec.hostname,
+                machine_id=secrets.token_hex(16),
+            )
+            try:
+                sandbox.writer.write(protocol.encode(protocol.CONTROL_CHANNEL, resume))
+                await sandbox.writer.drain()
+            except OSError as e:
+                await sandbox.cleanup()
+                raise BackendError(f"the restored sandbox's agent is gone: {e}") from e
+        return sandbox
 
 
 class _Start:
@@ -330,8 +465,9 @@ class _Start:
         assert self.slot is not None
         return self.backend._slots.first_id(self.slot)
 
-    async def disk_and_cgroup(self) -> None:
-        """1. A host uid range, the sandbox's disk, its cgroup with the limits."""
+    async def disk_and_cgroup(self, seed: Path | None = None) -> None:
+        """1. A host uid range, the sandbox's disk (holding what ``seed``, a checkpoint's
+        disk, holds), its cgroup with the limits."""
         limits = self.spec.limits
         self.slot = take_slot(self.backend._slots)
         self.rw = await asyncio.to_thread(
@@ -341,7 +477,7 @@ class _Start:
             limits.disk_mb,
             self.host_id,
             self.spec.rootfs,
-            self.spec.snapshot / "disk" if self.spec.snapshot else None,
+            seed or (self.spec.snapshot / "disk" if self.spec.snapshot else None),
         )
         cgroup_limits = cgroups.Limits(
             memory_bytes=limits.memory_mb << 20,
@@ -352,19 +488,29 @@ class _Start:
             cgroups.create, self.spec.sandbox_id, cgroup_limits, self.backend.owner.cgroup_parent
         )
 
-    def bundle(self) -> None:
+    def bundle(self, warm: str = "") -> None:
         """2. Its OCI bundle."""
-        assert self.rw is not None
+        assert self.rw is not None and self.cgroup is not None
         self.bundle_dir = self.backend._bundles / self.spec.sandbox_id
         self.backend._state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        bundle.write(self.spec, self.backend._lib(), self.rw, self.bundle_dir, self.host_id)
+        bundle.write(
+            self.spec,
+            self.backend._lib(),
+            self.rw,
+            self.bundle_dir,
+            self.host_id,
+            bundle.cgroups_path(self.cgroup),
+            warm,
+        )
 
-    async def spawn(self) -> None:
-        """3. ``runsc run``, gated into the cgroup, the agent's channel as its stdin."""
+    async def spawn(self, image: Path | None = None) -> None:
+        """3. ``runsc run``, or ``runsc restore`` of a checkpoint ``image``, gated into the
+        cgroup, the agent's channel as its stdin."""
         assert self.cgroup is not None and self.bundle_dir is not None
         theirs = self.theirs.fileno()
+        command = ["run"] if image is None else ["restore", f"--image-path={image}"]
         self.proc = await spawn_gated(
-            [*self.argv, "run", "--bundle", str(self.bundle_dir), self.spec.sandbox_id],
+            [*self.argv, *command, "--bundle", str(self.bundle_dir), self.spec.sandbox_id],
             self.cgroup,
             None,
             pass_fds=[theirs],

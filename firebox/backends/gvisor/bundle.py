@@ -18,6 +18,7 @@ from firebox.backends.agent_files import AGENT_COMMAND, GUEST_LIB
 from firebox.backends.base import SandboxSpec
 from firebox.backends.jail import rwdisk
 from firebox.backends.jail.bwrap import AGENT_CAPS, GUEST_PATH
+from firebox.confine import cgroups
 from firebox.confine.uids import UID_RANGE
 
 CONFIG = "config.json"
@@ -28,10 +29,29 @@ AGENT_FD = 0
 AGENT_ENV = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "FIREBOX_BACKEND": "gvisor"}
 
 
-def config(spec: SandboxSpec, agent_lib: Path, rw: Path, bundle: Path, host_id: int) -> dict:
+# A restored sandbox is the template's kernel: the agent gives it its own host name
+# (agent/resume.py), which takes CAP_SYS_ADMIN in its UTS namespace. Only the agent holds it:
+# nothing it starts can hold a capability (agent/privs.py), and the kernel it acts on is the
+# sentry, not the host's.
+CAPS = (*AGENT_CAPS, "CAP_SYS_ADMIN")
+
+
+def config(
+    spec: SandboxSpec,
+    agent_lib: Path,
+    rw: Path,
+    bundle: Path,
+    host_id: int,
+    cgroup: str,
+    warm: str = "",
+) -> dict:
     """The bundle's ``config.json`` for a sandbox of ``spec`` with its disk at ``rw``, its
-    ids 0..65535 being host ids ``host_id``..; ``bundle`` holds its machine id."""
+    ids 0..65535 being host ids ``host_id``.., in the cgroup ``cgroup`` (``cgroups_path``);
+    ``bundle`` holds its machine id. ``warm``: what its python context imports ahead (a
+    template's checkpoint holds them)."""
     env = {**AGENT_ENV, "FIREBOX_AGENT_FD": str(AGENT_FD)}
+    if warm:
+        env["FIREBOX_WARM_IMPORTS"] = warm
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -43,9 +63,7 @@ def config(spec: SandboxSpec, agent_lib: Path, rw: Path, bundle: Path, host_id: 
             # 2. A clean environment: nothing of the daemon's leaks in.
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": "/",
-            "capabilities": {
-                kind: [*AGENT_CAPS] for kind in ("bounding", "effective", "permitted")
-            },
+            "capabilities": {kind: [*CAPS] for kind in ("bounding", "effective", "permitted")},
             "noNewPrivileges": True,
         },
         # 3. Filesystem: the image read-only as / (the gofer serves it; nothing can write
@@ -59,13 +77,14 @@ def config(spec: SandboxSpec, agent_lib: Path, rw: Path, bundle: Path, host_id: 
             # 4. Namespaces, and the sandbox's ids mapped onto its own unprivileged host
             #    range: the gofer (the one process that touches host files) runs as that
             #    range, never as host root, and files the sandbox writes are the range's.
-            "namespaces": [
-                {"type": t} for t in ("pid", "ipc", "uts", "mount", "user", "network")
-            ],
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "user", "network")],
             "uidMappings": [{"containerID": 0, "hostID": host_id, "size": UID_RANGE}],
             "gidMappings": [{"containerID": 0, "hostID": host_id, "size": UID_RANGE}],
-            # no cgroupsPath: runsc is started inside the sandbox's cgroup already (the gate:
-            # confine/gate.py), so the gofer, the sentry and its stubs are all born there
+            # 5. The sandbox's own cgroup, made by the daemon with its limits: runsc joins an
+            #    existing one as it is (and leaves it in place at delete). Without a path a
+            #    recent runsc makes one of its own at the hierarchy's root, out of every limit.
+            #    The sentry sizes its memory by it (what `free` shows inside).
+            "cgroupsPath": cgroup,
         },
     }
 
@@ -86,12 +105,13 @@ def _mounts(agent_lib: Path, rw: Path, bundle: Path) -> list[dict[str, Any]]:
             "options": [f"size={SHM_MB}m", "nosuid", "nodev", "mode=1777"],
         },
         {"destination": GUEST_LIB, "type": "bind", "source": str(agent_lib), "options": ["ro"]},
-        # an identity of its own: the image's machine id would be every sandbox's
+        # an identity of its own: the image's machine id would be every sandbox's. Its
+        # sandbox's root may write it: a restored one's agent writes its own (resume.py)
         {
             "destination": "/etc/machine-id",
             "type": "bind",
             "source": str(bundle / MACHINE_ID),
-            "options": ["ro"],
+            "options": [],
         },
     ]
     for name, inside, _, _ in rwdisk.PLACES:
@@ -102,13 +122,30 @@ def _mounts(agent_lib: Path, rw: Path, bundle: Path) -> list[dict[str, Any]]:
     return mounts
 
 
-def write(spec: SandboxSpec, agent_lib: Path, rw: Path, bundle: Path, host_id: int) -> None:
-    """Make ``bundle``: its config (runsc reads it as root: root's only) and machine id (read
-    by the gofer as the sandbox's range: world-readable, as the image's own is)."""
+def cgroups_path(cgroup: cgroups.CgroupSet) -> str:
+    """The cgroup's path as the OCI spec names it: from the root of its hierarchy (v1: the
+    same under every controller's, as cgroups.create makes them)."""
+    host = cgroups.detect()
+    controller, where = next(iter(cgroup.dirs.items()))
+    return "/" + str(where.relative_to(host.mounts[controller]))
+
+
+def write(
+    spec: SandboxSpec,
+    agent_lib: Path,
+    rw: Path,
+    bundle: Path,
+    host_id: int,
+    cgroup: str,
+    warm: str = "",
+) -> None:
+    """Make ``bundle``: its config (runsc reads it as root: root's only) and machine id (the
+    sandbox's root's, as the gofer runs as its range)."""
     bundle.mkdir(mode=0o711, parents=True)
     machine_id = bundle / MACHINE_ID
     machine_id.write_text(uuid.uuid4().hex + "\n")
-    machine_id.chmod(0o444)
+    machine_id.chmod(0o644)
+    os.chown(machine_id, host_id, host_id)
     fd = os.open(bundle / CONFIG, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(config(spec, agent_lib, rw, bundle, host_id), f)
+        json.dump(config(spec, agent_lib, rw, bundle, host_id, cgroup, warm), f)

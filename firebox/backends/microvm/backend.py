@@ -58,6 +58,7 @@ from firebox.backends.microvm.restore_points import RestorePoint
 from firebox.backends.microvm.sandbox import BAKED_DEV, STATE_FILE, MicroVMSandbox, Waking
 from firebox.backends.owner import Owner
 from firebox.backends.supervision import Supervisors
+from firebox.backends.warm import warm_imports
 from firebox.confine import cgroups
 from firebox.confine.gate import spawn_gated
 from firebox.confine.uids import UidSlots, range_problem
@@ -69,17 +70,6 @@ log = logging.getLogger("firebox.microvm")
 RESTORE_DEADLINE = 15.0  # seconds from spawning QEMU to the restored guest running
 WAKE_DEADLINE = 60.0  # a paused VM's state holds all its RAM: more to read than a restore
 SHM_MB = 64
-# What the python template's warm context has imported in its snapshot.
-WARM_IMPORTS = "numpy,pandas,matplotlib,matplotlib.pyplot"
-
-
-def _has_data_stack(rootfs: Path) -> bool:
-    """Whether the image has what the warm imports import (the python template, and
-    templates built on it): its snapshot then holds them imported."""
-    packages = rootfs / "usr" / "lib" / "python3" / "dist-packages"
-    return all((packages / name).is_dir() for name in ("IPython", "numpy", "pandas", "matplotlib"))
-
-
 class MicroVMBackend(Backend):
     name = "microvm"
     starts_templates = True  # a template's snapshot is taken with its start command running
@@ -293,7 +283,7 @@ class MicroVMBackend(Backend):
             raise BackendError(f"the microvm backend cannot run here: {ok.reason}")
         assert self._qemu is not None
         disk = await asyncio.to_thread(vmboot.root_disk, spec.rootfs)
-        warm = WARM_IMPORTS if _has_data_stack(spec.rootfs) else ""
+        warm = warm_imports(spec.rootfs)
         initrd = await asyncio.to_thread(
             initramfs.build, pieces, self._agent_lib(), self._boot_dir(), SHM_MB, warm
         )
