@@ -70,6 +70,8 @@ log = logging.getLogger("firebox.microvm")
 RESTORE_DEADLINE = 15.0  # seconds from spawning QEMU to the restored guest running
 WAKE_DEADLINE = 60.0  # a paused VM's state holds all its RAM: more to read than a restore
 SHM_MB = 64
+
+
 class MicroVMBackend(Backend):
     name = "microvm"
     starts_templates = True  # a template's snapshot is taken with its start command running
