@@ -23,7 +23,7 @@ COUNTER = (
 
 @pytest.fixture
 def paused_kind(daemon: Daemon, backend_name: str) -> str:
-    return {"microvm": "disk", "jail": "memory"}[backend_name]
+    return {"microvm": "disk", "gvisor": "memory", "jail": "memory"}[backend_name]
 
 
 @pytest.fixture
