@@ -335,6 +335,13 @@ def main(forked: bool = False) -> None:
         from firebox.agent import resume  # a restored checkpoint resumes as a clone does
 
         resume.prepare()
+        # gVisor's kernel lets a process of the same uid read another's /proc files unless
+        # it is not dumpable (it has no check that the reader's capabilities cover the
+        # target's, as Linux has): root inside must not see into the agent
+        try:
+            privs.set_dumpable(False)
+        except OSError as e:
+            log(f"could not make the agent undumpable: {e}")
 
     # IPython takes ~0.25 s of CPU to start: do it now, off the first run_code's path.
     contexts.prestart(preforked)

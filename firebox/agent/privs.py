@@ -15,6 +15,7 @@ run as different users.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,11 +115,32 @@ def harden(root_keeps_caps: bool = False) -> None:
         # The files API checks access with the agent's groups plus a user's fsgid: stray
         # supplementary groups (root's, say) would widen what a user may touch.
         steps.append(("drop supplementary groups", lambda: os.setgroups([])))
+    failed = set()
     for what, step in steps:
         try:
             step()
         except OSError as e:
+            failed.add(what)
             log(f"could not {what}: {e.strerror or e}")
+    if "lock securebits" in failed and not root_keeps_caps:
+        # A kernel without securebits (gVisor's): root's exec would regain every capability
+        # in the bounding set. Emptied, no exec can grant one; the agent keeps its own.
+        try:
+            drop_bounding_set()
+        except OSError as e:
+            log(f"could not empty the capability bounding set: {e.strerror or e}")
+
+
+def drop_bounding_set() -> None:
+    """Remove every capability from this process's bounding set (needs CAP_SETPCAP)."""
+    cap = 0
+    while True:
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL and cap > 0:  # past the kernel's last capability
+                return
+            raise OSError(err, os.strerror(err))
+        cap += 1
 
 
 PR_CAPBSET_DROP = 24

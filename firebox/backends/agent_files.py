@@ -46,7 +46,10 @@ def stage_host(root: Path) -> Path:
 
 
 def stage(
-    root: Path, packages: tuple[str, ...] = ("protocol", "agent"), name: str = "agent-lib"
+    root: Path,
+    packages: tuple[str, ...] = ("protocol", "agent"),
+    name: str = "agent-lib",
+    extras: dict[str, bytes] | None = None,
 ) -> Path:
     """Copy the agent into ``root/agent-lib/<digest>`` (world-readable) and return that dir.
 
@@ -54,12 +57,16 @@ def stage(
     (bubblewrap resolves bind sources with that uid's permissions).
 
     The directory name is a digest of the content, so a running sandbox keeps the code it
-    started with while a new daemon version stages its own next to it.
+    started with while a new daemon version stages its own next to it. ``extras``: files
+    beside the code, by name (a gVisor agent's seccomp program).
     """
     sources = _sources(packages)
+    extras = extras or {}
     digest = hashlib.sha256(STAGE_VERSION)
     for src, rel in sources:
         digest.update(rel.encode() + b"\0" + src.read_bytes())
+    for rel, data in sorted(extras.items()):
+        digest.update(rel.encode() + b"\0" + data)
     target = root / name / digest.hexdigest()[:16]
     if (target / ".complete").exists():
         return target
@@ -70,6 +77,8 @@ def stage(
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
     (tmp / "firebox" / "__init__.py").write_text("")
+    for rel, data in extras.items():
+        (tmp / rel).write_bytes(data)
     # The guest mounts this read-only, so its Python could not cache bytecode and would compile
     # the agent on every sandbox start (~7 ms). Compile here: the guest image is the host's
     # Debian release, so its interpreter shares this one's bytecode tag (cpython-3XX); a guest

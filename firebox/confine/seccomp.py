@@ -333,14 +333,15 @@ def compile_filter(policy: Sequence[Rule]) -> bytes:
     return b"".join(prog)
 
 
-BACKENDS = ("jail", "microvm")
+BACKENDS = ("jail", "microvm", "gvisor")
 
 
 @functools.cache
 def compiled_filter(backend: str = "jail") -> bytes:
     """The packaged policy as it applies to ``backend``'s sandboxes, compiled once per
-    process. The jail's bwrap loads it; in a microVM the agent loads it on itself before it
-    starts anything, so every guest process runs under it too."""
+    process. The jail's bwrap loads it; in a microVM or gVisor the agent loads it on itself
+    before it starts anything, so every process of the sandbox runs under it too (gVisor's
+    kernel enforces it as Linux's does: what it refuses never reaches the sentry's code)."""
     return compile_filter([r for r in load_policy() if backend not in r.not_on])
 
 

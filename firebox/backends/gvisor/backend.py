@@ -56,7 +56,7 @@ from firebox.backends.jail import rwdisk
 from firebox.backends.owner import Owner
 from firebox.backends.supervision import Supervised, Supervisors
 from firebox.backends.warm import warm_imports
-from firebox.confine import cgroups
+from firebox.confine import cgroups, seccomp
 from firebox.confine.gate import spawn_gated
 from firebox.confine.uids import UidSlots, range_problem
 from firebox.images.cache import image_root
@@ -391,8 +391,10 @@ class GVisorBackend(Backend):
     # -- starting ------------------------------------------------------------------------
 
     def _lib(self) -> Path:
+        """The agent's code, with the seccomp program it loads on itself (bundle.py)."""
         if self._agent_lib is None:
-            self._agent_lib = agent_files.stage(image_root())
+            extras = {bundle.SECCOMP_FILE: seccomp.compiled_filter("gvisor")}
+            self._agent_lib = agent_files.stage(image_root(), extras=extras)
         return self._agent_lib
 
     async def start(self, spec: SandboxSpec) -> RunningSandbox:

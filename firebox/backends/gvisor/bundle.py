@@ -23,10 +23,20 @@ from firebox.confine.uids import UID_RANGE
 
 CONFIG = "config.json"
 MACHINE_ID = "machine-id"
+BOOT_ID = "boot-id"
 SHM_MB = 64  # /dev/shm: the sentry's own memory, so capped on its own
 # runsc hands its stdin to the container's first process: the agent's channel (fd 0)
 AGENT_FD = 0
-AGENT_ENV = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "FIREBOX_BACKEND": "gvisor"}
+SECCOMP_FILE = "seccomp.bpf"  # staged with the agent's code (agent_files.stage)
+AGENT_ENV = {
+    "PATH": GUEST_PATH,
+    "LANG": "C.UTF-8",
+    "FIREBOX_BACKEND": "gvisor",
+    # The jail's seccomp policy (confine/seccomp_policy.json), loaded by the agent on itself
+    # and so on everything it starts, as in a microVM: gVisor enforces it before its own code
+    # sees a call, so the sentry's surface is what the policy leaves
+    "FIREBOX_SECCOMP": f"{GUEST_LIB}/{SECCOMP_FILE}",
+}
 
 
 # A restored sandbox is the template's kernel: the agent gives it its own host name
@@ -146,6 +156,9 @@ def write(
     machine_id.write_text(uuid.uuid4().hex + "\n")
     machine_id.chmod(0o644)
     os.chown(machine_id, host_id, host_id)
+    boot_id = bundle / BOOT_ID
+    boot_id.write_text(str(uuid.uuid4()) + "\n")
+    boot_id.chmod(0o444)
     fd = os.open(bundle / CONFIG, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(config(spec, agent_lib, rw, bundle, host_id, cgroup, warm), f)
