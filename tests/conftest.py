@@ -60,7 +60,9 @@ def image() -> Path:
 
 # Every test that talks to a daemon runs once per isolation backend (its id says which);
 # FIREBOX_TEST_BACKENDS narrows the list, e.g. to "jail" while working on the jail.
-BACKENDS = [b for b in os.environ.get("FIREBOX_TEST_BACKENDS", "jail,microvm").split(",") if b]
+BACKENDS = [
+    b for b in os.environ.get("FIREBOX_TEST_BACKENDS", "jail,gvisor,microvm").split(",") if b
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:

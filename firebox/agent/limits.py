@@ -11,13 +11,31 @@ from firebox import protocol
 from firebox.agent import children
 from firebox.agent.errors import log
 
-PIDS_MAX = "/sys/fs/cgroup/sandbox/pids.max"  # made by a microVM's init; absent in a jail
+# The sandbox's own pids cgroup in its own kernel: made by a microVM's init; by the agent in
+# gVisor's cgroupfs (``enter_gvisor_cgroup``); absent in a jail
+GVISOR_CGROUP = "/sys/fs/cgroup/pids/sandbox"
+PIDS_MAX = (
+    f"{GVISOR_CGROUP}/pids.max"
+    if os.environ.get("FIREBOX_BACKEND") == "gvisor"
+    else "/sys/fs/cgroup/sandbox/pids.max"
+)
 _pids_max = -1
 
 
+def enter_gvisor_cgroup() -> None:
+    """In gVisor: the agent, and so everything it will start, in a pids cgroup of gVisor's own
+    kernel (its cgroupfs, mounted by the bundle), which enforces the process limit that
+    Configure sets. The host's pids cgroup counts the sentry's threads, not the sandbox's
+    processes, and the sentry fails as a whole at that limit: it is set high above."""
+    os.makedirs(GVISOR_CGROUP, exist_ok=True)
+    with open(f"{GVISOR_CGROUP}/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+
+
 def prepare() -> None:
-    """In a microVM's template, before the snapshot: open the process limit's file now, since
-    a restored guest under software emulation pays for every path it looks up anew."""
+    """Open the process limit's file now: in a microVM's template before the snapshot (a
+    restored guest under software emulation pays for every path it looks up anew), and in
+    gVisor's before its checkpoint."""
     global _pids_max
     try:
         _pids_max = os.open(PIDS_MAX, os.O_WRONLY | os.O_CLOEXEC)

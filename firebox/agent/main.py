@@ -332,9 +332,14 @@ def main(forked: bool = False) -> None:
         limits.prepare()
         threading.Thread(target=warm_login_shell, name="warm-bash", daemon=True).start()
     elif os.environ.get("FIREBOX_BACKEND") == "gvisor":
-        from firebox.agent import resume  # a restored checkpoint resumes as a clone does
+        from firebox.agent import limits, resume  # a restored checkpoint resumes as a clone
 
         resume.prepare()
+        try:
+            limits.enter_gvisor_cgroup()
+        except OSError as e:
+            log(f"could not enter the sandbox's pids cgroup: {e}")
+        limits.prepare()
         # gVisor's kernel lets a process of the same uid read another's /proc files unless
         # it is not dumpable (it has no check that the reader's capabilities cover the
         # target's, as Linux has): root inside must not see into the agent

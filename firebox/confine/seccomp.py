@@ -33,6 +33,8 @@ from typing import Literal
 # use. Numbers are ABI and never change; a name missing here is a policy error, not a guess.
 SYSCALLS_X86_64: dict[str, int] = {
     "ioctl": 16,
+    "mknod": 133,
+    "mknodat": 259,
     "socket": 41,
     "clone": 56,
     "ptrace": 101,

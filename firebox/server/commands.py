@@ -141,6 +141,8 @@ async def _stream(
 
 
 def _ended(sbx: LiveSandbox, pid: int) -> ApiError:
+    if sbx.ended_out_of_memory():
+        return ApiError("sandbox_error", sbx.out_of_memory_message())
     return ApiError(
         "sandbox_not_found",
         f"sandbox {sbx.id} was killed or reached its end of life while command {pid} ran; "

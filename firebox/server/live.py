@@ -30,6 +30,9 @@ class Watcher:
     error: str | None = None
 
 
+OUT_OF_MEMORY = "crashed: out of memory"  # how such an end is recorded (manager._crashed)
+
+
 @dataclass(eq=False)
 class LiveSandbox:
     id: str
@@ -45,6 +48,7 @@ class LiveSandbox:
     monitor: asyncio.Task[None] | None = None
     watchers: dict[str, Watcher] = field(default_factory=dict)
     ended: bool = False
+    end_reason: str = ""  # why it ended, once it has (as the registry records it)
     # limit counters (oom kills, pids.max hits) as last seen, to tell which failure hit one
     limits_seen: dict[str, int] = field(default_factory=dict)
     policy: Policy = field(default_factory=Policy)
@@ -71,6 +75,8 @@ class LiveSandbox:
         """Whether the host's OOM killer struck in it since last looked: a gVisor sandbox
         ends as a whole at its memory limit (its kernel is one host process); reads the
         cgroup's counter, so ask before the sandbox is freed."""
+        if self.end_reason.startswith(OUT_OF_MEMORY):
+            return True
         try:
             now = self.running.limit_events().get("oom_kill", 0)
         except OSError:

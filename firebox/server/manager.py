@@ -29,7 +29,7 @@ from firebox.server.egress import EgressSettings, Resolver, SandboxEgress, parse
 from firebox.server.egress_policy import Policy, PolicyError, parse_networks, parse_policy
 from firebox.server.errors import ApiError
 from firebox.server.lifecycle import Lifecycle
-from firebox.server.live import LiveSandbox, adopted, cancel_task, spec_of
+from firebox.server.live import OUT_OF_MEMORY, LiveSandbox, adopted, cancel_task, spec_of
 from firebox.server.metrics import Sampler
 from firebox.server.pool import Source, WarmPool
 from firebox.server.registry import Registry
@@ -461,13 +461,14 @@ class SandboxManager:
         if not live.ended:
             log.warning("sandbox %s %s: %s", live.id, why, live.running.limit_events())
             if live.ended_out_of_memory():
-                why = f"crashed: out of memory (past its limit of {live.spec.limits.memory_mb} MB)"
+                why = f"{OUT_OF_MEMORY} (past its limit of {live.spec.limits.memory_mb} MB)"
             await self._end(live, why)
 
     async def _end(self, live: LiveSandbox, reason: str) -> None:
         if live.ended:
             return
         live.ended = True
+        live.end_reason = reason
         self._live.pop(live.id, None)
         # recorded first: the owner asking meanwhile is told why (freeing may take seconds)
         self.registry.mark_ended(live.id, reason)

@@ -20,6 +20,7 @@ import pytest
 from firebox import (
     CommandExitException,
     DiskFullError,
+    FireboxException,
     MemoryLimitExceeded,
     Sandbox,
     TimeoutException,
@@ -35,6 +36,30 @@ SMALL = {
     "cpu_count": 0.5,
     "output_mb": 1,
 }
+
+
+def ends_whole_at_its_memory_limit(
+    daemon: Daemon, limits: dict | None, command: str, mb: int, bomb: bool = False
+) -> None:
+    """gVisor: the sentry holds all of a sandbox's memory, so at its memory limit the host's
+    OOM killer ends the whole sandbox (docs/BACKENDS.md). Shown on a sandbox of its own (a
+    shared one would be gone for the tests after): the call fails saying so, and the sandbox
+    is ended, not hung."""
+    assert daemon.isolation == "gvisor"
+    doomed = Sandbox.create(timeout=600, limits=limits, request_timeout=400)
+    try:
+        if bomb:
+            doomed.files.write("/tmp/bomb.py", BOMB)
+        with pytest.raises(FireboxException, match=f"memory limit of {mb} MB and ended"):
+            doomed.commands.run(command, timeout=120)
+        # the call learns first (its channel closed); the daemon records the end just after
+        deadline = time.monotonic() + 15
+        while doomed.is_running():
+            assert time.monotonic() < deadline, "the sandbox was not reported ended"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(FireboxException):
+            doomed.kill()
 
 
 def still_fine(sbx: Sandbox, neighbour: Sandbox, daemon: Daemon) -> None:
@@ -71,6 +96,11 @@ def test_output_past_the_sandboxs_own_limit_is_cut(small: Sandbox) -> None:
 def test_memory_limit_kills_a_big_allocation_with_a_clear_error(
     sandbox: Sandbox, neighbour: Sandbox, daemon: Daemon
 ) -> None:
+    if daemon.isolation == "gvisor":
+        big = "python3 -c 'b = bytearray(1024**3); print(len(b))'"
+        ends_whole_at_its_memory_limit(daemon, None, big, 512)
+        still_fine(sandbox, neighbour, daemon)
+        return
     with pytest.raises(MemoryLimitExceeded) as info:
         sandbox.commands.run("python3 -c 'b = bytearray(1024**3); print(len(b))'", timeout=60)
     err = info.value
@@ -80,7 +110,15 @@ def test_memory_limit_kills_a_big_allocation_with_a_clear_error(
     still_fine(sandbox, neighbour, daemon)
 
 
-def test_a_sandbox_of_its_own_size_is_held_to_it(small: Sandbox, neighbour: Sandbox) -> None:
+def test_a_sandbox_of_its_own_size_is_held_to_it(
+    small: Sandbox, neighbour: Sandbox, daemon: Daemon
+) -> None:
+    if daemon.isolation == "gvisor":
+        big = "python3 -c 'b = bytearray(400 * 1024**2); print(len(b))'"
+        ends_whole_at_its_memory_limit(daemon, SMALL, big, 256)
+        small.commands.run("python3 -c 'b = bytearray(60 * 1024**2)'", timeout=60)
+        assert neighbour.commands.run("echo alive").stdout == "alive\n"
+        return
     with pytest.raises(MemoryLimitExceeded, match="memory limit of 256 MB"):
         small.commands.run("python3 -c 'b = bytearray(400 * 1024**2); print(len(b))'", timeout=60)
     # 200 MB fits where a sandbox of the default size would have the same room
@@ -110,6 +148,12 @@ except (OSError, RuntimeError) as e:
 def test_fork_and_thread_bombs_stop_at_the_process_limit(
     sandbox: Sandbox, small: Sandbox, neighbour: Sandbox, daemon: Daemon, kind: str
 ) -> None:
+    if daemon.isolation == "gvisor" and kind == "fork":
+        # each process of a gVisor sandbox costs a few MB of host memory (its address
+        # space's stub): a fork bomb meets the memory limit before the process limit
+        ends_whole_at_its_memory_limit(daemon, None, "python3 /tmp/bomb.py fork", 512, bomb=True)
+        still_fine(sandbox, neighbour, daemon)
+        return
     for sbx, limit in ((sandbox, 256), (small, 64)):
         sbx.files.write("/tmp/bomb.py", BOMB)
         try:
@@ -325,6 +369,15 @@ def _throttled(daemon: Daemon, sandbox_id: str) -> int:
 def test_the_neighbour_keeps_working_while_a_sandbox_pushes_a_limit(
     pushy: Sandbox, neighbour: Sandbox, daemon: Daemon, hostile: str
 ) -> None:
+    if daemon.isolation == "gvisor" and hostile in ("fork bomb", "memory churn"):
+        # both end a gVisor sandbox whole at its memory limit (ends_whole_at_its_memory_limit):
+        # the neighbour and the daemon answer throughout and after
+        neighbour.run_code("x = 0")
+        ends_whole_at_its_memory_limit(daemon, PUSHY, HOSTILE[hostile][0], 256, bomb=True)
+        assert neighbour.run_code("x += 1; x", timeout=10).text == "1"
+        with daemon.client() as c:
+            assert c.get("/health", timeout=10).status_code == 200
+        return
     neighbour.run_code("x = 0")
     cmd, at_limit = HOSTILE[hostile]
     handle = pushy.commands.run(cmd, background=True, timeout=0)  # until killed below

@@ -108,6 +108,9 @@ def _mounts(agent_lib: Path, rw: Path, bundle: Path) -> list[dict[str, Any]]:
             "source": "sysfs",
             "options": ["ro", "nosuid", "noexec", "nodev"],
         },
+        # gVisor's own cgroupfs: the agent holds the sandbox's processes in a pids cgroup of
+        # it, which the sentry enforces (agent/limits.py)
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"},
         {
             "destination": "/dev/shm",
             "type": "tmpfs",
