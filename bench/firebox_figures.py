@@ -45,7 +45,7 @@ from firebox import AsyncSandbox, Sandbox
 from firebox.server.config import ServerConfig
 from firebox.testing import LocalDaemon
 
-BACKENDS = ("microvm", "jail")
+BACKENDS = ("microvm", "gvisor", "jail")
 DEFAULT_POOL = ServerConfig().pool_size
 DENSITY_ARGS = [
     *("--max-sandboxes", "4096"),
@@ -63,6 +63,9 @@ PACE = {
     ("microvm", True): 1.5,
     ("jail", False): 0.3,
     ("jail", True): 1.0,
+    # a restore from the template's checkpoint takes ~1 s of the host's CPU
+    ("gvisor", False): 0.5,
+    ("gvisor", True): 2.0,
 }
 
 Entry = dict[str, Any]
@@ -234,9 +237,12 @@ def density(daemon: LocalDaemon, backend: str, plan: Plan) -> dict[str, Entry]:
 
     def held_once() -> float:
         # for all sandboxes together: a microVM template's RAM in the daemon; the jail's
-        # zygote (its PSS share, which shrinks as more sandboxes share its pages)
+        # zygote (its PSS share, which shrinks as more sandboxes share its pages); nothing
+        # for gVisor (each restore holds its own copy of the checkpoint's memory)
         if backend == "microvm":
             return memfd_mb(daemon.proc.pid) if daemon.proc is not None else 0.0
+        if backend == "gvisor":
+            return 0.0
         return pss_mb(daemon.zygote_pids())
 
     shared = held_once()

@@ -253,11 +253,15 @@ def measure(backend_name: str, daemon: LocalDaemon, sandbox_id: str, runs: int) 
 
 def forget_home(home: Path) -> None:
     """Remove the (empty) per-daemon directories firebox keeps beside the images for ``home``:
-    the jail's disks' parent and the microVMs' state directory."""
+    the jail's disks' parent, the microVMs' state directory and the gVisor bundles'."""
     from firebox.images.cache import image_root
 
     key = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
-    for d in (image_root() / "jail-rw" / key, image_root() / "vm" / key):
+    for d in (
+        image_root() / "jail-rw" / key,
+        image_root() / "vm" / key,
+        image_root() / "gvisor" / key,
+    ):
         with contextlib.suppress(OSError):
             d.rmdir()
 

@@ -7,7 +7,7 @@ As root, after the README's set-up and `bench/peers/install.sh` (once). In this 
   1. the floors and peers of bench/peers (baselines.py): bare python, bare bwrap, a cold QEMU
      boot, gVisor runsc, llm-sandbox on Docker and on bubblewrap, epicbox; each skipped with
      its reason when it cannot run here;
-  2. firebox on each backend, microvm then jail, warm pool off and on (firebox_figures.py),
+  2. firebox on each backend, microvm, gvisor then jail, warm pool off and on (firebox_figures.py),
      each through a daemon of its own; on the pool-off one also the daemon's overhead per
      call (overhead.py) and the density;
   3. what each backend costs your code (compute.py): compute cells in a sandbox of each

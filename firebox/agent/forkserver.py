@@ -63,7 +63,7 @@ class Gone(Unavailable):
 
 
 class Impossible(Unavailable):
-    """No fork server can run here (no python, no IPython, no pidfd): not tried again."""
+    """No fork server can run here (no python, no IPython, not a subreaper): not tried again."""
 
 
 def fork(user: users.User, cwd: str, env: dict[str, str], fds: list[int], deadline: float) -> int:
@@ -84,7 +84,11 @@ class ForkServer:
         self._lock = threading.Lock()  # one request at a time on the socket
 
     def alive(self) -> bool:
-        return self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]
+        if self.pidfd >= 0:
+            return not select.select([self.pidfd], [], [], 0)[0]
+        # No pidfd (gVisor's kernel has none): between requests the server writes nothing, so
+        # a readable socket is its end closed, by its exit
+        return self.sock.fileno() >= 0 and not select.select([self.sock], [], [], 0)[0]
 
     def fork(self, cwd: str, env: dict[str, str], fds: list[int], deadline: float) -> int:
         """The pid of a new python worker (stdout, stderr, commands and messages are
@@ -112,6 +116,9 @@ class ForkServer:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             os.close(self.pidfd)
             self.pidfd = -1
+        elif self.alive():  # its socket still open: it has not exited, so its pid is its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
         # The orphan reaper reaps it: Popen must never wait for (or, collected, poll) a pid
         # that may by then be another process's.
         self.popen.returncode = -signal.SIGKILL
@@ -173,16 +180,12 @@ def _start(user: users.User, deadline: float) -> ForkServer:
         theirs.close()
     try:
         pidfd = os.pidfd_open(popen.pid)  # before forget: not reaped yet, so it is still ours
-    except OSError as e:
-        pidfd = -1
-        unusable = f"cannot watch the fork server ({e})"
+    except OSError:
+        pidfd = -1  # watched through its socket instead (ForkServer.alive)
     # Left to the orphan reaper when it dies (no thread of ours waits for it): a zombie that
     # only the next context start would reap would keep the reaper from every other one.
     children.forget(popen.pid)
     server = ForkServer(popen, pidfd, ours)
-    if pidfd < 0:
-        server.stop()
-        raise Impossible(unusable)
     try:
         reply = _receive(ours, deadline)
     except (OSError, Unavailable) as e:
