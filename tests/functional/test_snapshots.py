@@ -19,7 +19,7 @@ FORKS = 10
 
 @pytest.fixture
 def keeps(daemon: Daemon, backend_name: str) -> str:
-    return {"microvm": "memory+disk", "jail": "disk"}[backend_name]
+    return {"microvm": "memory+disk", "gvisor": "disk", "jail": "disk"}[backend_name]
 
 
 @pytest.fixture
