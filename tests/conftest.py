@@ -69,6 +69,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "backends(*names): run only on these isolation backends (host-side checks)"
     )
+    config.addinivalue_line(
+        "markers",
+        "daemon_only: the daemon's own behaviour (its API, keys, validation), the same whatever "
+        "backend holds the sandboxes: run on the first backend tested only",
+    )
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -83,6 +88,19 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     if not verdict.ok:
         pytest.skip(f"the {name} backend cannot run here: {verdict.reason}")
     return name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The daemon's own behaviour is checked once (on the first backend), before any sandbox
+    is made for it: three times would add minutes to CI for nothing."""
+    once = pytest.mark.skip(
+        reason=f"the daemon's own behaviour, the same on every backend: checked on {BACKENDS[0]}"
+    )
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend_name") if callspec is not None else None
+        if item.get_closest_marker("daemon_only") and name not in (None, BACKENDS[0]):
+            item.add_marker(once)
 
 
 @pytest.fixture(autouse=True)

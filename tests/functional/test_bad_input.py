@@ -7,6 +7,9 @@ import pytest
 
 from tests.conftest import Daemon
 
+# the daemon's API layer: the same whatever backend holds the sandbox (conftest.py)
+pytestmark = pytest.mark.daemon_only
+
 
 def _raw(c: httpx.Client, path: str, raw_json: str) -> httpx.Response:
     # hand-written JSON: a lone surrogate cannot come out of json.dumps by accident

@@ -24,6 +24,9 @@ from firebox import Sandbox
 from firebox.exceptions import NotFoundException
 from tests.conftest import Daemon
 
+# the daemon's API layer: the same whatever backend holds the sandbox (conftest.py)
+pytestmark = pytest.mark.daemon_only
+
 SECRET_TEXT = "owner's data " + secrets.token_hex(8)
 
 

@@ -18,6 +18,9 @@ from tests.conftest import Daemon
 from tests.security.test_api_isolation import SECRET_TEXT, Owned, _assert_untouched, _scrub
 from tests.security.test_api_isolation import owned as owned  # noqa: F401 (the fixture)
 
+# the daemon's API layer: the same whatever backend holds the sandbox (conftest.py)
+pytestmark = pytest.mark.daemon_only
+
 JSON = {"content-type": "application/json"}
 
 
