@@ -62,6 +62,29 @@ def ends_whole_at_its_memory_limit(
             doomed.kill()
 
 
+def bomb_held_on_gvisor(daemon: Daemon, limits: dict | None, processes: int, mb: int) -> None:
+    """gVisor: a fork bomb stops at the process limit (gVisor's kernel refuses the fork) or,
+    each process costing host memory of its own (its stub), at the memory limit, which ends
+    the sandbox whole (``ends_whole_at_its_memory_limit``): either is a limit held, with a
+    clear answer. Shown on a sandbox of its own."""
+    assert daemon.isolation == "gvisor"
+    doomed = Sandbox.create(timeout=600, limits=limits, request_timeout=400)
+    try:
+        doomed.files.write("/tmp/bomb.py", BOMB)
+        try:
+            out = doomed.commands.run("python3 /tmp/bomb.py fork", timeout=120).stdout
+        except CommandExitException as e:
+            out = e.stdout
+        except FireboxException as e:
+            assert f"memory limit of {mb} MB and ended" in str(e), e
+            return
+        assert "failed after" in out, out
+        assert int(out.split("failed after")[1].split()[0]) < processes
+    finally:
+        with contextlib.suppress(FireboxException):
+            doomed.kill()
+
+
 def still_fine(sbx: Sandbox, neighbour: Sandbox, daemon: Daemon) -> None:
     assert neighbour.commands.run("echo alive").stdout == "alive\n"
     assert sbx.commands.run("echo alive").stdout == "alive\n"
@@ -149,9 +172,8 @@ def test_fork_and_thread_bombs_stop_at_the_process_limit(
     sandbox: Sandbox, small: Sandbox, neighbour: Sandbox, daemon: Daemon, kind: str
 ) -> None:
     if daemon.isolation == "gvisor" and kind == "fork":
-        # each process of a gVisor sandbox costs a few MB of host memory (its address
-        # space's stub): a fork bomb meets the memory limit before the process limit
-        ends_whole_at_its_memory_limit(daemon, None, "python3 /tmp/bomb.py fork", 512, bomb=True)
+        bomb_held_on_gvisor(daemon, None, 256, 512)
+        bomb_held_on_gvisor(daemon, SMALL, 64, 256)
         still_fine(sandbox, neighbour, daemon)
         return
     for sbx, limit in ((sandbox, 256), (small, 64)):
@@ -370,10 +392,13 @@ def test_the_neighbour_keeps_working_while_a_sandbox_pushes_a_limit(
     pushy: Sandbox, neighbour: Sandbox, daemon: Daemon, hostile: str
 ) -> None:
     if daemon.isolation == "gvisor" and hostile in ("fork bomb", "memory churn"):
-        # both end a gVisor sandbox whole at its memory limit (ends_whole_at_its_memory_limit):
-        # the neighbour and the daemon answer throughout and after
+        # each may end a gVisor sandbox whole at its memory limit (bomb_held_on_gvisor,
+        # ends_whole_at_its_memory_limit): the neighbour and the daemon answer after
         neighbour.run_code("x = 0")
-        ends_whole_at_its_memory_limit(daemon, PUSHY, HOSTILE[hostile][0], 256, bomb=True)
+        if hostile == "fork bomb":
+            bomb_held_on_gvisor(daemon, PUSHY, 64, 256)
+        else:
+            ends_whole_at_its_memory_limit(daemon, PUSHY, HOSTILE[hostile][0], 256)
         assert neighbour.run_code("x += 1; x", timeout=10).text == "1"
         with daemon.client() as c:
             assert c.get("/health", timeout=10).status_code == 200
