@@ -15,7 +15,9 @@ from firebox.server.errors import ApiError
 from firebox.settings import Limits, StartConfig
 
 START_DEADLINE = 20.0  # seconds for a backend to hand over a connected agent
-HELLO_DEADLINE = 10.0
+# for the agent's first hello once its backend handed it over: a gVisor sandbox restores its
+# checkpoint meanwhile, and eight at once on a loaded 2-core host took over 10 s
+HELLO_DEADLINE = 30.0
 
 
 @dataclass(eq=False)

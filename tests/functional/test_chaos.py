@@ -25,7 +25,7 @@ from tests.conftest import Daemon
 
 # 50 jails; microVMs under software emulation are ~20x heavier to run at once here; a gVisor
 # sandbox restored from its checkpoint holds ~150 MB and a second of CPU to restore
-MANY = {"jail": 50, "gvisor": 8, "microvm": 6}
+MANY = {"jail": 50, "gvisor": 6, "microvm": 6}
 ADOPTION_DEADLINE = 60.0  # generous on a loaded CI host; bench/lifecycle.py measures it
 
 
