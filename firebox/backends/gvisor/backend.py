@@ -348,7 +348,6 @@ class GVisorBackend(Backend):
             log.info(
                 "gvisor: checkpoint of %s made in %.1f s", spec.template, time.monotonic() - started
             )
-            await asyncio.to_thread(checkpoint.prune)
 
     async def _make_checkpoint(self, spec: SandboxSpec, shape: checkpoint.Shape) -> None:
         """Boot the template cold with its warm imports, wait for its python context, and
@@ -368,7 +367,16 @@ class GVisorBackend(Backend):
             assert isinstance(running, GVisorSandbox)
             done = await asyncio.to_thread(
                 subprocess.run,
-                [*running.runsc_argv, "checkpoint", f"--image-path={tmp}", running.container],
+                [
+                    *running.runsc_argv,
+                    "checkpoint",
+                    f"--image-path={tmp}",
+                    # read back whole at every restore: uncompressed, no inflating on the way,
+                    # and without the pages that hold only zeros (a restore maps them anew)
+                    "--compression=none",
+                    "--exclude-committed-zero-pages",
+                    running.container,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=CHECKPOINT_DEADLINE / 2,
@@ -383,7 +391,8 @@ class GVisorBackend(Backend):
                 tmp / checkpoint.DISK,
                 self._slots.first_id(running.slot),
             )
-            await asyncio.to_thread(checkpoint.seal, tmp, shape)
+            entry = await asyncio.to_thread(checkpoint.seal, tmp, shape)
+            await asyncio.to_thread(checkpoint.prune, None, entry)
         finally:
             with contextlib.suppress(Exception):
                 await agent.close()

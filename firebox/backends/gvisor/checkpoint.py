@@ -29,7 +29,7 @@ from pathlib import Path
 
 from firebox.images.cache import image_root
 
-VERSION = 1
+VERSION = 3  # 2: uncompressed; 3: without zero pages
 MARKER = "point.json"
 DISK = "disk"
 
@@ -85,7 +85,12 @@ def workdir(shape: Shape) -> Path:
 
 def seal(tmp: Path, shape: Shape) -> Path:
     """Mark ``tmp`` complete and move it into place (a concurrent maker's wins)."""
-    record = {"template": shape.template, "rootfs": str(shape.rootfs), "runsc": shape.runsc}
+    record = {
+        "template": shape.template,
+        "rootfs": str(shape.rootfs),
+        "runsc": shape.runsc,
+        "shape": [shape.memory_mb, shape.processes],
+    }
     (tmp / MARKER).write_text(json.dumps(record))
     entry = root() / shape.name
     try:
@@ -95,17 +100,31 @@ def seal(tmp: Path, shape: Shape) -> Path:
     return entry
 
 
-def prune(rootfs: Path | None = None) -> int:
-    """Remove checkpoints made of trees that are gone, or of ``rootfs`` (being deleted)."""
+def prune(rootfs: Path | None = None, keep: Path | None = None) -> int:
+    """Remove checkpoints made of trees that are gone, or of ``rootfs`` (being deleted), and
+    those ``keep`` (just made) replaces: of its tree and shape, made by an older agent or
+    runsc. A sandbox restored from one no longer needs it (its memory was read whole)."""
     removed = 0
+    kept = _record(keep) if keep is not None else None
     for entry in root().iterdir() if root().is_dir() else ():
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or entry == keep:
             continue
-        try:
-            made_of = Path(json.loads((entry / MARKER).read_text())["rootfs"])
-        except (OSError, ValueError, KeyError):
+        record = _record(entry)
+        if record is None:
             continue  # being made
-        if not made_of.is_dir() or made_of == rootfs:
+        made_of = Path(record["rootfs"])
+        replaced = kept is not None and all(
+            record.get(k) == kept.get(k) for k in ("template", "rootfs", "shape")
+        )
+        if not made_of.is_dir() or made_of == rootfs or replaced:
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
     return removed
+
+
+def _record(entry: Path) -> dict | None:
+    try:
+        record = json.loads((entry / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "rootfs" in record else None
