@@ -325,6 +325,7 @@ class GVisorBackend(Backend):
             runsc=f"{details['version']} {details['platform']}",
             memory_mb=spec.limits.memory_mb,
             processes=spec.limits.processes,
+            cpu_count=spec.limits.cpu_count,
         )
 
     async def prepare(self, spec: SandboxSpec) -> None:

@@ -59,7 +59,13 @@ def config(
     ids 0..65535 being host ids ``host_id``.., in the cgroup ``cgroup`` (``cgroups_path``);
     ``bundle`` holds its machine id. ``warm``: what its python context imports ahead (a
     template's checkpoint holds them)."""
-    env = {**AGENT_ENV, "FIREBOX_AGENT_FD": str(AGENT_FD)}
+    # its CPU limit, a cgroup quota its processes cannot see (the sentry shows every host
+    # core), for the thread pools of what the agent starts (agent/limits.py), as in a jail
+    env = {
+        **AGENT_ENV,
+        "FIREBOX_AGENT_FD": str(AGENT_FD),
+        "FIREBOX_CPUS": f"{spec.limits.cpu_count:g}",
+    }
     if warm:
         env["FIREBOX_WARM_IMPORTS"] = warm
     return {

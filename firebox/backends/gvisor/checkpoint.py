@@ -29,7 +29,7 @@ from pathlib import Path
 
 from firebox.images.cache import image_root
 
-VERSION = 3  # 2: uncompressed; 3: without zero pages
+VERSION = 4  # 2: uncompressed; 3: without zero pages; 4: the CPU limit in the agent's env
 MARKER = "point.json"
 DISK = "disk"
 
@@ -44,6 +44,7 @@ class Shape:
     runsc: str  # version and platform
     memory_mb: int
     processes: int
+    cpu_count: float = 1.0  # the agent's thread pools are sized by it (its environment)
 
     @property
     def key(self) -> str:
@@ -56,6 +57,7 @@ class Shape:
             self.runsc,
             str(self.memory_mb),
             str(self.processes),
+            f"{self.cpu_count:g}",
         ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -89,7 +91,7 @@ def seal(tmp: Path, shape: Shape) -> Path:
         "template": shape.template,
         "rootfs": str(shape.rootfs),
         "runsc": shape.runsc,
-        "shape": [shape.memory_mb, shape.processes],
+        "shape": [shape.memory_mb, shape.processes, shape.cpu_count],
     }
     (tmp / MARKER).write_text(json.dumps(record))
     entry = root() / shape.name
