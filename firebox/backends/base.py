@@ -140,6 +140,13 @@ class RunningSandbox(abc.ABC):
         host files: call it off the event loop."""
         return None
 
+    async def set_priority(self, background: bool) -> None:
+        """Run at background priority (a pooled sandbox, while it starts, warms up and waits:
+        it yields the host's CPU and disk to the sandboxes in use) or at the normal one (every
+        sandbox in use). Sandboxes start at the normal one. A backend that cannot weigh its
+        sandboxes leaves them as they are; BackendError if it could not change them."""
+        return None
+
 
 class Backend(abc.ABC):
     name: str

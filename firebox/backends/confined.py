@@ -179,6 +179,16 @@ class ConfinedSandbox(RunningSandbox):
     async def _free(self) -> None:
         """What the backend holds beyond the process and its cgroup (after both are gone)."""
 
+    async def set_priority(self, background: bool) -> None:
+        # Its cgroup's CPU and I/O weights: everything of the sandbox on the host is in it (a
+        # jail's processes, a microVM's QEMU), children born later too. A few small writes that
+        # never wait on the sandbox, so no thread: a hand-over waits on this.
+        try:
+            cgroups.set_weight(self._cgroup, background)
+        except OSError as e:
+            what = "background" if background else "normal"
+            raise BackendError(f"could not give the sandbox the {what} priority: {e}") from e
+
     def limit_events(self) -> dict[str, int]:
         try:
             mem = self._cgroup.memory_events()

@@ -4,6 +4,7 @@ hello and its settings, each with a deadline."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from firebox.agent_client import AgentClient, AgentGone
 from firebox.backends.base import Backend, BackendError, RunningSandbox, SandboxSpec
 from firebox.server.errors import ApiError
 from firebox.settings import Limits, StartConfig
+
+log = logging.getLogger("firebox.boot")
 
 START_DEADLINE = 20.0  # seconds for a backend to hand over a connected agent
 # for the agent's first hello once its backend handed it over: a gVisor sandbox restores its
@@ -66,8 +69,10 @@ def spec_for(
     )
 
 
-async def boot(backend: Backend, spec: SandboxSpec) -> Booted:
-    """Start ``spec`` and have its agent configured: the one way a sandbox starts."""
+async def boot(backend: Backend, spec: SandboxSpec, background: bool = False) -> Booted:
+    """Start ``spec`` and have its agent configured: the one way a sandbox starts. With
+    ``background`` (the warm pool's), it runs at background priority from the moment the
+    backend hands it over, the agent's start included (``RunningSandbox.set_priority``)."""
     try:
         running = await asyncio.wait_for(backend.start(spec), START_DEADLINE)
     except TimeoutError:
@@ -76,6 +81,8 @@ async def boot(backend: Backend, spec: SandboxSpec) -> Booted:
         raise ApiError("unavailable", str(e)) from None
     agent = AgentClient(running.reader, running.writer)
     try:
+        if background:
+            await _lower(running, spec)
         await agent.wait_hello(HELLO_DEADLINE)
         # Before any request (the channel keeps order): what the agent enforces itself, the
         # same way on every backend.
@@ -93,3 +100,12 @@ async def boot(backend: Backend, spec: SandboxSpec) -> Booted:
             f"the sandbox's agent did not start: {e}" + (f" ({said})" if said else ""),
         ) from None
     return Booted(spec, running, agent)
+
+
+async def _lower(running: RunningSandbox, spec: SandboxSpec) -> None:
+    """Background priority, or the normal one if the host refuses: a pooled sandbox that
+    cannot yield still saves a create its boot, as every pooled one did before they could."""
+    try:
+        await running.set_priority(True)
+    except BackendError as e:
+        log.warning("pooled sandbox %s runs at the normal priority: %s", spec.sandbox_id, e)

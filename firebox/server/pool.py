@@ -9,6 +9,15 @@ The default template's pool is there from the daemon's start. A built template g
 its first create (``ensure``), of its own size, with its start command already ready in each
 sandbox; one nobody has taken from for ``IDLE`` seconds is emptied and stops, so templates
 nobody uses hold nothing.
+
+The pool helps, never hurts: a refill is work the host does for a later create, so it gives
+way to the work of now. A pooled sandbox runs at background priority (its cgroup's CPU and I/O
+weights, ``RunningSandbox.set_priority``) while it starts, warms up and waits, and gets the
+normal one in ``take``, before the caller sees it. The refill's own work in the daemon (~30 ms
+of CPU a boot, and its channel's traffic) starts each step only once the daemon is quiet
+(``_quiet``): no create for ``REFILL_DELAY`` and the daemon's CPU near idle, as it is unless
+creates or calls are being served (all of them pass through it). So under back-to-back creates
+the pool waits rather than booting and warming a sandbox beside each create's own boot.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from dataclasses import dataclass
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone
-from firebox.backends.base import Backend, SandboxSpec
+from firebox.backends.base import Backend, BackendError, SandboxSpec
 from firebox.server.admission import Admission
 from firebox.server.boot import HELLO_DEADLINE, START_DEADLINE, Booted, boot, spec_for
 from firebox.server.errors import ApiError
@@ -32,9 +41,17 @@ from firebox.settings import Limits
 log = logging.getLogger("firebox.pool")
 
 RETRY_DELAY = 5.0  # after a failed refill, so a broken host is not hammered
-# A boot takes ~30 ms of CPU; right after a hand-over it would compete with the new sandbox's
-# first commands (2 cores here), so refills start a moment later.
+# A boot takes ~30 ms of the daemon's CPU; right after a hand-over it would compete with the
+# new sandbox's first commands (2 cores here), so a refill's step waits this long after the
+# last create (back-to-back creates hold it until they stop) ...
 REFILL_DELAY = 0.25
+# ... and until the daemon has used under BUSY of a core over PROBE seconds: serving a call
+# takes 1-2 ms of its CPU (one client's back-to-back calls: 15-40 % of a core), while an idle
+# daemon uses ~0.2 %. A step held HOLD_MAX goes ahead anyway (at background priority), so a
+# daemon that is never quiet still refills, slowly.
+PROBE = 0.05
+BUSY = 0.05
+HOLD_MAX = 10.0
 WARM_UP_DEADLINE = 60.0
 IDLE = 600.0  # seconds without a take before a built template's pool is emptied
 FORGET_WAIT = 10.0  # seconds a forgotten pool's refill is waited for (forget)
@@ -85,6 +102,7 @@ class WarmPool:
         self._wake: dict[str, asyncio.Event] = {}
         self._taken: dict[str, float] = {}  # when each pool was last asked
         self._leaving: set[asyncio.Task[None]] = set()  # refills of forgotten pools, ending
+        self._asked = 0.0  # when a create last asked any pool (foreground work arriving)
         self._closed = False
 
     def start(self, templates: list[str]) -> None:
@@ -106,18 +124,32 @@ class WarmPool:
         self._refills[key] = asyncio.create_task(self._refill(key))
 
     async def take(self, key: str) -> Booted | None:
-        """A live booted sandbox of ``key``'s pool at once, or None (the caller boots one)."""
-        self._taken[key] = time.monotonic()
+        """A live booted sandbox of ``key``'s pool at once, at the normal priority, or None
+        (the caller boots one)."""
+        self._taken[key] = self._asked = time.monotonic()
         queue = self._ready.get(key)
         if queue is None:
             return None
         while not queue.empty():
             booted = queue.get_nowait()
             self._wake[key].set()
-            if booted.alive():
+            if booted.alive() and await self._raise(booted):
                 return booted
             await booted.discard()
         return None
+
+    async def _raise(self, booted: Booted) -> bool:
+        """Give a pooled sandbox the normal priority before anyone uses it; False if that
+        failed, and the caller discards it: nobody is handed a sandbox that yields to all."""
+        try:
+            await booted.running.set_priority(False)
+        except BackendError as e:
+            log.warning("pooled sandbox %s: %s; discarded", booted.spec.sandbox_id, e)
+            return False
+        except BaseException:  # cancelled: the sandbox is nobody's, and not to be lost
+            await booted.discard()
+            raise
+        return True
 
     def waiting(self) -> int:
         """Sandboxes waiting in the pool (each of the default size)."""
@@ -160,6 +192,25 @@ class WarmPool:
         """Whether a refill of ``source`` is still wanted (not closed, not forgotten)."""
         return not self._closed and self._sources.get(key) is source
 
+    async def _quiet(self, key: str, source: Source) -> bool:
+        """Wait until the daemon is quiet before a refill's next step (see the module's
+        docstring): ``REFILL_DELAY`` since the last create, and under ``BUSY`` of a core
+        over the last ``PROBE`` seconds. Only this pool's step waits, never a create. The
+        CPU is the whole daemon's, so another pool's refill step holds this one too: the
+        refills take turns. False, at once, if the pool is closed or forgotten meanwhile."""
+        held_until = time.monotonic() + HOLD_MAX
+        while self._serving(key, source) and time.monotonic() < held_until:
+            since = time.monotonic() - self._asked
+            if since < REFILL_DELAY:
+                await asyncio.sleep(REFILL_DELAY - since)
+                continue
+            cpu, start = time.process_time(), time.monotonic()
+            await asyncio.sleep(PROBE)
+            used = (time.process_time() - cpu) / (time.monotonic() - start)
+            if used < BUSY and time.monotonic() - self._asked >= REFILL_DELAY:
+                break
+        return self._serving(key, source)
+
     async def _refill(self, key: str) -> None:
         source, queue, wake = self._sources.get(key), self._ready.get(key), self._wake.get(key)
         if source is None or queue is None or wake is None:
@@ -177,18 +228,21 @@ class WarmPool:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):  # wakes now and then to see if idle
                     await asyncio.wait_for(wake.wait(), IDLE / 4)
-                await asyncio.sleep(REFILL_DELAY)
                 continue
+            if not await self._quiet(key, source):
+                return
             try:
                 with self.admission.starting():
-                    booted = await boot(self.backend, source.spec())
+                    # at background priority from its start to its hand-over (take)
+                    booted = await boot(self.backend, source.spec(), background=True)
                     try:
-                        if source.ready is not None:
+                        if source.ready is not None and await self._quiet(key, source):
                             await source.ready(booted)
-                    except BaseException:
+                        if await self._quiet(key, source):
+                            await warm_up(booted)
+                    except BaseException:  # cancelled too (forget): never left running
                         await booted.discard()
                         raise
-                    await warm_up(booted)
                     if not self._serving(key, source):
                         await booted.discard()
                         return

@@ -9,12 +9,14 @@ hierarchy::
     cg.add(pid)                                       # children follow automatically
     cg.memory_events()["oom_kill"]; cg.pids_events()
     cg.usage().cpu_ns                                 # CPU time, memory and page cache used
+    set_weight(cg, background=True)                   # yield to the sandboxes in use
     cg.destroy()                                      # SIGKILL everything, then rmdir
 
 fs.py touches the files, detect.py reads the host, group.py is a set of cgroups of either
 version, v1.py and v2.py what differs. Only files under the cgroup mounts are touched, so the
 code is tested against a fake tree (tests/unit/test_cgroups.py) by passing a ``CgroupHost``
-whose mounts are a temp directory.
+whose mounts are a temp directory. weight.py: a set's CPU and I/O weights (the warm pool's
+sandboxes yield to those in use), tested in tests/unit/test_cgroup_weight.py.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from firebox.confine.cgroups.fs import (
     CgroupError,
 )
 from firebox.confine.cgroups.group import KILL_TIMEOUT, CgroupSet, Usage
+from firebox.confine.cgroups.weight import set_weight, weight_files
 
 __all__ = [
     "CONTROLLERS",
@@ -53,6 +56,8 @@ __all__ = [
     "create",
     "detect",
     "remove_parent",
+    "set_weight",
+    "weight_files",
 ]
 
 
