@@ -402,6 +402,11 @@ class GVisorBackend(Backend):
 
     async def close(self) -> None:
         await self._supervisors.close()
+        # runsc's state directory, empty once every sandbox is deleted, and the run directory
+        # it kept from going (the next daemon makes both again)
+        for leftover in (self._state, self.owner.run_dir):
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
         with contextlib.suppress(OSError):
             await asyncio.to_thread(cgroups.remove_parent, self.owner.cgroup_parent)
         for leftover in (self.owner.jail_disks, self._bundles):
