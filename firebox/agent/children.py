@@ -65,10 +65,12 @@ def workdir(user: users.User, path: str | None) -> str:
 
 def base_env(user: users.User, cwd: str) -> dict[str, str]:
     """The environment everything started for ``user`` begins with: nothing of the agent's,
-    and the egress proxy's variables once the sandbox has one."""
-    from firebox.agent import egress
+    thread pools sized to the sandbox's CPU limit, and the egress proxy's variables once the
+    sandbox has one."""
+    from firebox.agent import egress, limits
 
     return {
+        **limits.thread_env(),
         "PATH": BASE_PATH,
         "HOME": user.home,
         "USER": user.name,

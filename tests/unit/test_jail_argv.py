@@ -21,8 +21,9 @@ def test_bwrap_runs_the_agent_with_its_capabilities_and_environment() -> None:
     argv = bwrap_argv(SPEC, Path("/lib"), FDS, Path("/rw"))
     assert _after(argv, "--cap-add") == list(AGENT_CAPS)
     env = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv) if a == "--setenv"}
-    # nothing of the sandbox's settings: they come over the channel (protocol.Configure)
-    assert env == {**AGENT_ENV, "FIREBOX_AGENT_FD": "10"}
+    # nothing of the sandbox's settings, which come over the channel (protocol.Configure), but
+    # its CPU limit: its thread pools' size, needed before the agent's first fork (agent_env)
+    assert env == {**AGENT_ENV, "FIREBOX_CPUS": "1", "FIREBOX_AGENT_FD": "10"}
     assert "firebox.agent.main" in argv[-1]
 
 

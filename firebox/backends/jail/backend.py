@@ -46,7 +46,7 @@ from firebox.backends.base import (
 )
 from firebox.backends.confined import ConfinedSandbox, adopt, take_slot
 from firebox.backends.jail import rwdisk
-from firebox.backends.jail.bwrap import JailFds, build_root, bwrap_argv, identity_fds
+from firebox.backends.jail.bwrap import JailFds, agent_env, build_root, bwrap_argv, identity_fds
 from firebox.backends.jail.entry import Entry, Exec, Forked
 from firebox.backends.jail.start_pipes import read_until
 from firebox.backends.jail.zygote import Zygote
@@ -370,7 +370,8 @@ class _Start:
         assert self.cgroup is not None
         if zygote is not None and zygote.ready:
             try:
-                self._entry = Forked(await zygote.fork_agent(self.cgroup), self.theirs)
+                fork = await zygote.fork_agent(self.cgroup, agent_env(self.spec))
+                self._entry = Forked(fork, self.theirs)
             except (BackendError, OSError) as e:
                 log.warning("jail: the zygote failed (%s); starting the agent without it", e)
         if self._entry is None:

@@ -59,9 +59,18 @@ class JailFds:
     boot_id: int
 
 
-# The agent's whole environment (apart from where its channel is): the sandbox's settings
-# reach it over the channel (protocol.Configure), as in a microVM.
+# The agent's whole environment (apart from where its channel is, and its CPU limit:
+# ``agent_env``): the sandbox's settings reach it over the channel (protocol.Configure), as in
+# a microVM.
 AGENT_ENV = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "FIREBOX_BACKEND": "jail"}
+
+
+def agent_env(spec: SandboxSpec) -> dict[str, str]:
+    """The agent's environment in this jail: ``AGENT_ENV`` and the sandbox's CPU limit, which
+    a jail's processes cannot see (a cgroup quota: they see every host core), for the thread
+    pools of what the agent starts (agent/limits.py ``thread_env``). Before the agent's first
+    fork, unlike protocol.Configure: its default python interpreter is one."""
+    return {**AGENT_ENV, "FIREBOX_CPUS": f"{spec.limits.cpu_count:g}"}
 
 
 def bwrap_argv(
@@ -126,7 +135,7 @@ def bwrap_argv(
     argv += ["--clearenv"]
     if holder is not None:
         return [*argv, "--setenv", "PATH", GUEST_PATH, "--", *holder]
-    env = {**AGENT_ENV, "FIREBOX_AGENT_FD": str(fds.agent)}
+    env = {**agent_env(spec), "FIREBOX_AGENT_FD": str(fds.agent)}
     if build:
         env["FIREBOX_BUILD"] = "1"  # root keeps its capabilities (agent/privs.py harden)
     for name, value in env.items():

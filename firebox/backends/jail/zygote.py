@@ -22,7 +22,7 @@ from pathlib import Path
 
 from firebox.backends.agent_files import GUEST_LIB
 from firebox.backends.base import BackendError
-from firebox.backends.jail.bwrap import AGENT_CAPS, AGENT_ENV, GUEST_PATH
+from firebox.backends.jail.bwrap import AGENT_CAPS, GUEST_PATH
 from firebox.confine import seccomp
 from firebox.confine.cgroups import CgroupSet
 
@@ -117,9 +117,10 @@ class Zygote:
             raise ValueError(f"unexpected answer {reply!r}")
         return reply
 
-    async def fork_agent(self, cgroup: CgroupSet) -> AgentFork:
+    async def fork_agent(self, cgroup: CgroupSet, env: dict[str, str]) -> AgentFork:
         """Have the zygote fork a jail's agent-to-be, which joins ``cgroup`` at once and
-        waits for the rest (``AgentFork.hand_over``)."""
+        waits for the rest (``AgentFork.hand_over``), then runs with ``env`` (bwrap.py
+        ``agent_env``)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fds: dict[str, int] = {}
         try:
@@ -161,7 +162,7 @@ class Zygote:
         if not isinstance(pid, int):
             ours.close()
             raise BackendError(f"the zygote could not fork an agent: {reply.get('error')}")
-        return AgentFork(pid, ours)
+        return AgentFork(pid, ours, env)
 
     async def close(self) -> None:
         """Stop it by its pid (the agents it forked live on in their jails)."""
@@ -183,9 +184,10 @@ class Zygote:
 class AgentFork:
     """A zygote's fork waiting in a jail's cgroups for the rest of what it needs."""
 
-    def __init__(self, pid: int, link: socket.socket) -> None:
+    def __init__(self, pid: int, link: socket.socket, env: dict[str, str]) -> None:
         self.pid = pid  # the host pid of the zygote's fork (the agent is its child)
         self._link = link
+        self._env = env  # the agent's environment, as bwrap would have set it
 
     def hand_over(self, child_pid: int, agent: socket.socket, stderr: int) -> None:
         """Once bubblewrap has set the jail up, send the fork the jail's descriptors: it joins
@@ -196,7 +198,7 @@ class AgentFork:
             fds["seccomp"] = seccomp.write_filter_fd()
             fds["agent"] = agent.fileno()
             fds["stderr"] = stderr
-            request = {"env": AGENT_ENV, "caps": list(AGENT_CAPS), "fds": list(fds)}
+            request = {"env": self._env, "caps": list(AGENT_CAPS), "fds": list(fds)}
             self._link.settimeout(REQUEST_DEADLINE)  # one small message: it never waits
             socket.send_fds(self._link, [json.dumps(request).encode()], list(fds.values()))
         except OSError as e:
