@@ -179,6 +179,20 @@ class ConfinedSandbox(RunningSandbox):
     async def _free(self) -> None:
         """What the backend holds beyond the process and its cgroup (after both are gone)."""
 
+    async def _freeze(self, what: str) -> None:
+        """Pause by freezing every host process of the sandbox in its cgroup (memory kept):
+        a jail's and a gVisor sandbox's ``pause``. ``what`` names it in the error."""
+        try:
+            await asyncio.to_thread(self._cgroup.freeze)
+        except OSError as e:
+            raise BackendError(f"could not freeze the {what}: {e}") from None
+
+    async def _thaw(self, what: str) -> None:
+        try:
+            await asyncio.to_thread(self._cgroup.thaw)
+        except OSError as e:
+            raise BackendError(f"could not thaw the {what}: {e}") from None
+
     async def set_priority(self, background: bool) -> None:
         # Its cgroup's CPU and I/O weights: everything of the sandbox on the host is in it (a
         # jail's processes, a microVM's QEMU), children born later too. A few small writes that

@@ -125,16 +125,10 @@ class GVisorSandbox(ConfinedSandbox):
     pause_keeps = "memory"
 
     async def pause(self) -> None:
-        try:
-            await asyncio.to_thread(self._cgroup.freeze)
-        except OSError as e:
-            raise BackendError(f"could not freeze the gVisor sandbox: {e}") from None
+        await self._freeze("gVisor sandbox")
 
     async def resume(self) -> None:
-        try:
-            await asyncio.to_thread(self._cgroup.thaw)
-        except OSError as e:
-            raise BackendError(f"could not thaw the gVisor sandbox: {e}") from None
+        await self._thaw("gVisor sandbox")
 
     def _disk(self) -> tuple[int | None, int | None]:
         return rwdisk.usage(self._rw)

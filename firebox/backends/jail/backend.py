@@ -92,16 +92,10 @@ class JailSandbox(ConfinedSandbox):
     pause_keeps = "memory"
 
     async def pause(self) -> None:
-        try:
-            await asyncio.to_thread(self._cgroup.freeze)
-        except OSError as e:
-            raise BackendError(f"could not freeze the jail: {e}") from None
+        await self._freeze("jail")
 
     async def resume(self) -> None:
-        try:
-            await asyncio.to_thread(self._cgroup.thaw)
-        except OSError as e:
-            raise BackendError(f"could not thaw the jail: {e}") from None
+        await self._thaw("jail")
 
     def _disk(self) -> tuple[int | None, int | None]:
         return rwdisk.usage(self._rw)
