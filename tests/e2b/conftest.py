@@ -1,5 +1,6 @@
-"""E2B's own SDKs, unchanged, against the session's daemon (tests/conftest.py), on every
-backend: only the environment E2B's SDKs read is set, as `firebox e2b env` prints it."""
+"""E2B's own SDKs, unchanged, against the session's daemon (tests/conftest.py): only the
+environment E2B's SDKs read is set, as `firebox e2b env` prints it. The edge's translation runs
+on the first backend tested (``daemon_only``); what differs by backend (pause, metrics) on each."""
 
 from __future__ import annotations
 

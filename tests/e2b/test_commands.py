@@ -15,6 +15,10 @@ from e2b import (
     TimeoutException,
 )
 
+# The E2B edge translates onto the same core on every backend (which the functional, interpreter
+# and security suites check on each): its translation is checked once.
+pytestmark = pytest.mark.daemon_only
+
 
 def test_foreground_output_exit_code_and_callbacks(e2b_sandbox: Sandbox) -> None:
     out: list[str] = []

@@ -19,6 +19,10 @@ from e2b import (
 from tests.conftest import Daemon
 from tests.e2b.conftest import e2b_environment
 
+# The E2B edge translates onto the same core on every backend (which the functional, interpreter
+# and security suites check on each): its translation is checked once.
+pytestmark = pytest.mark.daemon_only
+
 
 def _ids(sandboxes: list) -> list[str]:
     return [s.sandbox_id for s in sandboxes]

@@ -7,8 +7,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import Daemon
 from tests.e2b.test_js import ROOT, _node
+
+# The E2B edge translates onto the same core on every backend (which the functional, interpreter
+# and security suites check on each): its translation is checked once.
+pytestmark = pytest.mark.daemon_only
 
 
 def _env_from_cli(daemon: Daemon) -> dict[str, str]:

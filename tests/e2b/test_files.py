@@ -15,7 +15,9 @@ import pytest
 from tests.conftest import Daemon
 from tests.e2b.conftest import e2b_environment
 
-pytestmark = pytest.mark.slow
+# The E2B edge translates onto the same core on every backend (which the functional, interpreter
+# and security suites check on each): its translation is checked once.
+pytestmark = [pytest.mark.slow, pytest.mark.daemon_only]
 
 BINARY = bytes(range(256)) * 64
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.usefixtures("e2b_env")
+# The E2B edge translates onto the same core on every backend (which the functional, interpreter
+# and security suites check on each): its translation is checked once.
+pytestmark = [pytest.mark.usefixtures("e2b_env"), pytest.mark.daemon_only]
 
 
 def test_run_code_streams_output_and_gives_the_value(e2b_ci_sandbox: Any) -> None:

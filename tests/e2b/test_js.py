@@ -14,6 +14,10 @@ import pytest
 from tests.conftest import Daemon
 from tests.e2b.conftest import e2b_environment
 
+# The E2B edge translates onto the same core on every backend (which the functional, interpreter
+# and security suites check on each): its translation is checked once.
+pytestmark = pytest.mark.daemon_only
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE_MIN = (20, 18, 1)
 

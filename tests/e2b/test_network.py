@@ -7,11 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from e2b import Sandbox
 
 from tests.conftest import Daemon
 from tests.security.test_egress import Origin
 from tests.security.test_egress import origin as origin  # noqa: F401 (the fixture)
+
+# The E2B edge translates onto the same core on every backend (which the functional, interpreter
+# and security suites check on each): its translation is checked once.
+pytestmark = pytest.mark.daemon_only
 
 
 def _status(sbx: Any, url: str) -> int:

@@ -24,7 +24,9 @@ from e2b import (
 
 from tests.conftest import Daemon
 
-pytestmark = pytest.mark.slow
+# The E2B edge translates onto the same core on every backend (which the functional, interpreter
+# and security suites check on each): its translation is checked once.
+pytestmark = [pytest.mark.slow, pytest.mark.daemon_only]
 
 NAME = "fbx-e2b-site"
 

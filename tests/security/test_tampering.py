@@ -309,6 +309,7 @@ def test_root_inside_cannot_look_into_the_agent(sandbox: Sandbox, daemon: Daemon
         assert "Permission denied" in out, out
         names = {line.split("=")[0] for line in out.splitlines() if "=" in line}
         bundle = {"PATH", "LANG", "FIREBOX_BACKEND", "FIREBOX_SECCOMP", "FIREBOX_AGENT_FD"}
+        bundle |= {"FIREBOX_CPUS"}  # the CPU limit, for the thread pools (limits.thread_env)
         # HOME runsc adds; the warm imports, a template checkpoint's
         assert names <= bundle | {"HOME", "FIREBOX_WARM_IMPORTS"}, names
         assert '"t":' not in out, out  # not one frame of the channel
