@@ -87,6 +87,7 @@ class ConfinedSandbox(RunningSandbox):
         release: Callable[[], None],
     ) -> None:
         self._cleaned = False
+        self._frozen = False  # by _freeze, until _thaw
         self._rebind(proc, cgroup, reader, writer, supervised, slot, release)
 
     def _rebind(
@@ -162,6 +163,9 @@ class ConfinedSandbox(RunningSandbox):
         if self._cleaned:
             return
         self._cleaned = True
+        if self._frozen:  # a frozen process acts on its SIGKILL only once thawed (cgroup v1)
+            with contextlib.suppress(BackendError):
+                await self._thaw("sandbox")
         # The held process's death takes the sandbox with it (its pid namespace, or the VM);
         # then the cgroup is emptied too, the one handle that cannot miss a process. The
         # supervisor ends once the agent's channel and the output have.
@@ -186,12 +190,14 @@ class ConfinedSandbox(RunningSandbox):
             await asyncio.to_thread(self._cgroup.freeze)
         except OSError as e:
             raise BackendError(f"could not freeze the {what}: {e}") from None
+        self._frozen = True
 
     async def _thaw(self, what: str) -> None:
         try:
             await asyncio.to_thread(self._cgroup.thaw)
         except OSError as e:
             raise BackendError(f"could not thaw the {what}: {e}") from None
+        self._frozen = False
 
     async def set_priority(self, background: bool) -> None:
         # Its cgroup's CPU and I/O weights: everything of the sandbox on the host is in it (a

@@ -142,6 +142,7 @@ class WarmPool:
         """Give a pooled sandbox the normal priority before anyone uses it; False if that
         failed, and the caller discards it: nobody is handed a sandbox that yields to all."""
         try:
+            await booted.running.park(False)
             await booted.running.set_priority(False)
         except BackendError as e:
             log.warning("pooled sandbox %s: %s; discarded", booted.spec.sandbox_id, e)
@@ -240,6 +241,7 @@ class WarmPool:
                             await source.ready(booted)
                         if await self._quiet(key, source):
                             await warm_up(booted)
+                        await booted.running.park(True)
                     except BaseException:  # cancelled too (forget): never left running
                         await booted.discard()
                         raise
