@@ -60,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         isolation=args.isolation,
+        domain=args.domain,
         pool_size=args.pool_size,
         max_sandboxes=args.max_sandboxes,
         max_memory_mb=args.max_memory_mb,
@@ -386,6 +387,13 @@ def parser() -> argparse.ArgumentParser:
         choices=["auto", "microvm", "gvisor", "jail"],
         help="auto: a microVM with KVM, else gVisor, else a microVM under emulation; the jail "
         "(sharing the host's kernel) only by name",
+    )
+    serve.add_argument(
+        "--domain",
+        default="",
+        help="preview hosts are <port>-<sandbox id>.<domain>, routed by their Host header "
+        "(default localhost:<port>, which browsers resolve to loopback; point a wildcard DNS "
+        "name at the daemon, or at a TLS proxy in front of it, and name it here)",
     )
     serve.add_argument(
         "--pool-size",

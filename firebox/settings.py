@@ -164,11 +164,14 @@ def resolve(
 class Network(BaseModel):
     """Egress beyond ``allow_internet_access``: domains (``*.example.com``), IPs or CIDRs.
     ``allow_out`` wins over ``deny_out``; private, loopback, link-local and the host's own
-    addresses stay closed whatever either says."""
+    addresses stay closed whatever either says. ``allow_public_traffic`` is the way in: the
+    sandbox's ports answer anyone who can reach the daemon, not only holders of its traffic
+    token (docs/PORTS.md); set at create, kept by later network updates."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     allow_out: list[NetRule] = Field(default_factory=list, max_length=256)
     deny_out: list[NetRule] = Field(default_factory=list, max_length=256)
+    allow_public_traffic: bool = False
 
 
 class Lifecycle(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -17,8 +17,13 @@ from firebox._core.config import resolve_config
 from firebox._core.dual import ClassOrInstanceMethod
 from firebox._core.models import SandboxInfo, SandboxMetrics, SandboxQuery, SnapshotInfo
 from firebox._core.requests import create_body, list_query, sandbox_path
-from firebox._core.responses import parse_list, parse_metrics, parse_sandbox_info
-from firebox.exceptions import FireboxException, NotFoundException
+from firebox._core.responses import (
+    parse_list,
+    parse_metrics,
+    parse_preview_url,
+    parse_sandbox_info,
+)
+from firebox.exceptions import FireboxException, InvalidArgumentException, NotFoundException
 
 # The class-level forms of ``kill``, ``set_timeout``, ``get_info`` and ``get_metrics``, which
 # open a client for the one call.
@@ -118,7 +123,7 @@ def _sandbox_of(
     error."""
     if isinstance(made, FireboxException):
         return made
-    return cls(made.sandbox_id, AsyncApiClient(api.config))
+    return cls(made.sandbox_id, AsyncApiClient(api.config), made)
 
 
 async def _post_pause(api: AsyncApiClient, sandbox_id: str, request_timeout: float | None) -> None:
@@ -190,15 +195,46 @@ class AsyncSandbox(AsyncCodeExecution):
     ``FIREBOX_API_KEY``, else the local daemon and its admin key file.
     """
 
-    def __init__(self, sandbox_id: str, api: AsyncApiClient) -> None:
+    def __init__(
+        self, sandbox_id: str, api: AsyncApiClient, info: SandboxInfo | None = None
+    ) -> None:
         self._sandbox_id = sandbox_id
         self._api = api
+        # how its ports are reached (get_host): what the daemon said when it was made or joined
+        self._domain = info.domain if info is not None else ""
+        self._traffic_token = info.traffic_access_token if info is not None else ""
         self._commands = AsyncCommands(sandbox_id, api)
         self._files = AsyncFilesystem(sandbox_id, api)
 
     @property
     def sandbox_id(self) -> str:
         return self._sandbox_id
+
+    @property
+    def traffic_access_token(self) -> str:
+        """Opens this sandbox's ports, and nothing else of it or of another sandbox: send it
+        in the ``Firebox-Traffic-Token`` header to ``get_host(port)``. Not needed when the
+        sandbox was created with ``network={"allow_public_traffic": True}``."""
+        return self._traffic_token
+
+    def get_host(self, port: int) -> str:
+        """The host name that reaches ``port`` inside the sandbox (a server listening on
+        127.0.0.1 or 0.0.0.0 there): ``<port>-<sandbox id>.<domain>``, served by the daemon
+        over HTTP and WebSocket (docs/PORTS.md)."""
+        if not 0 < port < 65536:
+            raise InvalidArgumentException(f"port {port} must be 1..65535")
+        return f"{port}-{self._sandbox_id.replace('_', '-')}.{self._domain}"
+
+    async def get_preview_url(self, port: int, request_timeout: float | None = None) -> str:
+        """A one-time link that opens ``port`` in a person's browser: it sets a cookie for that
+        port's host alone, then shows ``/``. It works once, within five minutes."""
+        response = await self._api.request(
+            "POST",
+            sandbox_path(self._sandbox_id, "previews"),
+            json={"port": port},
+            timeout=request_timeout,
+        )
+        return parse_preview_url(response.json())
 
     @property
     def commands(self) -> AsyncCommands:
@@ -222,7 +258,7 @@ class AsyncSandbox(AsyncCodeExecution):
         request_timeout: float | None = None,
         limits: Mapping[str, float] | None = None,
         allow_internet_access: bool = False,
-        network: Mapping[str, Sequence[str]] | None = None,
+        network: Mapping[str, Any] | None = None,
         lifecycle: Mapping[str, Any] | None = None,
         snapshot: str | None = None,
     ) -> Self:
@@ -237,6 +273,8 @@ class AsyncSandbox(AsyncCodeExecution):
         It has no network unless ``allow_internet_access=True`` or ``network={"allow_out":
         [...], "deny_out": [...]}`` (domains such as ``*.pypi.org``, IPs, CIDRs) open egress
         through the daemon's proxy; private, loopback and link-local addresses stay closed.
+        ``network={"allow_public_traffic": True}`` lets anyone who can reach the daemon reach
+        its ports (``get_host``); without it they need ``traffic_access_token``.
 
         ``lifecycle`` (E2B's): ``{"on_timeout": "pause"}`` pauses it at its timeout instead
         of killing it; ``"auto_resume": True`` has a call into a paused sandbox resume it.
@@ -257,7 +295,7 @@ class AsyncSandbox(AsyncCodeExecution):
         except BaseException:
             await api.aclose()
             raise
-        return cls(info.sandbox_id, api)
+        return cls(info.sandbox_id, api, info)
 
     @classmethod
     async def connect(
@@ -279,7 +317,7 @@ class AsyncSandbox(AsyncCodeExecution):
         except BaseException:
             await api.aclose()
             raise
-        return cls(info.sandbox_id, api)
+        return cls(info.sandbox_id, api, info)
 
     @classmethod
     async def resume(

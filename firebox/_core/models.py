@@ -38,13 +38,17 @@ class SandboxInfo:
     open_files: int | None = None  # per process
     output_mb: int | None = None  # printed output forwarded per command or cell
     allow_internet_access: bool = False
-    network: dict[str, list[str]] = field(default_factory=dict)  # allow_out, deny_out
+    # allow_out, deny_out; allow_public_traffic (its ports answer without the traffic token)
+    network: dict[str, Any] = field(default_factory=dict)
     paused_at: datetime | None = None
     # what a pause keeps: "disk" (memory on disk: survives a host reboot), "memory" (frozen in
     # place: lost at a reboot), None (its backend cannot pause)
     pause_keeps: str | None = None
     # {"on_timeout": "kill"|"pause", "auto_resume": bool}
     lifecycle: dict[str, Any] = field(default_factory=dict)
+    # its ports are <port>-<sandbox id>.<domain>; the token opens them (Sandbox.get_host)
+    domain: str = ""
+    traffic_access_token: str = ""
 
     @property
     def template_id(self) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -33,7 +33,7 @@ def create_body(
     envs: Mapping[str, str] | None,
     limits: Mapping[str, float] | None = None,
     allow_internet_access: bool = False,
-    network: Mapping[str, Sequence[str]] | None = None,
+    network: Mapping[str, Any] | None = None,
     lifecycle: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -46,7 +46,7 @@ def create_body(
     if limits:
         body["limits"] = dict(limits)
     if network:
-        body["network"] = {k: list(v) for k, v in network.items()}
+        body["network"] = {k: v if isinstance(v, bool) else list(v) for k, v in network.items()}
     if lifecycle:
         body["lifecycle"] = dict(lifecycle)
     return body

@@ -88,7 +88,13 @@ def parse_sandbox_info(obj: Any) -> SandboxInfo:
         paused_at=r.time("paused_at") if r.get("paused_at", str, None) else None,
         pause_keeps=r.get("pause_keeps", str, None),
         lifecycle=dict(r.get("lifecycle", dict, {}) or {}),
+        domain=r.get("domain", str, ""),
+        traffic_access_token=r.get("traffic_access_token", str, ""),
     )
+
+
+def parse_preview_url(obj: Any) -> str:
+    return str(_Reader(obj, "PreviewLink").get("url", str))
 
 
 def parse_snapshot_info(obj: Any) -> SnapshotInfo:

@@ -14,11 +14,11 @@ have taken the port first.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 
 from firebox import protocol
+from firebox.agent import relay
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail
 
@@ -74,53 +74,5 @@ def accept(stream: Stream, msg: protocol.NetAccept, payload: bytes) -> None:
     if stream.cancelled or stream.done:  # lost the race with a cancel: refuse the client
         conn.close()
         return None
-    conn.settimeout(None)
-    stream.on_cancel(lambda: _shut(conn))
-    try:
-        stream.send(protocol.NetConnected())
-        to_daemon = threading.Thread(target=_upstream, args=(stream, conn), daemon=True)
-        to_daemon.start()
-        _downstream(stream, conn)
-        to_daemon.join()
-    finally:
-        conn.close()
+    relay.carry(stream, conn)
     return None
-
-
-def _upstream(stream: Stream, conn: socket.socket) -> None:
-    """What the sandbox's client writes goes to the daemon, as credit allows."""
-    while True:
-        try:
-            data = conn.recv(protocol.CHUNK)
-        except OSError:
-            data = b""
-        if not data:
-            stream.send(protocol.End())
-            return
-        if not stream.send_counted(protocol.Data(), data):
-            return
-
-
-def _downstream(stream: Stream, conn: socket.socket) -> None:
-    """What the daemon sends (the far side's bytes) goes to the sandbox's client."""
-    while True:
-        item = stream.receive()
-        if item is None:  # cancelled: the daemon closed the connection
-            _shut(conn)
-            return
-        msg, data = item
-        if isinstance(msg, protocol.End):
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_WR)
-            return
-        try:
-            conn.sendall(data)
-        except OSError:
-            _shut(conn)
-            return
-        stream.grant(1)
-
-
-def _shut(conn: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_RDWR)

@@ -46,13 +46,14 @@ WORKER_FLOOR = 4
 
 def _handlers() -> dict[type[protocol.Message], Handler]:
     # Imported after hello is sent: the daemon's first request is usually still on its way.
-    from firebox.agent import contexts, egress, files, process, watch
+    from firebox.agent import contexts, egress, files, ports, process, watch
 
     return {
         protocol.ProcessStart: process.start,
         protocol.ProcessAttach: process.attach,
         protocol.ProcessStdin: process.stdin,
         protocol.ProcessSignal: process.kill,
+        protocol.ProcessResize: process.resize,
         protocol.ProcessList: process.list_,
         protocol.FileRead: files.read,
         protocol.FileWrite: files.write,
@@ -68,6 +69,7 @@ def _handlers() -> dict[type[protocol.Message], Handler]:
         protocol.ContextRemove: contexts.remove,
         protocol.CodeRun: contexts.run,
         protocol.NetAccept: egress.accept,
+        protocol.NetConnect: ports.connect,
     }
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 
 from firebox import protocol
-from firebox.agent import children, shell, users
+from firebox.agent import children, shell, terminals, users
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail, from_os
 from firebox.agent.process_output import Listeners, pump
@@ -32,12 +32,17 @@ if TYPE_CHECKING:
 
 class Proc:
     def __init__(
-        self, popen: subprocess.Popen[bytes], info: protocol.ProcessInfo, stream: Stream
+        self,
+        popen: subprocess.Popen[bytes],
+        info: protocol.ProcessInfo,
+        stream: Stream,
+        pty: int | None = None,
     ) -> None:
         self.popen = popen
         self.info = info
         self.stdin_lock = threading.Lock()
         self.listeners = Listeners(popen.pid, stream)
+        self.pty = pty  # the terminal's master, for a command on one (terminals.py)
 
 
 # The commands running now, by pid; kept under children's spawn lock.
@@ -79,6 +84,8 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
         "cwd": cwd,
     }
     popen = None
+    if msg.pty is not None:
+        return _start_on_terminal(stream, msg, argv, user, env, info, cwd, timeout)
     if msg.cmd is not None:
         # a plain command line skips bash (shell.py); whatever fails that way goes to bash,
         # which then answers as it always does
@@ -103,6 +110,64 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
             _procs.pop(popen.pid, None)
         if not proc.listeners.over:  # _run failed: attached channels must not wait forever
             proc.listeners.finish(None)
+
+
+def _start_on_terminal(
+    stream: Stream,
+    msg: protocol.ProcessStart,
+    argv: list[str],
+    user: users.User,
+    env: dict[str, str],
+    info: protocol.ProcessInfo,
+    cwd: str,
+    timeout: float | None,
+) -> dict[str, Any] | None:
+    """``start`` for a command on a new terminal (terminals.py): its output and the exit as
+    for a plain one, the terminal's output as one stream."""
+    cols, rows = terminals.size(msg.pty)
+    master, slave = terminals.open_pair(cols, rows)
+    with contextlib.suppress(OSError):  # the user's terminal, as a login's would be
+        os.fchown(slave, user.uid, -1)
+    env.setdefault("TERM", "xterm-256color")
+    try:
+        popen = children.spawn(
+            terminals.controlling(argv),
+            user,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=cwd,
+        )
+    except OSError as e:
+        os.close(master)
+        raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None
+    finally:
+        os.close(slave)  # the command holds it now: its exit is the terminal's end
+    popen.stdout = open(master, "rb", buffering=0)  # noqa: SIM115 (closed by pump)
+    popen.stdin = open(os.dup(master), "wb", buffering=0)  # noqa: SIM115 (closed by _run)
+    info.pid = popen.pid
+    proc = Proc(popen, info, stream, pty=master)
+    with children.spawn_lock:
+        _procs[popen.pid] = proc
+    try:
+        return _run(stream, proc, timeout, output_limit(msg.output_limit))
+    finally:
+        with children.spawn_lock:
+            _procs.pop(popen.pid, None)
+        if not proc.listeners.over:
+            proc.listeners.finish(None)
+
+
+def resize(stream: Stream, msg: protocol.ProcessResize, payload: bytes) -> None:
+    proc = _find(msg.pid)
+    if proc.pty is None:
+        raise Fail("invalid", f"process {msg.pid} has no terminal to resize (start it with pty)")
+    cols, rows = terminals.size({"cols": msg.cols, "rows": msg.rows})
+    with proc.stdin_lock:  # the master stays open while the lock is held (_run closes it so)
+        if proc.popen.stdin is None or proc.popen.stdin.closed:
+            raise Fail("not_found", f"process {msg.pid} has exited")
+        terminals.resize(proc.popen.stdin.fileno(), cols, rows)
 
 
 class _Deadlines:

@@ -10,6 +10,7 @@ output discarded: the process never blocks on a reader that went away.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -20,6 +21,7 @@ import time
 from firebox import protocol
 from firebox.agent.channel import Stream
 from firebox.agent.errors import Fail, log
+from firebox.agent.terminals import PTY_FD
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the agent's start-up ~5 ms
 if TYPE_CHECKING:
@@ -100,11 +102,11 @@ def pump(
     """
     left = limit
     truncated = False
-    assert popen.stdout is not None and popen.stderr is not None
-    pipes: dict[int, tuple[int, IO[bytes]]] = {
-        popen.stdout.fileno(): (1, popen.stdout),
-        popen.stderr.fileno(): (2, popen.stderr),
-    }
+    assert popen.stdout is not None
+    if popen.stderr is None:  # a terminal (terminals.py): its output is one stream
+        pipes: dict[int, tuple[int, IO[bytes]]] = {popen.stdout.fileno(): (PTY_FD, popen.stdout)}
+    else:
+        pipes = {popen.stdout.fileno(): (1, popen.stdout), popen.stderr.fileno(): (2, popen.stderr)}
     poller = select.poll()
     for raw in pipes:
         # Over the system's pipe-max-size this fails: the default size works, in smaller frames.
@@ -141,7 +143,8 @@ def pump(
                 try:
                     data = os.read(raw, protocol.CHUNK)
                 except OSError as e:
-                    log(f"reading fd {raw} of process {popen.pid} failed: {e}")
+                    if e.errno != errno.EIO:  # EIO: a terminal whose every user has exited
+                        log(f"reading fd {raw} of process {popen.pid} failed: {e}")
                     data = b""
                 if not data:
                     poller.unregister(raw)

@@ -164,6 +164,10 @@ class AgentClient:
     async def signal(self, pid: int, sig: int) -> None:
         await self.call(protocol.ProcessSignal(pid=pid, signal=sig))
 
+    async def resize(self, pid: int, cols: int, rows: int) -> None:
+        """Resize the terminal of a process started with ``pty``."""
+        await self.call(protocol.ProcessResize(pid=pid, cols=cols, rows=rows))
+
     async def list_processes(self) -> list[dict[str, Any]]:
         value = await self.call(protocol.ProcessList())
         if not isinstance(value, list) or not all(
@@ -224,6 +228,16 @@ class AgentClient:
         req = protocol.NetAccept(port=port)
         ch, reply = await self._open_stream(req, timeout)
         if not isinstance(reply, protocol.NetListening):
+            self._abandon(ch)
+            _raise_error(reply, req.T)
+        return NetConnection(self, ch)
+
+    async def net_connect(self, port: int, timeout: float = 15) -> NetConnection:
+        """A connection to ``port`` on the sandbox's own loopback (its server's), made by the
+        agent; raises AgentError ``connection_refused`` when nothing listens there."""
+        req = protocol.NetConnect(port=port)
+        ch, reply = await self._open_stream(req, timeout)
+        if not isinstance(reply, protocol.NetConnected):
             self._abandon(ch)
             _raise_error(reply, req.T)
         return NetConnection(self, ch)

@@ -55,10 +55,15 @@ class _Reply:
             self._detach()
 
 
+# a process's output frames by fd: its pipes, or its terminal (agent/terminals.py's PTY_FD)
+_PROCESS_FDS = {1: "stdout", 2: "stderr", 3: "pty"}
+
+
 class ProcessStream(_Reply):
     """Output of a started (or attached) process: ``async for fd, data in stream`` with fd
-    "stdout" or "stderr"; afterwards ``exit`` holds the ProcessExit. ``detach()`` stops
-    reading (the process runs on, and ``attach_process`` can listen to it again)."""
+    "stdout" or "stderr" ("pty" for one on a terminal); afterwards ``exit`` holds the
+    ProcessExit. ``detach()`` stops reading (the process runs on, and ``attach_process`` can
+    listen to it again)."""
 
     def __init__(self, client: AgentClient, ch: _Channel, pid: int) -> None:
         super().__init__(client, ch)
@@ -73,8 +78,8 @@ class ProcessStream(_Reply):
         if item is None:
             raise StopAsyncIteration
         msg, payload = item
-        if isinstance(msg, protocol.Data) and msg.fd in (1, 2):
-            return ("stdout" if msg.fd == 1 else "stderr"), payload
+        if isinstance(msg, protocol.Data) and msg.fd in _PROCESS_FDS:
+            return _PROCESS_FDS[msg.fd], payload
         raise AgentError("internal", f"unexpected {msg.T!r} frame on a process stream")
 
     def _result(self, msg: Message) -> None:

@@ -30,6 +30,7 @@ ERROR_CODES = (
     "no_space",
     "busy",
     "unavailable",
+    "connection_refused",  # nothing listens on the port a net.connect names
     "internal",
     # set by the daemon's side of the channel, never sent by an agent:
     "timeout",  # the agent did not answer in time
@@ -145,6 +146,20 @@ class NetAccept(Message):
 
     T = "net.accept"
     port: int = 3128
+
+
+@dataclass(slots=True)
+class NetConnect(Message):
+    """Daemon → agent: connect to ``port`` on the sandbox's own loopback (a server a process in
+    it runs) and carry the connection on this channel, as ``NetAccept`` carries one: the way in
+    for the daemon's port proxy (server/ports), with no network device in the sandbox.
+
+    Replies: ``NetConnected`` once connected (``Error`` ``connection_refused`` when nothing
+    listens there); then ``Data`` both ways, credited, ``End`` for a half-close, ``Result``
+    once both halves are closed; ``Cancel`` closes the connection."""
+
+    T = "net.connect"
+    port: int = 0
 
 
 @dataclass(slots=True)

@@ -28,6 +28,10 @@ class ProcessStart(Message):
     # bytes of stdout and stderr together forwarded at most; past it the agent sends a marker
     # on stderr, discards the rest (still draining the pipes) and reports output_truncated
     output_limit: int | None = None
+    # run it on a new terminal of this size ({"cols": N, "rows": N}): stdin, stdout and
+    # stderr are the terminal, whose output comes as ``Data`` with fd 3; ``ProcessStdin``
+    # types into it and ``ProcessResize`` resizes it
+    pty: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -80,6 +84,17 @@ class ProcessStdin(Message):
     T = "process.stdin"
     pid: int = 0
     eof: bool = False
+
+
+@dataclass(slots=True)
+class ProcessResize(Message):
+    """Resize the terminal of a process started with ``pty``; its foreground job gets
+    SIGWINCH."""
+
+    T = "process.resize"
+    pid: int = 0
+    cols: int = 80
+    rows: int = 24
 
 
 @dataclass(slots=True)

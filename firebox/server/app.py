@@ -24,6 +24,8 @@ from firebox.server.e2b.control import control_app
 from firebox.server.e2b.routing import SandboxTraffic
 from firebox.server.e2b.sandbox_app import SandboxApp
 from firebox.server.models import ErrorBody, Health
+from firebox.server.ports import routes as port_routes
+from firebox.server.ports.routing import PortTraffic
 from firebox.server.templates import routes as templates
 from firebox.server.timing import ServerTiming
 from firebox.version import __version__
@@ -63,7 +65,9 @@ def create_app() -> FastAPI:
     # E2B's in-sandbox requests (an E2b-Sandbox-Id header) never reach firebox's own routes
     app.add_middleware(SandboxTraffic, sandbox_app=SandboxApp(), state=app.state)
     app.add_middleware(BodyLimit)  # outside the E2B edge too: no body is held past the cap
-    app.add_middleware(ServerTiming)  # the outermost: it times everything else
+    app.add_middleware(ServerTiming)  # it times everything else
+    # outermost: a sandbox port's traffic streams through untouched by the API's middleware
+    app.add_middleware(PortTraffic, state=app.state)
     app.add_exception_handler(errors.ApiError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
@@ -80,6 +84,7 @@ def create_app() -> FastAPI:
     app.include_router(metrics_routes.router)
     app.include_router(templates.router)
     app.include_router(snapshot_routes.router)
+    app.include_router(port_routes.router)
     e2b = control_app()
     e2b.state = app.state  # the same manager, registry and backend
     app.mount("/e2b", e2b)

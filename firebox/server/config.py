@@ -26,6 +26,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     isolation: str = "auto"  # auto (the strongest that works here) | microvm | jail
+    # where a sandbox's ports are reached (server/ports): <port>-<sandbox id>.<domain>, routed
+    # by the Host header; "" is localhost with the daemon's port (*.localhost is loopback in
+    # browsers), a deployment names a wildcard DNS name pointing at the daemon or its proxy
+    domain: str = ""
     # a sandbox's limits unless its create asks for others (firebox.settings.Limits); a jail's
     # disk is a tmpfs that counts against its memory too, so keep disk_mb below memory_mb
     default_timeout: int = DEFAULT_TIMEOUT
@@ -87,3 +91,10 @@ class ServerConfig:
     @property
     def admin_key_path(self) -> Path:
         return self.home / "admin.key"
+
+    @property
+    def preview_domain(self) -> str:
+        """The domain of preview hosts, as clients write it (with a port unless 80)."""
+        if self.domain:
+            return self.domain
+        return "localhost" if self.port == 80 else f"localhost:{self.port}"

@@ -29,8 +29,10 @@ from firebox.server.app import create_app
 from firebox.server.auth import ensure_admin_key
 from firebox.server.boot import spec_for
 from firebox.server.config import ServerConfig
+from firebox.server.head_limit import BoundedHead
 from firebox.server.home import HomeLock, HomeTaken
 from firebox.server.manager import SandboxManager
+from firebox.server.ports.gate import Links
 from firebox.server.registry import Registry
 from firebox.server.snapshots import Snapshots
 from firebox.server.templates.service import BuildSettings, TemplateService
@@ -76,6 +78,8 @@ def run(config: ServerConfig) -> int:
             proxy_headers=False,
             access_log=False,
             lifespan="off",  # start and stop are ours, below
+            http=BoundedHead,  # no request head past 64 KiB is held (head_limit.py)
+            server_header=False,  # a sandbox port's answer keeps its own Server header
         )
     )
 
@@ -93,6 +97,8 @@ def run(config: ServerConfig) -> int:
             app.state.backend = daemon.manager.backend
             app.state.templates = daemon.templates
             app.state.snapshots = daemon.snapshots
+            app.state.preview_domain = config.preview_domain
+            app.state.preview_links = Links()
             try:
                 if not server.should_exit:  # no signal while it started
                     await server.serve(sockets=[listener])

@@ -38,6 +38,7 @@ AGENT_CODES = {
     "no_space": "no_space",
     "busy": "conflict",
     "unavailable": "unavailable",
+    "connection_refused": "sandbox_error",
     "internal": "sandbox_error",
     "timeout": "timeout",
     "too_large": "too_large",

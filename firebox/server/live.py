@@ -112,6 +112,11 @@ class LiveSandbox:
         }
 
     @property
+    def public_traffic(self) -> bool:
+        """Whether its ports answer without its traffic token (server/ports/gate.py)."""
+        return self.settings.network is not None and self.settings.network.allow_public_traffic
+
+    @property
     def holds_host(self) -> bool:
         """Whether it holds host memory now (a microVM paused to disk does not)."""
         return not (self.state == "paused" and self.running.pause_keeps == "disk")
@@ -140,9 +145,11 @@ class LiveSandbox:
             "backend": self.backend,
             **self.spec.limits.model_dump(),
             "allow_internet_access": self.policy.allow_internet_access,
+            "traffic_access_token": self.traffic_token,
             "network": {
                 "allow_out": [r.text for r in self.policy.allow_out],
                 "deny_out": [r.text for r in self.policy.deny_out],
+                "allow_public_traffic": self.public_traffic,
             },
         }
 

@@ -34,7 +34,15 @@ from firebox.server.metrics import Sampler
 from firebox.server.pool import Source, WarmPool
 from firebox.server.registry import Registry
 from firebox.server.templates.catalog import Catalog, Resolved
-from firebox.settings import Bound, Limits, SandboxSettings, SettingsError, StartConfig, resolve
+from firebox.settings import (
+    Bound,
+    Limits,
+    Network,
+    SandboxSettings,
+    SettingsError,
+    StartConfig,
+    resolve,
+)
 
 log = logging.getLogger("firebox.manager")
 
@@ -441,9 +449,13 @@ class SandboxManager:
             elif live.egress is not None:
                 live.egress.policy = policy
             live.policy = policy
+            # the way in is the create's: an egress update never opens or closes the ports
+            network = (settings.network or Network()).model_copy(
+                update={"allow_public_traffic": live.public_traffic}
+            )
             live.settings = live.settings.model_copy(
                 update={
-                    "network": settings.network,
+                    "network": network,
                     "allow_internet_access": settings.allow_internet_access,
                 }
             )

@@ -60,6 +60,24 @@ class SandboxInfo(Limits):
     backend: str
     allow_internet_access: bool
     network: Network
+    # its ports: <port>-<sandbox id>.<domain> (server/ports), opened by its traffic token
+    # unless network.allow_public_traffic; the owner's alone to see, as every field here
+    domain: str = ""
+    traffic_access_token: str = ""
+
+
+class PreviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    port: int = Field(ge=1, le=65535)
+
+
+class PreviewLink(BaseModel):
+    """A one-time link that opens a port in a browser: it sets a cookie for that preview
+    host alone, then redirects to ``/``; it works once, within ``expires_at``."""
+
+    url: str
+    host: str
+    expires_at: str
 
 
 class Resume(BaseModel):

@@ -10,10 +10,16 @@ from firebox.server import listing
 from firebox.server.auth import new_key
 from firebox.server.deps import Caller, KnownSandbox, Manager
 from firebox.server.errors import ApiError
+from firebox.server.live import LiveSandbox
+from firebox.server.manager import SandboxManager
 from firebox.server.models import CreateKey, KeyCreated, Resume, SandboxInfo, SetTimeout
 from firebox.settings import SandboxSettings
 
 router = APIRouter(tags=["sandboxes"])
+
+
+def _info(live: LiveSandbox, mgr: SandboxManager) -> SandboxInfo:
+    return SandboxInfo(**live.info(), domain=mgr.config.preview_domain)
 
 
 @router.post("/sandboxes", status_code=201, response_model=SandboxInfo)
@@ -24,7 +30,7 @@ async def create_sandbox(
         live = await request.app.state.snapshots.create(caller.id, body.snapshot, body)
     else:
         live = await mgr.create(caller.id, body)
-    return SandboxInfo(**live.info())
+    return _info(live, mgr)
 
 
 @router.get("/sandboxes", response_model=list[SandboxInfo])
@@ -54,12 +60,12 @@ async def list_sandboxes(
     page = listing.select(mgr, caller.id, q)
     if page.next_token:
         response.headers["X-Next-Token"] = page.next_token
-    return [SandboxInfo(**s.info()) for s in page.sandboxes]
+    return [_info(s, mgr) for s in page.sandboxes]
 
 
 @router.get("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
-async def get_sandbox(sbx: KnownSandbox) -> SandboxInfo:
-    return SandboxInfo(**sbx.info())
+async def get_sandbox(sbx: KnownSandbox, mgr: Manager) -> SandboxInfo:
+    return _info(sbx, mgr)
 
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
@@ -78,7 +84,7 @@ async def kill_sandbox(sbx: KnownSandbox, mgr: Manager) -> Response:
 async def pause_sandbox(sbx: KnownSandbox, mgr: Manager) -> SandboxInfo:
     """Pause it (a paused one stays so): server/lifecycle.py says what is kept."""
     await mgr.pause(sbx.owner, sbx.id)
-    return SandboxInfo(**sbx.info())
+    return _info(sbx, mgr)
 
 
 @router.post("/sandboxes/{sandbox_id}/resume", response_model=SandboxInfo)
@@ -88,7 +94,7 @@ async def resume_sandbox(
     """Resume it if paused, with what was left of its timeout (or ``timeout`` if longer);
     a running one's timeout is extended to ``timeout``, never shortened."""
     await mgr.resume(sbx.owner, sbx.id, body.timeout if body else None)
-    return SandboxInfo(**sbx.info())
+    return _info(sbx, mgr)
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated, tags=["keys"])

@@ -80,9 +80,10 @@ async def fork(
     ``error``, as E2B's fork answers."""
     body = body or Fork()
     made = await snapshots(request).fork(caller.id, sandbox_id, body.count, body.timeout)
+    domain = request.app.state.manager.config.preview_domain
     return [
         {"error": {"code": m.code, "message": m.message}}
         if isinstance(m, ApiError)
-        else {"sandbox": SandboxInfo(**m.info()).model_dump()}
+        else {"sandbox": SandboxInfo(**m.info(), domain=domain).model_dump()}
         for m in made
     ]

@@ -912,3 +912,105 @@ async def test_what_it_starts_can_be_interrupted_however_it_was_started(agent_li
         assert stream.exit is not None and stream.exit.signal == signal.SIGINT
     finally:
         await a.stop()
+
+
+# -- ports: a connection to a server in the sandbox --------------------------------------------
+
+
+async def test_net_connect_carries_a_connection_both_ways(client: AgentClient) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def echo_upper() -> None:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while not data.endswith(b"\n"):
+                data += conn.recv(4096)
+            conn.sendall(data.upper() * 1000)  # more than one frame back
+
+    thread = threading.Thread(target=echo_upper, daemon=True)
+    thread.start()
+    try:
+        conn = await client.net_connect(port)
+        await conn.write(b"hello\n", WAIT)
+        got = b""
+        while chunk := await conn.read():
+            got += chunk
+        assert got == b"HELLO\n" * 1000
+        conn.close()
+    finally:
+        server.close()
+        thread.join(WAIT)
+
+
+async def test_net_connect_to_a_port_nobody_listens_on(client: AgentClient) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    server.close()
+    with pytest.raises(AgentError) as e:
+        await client.net_connect(port)
+    assert e.value.code == "connection_refused"
+    assert f"nothing listens on port {port}" in e.value.message
+    with pytest.raises(AgentError) as e:
+        await client.net_connect(70000)
+    assert e.value.code == "invalid"
+
+
+# -- a command on a terminal -------------------------------------------------------------------
+
+
+async def _read_until(stream: ProcessStream, needle: bytes, seen: bytearray) -> None:
+    async with asyncio.timeout(WAIT):
+        while needle not in seen:
+            fd, data = await stream.__anext__()
+            assert fd == "pty"
+            seen += data
+
+
+async def test_a_shell_on_a_terminal_echoes_resizes_and_takes_ctrl_c(client: AgentClient) -> None:
+    req = protocol.ProcessStart(
+        argv=["/bin/bash", "--norc", "--noprofile", "-i"],
+        user="root",
+        pty={"cols": 100, "rows": 30},
+        envs={"PS1": "PROMPT$ "},
+    )
+    stream = await client.start_process(req)
+    seen = bytearray()
+    await _read_until(stream, b"PROMPT$ ", seen)
+    await client.send_stdin(stream.pid, b"echo typed-$((6*7))\r")
+    await _read_until(stream, b"typed-42", seen)
+    assert b"echo typed-$((6*7))" in seen  # the terminal echoed what was typed
+    await client.send_stdin(stream.pid, b"stty size\r")
+    await _read_until(stream, b"30 100", seen)
+    await client.resize(stream.pid, 132, 43)
+    await client.send_stdin(stream.pid, b"stty size\r")
+    await _read_until(stream, b"43 132", seen)
+    await client.send_stdin(stream.pid, b"sleep 60; echo not-interrupted\r")
+    await asyncio.sleep(0.5)
+    await client.send_stdin(stream.pid, b"\x03")  # Ctrl-C: SIGINT to the foreground job
+    await client.send_stdin(stream.pid, b"echo after-$((1+1))\r")
+    await _read_until(stream, b"after-2", seen)
+    assert seen.count(b"not-interrupted") == 1  # typed (echoed), never printed
+    await client.send_stdin(stream.pid, b"exit 7\r")
+    async with asyncio.timeout(WAIT):
+        async for fd, _ in stream:
+            assert fd == "pty"
+    assert stream.exit is not None and stream.exit.exit_code == 7
+
+
+async def test_resizing_a_command_without_a_terminal_is_refused(client: AgentClient) -> None:
+    stream = await client.start_process(sh("sleep 30"))
+    try:
+        with pytest.raises(AgentError) as e:
+            await client.resize(stream.pid, 80, 24)
+        assert e.value.code == "invalid" and "no terminal" in e.value.message
+    finally:
+        await client.signal(stream.pid, 9)
+        async for _ in stream:
+            pass
+    with pytest.raises(AgentError) as e:
+        await client.start_process(
+            protocol.ProcessStart(cmd="true", user="root", pty={"cols": 0, "rows": 5})
+        )
+    assert e.value.code == "invalid"

@@ -132,8 +132,15 @@ def _refuse_missing_features(body: NewSandbox) -> None:
 def settings_of(body: NewSandbox) -> SandboxSettings:
     _refuse_missing_features(body)
     network = None
-    if body.network is not None and (body.network.allow_out or body.network.deny_out):
-        network = Network(allow_out=body.network.allow_out, deny_out=body.network.deny_out)
+    net = body.network
+    # E2B's ports are public unless asked otherwise; firebox's answer only the traffic token
+    # unless allowPublicTraffic is true (docs/PORTS.md)
+    if net is not None and (net.allow_out or net.deny_out or net.allow_public_traffic):
+        network = Network(
+            allow_out=net.allow_out,
+            deny_out=net.deny_out,
+            allow_public_traffic=bool(net.allow_public_traffic),
+        )
     try:
         return SandboxSettings(
             template=TEMPLATE_ALIASES.get(body.template_id, body.template_id),
@@ -155,8 +162,9 @@ def settings_of(body: NewSandbox) -> SandboxSettings:
 # -- answers -------------------------------------------------------------------------------------
 
 
-def sandbox_created(live: LiveSandbox) -> dict[str, Any]:
-    """E2B's ``Sandbox``: what create and connect answer."""
+def sandbox_created(live: LiveSandbox, domain: str) -> dict[str, Any]:
+    """E2B's ``Sandbox``: what create and connect answer. ``domain``, the daemon's preview
+    domain, is what E2B's ``get_host`` builds a port's host name from (server/ports)."""
     return {
         "templateID": live.spec.template,
         "sandboxID": live.id,
@@ -164,7 +172,7 @@ def sandbox_created(live: LiveSandbox) -> dict[str, Any]:
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": live.access_token,
         "trafficAccessToken": live.traffic_token,
-        "domain": None,
+        "domain": domain,
     }
 
 
@@ -187,14 +195,15 @@ def sandbox_listed(live: LiveSandbox) -> dict[str, Any]:
     }
 
 
-def sandbox_detail(live: LiveSandbox) -> dict[str, Any]:
+def sandbox_detail(live: LiveSandbox, domain: str) -> dict[str, Any]:
     """E2B's ``SandboxDetail``."""
     return {
         **sandbox_listed(live),
         "envdAccessToken": live.access_token,
         "allowInternetAccess": live.policy.allow_internet_access,
-        "domain": None,
+        "domain": domain,
         "network": {
+            "allowPublicTraffic": live.public_traffic,
             "allowOut": [r.text for r in live.policy.allow_out],
             "denyOut": [r.text for r in live.policy.deny_out],
         },
@@ -227,7 +236,7 @@ async def create(
         live = await snapshots.create(caller.id, body.template_id, settings)
     else:
         live = await mgr.create(caller.id, settings_of(body))
-    return sandbox_created(live)
+    return sandbox_created(live, mgr.config.preview_domain)
 
 
 @router.get("/sandboxes")
@@ -270,7 +279,7 @@ async def list_v2(
 
 @router.get("/sandboxes/{sandbox_id}")
 async def get(sandbox_id: str, caller: Caller, mgr: Manager) -> dict[str, Any]:
-    return sandbox_detail(mgr.get(caller.id, sandbox_id))
+    return sandbox_detail(mgr.get(caller.id, sandbox_id), mgr.config.preview_domain)
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
@@ -298,7 +307,8 @@ async def connect(sandbox_id: str, body: Connect, caller: Caller, mgr: Manager) 
     """As E2B's: a paused sandbox is resumed (201), a running one's timeout only extended."""
     live = mgr.get(caller.id, sandbox_id)
     resumed = await mgr.resume(caller.id, sandbox_id, _seconds(body.timeout))
-    return JSONResponse(sandbox_created(live), status_code=201 if resumed else 200)
+    answer = sandbox_created(live, mgr.config.preview_domain)
+    return JSONResponse(answer, status_code=201 if resumed else 200)
 
 
 @router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
@@ -328,7 +338,7 @@ async def resume(
         raise ApiError("conflict", f"sandbox {sandbox_id} is not paused; connect to it instead")
     timeout = body.timeout if body is not None else None
     await mgr.resume(caller.id, sandbox_id, _seconds(timeout) if timeout else None)
-    return sandbox_created(live)
+    return sandbox_created(live, mgr.config.preview_domain)
 
 
 def _seconds(timeout: int) -> int:

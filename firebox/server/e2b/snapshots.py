@@ -79,10 +79,11 @@ async def fork(
     body = body or ForkRequest()
     timeout = max(1, min(body.timeout, MAX_TIMEOUT))
     made = await service(request).fork(caller.id, sandbox_id, body.count, timeout)
+    domain = request.app.state.manager.config.preview_domain
     return [
         {"error": {"code": STATUS[m.code], "message": m.message}}
         if isinstance(m, ApiError)
-        else {"sandbox": sandbox_created(m)}
+        else {"sandbox": sandbox_created(m, domain)}
         for m in made
     ]
 
