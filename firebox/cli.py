@@ -216,6 +216,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         Sandbox.resume(args.id, timeout=args.timeout)
         info = Sandbox.get_info(args.id)
         print(f"{args.id} running, ends {info.end_at:%Y-%m-%d %H:%M:%S}")
+    elif args.action == "shell":
+        from firebox.terminal import shell
+
+        return shell(args.id, user=args.user, cmd=args.cmd)
     elif args.action == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:
@@ -536,6 +540,10 @@ def parser() -> argparse.ArgumentParser:
     resume = sandbox_sub.add_parser("resume", help="resume a paused sandbox")
     resume.add_argument("id")
     resume.add_argument("--timeout", type=int, help="seconds from now, if longer than it had")
+    sh = sandbox_sub.add_parser("shell", help="an interactive terminal in a sandbox")
+    sh.add_argument("id")
+    sh.add_argument("--user", default="user", choices=["user", "root"])
+    sh.add_argument("--cmd", help="run this instead of a login shell")
     exe = sandbox_sub.add_parser("exec")
     exe.add_argument("id")
     exe.add_argument("--user", default="user", choices=["user", "root"])

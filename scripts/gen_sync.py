@@ -40,6 +40,7 @@ RENAMES = {
     "AsyncCommandHandle": "CommandHandle",
     "AsyncCommands": "Commands",
     "AsyncFilesystem": "Filesystem",
+    "AsyncPty": "Pty",
     "AsyncCodeExecution": "CodeExecution",
     "AsyncWatchHandle": "WatchHandle",
     "AsyncTemplate": "Template",

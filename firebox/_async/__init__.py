@@ -3,6 +3,7 @@
 from firebox._async.command_handle import AsyncCommandHandle
 from firebox._async.commands import AsyncCommands
 from firebox._async.files import AsyncFilesystem
+from firebox._async.pty import AsyncPty
 from firebox._async.sandbox import AsyncSandbox
 from firebox._async.watch import AsyncWatchHandle
 
@@ -10,6 +11,7 @@ __all__ = [
     "AsyncCommandHandle",
     "AsyncCommands",
     "AsyncFilesystem",
+    "AsyncPty",
     "AsyncSandbox",
     "AsyncWatchHandle",
 ]

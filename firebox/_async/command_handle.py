@@ -15,6 +15,7 @@ from firebox._core.models import (
     CommandEvent,
     CommandOutput,
     CommandOutputTriple,
+    CommandPty,
     CommandResult,
     OutputHandler,
 )
@@ -33,8 +34,9 @@ class AsyncCommandHandle:
     thread in the sync one), which calls the ``on_stdout`` / ``on_stderr`` callbacks whether
     or not you iterate; ``stdout`` and ``stderr`` grow meanwhile. ``async for stdout, stderr,
     pty in handle`` yields each chunk, as E2B's handles do (two of the three are None; ``pty``
-    always is: firebox has no PTY yet), and raises what the command's stream ended in
-    (``TimeoutException`` at its timeout, a ``SandboxException`` if the sandbox went away).
+    is a terminal session's bytes, from ``pty.create``), and raises what the command's stream
+    ended in (``TimeoutException`` at its timeout, a ``SandboxException`` if the sandbox went
+    away).
     ``await handle.wait()`` reads to the end. ``disconnect()`` stops reading while the command
     runs on; ``commands.connect(pid)`` listens to it again.
     """
@@ -49,8 +51,10 @@ class AsyncCommandHandle:
         on_stderr: OutputHandler[str] | None = None,
         timeout: float | None = None,
         background: bool = True,
+        on_pty: OutputHandler[bytes] | None = None,
     ) -> None:
         self._pid = pid
+        self._on_pty = on_pty  # a terminal session's screen (pty.create)
         self._response = response
         self._events = events
         self._commands = commands
@@ -109,6 +113,10 @@ class AsyncCommandHandle:
                 if not self._disconnected:
                     await emit(self._on_stderr, event.data)
                 yield None, event.data, None
+            elif isinstance(event, CommandPty):  # not kept: a terminal is watched, not read
+                if not self._disconnected:
+                    await emit(self._on_pty, event.data)
+                yield None, None, event.data
             elif isinstance(event, CommandEnd):
                 self._end = event
         failure = None if self._end is None else end_failure(self._end, self._timeout)
@@ -147,18 +155,22 @@ class AsyncCommandHandle:
         self,
         on_stdout: OutputHandler[str] | None = None,
         on_stderr: OutputHandler[str] | None = None,
+        on_pty: OutputHandler[bytes] | None = None,
     ) -> CommandResult:
         """Reads to the command's end and returns its result; ``on_stdout`` / ``on_stderr``
-        are called with the chunks not yet iterated over (as E2B's ``wait`` takes them).
+        (``on_pty`` for a terminal session) are called with the chunks not yet iterated over
+        (as E2B's ``wait`` takes them).
 
         Raises ``CommandExitException`` if it exited non-zero and ``TimeoutException`` if its
         timeout killed it, as ``commands.run`` does.
         """
-        async for stdout, stderr, _ in self:
+        async for stdout, stderr, pty in self:
             if stdout is not None:
                 await emit(on_stdout, stdout)
             elif stderr is not None:
                 await emit(on_stderr, stderr)
+            elif pty is not None:
+                await emit(on_pty, pty)
         if self._end is None and self._disconnected:
             raise SandboxException(
                 f"disconnected from command {self._pid}, so its result cannot be read; "

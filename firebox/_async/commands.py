@@ -137,6 +137,7 @@ class AsyncCommands:
         timeout: float | None,
         request_timeout: float | None,
         background: bool,
+        on_pty: OutputHandler[bytes] | None = None,
     ) -> AsyncCommandHandle:
         """A handle on a command's NDJSON stream, once its start event is in."""
         response = await self._api.open_stream(
@@ -154,7 +155,7 @@ class AsyncCommands:
                 f"(got {start!r}); the daemon and SDK may be different versions"
             )
         return AsyncCommandHandle(
-            start.pid, response, events, self, on_stdout, on_stderr, timeout, background
+            start.pid, response, events, self, on_stdout, on_stderr, timeout, background, on_pty
         )
 
     async def list(self, request_timeout: float | None = None) -> builtins.list[ProcessInfo]:

@@ -13,6 +13,7 @@ from firebox._async._http import AsyncApiClient
 from firebox._async.code import AsyncCodeExecution
 from firebox._async.commands import AsyncCommands
 from firebox._async.files import AsyncFilesystem
+from firebox._async.pty import AsyncPty
 from firebox._core.config import resolve_config
 from firebox._core.dual import ClassOrInstanceMethod
 from firebox._core.models import SandboxInfo, SandboxMetrics, SandboxQuery, SnapshotInfo
@@ -205,6 +206,7 @@ class AsyncSandbox(AsyncCodeExecution):
         self._traffic_token = info.traffic_access_token if info is not None else ""
         self._commands = AsyncCommands(sandbox_id, api)
         self._files = AsyncFilesystem(sandbox_id, api)
+        self._pty = AsyncPty(sandbox_id, api, self._commands)
 
     @property
     def sandbox_id(self) -> str:
@@ -240,6 +242,11 @@ class AsyncSandbox(AsyncCodeExecution):
     def commands(self) -> AsyncCommands:
         """Run commands in the sandbox and manage running ones."""
         return self._commands
+
+    @property
+    def pty(self) -> AsyncPty:
+        """Terminal sessions: a shell a person (or an agent) types into."""
+        return self._pty
 
     @property
     def files(self) -> AsyncFilesystem:

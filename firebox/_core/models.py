@@ -201,8 +201,23 @@ class CommandEnd:
     message: str | None = None
 
 
-CommandEvent = CommandStart | CommandOutput | CommandEnd
+@dataclass(frozen=True)
+class CommandPty:
+    """NDJSON ``pty``: a chunk of a terminal session's screen, as the terminal's bytes."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PtySize:
+    """A terminal's size (E2B's ``PtySize``), in character cells."""
+
+    rows: int
+    cols: int
+
+
+CommandEvent = CommandStart | CommandOutput | CommandPty | CommandEnd
 
 # What iterating a command handle yields, as E2B's handles do: ``(stdout, None, None)``,
-# ``(None, stderr, None)``, or ``(None, None, pty)`` (firebox has no PTY yet: never sent).
+# ``(None, stderr, None)``, or ``(None, None, pty)`` (a terminal session's bytes).
 CommandOutputTriple = tuple[str, None, None] | tuple[None, str, None] | tuple[None, None, bytes]

@@ -5,6 +5,7 @@ No I/O here; the sync and async clients only send what these functions build.
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from collections.abc import Mapping
@@ -106,6 +107,11 @@ def run_body(
 
 def stdin_body(data: str | bytes, eof: bool = False) -> dict[str, Any]:
     return {"data": as_text(data, "stdin"), "eof": eof}
+
+
+def keys_body(data: bytes) -> dict[str, Any]:
+    """A terminal's input: bytes as they are (keys need not be UTF-8)."""
+    return {"data_base64": base64.b64encode(bytes(data)).decode()}
 
 
 def as_text(data: str | bytes, what: str) -> str:

@@ -6,6 +6,8 @@ missing or mistyped field that the SDK needs is a ``SandboxException`` naming it
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from datetime import datetime
 from typing import Any
@@ -15,6 +17,7 @@ from firebox._core.models import (
     CommandEnd,
     CommandEvent,
     CommandOutput,
+    CommandPty,
     CommandResult,
     CommandStart,
     EntryInfo,
@@ -203,6 +206,11 @@ def parse_command_event(line: str) -> CommandEvent | None:
         return CommandStart(pid=r.get("pid", int))
     if kind in ("stdout", "stderr"):
         return CommandOutput(stream=kind, data=r.get("text", str))
+    if kind == "pty":
+        try:
+            return CommandPty(data=base64.b64decode(r.get("data", str), validate=True))
+        except binascii.Error:
+            raise _unexpected("a pty line's data is not base64") from None
     if kind == "end":
         return CommandEnd(
             exit_code=r.get("exit_code", int),

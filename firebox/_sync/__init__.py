@@ -4,6 +4,7 @@
 from firebox._sync.command_handle import CommandHandle
 from firebox._sync.commands import Commands
 from firebox._sync.files import Filesystem
+from firebox._sync.pty import Pty
 from firebox._sync.sandbox import Sandbox
 from firebox._sync.watch import WatchHandle
 
@@ -11,6 +12,7 @@ __all__ = [
     "CommandHandle",
     "Commands",
     "Filesystem",
+    "Pty",
     "Sandbox",
     "WatchHandle",
 ]

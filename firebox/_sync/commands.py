@@ -138,6 +138,7 @@ class Commands:
         timeout: float | None,
         request_timeout: float | None,
         background: bool,
+        on_pty: OutputHandler[bytes] | None = None,
     ) -> CommandHandle:
         """A handle on a command's NDJSON stream, once its start event is in."""
         response = self._api.open_stream(
@@ -155,7 +156,7 @@ class Commands:
                 f"(got {start!r}); the daemon and SDK may be different versions"
             )
         return CommandHandle(
-            start.pid, response, events, self, on_stdout, on_stderr, timeout, background
+            start.pid, response, events, self, on_stdout, on_stderr, timeout, background, on_pty
         )
 
     def list(self, request_timeout: float | None = None) -> builtins.list[ProcessInfo]:

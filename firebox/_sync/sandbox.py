@@ -14,6 +14,7 @@ from firebox._sync._http import ApiClient
 from firebox._sync.code import CodeExecution
 from firebox._sync.commands import Commands
 from firebox._sync.files import Filesystem
+from firebox._sync.pty import Pty
 from firebox._core.config import resolve_config
 from firebox._core.dual import ClassOrInstanceMethod
 from firebox._core.models import SandboxInfo, SandboxMetrics, SandboxQuery, SnapshotInfo
@@ -206,6 +207,7 @@ class Sandbox(CodeExecution):
         self._traffic_token = info.traffic_access_token if info is not None else ""
         self._commands = Commands(sandbox_id, api)
         self._files = Filesystem(sandbox_id, api)
+        self._pty = Pty(sandbox_id, api, self._commands)
 
     @property
     def sandbox_id(self) -> str:
@@ -241,6 +243,11 @@ class Sandbox(CodeExecution):
     def commands(self) -> Commands:
         """Run commands in the sandbox and manage running ones."""
         return self._commands
+
+    @property
+    def pty(self) -> Pty:
+        """Terminal sessions: a shell a person (or an agent) types into."""
+        return self._pty
 
     @property
     def files(self) -> Filesystem:

@@ -18,6 +18,7 @@ from firebox.server import (
     metrics_routes,
     sandboxes,
     snapshot_routes,
+    terminals,
 )
 from firebox.server.body_limit import BodyLimit
 from firebox.server.e2b.control import control_app
@@ -79,6 +80,7 @@ def create_app() -> FastAPI:
 
     app.include_router(sandboxes.router)
     app.include_router(commands.router)
+    app.include_router(terminals.router)
     app.include_router(files.router)
     app.include_router(code.router)
     app.include_router(metrics_routes.router)

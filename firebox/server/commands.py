@@ -4,6 +4,8 @@ stdin, signal, kill."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import codecs
 import contextlib
 import signal as signals
@@ -75,7 +77,7 @@ def _limit_hit(sbx: LiveSandbox, exit: protocol.ProcessExit) -> tuple[str | None
     return None, None
 
 
-async def _stream(
+async def command_stream(
     sbx: LiveSandbox, proc: ProcessStream, listen_for: float | None = None
 ) -> AsyncIterator[bytes]:
     """The NDJSON lines of a command: start, its output, end. ``listen_for`` seconds past, the
@@ -99,6 +101,9 @@ async def _stream(
                         fd, data = await asyncio.wait_for(anext(output), max(left, 0))
                 except StopAsyncIteration:
                     break
+                if fd == "pty":  # a terminal's bytes, as they are (terminals.py)
+                    yield ndjson_line({"type": "pty", "data": base64.b64encode(data).decode()})
+                    continue
                 text = decoders[fd].decode(data)
                 if text:
                     yield ndjson_line({"type": fd, "text": text})
@@ -173,7 +178,7 @@ async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
             await sbx.agent.send_stdin(proc.pid, body.stdin_data.encode(), eof=not body.stdin)
     except (AgentError, AgentGone) as e:
         raise agent_error(e, sbx) from None
-    return StreamingResponse(_stream(sbx, proc), media_type=NDJSON_TYPE)
+    return StreamingResponse(command_stream(sbx, proc), media_type=NDJSON_TYPE)
 
 
 class ConnectCommand(BaseModel):
@@ -198,7 +203,7 @@ async def connect_command(
         proc = await sbx.agent.attach_process(pid)
     except (AgentError, AgentGone) as e:
         raise agent_error(e, sbx) from None
-    return StreamingResponse(_stream(sbx, proc, listen_for), media_type=NDJSON_TYPE)
+    return StreamingResponse(command_stream(sbx, proc, listen_for), media_type=NDJSON_TYPE)
 
 
 @router.get("/sandboxes/{sandbox_id}/commands", response_model=list[ProcessInfo])
@@ -212,7 +217,15 @@ async def list_commands(sbx: Sandbox) -> list[ProcessInfo]:
 
 @router.post("/sandboxes/{sandbox_id}/commands/{pid}/stdin", status_code=204)
 async def send_stdin(pid: int, body: SendStdin, sbx: Sandbox) -> Response:
-    await agent_call(sbx, sbx.agent.send_stdin(pid, body.data.encode(), eof=body.eof))
+    data = body.data.encode()
+    if body.data_base64 is not None:
+        if body.data:
+            raise ApiError("invalid_argument", "give data or data_base64, not both")
+        try:
+            data = base64.b64decode(body.data_base64, validate=True)
+        except binascii.Error:
+            raise ApiError("invalid_argument", "data_base64 is not base64") from None
+    await agent_call(sbx, sbx.agent.send_stdin(pid, data, eof=body.eof))
     return Response(status_code=204)
 
 

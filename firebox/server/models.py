@@ -126,9 +126,29 @@ else:
 
 
 class SendStdin(BaseModel):
+    """``data`` as text, or ``data_base64`` as bytes (a terminal's keys need not be UTF-8)."""
+
     model_config = ConfigDict(extra="forbid")
     data: Annotated[Text, StringConstraints(max_length=8 * 1024 * 1024)] = ""
+    data_base64: Annotated[str, StringConstraints(max_length=11 * 1024 * 1024)] | None = None
     eof: bool = False
+
+
+class PtySize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cols: int = Field(default=80, ge=1, le=1000)
+    rows: int = Field(default=24, ge=1, le=1000)
+
+
+class StartPty(PtySize):
+    """A terminal session: ``cmd`` (default an interactive login bash) on a new terminal of
+    ``cols`` × ``rows``, as ``user`` in ``cwd``; ``timeout`` in seconds kills it (0: never)."""
+
+    cmd: Annotated[Text, StringConstraints(min_length=1, max_length=256 * 1024)] | None = None
+    envs: Envs = Field(default_factory=dict)
+    cwd: SandboxPath | None = None
+    user: Literal["user", "root"] = "user"
+    timeout: float = Field(default=0, ge=0, le=MAX_TIMEOUT, description="seconds; 0 means none")
 
 
 class SendSignal(BaseModel):

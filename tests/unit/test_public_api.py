@@ -37,6 +37,7 @@ PUBLIC = [
     "OutputMessage",
     "PermissionDeniedException",
     "ProcessInfo",
+    "PtySize",
     "RateLimitException",
     "ReadyCmd",
     "Result",

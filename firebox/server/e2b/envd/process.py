@@ -16,7 +16,6 @@ import signal as signals
 from collections.abc import AsyncIterator
 from typing import Any
 
-from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from protobuf import Oneof
@@ -143,8 +142,6 @@ class ProcessService(Process):
     ) -> AsyncIterator[pb.StartResponse]:
         with connect_errors():
             sbx = access.current()
-            if request.pty is not None:
-                raise ApiError("invalid_argument", "PTY sessions are not available in firebox yet")
             config = request.process or pb.ProcessConfig()
             if not config.cmd:
                 raise ApiError("invalid_argument", "the process needs a cmd")
@@ -157,6 +154,7 @@ class ProcessService(Process):
                 stdin=request.stdin is None or request.stdin,
                 tag=request.tag,
                 output_limit=sbx.output_limit,
+                pty=_size(request.pty),
             )
             proc = await sbx.agent.start_process(req)
         yield pb.StartResponse(event=_event("start", pb.ProcessEvent.StartEvent(pid=proc.pid)))
@@ -177,7 +175,14 @@ class ProcessService(Process):
     async def update(
         self, request: pb.UpdateRequest, ctx: RequestContext[pb.UpdateRequest, pb.UpdateResponse]
     ) -> pb.UpdateResponse:
-        raise ConnectError(Code.UNIMPLEMENTED, "PTY sessions are not available in firebox yet")
+        """E2B's resize of a PTY (the only update there is)."""
+        with connect_errors():
+            sbx = access.current()
+            size = _size(request.pty)
+            if size is None:
+                raise ApiError("invalid_argument", "give the PTY's new size (pty.size)")
+            await sbx.agent.resize(await pid_of(sbx, request.process), size["cols"], size["rows"])
+        return pb.UpdateResponse()
 
     async def send_input(
         self,
@@ -235,9 +240,16 @@ class ProcessService(Process):
 async def _write(sbx: LiveSandbox, pid: int, data: pb.ProcessInput | None) -> None:
     if data is None or data.input is None:
         return
-    if data.input.field == "pty":
-        raise ApiError("invalid_argument", "PTY sessions are not available in firebox yet")
+    # "stdin" or "pty": both are what the process reads (a PTY's is typed into its terminal)
     await sbx.agent.send_stdin(pid, bytes(data.input.value))
+
+
+def _size(pty: pb.PTY | None) -> dict[str, int] | None:
+    """A PTY's size as the agent takes it (agent/terminals.py checks the bounds)."""
+    if pty is None:
+        return None
+    size = pty.size or pb.PTY.Size()
+    return {"cols": int(size.cols), "rows": int(size.rows)}
 
 
 async def _translated(
