@@ -216,6 +216,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         Sandbox.resume(args.id, timeout=args.timeout)
         info = Sandbox.get_info(args.id)
         print(f"{args.id} running, ends {info.end_at:%Y-%m-%d %H:%M:%S}")
+    elif args.action == "top":
+        from firebox.top import top
+
+        return top(once=args.once, interval=args.interval)
     elif args.action == "shell":
         from firebox.terminal import shell
 
@@ -540,6 +544,9 @@ def parser() -> argparse.ArgumentParser:
     resume = sandbox_sub.add_parser("resume", help="resume a paused sandbox")
     resume.add_argument("id")
     resume.add_argument("--timeout", type=int, help="seconds from now, if longer than it had")
+    tp = sandbox_sub.add_parser("top", help="live CPU, memory and disk of your sandboxes")
+    tp.add_argument("--once", action="store_true", help="print once and exit")
+    tp.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     sh = sandbox_sub.add_parser("shell", help="an interactive terminal in a sandbox")
     sh.add_argument("id")
     sh.add_argument("--user", default="user", choices=["user", "root"])

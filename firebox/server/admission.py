@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from firebox.server import telemetry
 from firebox.server.errors import ApiError
 
 MEMINFO = Path("/proc/meminfo")
@@ -61,16 +62,23 @@ def free_disk_mb(path: Path) -> int | None:
     return st.f_bavail * st.f_frsize // 2**20
 
 
+def _refused(limit: str, code: str, message: str) -> ApiError:
+    telemetry.ADMISSION_REFUSALS.labels(limit=limit).inc()
+    return ApiError(code, message)
+
+
 def check(limits: HostLimits, usage: Usage, one_mb: int, disks: Sequence[Path]) -> None:
     """Raise ApiError unless one more sandbox committing ``one_mb`` fits on this host."""
     if usage.sandboxes + 1 > limits.max_sandboxes:
-        raise ApiError(
+        raise _refused(
+            "max_sandboxes",
             "rate_limited",
             f"this host runs its maximum of {limits.max_sandboxes} sandboxes (pooled ones "
             "included); kill one you no longer need, or raise --max-sandboxes",
         )
     if limits.max_memory_mb and usage.committed_mb + one_mb > limits.max_memory_mb:
-        raise ApiError(
+        raise _refused(
+            "max_memory",
             "rate_limited",
             f"sandboxes on this host already hold {usage.committed_mb} MB of memory limits and "
             f"a new one needs {one_mb} MB, past the host's {limits.max_memory_mb} MB; kill one "
@@ -78,7 +86,8 @@ def check(limits: HostLimits, usage: Usage, one_mb: int, disks: Sequence[Path]) 
         )
     available = available_memory_mb()
     if available is not None and available < limits.min_free_memory_mb:
-        raise ApiError(
+        raise _refused(
+            "min_free_memory",
             "unavailable",
             f"the host has {available} MB of memory available and keeps at least "
             f"{limits.min_free_memory_mb} MB free; try again once sandboxes have ended, or "
@@ -87,7 +96,8 @@ def check(limits: HostLimits, usage: Usage, one_mb: int, disks: Sequence[Path]) 
     for disk in disks:
         free = free_disk_mb(disk)
         if free is not None and free < limits.min_free_disk_mb:
-            raise ApiError(
+            raise _refused(
+                "min_free_disk",
                 "unavailable",
                 f"the disk holding {disk} has {free} MB free and firebox keeps at least "
                 f"{limits.min_free_disk_mb} MB free; free some space, or lower "

@@ -25,6 +25,7 @@ from firebox.backends.owner import Owner
 from firebox.backends.select import build_backend, consequence, select
 from firebox.images import ImageBuildError
 from firebox.images import bases as image_bases
+from firebox.server import telemetry
 from firebox.server.app import create_app
 from firebox.server.auth import ensure_admin_key
 from firebox.server.boot import spec_for
@@ -99,6 +100,7 @@ def run(config: ServerConfig) -> int:
             app.state.snapshots = daemon.snapshots
             app.state.preview_domain = config.preview_domain
             app.state.preview_links = Links()
+            telemetry.attach(daemon.manager)
             try:
                 if not server.should_exit:  # no signal while it started
                     await server.serve(sockets=[listener])

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firebox.agent_client import AgentClient, AgentError, AgentGone, NetConnection
+from firebox.server import telemetry
 from firebox.server.egress_policy import (
     Address,
     FloorCheck,
@@ -182,11 +183,13 @@ class SandboxEgress:
                 request = await _read_request(conn)
                 upstream = await self._open(request)
             except Refused as e:
+                telemetry.EGRESS_CONNECTIONS.labels(verdict="refused").inc()
                 log.info("egress of %s refused: %s", self.sandbox_id, e.reason)
                 await _answer(conn, e.status, e.reason)
                 await conn.finish(CLOSE_DEADLINE)
                 return
             reader, writer = upstream
+            telemetry.EGRESS_CONNECTIONS.labels(verdict="allowed").inc()
             try:
                 if request.connect:
                     await conn.write(b"HTTP/1.1 200 Connection established\r\n\r\n", IDLE_DEADLINE)
@@ -298,6 +301,8 @@ async def _relay(
     conn: NetConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """Both directions until both ended; a side silent for IDLE_DEADLINE ends it all."""
+    sent_out = telemetry.EGRESS_BYTES.labels(direction="out")
+    came_in = telemetry.EGRESS_BYTES.labels(direction="in")
 
     async def out() -> None:  # sandbox → far side
         while True:
@@ -308,6 +313,7 @@ async def _relay(
                     if writer.can_write_eof():
                         writer.write_eof()
                 return
+            sent_out.inc(len(data))
             writer.write(data)
             async with asyncio.timeout(IDLE_DEADLINE):
                 await writer.drain()
@@ -319,6 +325,7 @@ async def _relay(
             if not data:
                 await conn.write_eof()
                 return
+            came_in.inc(len(data))
             await conn.write(data, IDLE_DEADLINE)
 
     tasks = [asyncio.create_task(out()), asyncio.create_task(back())]

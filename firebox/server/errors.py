@@ -78,6 +78,9 @@ def body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    from firebox.server import telemetry  # here: errors.py is below everything that raises
+
+    telemetry.ERRORS.labels(code=exc.code).inc()
     return JSONResponse(body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
 
 

@@ -21,7 +21,7 @@ from firebox.agent_client import AgentClient, AgentError, AgentGone
 from firebox.agent_client.start import NotReady, start_and_wait
 from firebox.backends.base import Backend, BackendError
 from firebox.images.cache import image_root
-from firebox.server import liveness
+from firebox.server import liveness, telemetry
 from firebox.server.admission import Admission, HostLimits
 from firebox.server.boot import Booted, boot, spec_for
 from firebox.server.config import ServerConfig
@@ -213,6 +213,19 @@ class SandboxManager:
         what they leave out the daemon's defaults. A sandbox of the default limits comes from
         the pool. With ``origin``, it starts from a snapshot (server/snapshots.py), of the
         shape and template of the sandbox it was taken from."""
+        started = time.perf_counter()
+        try:
+            live = await self._create(owner, settings, origin)
+        except ApiError as e:
+            telemetry.CREATES.labels(outcome=e.code).inc()
+            raise
+        telemetry.CREATES.labels(outcome="ok").inc()
+        telemetry.CREATE_SECONDS.observe(time.perf_counter() - started)
+        return live
+
+    async def _create(
+        self, owner: str, settings: SandboxSettings, origin: Origin | None
+    ) -> LiveSandbox:
         limits, policy = self._checked(settings)
         if origin is not None:
             template, limits = origin.template, origin.limits

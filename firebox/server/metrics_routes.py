@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
-from firebox.server.deps import KnownSandbox, Manager
+from firebox.server import telemetry
+from firebox.server.deps import Caller, KnownSandbox, Manager
 from firebox.server.errors import ApiError
 from firebox.server.metrics import Sample
 from firebox.server.models import iso
@@ -54,3 +56,14 @@ async def get_metrics(
     since = start if start is not None else sbx.started_at
     until = end if end is not None else time.time()
     return [SandboxMetric.of(s) for s in mgr.metrics.samples(sbx.id, since, until)]
+
+
+@router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+async def daemon_metrics(caller: Caller) -> PlainTextResponse:
+    """The daemon's own metrics in Prometheus' text format (server/telemetry.py): sandboxes
+    by state and backend, creates and their latency, errors by code, pool levels, admission
+    refusals, egress and port-proxy connections and bytes. The admin key only (a scraper's
+    ``authorization: Bearer``): they count every key's sandboxes."""
+    if not caller.admin:
+        raise ApiError("forbidden", "the daemon's metrics are the admin key's to read")
+    return PlainTextResponse(telemetry.scrape(), media_type=telemetry.CONTENT_TYPE)

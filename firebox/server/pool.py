@@ -152,6 +152,10 @@ class WarmPool:
             raise
         return True
 
+    def levels(self) -> dict[str, int]:
+        """Sandboxes waiting, per pool."""
+        return {key: q.qsize() for key, q in self._ready.items()}
+
     def waiting(self) -> int:
         """Sandboxes waiting in the pool (each of the default size)."""
         return sum(q.qsize() for q in self._ready.values())

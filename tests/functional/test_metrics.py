@@ -98,3 +98,83 @@ def test_another_key_gets_not_found_and_bad_ranges_are_refused(
         op = doc["paths"]["/sandboxes/{sandbox_id}/metrics"]["get"]
         schema = op["responses"]["200"]["content"]["application/json"]["schema"]
         OAS31Validator({**schema, "components": doc["components"]}).validate(r.json())
+
+
+def test_a_cpu_burn_and_a_memory_allocation_show(sandbox: Sandbox) -> None:
+    """What the sandbox does is what the host measures: a busy core and 200 MB held."""
+    _until(lambda: _latest(sandbox), "first sample")
+    quiet = _latest(sandbox)
+    assert quiet is not None
+    sandbox.commands.run(
+        'python3 -c \'import time; b = bytearray(200 << 20); b[::4096] = b"x" * len(b[::4096]); '
+        "end = time.time() + 40\nwhile time.time() < end: pass' >/dev/null 2>&1",
+        background=True,
+    )
+    busy = _until(
+        lambda: (
+            (m := _latest(sandbox))
+            and (m.cpu_used_pct or 0) >= 50
+            and m.mem_used >= quiet.mem_used + 150 * MiB
+            and m
+        ),
+        "sample with a busy core and 150 MiB more memory used",
+    )
+    assert busy.mem_total is None or busy.mem_used <= busy.mem_total
+
+
+@pytest.mark.daemon_only
+def test_prometheus_metrics_parse_and_move_with_the_work(daemon: Daemon) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(key: str | None = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with daemon.client(key) as c:
+            r = c.get("/metrics")
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/plain")
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text)
+            for s in family.samples
+        }
+
+    before = scrape()
+    created = ("firebox_creates_total", (("outcome", "ok"),))
+    with Sandbox.create():
+        during = scrape()
+        running = [
+            v
+            for (n, labels), v in during.items()
+            if n == "firebox_sandboxes" and ("state", "running") in labels
+        ]
+        assert sum(running) >= 1
+        with daemon.client() as c:
+            assert c.get("/sandboxes/sbx_0000000000000000").status_code == 404
+        after = scrape()
+        assert after[created] >= before.get(created, 0) + 1
+        assert after[("firebox_create_seconds_count", ())] >= 1
+        missing = ("firebox_errors_total", (("code", "sandbox_not_found"),))
+        assert after[missing] >= during.get(missing, 0) + 1
+        assert any(n == "firebox_pool_waiting" for n, _ in after)
+    with daemon.client(daemon.new_key("not-admin")) as c:
+        assert c.get("/metrics").status_code == 403
+
+
+@pytest.mark.daemon_only
+def test_top_shows_each_sandbox_and_its_usage(daemon: Daemon, sandbox: Sandbox) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _until(lambda: _latest(sandbox), "first sample")
+    shown = subprocess.run(
+        [sys.executable, "-m", "firebox.cli", "sandbox", "top", "--once"],
+        env={**os.environ, **daemon.env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    header, *rows = shown.splitlines()
+    assert header.split()[:4] == ["SANDBOX", "TEMPLATE", "STATE", "CPU"]
+    mine = [r for r in rows if r.startswith(sandbox.sandbox_id)]
+    assert len(mine) == 1 and " running " in mine[0] and " MB" in mine[0], shown

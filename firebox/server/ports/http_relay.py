@@ -19,6 +19,7 @@ import h11
 from starlette.types import Receive, Scope, Send
 
 from firebox.agent_client import AgentError, AgentGone, NetConnection
+from firebox.server import telemetry
 from firebox.server.ports import answers
 
 WRITE_DEADLINE = 60.0  # seconds the sandbox may leave the request's body unread
@@ -92,6 +93,7 @@ async def _send_body(h: h11.Connection, receive: Receive, conn: NetConnection) -
             continue
         body = message.get("body", b"")
         if body:
+            telemetry.PORT_BYTES.labels(direction="in").inc(len(body))
             await conn.write(h.send(h11.Data(data=body)) or b"", WRITE_DEADLINE)
         if not message.get("more_body", False):
             await conn.write(h.send(h11.EndOfMessage()) or b"", WRITE_DEADLINE)
@@ -119,6 +121,7 @@ async def _answer(h: h11.Connection, send: Send, conn: NetConnection) -> bool:
             )
             started = True
         elif isinstance(event, h11.Data):
+            telemetry.PORT_BYTES.labels(direction="out").inc(len(event.data))
             await send({"type": "http.response.body", "body": bytes(event.data), "more_body": True})
         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             if started:

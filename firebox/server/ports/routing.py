@@ -18,6 +18,7 @@ from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from firebox.agent_client import AgentError, AgentGone
+from firebox.server import telemetry
 from firebox.server.e2b import access as e2b_access
 from firebox.server.errors import ApiError
 from firebox.server.ports import answers, gate, hosts, http_relay, ws_relay
@@ -68,17 +69,21 @@ class PortTraffic:
         text = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
         cookies = _cookies(text.get("cookie", ""))
         live = self.state.manager.live(sandbox_id)
+        kind = scope["type"]
         if live is None or not gate.allowed(
             live.traffic_token, live.public_traffic, sandbox_id, port, text, cookies
         ):
+            telemetry.PORT_CONNECTIONS.labels(kind=kind, outcome="refused").inc()
             await _refuse(scope, receive, send, 403, _needs_token(sandbox_id, port))
             return
         try:
             await self.state.manager.lifecycle.usable(live)
             conn = await live.agent.net_connect(port, CONNECT_DEADLINE)
         except (ApiError, AgentError, AgentGone) as e:
+            telemetry.PORT_CONNECTIONS.labels(kind=kind, outcome="unreachable").inc()
             await _refuse(scope, receive, send, 502, _unreachable(sandbox_id, port, e))
             return
+        telemetry.PORT_CONNECTIONS.labels(kind=kind, outcome="relayed").inc()
         passed = _passed_headers(scope, headers)
         if http:
             await http_relay.relay(scope, receive, send, conn, passed)

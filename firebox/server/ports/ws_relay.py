@@ -28,6 +28,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from firebox.agent_client import AgentError, AgentGone, NetConnection
+from firebox.server import telemetry
 from firebox.server.ports import answers
 
 WRITE_DEADLINE = 60.0
@@ -137,6 +138,7 @@ async def _client_to_sandbox(ws: WSConnection, receive: Receive, conn: NetConnec
             out = ws.send(BytesMessage(data=message["bytes"]))
         else:
             out = ws.send(TextMessage(data=message.get("text") or ""))
+        telemetry.PORT_BYTES.labels(direction="in").inc(len(out))
         await conn.write(out, WRITE_DEADLINE)
 
 
@@ -145,6 +147,7 @@ async def _sandbox_to_client(ws: WSConnection, send: Send, conn: NetConnection) 
     size = 0
     while True:
         data = await conn.read()
+        telemetry.PORT_BYTES.labels(direction="out").inc(len(data))
         ws.receive_data(data or None)
         for event in ws.events():
             if isinstance(event, Ping):
