@@ -132,6 +132,7 @@ def test_oversized_headers_are_refused_and_the_daemon_lives_on(
     answer = _raw(daemon, request.encode())
     # refused by the daemon itself, before the app or the sandbox sees any of it
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert b"request headers over 64 KiB" in answer, answer[:300]  # the daemon's, not the server's
     with client(daemon, attacker.get_host(PORT), attacker.traffic_access_token) as c:
         assert c.get("/").status_code == 200
 
