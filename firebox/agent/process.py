@@ -100,14 +100,20 @@ def start(stream: Stream, msg: protocol.ProcessStart, payload: bytes) -> dict[st
         except OSError as e:
             raise from_os(e, f"cannot run {argv[0]!r}", user.name) from None
     info.pid = popen.pid
-    proc = Proc(popen, info, stream)
+    return _serve(stream, Proc(popen, info, stream), timeout, msg.output_limit)
+
+
+def _serve(
+    stream: Stream, proc: Proc, timeout: float | None, limit: object
+) -> dict[str, Any] | None:
+    """Run a started command to its end, known by its pid meanwhile (attach, stdin, kill)."""
     with children.spawn_lock:
-        _procs[popen.pid] = proc
+        _procs[proc.popen.pid] = proc
     try:
-        return _run(stream, proc, timeout, output_limit(msg.output_limit))
+        return _run(stream, proc, timeout, output_limit(limit))
     finally:
         with children.spawn_lock:
-            _procs.pop(popen.pid, None)
+            _procs.pop(proc.popen.pid, None)
         if not proc.listeners.over:  # _run failed: attached channels must not wait forever
             proc.listeners.finish(None)
 
@@ -147,16 +153,7 @@ def _start_on_terminal(
     popen.stdout = open(master, "rb", buffering=0)  # noqa: SIM115 (closed by pump)
     popen.stdin = open(os.dup(master), "wb", buffering=0)  # noqa: SIM115 (closed by _run)
     info.pid = popen.pid
-    proc = Proc(popen, info, stream, pty=master)
-    with children.spawn_lock:
-        _procs[popen.pid] = proc
-    try:
-        return _run(stream, proc, timeout, output_limit(msg.output_limit))
-    finally:
-        with children.spawn_lock:
-            _procs.pop(popen.pid, None)
-        if not proc.listeners.over:
-            proc.listeners.finish(None)
+    return _serve(stream, Proc(popen, info, stream, pty=master), timeout, msg.output_limit)
 
 
 def resize(stream: Stream, msg: protocol.ProcessResize, payload: bytes) -> None:
