@@ -171,7 +171,8 @@ def test_a_one_time_link_sets_a_cookie_for_its_host_alone(daemon: Daemon, served
         assert c.get("/").status_code == 403  # not another port's host
 
 
-def test_a_kill_ends_open_connections(daemon: Daemon) -> None:
+@pytest.mark.parametrize("how", ["kill", "pause"])
+def test_a_kill_or_pause_ends_open_connections(daemon: Daemon, how: str) -> None:
     sbx = Sandbox.create()
     start_server(sbx, PORT)
     ended = threading.Event()
@@ -193,5 +194,13 @@ def test_a_kill_ends_open_connections(daemon: Daemon) -> None:
     while not any("tick 2" in g for g in got) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert any("tick 2" in g for g in got), got
-    sbx.kill()
-    assert ended.wait(WAIT), "the stream stayed open after the kill"
+    try:
+        if how == "pause":
+            if sbx.get_info().pause_keeps is None:
+                pytest.skip(f"the {sbx.get_info().backend} backend cannot pause")
+            sbx.pause()
+        else:
+            sbx.kill()
+        assert ended.wait(WAIT), f"the stream stayed open after the {how}"
+    finally:
+        Sandbox.kill(sbx.sandbox_id)
