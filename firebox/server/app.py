@@ -24,6 +24,7 @@ from firebox.server.body_limit import BodyLimit
 from firebox.server.e2b.control import control_app
 from firebox.server.e2b.routing import SandboxTraffic
 from firebox.server.e2b.sandbox_app import SandboxApp
+from firebox.server.mcp import endpoint as mcp_endpoint
 from firebox.server.models import ErrorBody, Health
 from firebox.server.ports import routes as port_routes
 from firebox.server.ports.routing import PortTraffic
@@ -87,6 +88,8 @@ def create_app() -> FastAPI:
     app.include_router(templates.router)
     app.include_router(snapshot_routes.router)
     app.include_router(port_routes.router)
+    mcp_route, app.state.mcp = mcp_endpoint.route(app.state)
+    app.router.routes.append(mcp_route)
     e2b = control_app()
     e2b.state = app.state  # the same manager, registry and backend
     app.mount("/e2b", e2b)

@@ -33,6 +33,7 @@ from firebox.server.config import ServerConfig
 from firebox.server.head_limit import BoundedHead
 from firebox.server.home import HomeLock, HomeTaken
 from firebox.server.manager import SandboxManager
+from firebox.server.mcp import endpoint as mcp_endpoint
 from firebox.server.ports.gate import Links
 from firebox.server.registry import Registry
 from firebox.server.snapshots import Snapshots
@@ -103,7 +104,8 @@ def run(config: ServerConfig) -> int:
             telemetry.attach(daemon.manager)
             try:
                 if not server.should_exit:  # no signal while it started
-                    await server.serve(sockets=[listener])
+                    async with mcp_endpoint.running(app.state.mcp):
+                        await server.serve(sockets=[listener])
             finally:
                 await daemon.stop()
                 listener.close()

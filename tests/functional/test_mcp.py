@@ -1,0 +1,151 @@
+"""The MCP edge (``/mcp``) through the MCP SDK's own client over streamable HTTP: the tools are
+listed; a chart comes back as an image and its data; a failing command is a tool error with
+firebox's message; files round trip; a session's own sandbox ends with the session; another
+key's sandbox is out of reach; no key, no MCP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Daemon
+
+pytestmark = pytest.mark.daemon_only  # the daemon's own edge, the same whatever the backend
+
+TOOLS = {
+    "create_sandbox",
+    "run_code",
+    "run_command",
+    "read_file",
+    "write_file",
+    "list_files",
+    "kill_sandbox",
+}
+
+
+@asynccontextmanager
+async def _client(daemon: Daemon, key: str | None = None, mode: str = "auto") -> AsyncIterator[Any]:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"X-API-Key": key or daemon.key}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http:
+        transport = streamable_http_client(f"{daemon.url}/mcp", http_client=http)
+        async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
+            yield client
+
+
+def _text(result: Any) -> str:
+    return "\n".join(b.text for b in result.content if getattr(b, "type", "") == "text")
+
+
+def _sandbox_id(text: str) -> str:
+    return "sbx_" + text.split("sbx_", 1)[1][:16]
+
+
+def test_tools_a_chart_a_failure_and_files(daemon: Daemon) -> None:
+    async def scenario() -> None:
+        async with _client(daemon) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert names >= TOOLS, names
+            made = await c.call_tool("create_sandbox", {"timeout_seconds": 300})
+            assert not made.is_error, _text(made)
+            sid = _sandbox_id(_text(made))
+            try:
+                chart = await c.call_tool(
+                    "run_code",
+                    {
+                        "sandbox_id": sid,
+                        "code": "import matplotlib.pyplot as plt\n"
+                        "plt.bar(['a', 'b'], [3, 5]); plt.title('two'); plt.show()\n"
+                        "print('drawn')",
+                    },
+                )
+                assert not chart.is_error, _text(chart)
+                images = [b for b in chart.content if getattr(b, "type", "") == "image"]
+                assert images and images[0].mime_type == "image/png"
+                assert base64.b64decode(images[0].data)[:8] == b"\x89PNG\r\n\x1a\n"
+                assert "drawn" in _text(chart)
+                charts = [r["chart"] for r in chart.structured_content["results"] if r.get("chart")]
+                assert charts and charts[0]["type"] == "bar" and charts[0]["title"] == "two"
+
+                failed = await c.call_tool(
+                    "run_command", {"sandbox_id": sid, "command": "echo oops >&2; exit 3"}
+                )
+                assert failed.is_error and "exit code 3" in _text(failed)
+                assert "oops" in _text(failed)
+                gone = await c.call_tool(
+                    "run_command", {"sandbox_id": "sbx_0000000000000000", "command": "true"}
+                )
+                assert gone.is_error and "is not running" in _text(gone)
+
+                wrote = await c.call_tool(
+                    "write_file",
+                    {"sandbox_id": sid, "path": "/home/user/n.txt", "content": "héllo"},
+                )
+                assert not wrote.is_error, _text(wrote)
+                read = await c.call_tool(
+                    "read_file", {"sandbox_id": sid, "path": "/home/user/n.txt"}
+                )
+                assert _text(read) == "héllo"
+                listed = await c.call_tool("list_files", {"sandbox_id": sid})
+                assert "/home/user/n.txt" in _text(listed)
+            finally:
+                await c.call_tool("kill_sandbox", {"sandbox_id": sid})
+
+    asyncio.run(scenario())
+
+
+def test_a_sessions_own_sandbox_ends_with_the_session(daemon: Daemon) -> None:
+    async def scenario() -> str:
+        async with _client(daemon, mode="legacy") as c:  # the session era: a session to end
+            ran = await c.call_tool("run_code", {"code": "x = 41\nx + 1"})
+            assert not ran.is_error, _text(ran)
+            assert "42" in _text(ran)
+            sid = _sandbox_id(_text(ran))
+            again = await c.call_tool("run_code", {"code": "x"})  # the same sandbox: x is there
+            assert "41" in _text(again) and "created sandbox" not in _text(again)
+            with daemon.client() as api:
+                assert api.get(f"/sandboxes/{sid}").status_code == 200
+            return sid
+
+    sid = asyncio.run(scenario())
+    with daemon.client() as api:
+        for _ in range(100):
+            if api.get(f"/sandboxes/{sid}").status_code == 404:
+                break
+            time.sleep(0.1)
+        assert api.get(f"/sandboxes/{sid}").status_code == 404
+
+
+def test_another_keys_sandbox_is_out_of_reach_and_no_key_no_mcp(daemon: Daemon) -> None:
+    other = daemon.new_key("mcp-other")
+
+    async def scenario() -> None:
+        async with _client(daemon) as mine:
+            made = await mine.call_tool("create_sandbox", {})
+            sid = _sandbox_id(_text(made))
+            try:
+                async with _client(daemon, other) as theirs:
+                    r = await theirs.call_tool("run_command", {"sandbox_id": sid, "command": "id"})
+                    assert r.is_error and "is not running" in _text(r)
+                    r = await theirs.call_tool("kill_sandbox", {"sandbox_id": sid})
+                    assert r.is_error
+            finally:
+                await mine.call_tool("kill_sandbox", {"sandbox_id": sid})
+
+    asyncio.run(scenario())
+    r = httpx.post(
+        f"{daemon.url}/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Accept": "application/json, text/event-stream"},
+    )
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
