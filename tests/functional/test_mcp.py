@@ -27,6 +27,10 @@ TOOLS = {
     "write_file",
     "list_files",
     "kill_sandbox",
+    "pause_sandbox",
+    "resume_sandbox",
+    "get_preview_url",
+    "upload_from_url",
 }
 
 
@@ -149,3 +153,42 @@ def test_another_keys_sandbox_is_out_of_reach_and_no_key_no_mcp(daemon: Daemon) 
         headers={"Accept": "application/json, text/event-stream"},
     )
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+
+
+def test_pause_resume_preview_and_a_refused_download(daemon: Daemon) -> None:
+    async def scenario() -> None:
+        async with _client(daemon) as c:
+            sid = _sandbox_id(_text(await c.call_tool("create_sandbox", {})))
+            try:
+                await c.call_tool("run_code", {"sandbox_id": sid, "code": "kept = 'yes'"})
+                paused = await c.call_tool("pause_sandbox", {"sandbox_id": sid})
+                assert not paused.is_error, _text(paused)
+                refused = await c.call_tool("run_code", {"sandbox_id": sid, "code": "kept"})
+                assert refused.is_error and "resume" in _text(refused)
+                resumed = await c.call_tool("resume_sandbox", {"sandbox_id": sid})
+                assert not resumed.is_error, _text(resumed)
+                after = await c.call_tool("run_code", {"sandbox_id": sid, "code": "kept"})
+                assert "yes" in _text(after)
+
+                link = _text(
+                    await c.call_tool("get_preview_url", {"sandbox_id": sid, "port": 8000})
+                )
+                url = link.split()[1]
+                host = url.split("//", 1)[1].split("/", 1)[0]
+                assert host.startswith("8000-sbx-")
+                with httpx.Client(base_url=daemon.url, headers={"Host": host}) as browser:
+                    opened = browser.get(url.split(host, 1)[1])
+                    assert (
+                        opened.status_code == 303
+                        and "firebox_traffic=" in opened.headers["set-cookie"]
+                    )
+
+                denied = await c.call_tool(
+                    "upload_from_url",
+                    {"sandbox_id": sid, "url": "https://example.org/x", "path": "/tmp/x"},
+                )
+                assert denied.is_error and "no network" in _text(denied)
+            finally:
+                await c.call_tool("kill_sandbox", {"sandbox_id": sid})
+
+    asyncio.run(scenario())

@@ -28,6 +28,8 @@ from firebox.server.live import LiveSandbox
 from firebox.server.manager import SandboxManager
 from firebox.server.mcp.output import capped, cell_blocks
 from firebox.server.mcp.sessions import Sessions
+from firebox.server.ports import gate, hosts
+from firebox.server.ports.routes import link_scheme
 from firebox.server.registry import KeyRecord
 from firebox.settings import Network, SandboxSettings
 
@@ -198,6 +200,73 @@ def build(sessions: Sessions) -> MCPServer:
         )
         lines = [f"{e.get('type'):9} {e.get('size'):>10}  {e.get('path')}" for e in raw]
         return "\n".join(lines) or f"{path} is empty"
+
+    @mcp.tool(structured_output=False)
+    async def upload_from_url(
+        ctx: Context, url: str, path: str, sandbox_id: str | None = None
+    ) -> str:
+        """Download url into path in the sandbox. The sandbox fetches it itself, through its
+        network policy: it must have been created with allow_internet_access or with the
+        URL's host in allow_out, else the download is refused."""
+        live, note = await _sandbox(ctx, sessions, sandbox_id)
+        if not url.startswith(("http://", "https://")):
+            raise ToolError(f"{url!r} is not an http:// or https:// URL")
+        req = protocol.ProcessStart(
+            argv=["curl", "-fsSL", "--max-time", "120", "-o", check_path(path), url],
+            envs=live.envs,
+            timeout=150,
+            output_limit=64 << 10,
+        )
+        proc = await _api(agent_call(live, live.agent.start_process(req)))
+        said = b""
+        async for _, data in proc:
+            said += data
+        assert proc.exit is not None
+        if proc.exit.exit_code != 0:
+            hint = (
+                ""
+                if live.policy.opens_anything
+                else (" (this sandbox has no network: create one with allow_out=[the URL's host])")
+            )
+            raise ToolError(f"the download failed: {said.decode('utf-8', 'replace').strip()}{hint}")
+        return (note + "\n" if note else "") + f"downloaded {url} to {path}"
+
+    @mcp.tool(structured_output=False)
+    async def get_preview_url(ctx: Context, port: int, sandbox_id: str) -> str:
+        """A URL that opens the server listening on port in the sandbox (bound to 0.0.0.0 or
+        127.0.0.1 there) in a person's browser. The link works once, within five minutes;
+        programs send the sandbox's traffic token in the Firebox-Traffic-Token header to the
+        host instead."""
+        mgr, caller = _caller(ctx)
+        live = await _api(mgr.usable(caller.id, sandbox_id))
+        if not 0 < port < 65536:
+            raise ToolError(f"port {port} must be 1..65535")
+        state = ctx.request_context.request.app.state  # type: ignore[union-attr]
+        code, _ = state.preview_links.mint(live.id, port)
+        host = hosts.host_for(state.preview_domain, live.id, port)
+        scheme = link_scheme(state.preview_domain)
+        return (
+            f"open {scheme}://{host}{gate.OPEN_PATH}?code={code} (once, within 5 minutes); "
+            f"the host is {host}"
+        )
+
+    @mcp.tool(structured_output=False)
+    async def pause_sandbox(ctx: Context, sandbox_id: str) -> str:
+        """Pause a sandbox: its files, processes and variables are kept, and it uses no CPU
+        until resumed. Calls into it fail until resume_sandbox."""
+        mgr, caller = _caller(ctx)
+        await _api(mgr.pause(caller.id, sandbox_id))
+        return f"paused sandbox {sandbox_id}"
+
+    @mcp.tool(structured_output=False)
+    async def resume_sandbox(
+        ctx: Context, sandbox_id: str, timeout_seconds: int | None = None
+    ) -> str:
+        """Resume a paused sandbox where it was; timeout_seconds, if given, is its new time to
+        live from now (when longer than what it had left)."""
+        mgr, caller = _caller(ctx)
+        await _api(mgr.resume(caller.id, sandbox_id, timeout_seconds))
+        return f"sandbox {sandbox_id} is running"
 
     @mcp.tool(structured_output=False)
     async def kill_sandbox(ctx: Context, sandbox_id: str) -> str:
