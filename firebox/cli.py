@@ -244,6 +244,12 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from firebox.mcp_stdio import main
+
+    return main()
+
+
 def cmd_e2b_env(args: argparse.Namespace) -> int:
     """Print the environment that points E2B's own SDKs at this daemon, for a shell to eval:
     the control API under /e2b, in-sandbox traffic at the daemon itself, and the key."""
@@ -588,6 +594,10 @@ def parser() -> argparse.ArgumentParser:
     template_sub.add_parser("prune", help="drop build cache no template needs (admin key)")
     template.set_defaults(func=cmd_template)
 
+    mcp = sub.add_parser(
+        "mcp", help="serve the daemon's MCP tools over stdio (for desktop agents and IDEs)"
+    )
+    mcp.set_defaults(func=cmd_mcp)
     doctor = sub.add_parser("doctor", help="which isolation backends work here, and why not")
     doctor.set_defaults(func=cmd_doctor)
 

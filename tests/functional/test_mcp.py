@@ -192,3 +192,33 @@ def test_pause_resume_preview_and_a_refused_download(daemon: Daemon) -> None:
                 await c.call_tool("kill_sandbox", {"sandbox_id": sid})
 
     asyncio.run(scenario())
+
+
+def test_the_same_tools_over_stdio(daemon: Daemon) -> None:
+    """`firebox mcp`, as a desktop agent starts it: the SDK's stdio client, the same tools."""
+    import os
+    import sys
+
+    from mcp import Client, StdioServerParameters
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "firebox.cli", "mcp"],
+        env={**{k: v for k, v in os.environ.items() if k != "FIREBOX_API_KEY"}, **daemon.env()},
+    )
+
+    async def scenario() -> str:
+        async with Client(params) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert names >= TOOLS, names
+            ran = await c.call_tool("run_command", {"command": "echo via-stdio $((40+2))"})
+            assert not ran.is_error, _text(ran)
+            assert "via-stdio 42" in _text(ran)
+            return _sandbox_id(_text(ran))
+
+    sid = asyncio.run(scenario())
+    with daemon.client() as api:  # its session's sandbox, ended with the session
+        deadline = time.monotonic() + 30
+        while api.get(f"/sandboxes/{sid}").status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert api.get(f"/sandboxes/{sid}").status_code == 404

@@ -1,9 +1,11 @@
 """An MCP session's own sandbox: made on the first call that names none, ended with the session.
 
-Only clients of MCP's session era (an ``Mcp-Session-Id``) have a session to end; the SDK ends
-one on the client's DELETE or at its idle timeout, and unwinds the connection's exit stack,
-where the kill is put. A client without sessions gets a sandbox per call that names none, whose
-id the answer gives (to pass on), ending at its own timeout.
+A session is MCP's (an ``Mcp-Session-Id``, of clients of MCP's session era: the SDK ends one on
+the client's DELETE or at its idle timeout, and unwinds the connection's exit stack, where the
+kill is put), or firebox's own (a ``Firebox-Mcp-Session`` header, which ``firebox mcp`` sends for
+the life of its stdio client and ends with a DELETE of ``/mcp`` naming it: MCP's newer era has
+no sessions). A client with neither gets a sandbox per call that names none, whose id the answer
+gives (to pass on), ending at its own timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from firebox.server.errors import ApiError
 from firebox.server.manager import SandboxManager
 
 log = logging.getLogger("firebox.mcp")
+HEADER = "firebox-mcp-session"
 
 
 class Sessions:
@@ -24,7 +27,8 @@ class Sessions:
 
     @staticmethod
     def key(ctx: Any) -> str | None:
-        return (ctx.headers or {}).get("mcp-session-id")
+        headers = ctx.headers or {}
+        return headers.get(HEADER) or headers.get("mcp-session-id")
 
     def sandbox(self, session: str | None, owner: str) -> str | None:
         return None if session is None else self._own.get((session, owner))
@@ -46,6 +50,10 @@ class Sessions:
 
     def forget(self, sandbox_id: str) -> None:
         self._own = {k: v for k, v in self._own.items() if v != sandbox_id}
+
+    async def end(self, session: str, mgr: SandboxManager) -> None:
+        """A firebox session's end (its DELETE): its sandboxes are killed."""
+        await self._ended(session, mgr)
 
     async def _ended(self, session: str, mgr: SandboxManager) -> None:
         for (sid, owner), sandbox_id in list(self._own.items()):
