@@ -5,8 +5,8 @@
 #   .venv/bin/python examples/e2b_python.py
 from e2b_code_interpreter import Sandbox
 
-sbx = Sandbox.create() # By default the sandbox is alive for 5 minutes
-execution = sbx.run_code("print('hello world')") # Execute Python inside the sandbox
+sbx = Sandbox.create()  # By default the sandbox is alive for 5 minutes
+execution = sbx.run_code("print('hello world')")  # Execute Python inside the sandbox
 print(execution.logs)
 
 files = sbx.files.list("/")
