@@ -21,6 +21,7 @@ from firebox.server import (
     terminals,
 )
 from firebox.server.body_limit import BodyLimit
+from firebox.server.dashboard import routes as dashboard
 from firebox.server.e2b.control import control_app
 from firebox.server.e2b.routing import SandboxTraffic
 from firebox.server.e2b.sandbox_app import SandboxApp
@@ -88,6 +89,7 @@ def create_app() -> FastAPI:
     app.include_router(templates.router)
     app.include_router(snapshot_routes.router)
     app.include_router(port_routes.router)
+    app.include_router(dashboard.router)
     mcp_route, app.state.mcp = mcp_endpoint.route(app.state)
     app.router.routes.append(mcp_route)
     e2b = control_app()

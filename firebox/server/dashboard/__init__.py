@@ -1,0 +1,1 @@
+"""The web dashboard (``/dashboard``): sandboxes live, one sandbox's insides, the host."""

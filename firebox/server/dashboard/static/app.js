@@ -1,0 +1,231 @@
+// firebox's dashboard: plain DOM, the daemon's REST API with the key typed in (kept in this
+// tab's sessionStorage only), and one server-sent event stream for the live list.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY = "firebox-api-key";
+let rows = [];
+let feed = null; // the live list's stream, while the list is shown
+
+function key() { return sessionStorage.getItem(KEY); }
+
+async function api(method, path, body) {
+  const init = { method, headers: { "X-API-Key": key() } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  if (r.status === 401) { signOut(); throw new Error("the key was not accepted"); }
+  if (!r.ok) {
+    let message = r.statusText;
+    try { message = (await r.json()).error.message; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return r.status === 204 ? null : r;
+}
+
+function show(id) {
+  for (const s of ["sign-in", "sandboxes", "sandbox", "host"]) $(s).hidden = s !== id;
+  $("nav").hidden = id === "sign-in";
+}
+
+function signOut() {
+  sessionStorage.removeItem(KEY);
+  stopFeed();
+  location.hash = "#/";
+  route();
+}
+
+function text(el, value) { el.textContent = value; return el; }
+
+function ago(iso) {
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  return s < 60 ? `${s.toFixed(0)} s` : s < 3600 ? `${(s / 60).toFixed(0)} min` : `${(s / 3600).toFixed(1)} h`;
+}
+
+function mb(bytes) { return bytes == null ? "–" : `${(bytes / 1048576).toFixed(0)} MB`; }
+
+// -- the live list --------------------------------------------------------------------------
+
+function renderRows() {
+  const f = $("filter").value.trim().toLowerCase();
+  const state = $("state").value;
+  const shown = rows.filter((r) =>
+    (!state || r.state === state) &&
+    (!f || [r.sandbox_id, r.template, JSON.stringify(r.metadata)].join(" ").toLowerCase().includes(f)));
+  const body = $("rows");
+  body.replaceChildren(...shown.map((r) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = r.sandbox_id;
+    const link = document.createElement("a");
+    link.href = `#/sandbox/${r.sandbox_id}`;
+    link.textContent = r.sandbox_id;
+    const cells = [link, r.template, r.backend, r.state, ago(r.started_at),
+      r.state === "paused" ? "paused" : `${Math.max(0, (Date.parse(r.end_at) - Date.now()) / 1000).toFixed(0)} s`,
+      r.cpu_pct == null ? "–" : `${r.cpu_pct.toFixed(0)}% of ${r.cpu_count}`,
+      r.mem_used == null ? "–" : `${mb(r.mem_used)} / ${mb(r.mem_total)}`];
+    for (const c of cells) {
+      const td = document.createElement("td");
+      if (c instanceof Node) td.append(c); else td.textContent = c;
+      tr.append(td);
+    }
+    return tr;
+  }));
+  text($("count"), `${shown.length} of ${rows.length} sandboxes`);
+}
+
+async function startFeed() {
+  stopFeed();
+  const controller = new AbortController();
+  feed = controller;
+  try {
+    const r = await fetch("/dashboard/api/events", { headers: { "X-API-Key": key() }, signal: controller.signal });
+    if (r.status === 401) { signOut(); return; }
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = event.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+        if (data) { rows = JSON.parse(data); renderRows(); }
+      }
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") text($("count"), `the live list stopped: ${e.message}; reload to retry`);
+  }
+}
+
+function stopFeed() { if (feed) { feed.abort(); feed = null; } }
+
+// -- one sandbox ------------------------------------------------------------------------------
+
+async function openSandbox(id) {
+  show("sandbox");
+  text($("sandbox-title"), id);
+  text($("sandbox-status"), "");
+  $("sandbox").dataset.id = id;
+  try {
+    const info = await (await api("GET", `/sandboxes/${id}`)).json();
+    const details = $("details");
+    const pairs = [["state", info.state], ["template", info.template], ["backend", info.backend],
+      ["started", info.started_at], ["ends", info.end_at], ["CPUs", info.cpu_count],
+      ["memory", `${info.memory_mb} MB`], ["disk", `${info.disk_mb} MB`],
+      ["internet", info.allow_internet_access ? "allowed" : "no"],
+      ["allow out", (info.network.allow_out || []).join(", ") || "–"],
+      ["public ports", info.network.allow_public_traffic ? "yes" : "no (traffic token)"],
+      ["metadata", JSON.stringify(info.metadata)]];
+    details.replaceChildren(...pairs.flatMap(([k, v]) => [text(document.createElement("dt"), k), text(document.createElement("dd"), String(v))]));
+    $("pause").hidden = info.state !== "running" || !info.pause_keeps;
+    $("resume").hidden = info.state !== "paused";
+    if (info.state === "running") {
+      const procs = await (await api("GET", `/sandboxes/${id}/commands`)).json();
+      $("processes").replaceChildren(...procs.map((p) => text(document.createElement("li"), `${p.pid}  ${p.user}  ${p.cmd || (p.argv || []).join(" ")}`)));
+      await listFiles();
+    }
+  } catch (e) {
+    text($("sandbox-status"), e.message);
+  }
+}
+
+async function listFiles() {
+  const id = $("sandbox").dataset.id;
+  const path = $("path").value;
+  try {
+    const entries = await (await api("GET", `/sandboxes/${id}/files/list?path=${encodeURIComponent(path)}`)).json();
+    $("files").replaceChildren(...entries.map((e) => {
+      const li = document.createElement("li");
+      if (e.type === "file") {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = `${e.name} (${e.size} bytes)`;
+        b.setAttribute("aria-label", `download ${e.name}`);
+        b.onclick = () => download(id, e.path, e.name);
+        li.append(b);
+      } else {
+        li.textContent = `${e.name}/`;
+      }
+      return li;
+    }));
+  } catch (e) {
+    text($("sandbox-status"), e.message);
+  }
+}
+
+async function download(id, path, name) {
+  const r = await api("GET", `/sandboxes/${id}/files?path=${encodeURIComponent(path)}`);
+  const url = URL.createObjectURL(await r.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+async function act(what) {
+  const id = $("sandbox").dataset.id;
+  try {
+    if (what === "kill") {
+      await api("DELETE", `/sandboxes/${id}`);
+      location.hash = "#/";
+      return;
+    }
+    await api("POST", `/sandboxes/${id}/${what}`, what === "resume" ? {} : undefined);
+    await openSandbox(id);
+    text($("sandbox-status"), `${what}d`);
+  } catch (e) {
+    text($("sandbox-status"), e.message);
+  }
+}
+
+// -- the host ---------------------------------------------------------------------------------
+
+async function openHost() {
+  show("host");
+  const o = await (await api("GET", "/dashboard/api/overview")).json();
+  const pairs = [["backend", o.backend], ["why", o.backend_reason], ["speed", o.consequence],
+    ["sandboxes", `${o.sandboxes} of ${o.max_sandboxes}`],
+    ["memory committed", `${o.committed_mb} MB${o.max_memory_mb ? ` of ${o.max_memory_mb}` : ""}`],
+    ["warm pool", Object.entries(o.pool).map(([k, n]) => `${k}: ${n} of ${o.pool_size}`).join(", ") || "–"],
+    ["signed in as", o.admin ? "admin" : "a key"]];
+  $("host-details").replaceChildren(...pairs.flatMap(([k, v]) => [text(document.createElement("dt"), k), text(document.createElement("dd"), String(v))]));
+}
+
+// -- routing ----------------------------------------------------------------------------------
+
+function route() {
+  if (!key()) { stopFeed(); show("sign-in"); $("key").focus(); return; }
+  const hash = location.hash || "#/";
+  if (hash.startsWith("#/sandbox/")) { stopFeed(); openSandbox(hash.slice(10)); return; }
+  if (hash === "#/host") { stopFeed(); openHost(); return; }
+  show("sandboxes");
+  if (!feed) startFeed();
+}
+
+$("sign-in").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(KEY, $("key").value.trim());
+  $("key").value = "";
+  try {
+    await api("GET", "/dashboard/api/overview");
+    text($("sign-in-error"), "");
+    route();
+  } catch (e) {
+    sessionStorage.removeItem(KEY);
+    text($("sign-in-error"), `not signed in: ${e.message}`);
+  }
+});
+$("sign-out").onclick = signOut;
+$("filter").oninput = renderRows;
+$("state").onchange = renderRows;
+$("browse").addEventListener("submit", (ev) => { ev.preventDefault(); listFiles(); });
+for (const what of ["pause", "resume", "kill"]) $(what).onclick = () => act(what);
+window.addEventListener("hashchange", route);
+route();
