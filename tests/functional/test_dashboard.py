@@ -111,6 +111,17 @@ def test_a_key_signs_in_watches_opens_downloads_and_kills(daemon: Daemon, browse
         saved = browser.downloads / "report.txt"
         _until("the download", lambda: saved.exists() and saved.read_text() == "forty-two\n")
 
+        browser.find_element(By.ID, "open-terminal").click()
+        keys = _until(
+            "the terminal", lambda: browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")
+        )
+        screen = browser.find_element(By.CSS_SELECTOR, ".xterm-rows")
+        _until("its prompt", lambda: ":~$" in screen.text)
+        keys.send_keys("echo typed-$((6*7)) in $(tput cols) columns\n")
+        _until("the command's output in the terminal", lambda: "typed-42 in" in screen.text)
+        browser.execute_script("arguments[0].scrollIntoView()", screen)
+        _shot(browser, "terminal")
+
         browser.find_element(By.ID, "kill").click()
         _until("back to the list", lambda: browser.find_element(By.ID, "sandboxes").is_displayed())
         _until(

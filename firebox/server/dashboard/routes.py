@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +28,26 @@ from firebox.server.models import iso
 
 router = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).with_name("static")
-FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+FILES = {
+    "app.js": "text/javascript",
+    "terminal.js": "text/javascript",
+    "style.css": "text/css",
+}
+# xterm.js, the terminal, as npm installed it for the README's first command (package.json):
+# served from here, never fetched from elsewhere at run time
+VENDOR = {
+    "xterm.js": ("@xterm/xterm/lib/xterm.js", "text/javascript"),
+    "xterm.css": ("@xterm/xterm/css/xterm.css", "text/css"),
+    "addon-fit.js": ("@xterm/addon-fit/lib/addon-fit.js", "text/javascript"),
+}
+
+
+def node_modules() -> Path:
+    """Where npm put the dashboard's packages: $FIREBOX_DASHBOARD_ASSETS, else the checkout's."""
+    configured = os.environ.get("FIREBOX_DASHBOARD_ASSETS")
+    return Path(configured) if configured else Path(__file__).resolve().parents[3] / "node_modules"
+
+
 TICK = 2.0  # seconds between updates of the live list (the sampler takes one every 5 s)
 # a heartbeat comment at least this often, so that proxies keep the stream open
 HEARTBEAT = 15.0
@@ -43,6 +63,20 @@ async def asset(name: str) -> FileResponse:
     if name not in FILES:
         raise ApiError("not_found", f"no dashboard asset {name!r}")
     return FileResponse(STATIC / name, media_type=FILES[name], headers=_NO_STORE)
+
+
+@router.get("/dashboard/vendor/{name}")
+async def vendor(name: str) -> FileResponse:
+    if name not in VENDOR:
+        raise ApiError("not_found", f"no dashboard asset {name!r}")
+    relative, media_type = VENDOR[name]
+    path = node_modules() / relative
+    if not path.is_file():
+        raise ApiError(
+            "not_found",
+            f"the terminal's {name} is not installed ({path}); scripts/install installs it",
+        )
+    return FileResponse(path, media_type=media_type)
 
 
 @router.get("/dashboard/api/overview")

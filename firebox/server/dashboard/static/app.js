@@ -107,6 +107,7 @@ function stopFeed() { if (feed) { feed.abort(); feed = null; } }
 
 async function openSandbox(id) {
   show("sandbox");
+  $("terminal").replaceChildren();
   text($("sandbox-title"), id);
   text($("sandbox-status"), "");
   $("sandbox").dataset.id = id;
@@ -227,5 +228,16 @@ $("filter").oninput = renderRows;
 $("state").onchange = renderRows;
 $("browse").addEventListener("submit", (ev) => { ev.preventDefault(); listFiles(); });
 for (const what of ["pause", "resume", "kill"]) $(what).onclick = () => act(what);
+$("open-terminal").onclick = async () => {
+  const id = $("sandbox").dataset.id;
+  $("open-terminal").hidden = true;
+  try {
+    await openTerminal(id, $("terminal"), key(), (m) => text($("sandbox-status"), m));
+  } catch (e) {
+    text($("sandbox-status"), `the terminal did not open: ${e.message}`);
+  } finally {
+    $("open-terminal").hidden = false;
+  }
+};
 window.addEventListener("hashchange", route);
 route();
