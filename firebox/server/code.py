@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone, CodeStream
+from firebox.server import activity
 from firebox.server.agent_calls import (
     NDJSON,
     NDJSON_TYPE,
@@ -134,6 +135,7 @@ async def start_cell(
         output_limit=sbx.output_limit,
     )
     stream = await agent_call(sbx, sbx.agent.run_code(req))
+    activity.note(sbx, "cell", code)
     # Wait briefly for the first event before answering, so that a request the agent refuses
     # at once (an unknown context, say) is a 4xx rather than a broken 200. Not longer: a cell
     # may be silent for minutes, and only an answer that has begun notices its client leave.

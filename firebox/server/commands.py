@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone, ProcessStream
+from firebox.server import activity
 from firebox.server.agent_calls import (
     NDJSON,
     NDJSON_TYPE,
@@ -173,7 +174,7 @@ async def run_command(body: RunCommand, sbx: Sandbox) -> StreamingResponse:
         output_limit=sbx.output_limit,
     )
     try:
-        proc = await sbx.agent.start_process(req)
+        proc = await activity.start_process(sbx, req)
         if body.stdin_data is not None:
             await sbx.agent.send_stdin(proc.pid, body.stdin_data.encode(), eof=not body.stdin)
     except (AgentError, AgentGone) as e:

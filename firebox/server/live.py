@@ -22,6 +22,9 @@ from firebox.settings import Limits, SandboxSettings, StartConfig
 WATCH_EVENTS_MAX = 10_000  # per watcher, oldest dropped: a busy directory cannot grow memory
 
 
+ACTIVITY_KEPT = 200  # entries of activity.py's log per sandbox
+
+
 @dataclass(eq=False)
 class Watcher:
     id: str
@@ -70,6 +73,8 @@ class LiveSandbox:
     left: float = 0.0  # of its timeout, when it was paused
     transition: asyncio.Lock = field(default_factory=asyncio.Lock)
     snapshot: str | None = None  # the snapshot it was made from (server/snapshots.py)
+    # what was run in it through the API, the last few hundred (activity.py)
+    activity: deque[Any] = field(default_factory=lambda: deque(maxlen=ACTIVITY_KEPT))
 
     def ended_out_of_memory(self) -> bool:
         """Whether the host's OOM killer struck in it since last looked: a gVisor sandbox

@@ -228,3 +228,13 @@ class CreateContext(BaseModel):
     language: Language = "python"
     cwd: SandboxPath | None = None
     user: Literal["user", "root"] = "user"
+
+
+class ActivityEntry(BaseModel):
+    """Something run in a sandbox through the API (server/activity.py)."""
+
+    at: str  # ISO 8601, UTC
+    kind: Literal["command", "terminal", "cell"]
+    text: str  # the command line or the cell's code, cut at 500 characters
+    user: str | None = None
+    pid: int | None = None

@@ -12,7 +12,15 @@ from firebox.server.deps import Caller, KnownSandbox, Manager
 from firebox.server.errors import ApiError
 from firebox.server.live import LiveSandbox
 from firebox.server.manager import SandboxManager
-from firebox.server.models import CreateKey, KeyCreated, Resume, SandboxInfo, SetTimeout
+from firebox.server.models import (
+    ActivityEntry,
+    CreateKey,
+    KeyCreated,
+    Resume,
+    SandboxInfo,
+    SetTimeout,
+    iso,
+)
 from firebox.settings import SandboxSettings
 
 router = APIRouter(tags=["sandboxes"])
@@ -66,6 +74,16 @@ async def list_sandboxes(
 @router.get("/sandboxes/{sandbox_id}", response_model=SandboxInfo)
 async def get_sandbox(sbx: KnownSandbox, mgr: Manager) -> SandboxInfo:
     return _info(sbx, mgr)
+
+
+@router.get("/sandboxes/{sandbox_id}/activity", response_model=list[ActivityEntry])
+async def sandbox_activity(sbx: KnownSandbox) -> list[ActivityEntry]:
+    """What was run in it through the API (any edge), oldest first: commands, terminal
+    sessions, cells; the last 200."""
+    return [
+        ActivityEntry(at=iso(e.at), kind=e.kind, text=e.text, user=e.user, pid=e.pid)
+        for e in sbx.activity
+    ]
 
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone
+from firebox.server import activity
 from firebox.server.agent_calls import NDJSON, NDJSON_TYPE, agent_call, agent_error, ensure_capacity
 from firebox.server.commands import command_stream
 from firebox.server.deps import Sandbox
@@ -39,7 +40,7 @@ async def start_pty(body: StartPty, sbx: Sandbox) -> StreamingResponse:
         pty={"cols": body.cols, "rows": body.rows},
     )
     try:
-        proc = await sbx.agent.start_process(req)
+        proc = await activity.start_process(sbx, req)
     except (AgentError, AgentGone) as e:
         raise agent_error(e, sbx) from None
     return StreamingResponse(command_stream(sbx, proc), media_type=NDJSON_TYPE)

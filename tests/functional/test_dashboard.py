@@ -88,6 +88,14 @@ def test_a_key_signs_in_watches_opens_downloads_and_kills(daemon: Daemon, browse
 
         sbx = Sandbox.create(timeout=600, api_key=key, metadata={"who": "dashboard-test"})
         sbx.files.write("/home/user/report.txt", "forty-two\n")
+        sbx.commands.run("echo logged-command")
+        sbx.run_code("noted = 'logged-cell'")
+        with daemon.client(key) as c:  # the API's log of it, which the page shows
+            kinds = [
+                (e["kind"], e["text"])
+                for e in c.get(f"/sandboxes/{sbx.sandbox_id}/activity").json()
+            ]
+        assert kinds == [("command", "echo logged-command"), ("cell", "noted = 'logged-cell'")]
         row = _until(
             "the new sandbox in the list, without a reload",
             lambda: browser.find_element(By.CSS_SELECTOR, f"tr[data-id='{sbx.sandbox_id}']"),
@@ -100,6 +108,9 @@ def test_a_key_signs_in_watches_opens_downloads_and_kills(daemon: Daemon, browse
         _until(
             "its details", lambda: "dashboard-test" in browser.find_element(By.ID, "details").text
         )
+        shown = browser.find_element(By.ID, "activity").text
+        assert "command (user): echo logged-command" in shown, shown
+        assert "cell: noted = 'logged-cell'" in shown, shown
         button = _until(
             "the file in its browser",
             lambda: browser.find_element(

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone
+from firebox.server import activity
 from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity
 from firebox.server.auth import hash_key
 from firebox.server.code import start_cell
@@ -132,7 +133,7 @@ def build(sessions: Sessions) -> MCPServer:
             timeout=timeout_seconds or None,
             output_limit=live.output_limit,
         )
-        proc = await _api(agent_call(live, live.agent.start_process(req)))
+        proc = await _api(agent_call(live, activity.start_process(live, req)))
         out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         try:
             async for fd, data in proc:
@@ -217,7 +218,7 @@ def build(sessions: Sessions) -> MCPServer:
             timeout=150,
             output_limit=64 << 10,
         )
-        proc = await _api(agent_call(live, live.agent.start_process(req)))
+        proc = await _api(agent_call(live, activity.start_process(live, req)))
         said = b""
         async for _, data in proc:
             said += data

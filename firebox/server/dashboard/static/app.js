@@ -124,6 +124,9 @@ async function openSandbox(id) {
     details.replaceChildren(...pairs.flatMap(([k, v]) => [text(document.createElement("dt"), k), text(document.createElement("dd"), String(v))]));
     $("pause").hidden = info.state !== "running" || !info.pause_keeps;
     $("resume").hidden = info.state !== "paused";
+    const log = await (await api("GET", `/sandboxes/${id}/activity`)).json();
+    $("activity").replaceChildren(...log.map((e) => text(document.createElement("li"),
+      `${new Date(e.at).toLocaleTimeString()}  ${e.kind}${e.user ? ` (${e.user})` : ""}: ${e.text}`)));
     if (info.state === "running") {
       const procs = await (await api("GET", `/sandboxes/${id}/commands`)).json();
       $("processes").replaceChildren(...procs.map((p) => text(document.createElement("li"), `${p.pid}  ${p.user}  ${p.cmd || (p.argv || []).join(" ")}`)));

@@ -22,6 +22,7 @@ from protobuf import Oneof
 
 from firebox import protocol
 from firebox.agent_client import ProcessStream
+from firebox.server import activity
 from firebox.server.agent_calls import ensure_capacity
 from firebox.server.commands import classify_exit
 from firebox.server.e2b import access
@@ -156,7 +157,7 @@ class ProcessService(Process):
                 output_limit=sbx.output_limit,
                 pty=_size(request.pty),
             )
-            proc = await sbx.agent.start_process(req)
+            proc = await activity.start_process(sbx, req)
         yield pb.StartResponse(event=_event("start", pb.ProcessEvent.StartEvent(pid=proc.pid)))
         async for event in _translated(sbx, events(sbx, proc, _keepalive_every(ctx))):
             yield pb.StartResponse(event=event)
