@@ -95,9 +95,20 @@ class CreateKey(BaseModel):
     name: Annotated[Text, StringConstraints(min_length=1, max_length=100)]
 
 
-class KeyCreated(BaseModel):
-    key: str
+class KeyInfo(BaseModel):
+    """A key as the admin sees it listed: never the key itself (only its hash is kept)."""
+
+    id: str
     name: str
+    admin: bool
+    created_at: str
+    revoked_at: str | None = None
+
+
+class KeyCreated(BaseModel):
+    key: str  # shown this once: only its hash is kept
+    name: str
+    id: str | None = None  # what GET /keys lists it as, and DELETE /keys/{id} revokes
 
 
 class RunCommand(BaseModel):

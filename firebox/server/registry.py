@@ -92,10 +92,14 @@ class Registry:
     def _migrate(self) -> None:
         """Columns added since a home's registry was made (CREATE TABLE IF NOT EXISTS keeps
         an old table as it was)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(sandboxes)")}
-        for column, kind in (("paused_at", "REAL"), ("record", "TEXT")):
+        for table, column, kind in (
+            ("sandboxes", "paused_at", "REAL"),
+            ("sandboxes", "record", "TEXT"),
+            ("keys", "revoked_at", "REAL"),
+        ):
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
-                self._db.execute(f"ALTER TABLE sandboxes ADD COLUMN {column} {kind}")
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -114,16 +118,39 @@ class Registry:
         )
 
     def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        # Every request looks its key up: known keys are kept in memory (keys are only ever
-        # added, so a kept record cannot go stale), unknown ones are asked for each time.
+        # Every request looks its key up: known keys are kept in memory (a revoke drops its
+        # key from there), unknown ones are asked for each time.
         record = self._known_keys.get(key_hash)
         if record is None:
-            rows = self._exec("SELECT id, name, admin FROM keys WHERE hash = ?", (key_hash,))
+            rows = self._exec(
+                "SELECT id, name, admin FROM keys WHERE hash = ? AND revoked_at IS NULL",
+                (key_hash,),
+            )
             if not rows:
                 return None
             record = KeyRecord(rows[0][0], rows[0][1], bool(rows[0][2]))
             self._known_keys[key_hash] = record
         return record
+
+    def all_keys(self) -> list[dict[str, Any]]:
+        """Every key, revoked ones too (never their secret: only a hash of it is kept)."""
+        rows = self._exec(
+            "SELECT id, name, admin, created_at, revoked_at FROM keys ORDER BY created_at"
+        )
+        return [
+            {"id": r[0], "name": r[1], "admin": bool(r[2]), "created_at": r[3], "revoked_at": r[4]}
+            for r in rows
+        ]
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key that is not the admin's; False if there is no such key to revoke."""
+        rows = self._exec(
+            "UPDATE keys SET revoked_at = ? WHERE id = ? AND admin = 0 AND revoked_at IS NULL "
+            "RETURNING id",
+            (time.time(), key_id),
+        )
+        self._known_keys = {h: r for h, r in self._known_keys.items() if r.id != key_id}
+        return bool(rows)
 
     # sandboxes
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
 from fastapi import APIRouter, Query, Request, Response
 
 from firebox.server import listing
-from firebox.server.auth import new_key
+from firebox.server.auth import hash_key, new_key
 from firebox.server.deps import Caller, KnownSandbox, Manager
 from firebox.server.errors import ApiError
 from firebox.server.live import LiveSandbox
@@ -16,6 +17,7 @@ from firebox.server.models import (
     ActivityEntry,
     CreateKey,
     KeyCreated,
+    KeyInfo,
     Resume,
     SandboxInfo,
     SetTimeout,
@@ -119,4 +121,38 @@ async def resume_sandbox(
 async def create_key(body: CreateKey, caller: Caller, request: Request) -> KeyCreated:
     if not caller.admin:
         raise ApiError("forbidden", "only the admin key may create keys")
-    return KeyCreated(key=new_key(request.app.state.registry, body.name), name=body.name)
+    registry = request.app.state.registry
+    key = new_key(registry, body.name)
+    record = registry.key_by_hash(hash_key(key))
+    return KeyCreated(key=key, name=body.name, id=record.id if record else None)
+
+
+@router.get("/keys", response_model=list[KeyInfo], tags=["keys"])
+async def list_keys(caller: Caller, request: Request) -> list[KeyInfo]:
+    """Every key (the admin key only): names and ids, never the keys themselves."""
+    if not caller.admin:
+        raise ApiError("forbidden", "only the admin key may list keys")
+    return [
+        KeyInfo(
+            id=k["id"],
+            name=k["name"],
+            admin=k["admin"],
+            created_at=iso(k["created_at"]),
+            revoked_at=iso(k["revoked_at"]) if k["revoked_at"] else None,
+        )
+        for k in request.app.state.registry.all_keys()
+    ]
+
+
+@router.delete("/keys/{key_id}", status_code=204, tags=["keys"])
+async def revoke_key(key_id: str, caller: Caller, mgr: Manager, request: Request) -> Response:
+    """Revoke a key (the admin key only; never the admin key itself): it opens nothing from
+    now on, and its sandboxes, nobody's any more, are killed."""
+    if not caller.admin:
+        raise ApiError("forbidden", "only the admin key may revoke keys")
+    if not request.app.state.registry.revoke_key(key_id):
+        raise ApiError("not_found", f"no key {key_id!r} to revoke (the admin key cannot be)")
+    for live in [s for s in mgr.all_live() if s.owner == key_id]:
+        with contextlib.suppress(ApiError):
+            await mgr.kill(key_id, live.id)
+    return Response(status_code=204)

@@ -149,3 +149,42 @@ def test_a_key_signs_in_watches_opens_downloads_and_kills(daemon: Daemon, browse
         _shot(browser, "host")
     finally:
         other.kill()
+
+
+def test_the_admin_makes_and_revokes_keys_and_sees_templates(daemon: Daemon, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{daemon.url}/dashboard")
+    browser.find_element(By.ID, "key").send_keys(daemon.key)
+    browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+    _until("the list", lambda: browser.find_element(By.ID, "sandboxes").is_displayed())
+
+    browser.get(f"{daemon.url}/dashboard#/templates")
+    rows = browser.find_element(By.ID, "template-rows")
+    _until("firebox's own template listed", lambda: "python" in rows.text)
+
+    browser.get(f"{daemon.url}/dashboard#/keys")
+    browser.find_element(By.ID, "key-name").send_keys("from-the-dashboard")
+    browser.find_element(By.CSS_SELECTOR, "#new-key button[type=submit]").click()
+    made = browser.find_element(By.ID, "key-made")
+    _until("the new key shown once", lambda: "created from-the-dashboard: e2b_" in made.text)
+    new = made.text.split(": ", 1)[1].split()[0]
+    sbx = Sandbox.create(timeout=600, api_key=new)  # the new key works
+    _shot(browser, "keys")
+
+    revoke = _until(
+        "its revoke button",
+        lambda: browser.find_element(
+            By.CSS_SELECTOR, "button[aria-label='revoke from-the-dashboard']"
+        ),
+    )
+    revoke.click()
+    browser.switch_to.alert.accept()
+    _until("revoked", lambda: "revoked" in browser.find_element(By.ID, "key-rows").text)
+    r = httpx.get(f"{daemon.url}/sandboxes", headers={"X-API-Key": new})
+    assert r.status_code == 401  # it opens nothing now
+    with daemon.client() as c:  # and its sandbox, nobody's any more, is gone
+        assert sbx.sandbox_id not in [s["sandbox_id"] for s in c.get("/sandboxes").json()]
+    with daemon.client(daemon.new_key("plain")) as c:
+        assert c.get("/keys").status_code == 403
+        assert c.delete("/keys/key_0000000000000000").status_code == 403

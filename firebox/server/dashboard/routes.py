@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
+from firebox import images
 from firebox.server.deps import Caller, Manager
 from firebox.server.errors import ApiError
 from firebox.server.live import LiveSandbox
@@ -98,6 +99,7 @@ async def overview(caller: Caller, mgr: Manager) -> dict[str, Any]:
         "max_memory_mb": limits.max_memory_mb,
         "pool": mgr.pool.levels(),
         "pool_size": mgr.pool.size,
+        "own_templates": images.known_templates(),  # firebox's, beside the built ones
     }
 
 

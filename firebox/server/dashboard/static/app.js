@@ -26,7 +26,7 @@ async function api(method, path, body) {
 }
 
 function show(id) {
-  for (const s of ["sign-in", "sandboxes", "sandbox", "host"]) $(s).hidden = s !== id;
+  for (const s of ["sign-in", "sandboxes", "sandbox", "templates", "keys", "host"]) $(s).hidden = s !== id;
   $("nav").hidden = id === "sign-in";
 }
 
@@ -189,6 +189,71 @@ async function act(what) {
   }
 }
 
+// -- templates and keys -------------------------------------------------------------------------
+
+function cells(tr, values) {
+  for (const v of values) {
+    const td = document.createElement("td");
+    if (v instanceof Node) td.append(v); else td.textContent = v;
+    tr.append(td);
+  }
+  return tr;
+}
+
+async function openTemplates() {
+  show("templates");
+  const { templates } = await (await api("GET", "/templates")).json();
+  const own = (await (await api("GET", "/dashboard/api/overview")).json()).own_templates;
+  $("template-rows").replaceChildren(
+    ...own.map((name) => cells(document.createElement("tr"), [name, "firebox's own", "–", "–", "–", "–"])),
+    ...templates.map((t) => cells(document.createElement("tr"), [
+    t.name, (t.tags || []).join(", "), t.built_at ? new Date(t.built_at * 1000).toLocaleString() : "–",
+    t.build_seconds != null ? `${t.build_seconds.toFixed(0)} s` : "–", mb(t.size_bytes), t.start_cmd || "–"])));
+}
+
+async function openKeys() {
+  show("keys");
+  let keys;
+  try {
+    keys = await (await api("GET", "/keys")).json();
+  } catch (e) {
+    text($("key-made"), e.message);
+    $("key-rows").replaceChildren();
+    return;
+  }
+  $("key-rows").replaceChildren(...keys.map((k) => {
+    let action = "";
+    if (!k.admin && !k.revoked_at) {
+      action = document.createElement("button");
+      action.type = "button";
+      action.className = "danger";
+      action.textContent = "Revoke";
+      action.setAttribute("aria-label", `revoke ${k.name}`);
+      action.onclick = async () => {
+        if (!confirm(`Revoke ${k.name}? Its sandboxes are killed.`)) return;
+        await api("DELETE", `/keys/${k.id}`);
+        openKeys();
+      };
+    }
+    const tr = cells(document.createElement("tr"), [k.name, k.id, new Date(k.created_at).toLocaleString(),
+      k.revoked_at ? "revoked" : k.admin ? "admin" : "active", action]);
+    tr.dataset.id = k.id;
+    return tr;
+  }));
+}
+
+$("new-key").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  try {
+    const made = await (await api("POST", "/keys", { name: $("key-name").value })).json();
+    $("key-name").value = "";
+    text($("key-made"), `created ${made.name}: ${made.key} (shown this once: copy it now)`);
+    openKeys();
+  } catch (e) {
+    text($("key-made"), e.message);
+  }
+});
+
 // -- the host ---------------------------------------------------------------------------------
 
 async function openHost() {
@@ -209,6 +274,8 @@ function route() {
   const hash = location.hash || "#/";
   if (hash.startsWith("#/sandbox/")) { stopFeed(); openSandbox(hash.slice(10)); return; }
   if (hash === "#/host") { stopFeed(); openHost(); return; }
+  if (hash === "#/templates") { stopFeed(); openTemplates(); return; }
+  if (hash === "#/keys") { stopFeed(); openKeys(); return; }
   show("sandboxes");
   if (!feed) startFeed();
 }
