@@ -122,6 +122,19 @@ def test_a_key_signs_in_watches_opens_downloads_and_kills(daemon: Daemon, browse
         saved = browser.downloads / "report.txt"
         _until("the download", lambda: saved.exists() and saved.read_text() == "forty-two\n")
 
+        local = browser.downloads.parent / "from-the-browser.txt"
+        local.write_text("uploaded through the dashboard\n")
+        browser.find_element(By.ID, "upload").send_keys(str(local))
+        browser.find_element(By.CSS_SELECTOR, "#upload-form button[type=submit]").click()
+        _until(
+            "the uploaded file listed",
+            lambda: browser.find_elements(
+                By.CSS_SELECTOR, "button[aria-label='download from-the-browser.txt']"
+            ),
+        )
+        uploaded = sbx.files.read("/home/user/from-the-browser.txt")
+        assert uploaded == "uploaded through the dashboard\n"
+
         browser.find_element(By.ID, "open-terminal").click()
         keys = _until(
             "the terminal", lambda: browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")

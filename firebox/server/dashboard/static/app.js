@@ -297,6 +297,24 @@ $("sign-out").onclick = signOut;
 $("filter").oninput = renderRows;
 $("state").onchange = renderRows;
 $("browse").addEventListener("submit", (ev) => { ev.preventDefault(); listFiles(); });
+$("upload-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const file = $("upload").files[0];
+  if (!file) return;
+  const id = $("sandbox").dataset.id;
+  const path = `${$("path").value.replace(/\/+$/, "")}/${file.name}`;
+  try {
+    const r = await fetch(`/sandboxes/${id}/files?path=${encodeURIComponent(path)}`, {
+      method: "PUT", headers: { "X-API-Key": key(), "Content-Type": "application/octet-stream" }, body: file,
+    });
+    if (!r.ok) throw new Error((await r.json()).error.message);
+    text($("sandbox-status"), `uploaded ${path}`);
+    $("upload").value = "";
+    await listFiles();
+  } catch (e) {
+    text($("sandbox-status"), `the upload failed: ${e.message}`);
+  }
+});
 for (const what of ["pause", "resume", "kill"]) $(what).onclick = () => act(what);
 $("open-terminal").onclick = async () => {
   const id = $("sandbox").dataset.id;
