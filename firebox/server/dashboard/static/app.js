@@ -39,6 +39,24 @@ function signOut() {
 
 function text(el, value) { el.textContent = value; return el; }
 
+// A streamed answer's body in pieces as they arrive: NDJSON lines ("\n") or server-sent
+// events ("\n\n"), each handed to onPiece (the terminal's stream uses it too).
+async function readPieces(body, separator, onPiece) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf(separator)) >= 0) {
+      const piece = buffer.slice(0, end);
+      buffer = buffer.slice(end + separator.length);
+      if (piece.trim()) onPiece(piece);
+    }
+  }
+}
+
 function ago(iso) {
   const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
   return s < 60 ? `${s.toFixed(0)} s` : s < 3600 ? `${(s / 60).toFixed(0)} min` : `${(s / 3600).toFixed(1)} h`;
@@ -82,20 +100,10 @@ async function startFeed() {
   try {
     const r = await fetch("/dashboard/api/events", { headers: { "X-API-Key": key() }, signal: controller.signal });
     if (r.status === 401) { signOut(); return; }
-    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const data = event.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
-        if (data) { rows = JSON.parse(data); renderRows(); }
-      }
-    }
+    await readPieces(r.body, "\n\n", (event) => {
+      const data = event.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (data) { rows = JSON.parse(data); renderRows(); }
+    });
   } catch (e) {
     if (e.name !== "AbortError") text($("count"), `the live list stopped: ${e.message}; reload to retry`);
   }

@@ -60,24 +60,13 @@ async function openTerminal(sandboxId, into, apiKey, onStatus) {
   const refit = () => fit.fit();
   window.addEventListener("resize", refit);
   term.focus();
-  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
   try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let end;
-      while ((end = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, end);
-        buffer = buffer.slice(end + 1);
-        if (!line.trim()) continue;
-        const event = JSON.parse(line);
-        if (event.type === "start") pid = event.pid;
-        else if (event.type === "pty") term.write(unb64(event.data));
-        else if (event.type === "end") term.write(`\r\n[the session ended: exit ${event.exit_code}]\r\n`);
-      }
-    }
+    await readPieces(r.body, "\n", (line) => {  // app.js's
+      const event = JSON.parse(line);
+      if (event.type === "start") pid = event.pid;
+      else if (event.type === "pty") term.write(unb64(event.data));
+      else if (event.type === "end") term.write(`\r\n[the session ended: exit ${event.exit_code}]\r\n`);
+    });
   } finally {
     window.removeEventListener("resize", refit);
   }
