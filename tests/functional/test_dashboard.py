@@ -184,6 +184,13 @@ def test_the_admin_makes_and_revokes_keys_and_sees_templates(daemon: Daemon, bro
     new = made.text.split(": ", 1)[1].split()[0]
     sbx = Sandbox.create(timeout=600, api_key=new)  # the new key works
     _shot(browser, "keys")
+    browser.get(f"{daemon.url}/dashboard#/")  # the admin sees it, not into it
+    theirs = _until(
+        "the other key's sandbox in the admin's list",
+        lambda: browser.find_element(By.CSS_SELECTOR, f"tr[data-id='{sbx.sandbox_id}']"),
+    )
+    assert "(another key's)" in theirs.text and not theirs.find_elements(By.TAG_NAME, "a")
+    browser.get(f"{daemon.url}/dashboard#/keys")
 
     revoke = _until(
         "its revoke button",

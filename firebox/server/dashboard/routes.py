@@ -105,14 +105,18 @@ async def overview(caller: Caller, mgr: Manager) -> dict[str, Any]:
 
 @router.get("/dashboard/api/events")
 async def events(request: Request, caller: Caller, mgr: Manager) -> StreamingResponse:
-    """Server-sent events: ``sandboxes`` (the key's, or all for the admin key) whenever the
-    list or their usage changes."""
+    """Server-sent events: ``sandboxes`` (the key's, or every key's for the admin key, each
+    marked ``mine`` or not) whenever the list or their usage changes."""
 
     async def stream() -> AsyncIterator[bytes]:
         last = ""
         quiet_since = time.monotonic()
         while not await request.is_disconnected():
-            rows = [_row(s, mgr) for s in mgr.all_live() if caller.admin or s.owner == caller.id]
+            rows = [
+                _row(s, mgr, s.owner == caller.id)
+                for s in mgr.all_live()
+                if caller.admin or s.owner == caller.id
+            ]
             now = json.dumps(rows, sort_keys=True)
             if now != last:
                 last, quiet_since = now, time.monotonic()
@@ -127,10 +131,13 @@ async def events(request: Request, caller: Caller, mgr: Manager) -> StreamingRes
     )
 
 
-def _row(s: LiveSandbox, mgr: Any) -> dict[str, Any]:
+def _row(s: LiveSandbox, mgr: Any, mine: bool) -> dict[str, Any]:
+    """One sandbox of the live list. The admin key sees every key's in the list (what runs on
+    the host); the insides of a sandbox stay its own key's, as everywhere in the API."""
     sample = mgr.metrics.latest(s.id)
     return {
         "sandbox_id": s.id,
+        "mine": mine,
         "template": s.spec.template,
         "backend": s.backend,
         "state": s.state,

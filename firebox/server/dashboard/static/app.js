@@ -76,9 +76,10 @@ function renderRows() {
   body.replaceChildren(...shown.map((r) => {
     const tr = document.createElement("tr");
     tr.dataset.id = r.sandbox_id;
-    const link = document.createElement("a");
-    link.href = `#/sandbox/${r.sandbox_id}`;
-    link.textContent = r.sandbox_id;
+    // another key's (the admin sees every key's in the list): its insides stay its key's
+    const link = document.createElement(r.mine ? "a" : "span");
+    if (r.mine) link.href = `#/sandbox/${r.sandbox_id}`;
+    link.textContent = r.mine ? r.sandbox_id : `${r.sandbox_id} (another key's)`;
     const cells = [link, r.template, r.backend, r.state, ago(r.started_at),
       r.state === "paused" ? "paused" : `${Math.max(0, (Date.parse(r.end_at) - Date.now()) / 1000).toFixed(0)} s`,
       r.cpu_pct == null ? "–" : `${r.cpu_pct.toFixed(0)}% of ${r.cpu_count}`,
