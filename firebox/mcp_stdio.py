@@ -22,10 +22,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.stdio import stdio_server
 
 from firebox._core.config import resolve_config
+from firebox.tools import SESSION_HEADER
 
 READ_TIMEOUT = 900.0  # seconds a tool call may take to answer (a long cell)
 END_TIMEOUT = 10.0  # for the daemon to end the session's sandboxes
-SESSION_HEADER = "Firebox-Mcp-Session"  # server/mcp/sessions.py
 
 
 async def _pump(source: Any, sink: Any, what: str) -> None:

@@ -87,12 +87,7 @@ class AsyncPty:
 
     async def send_stdin(self, pid: int, data: bytes, request_timeout: float | None = None) -> None:
         """Types ``data`` into the terminal (bytes as a keyboard sends them)."""
-        await self._api.request(
-            "POST",
-            sandbox_path(self._sandbox_id, "commands", str(pid), "stdin"),
-            json=keys_body(data),
-            timeout=request_timeout,
-        )
+        await self._commands._send_stdin(pid, keys_body(data), request_timeout)
 
     async def resize(self, pid: int, size: PtySize, request_timeout: float | None = None) -> None:
         """Resizes the terminal; the program in it is told (SIGWINCH)."""

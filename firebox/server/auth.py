@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 from fastapi import Request
@@ -55,13 +56,26 @@ def ensure_admin_key(registry: Registry, path: Path) -> str:
     return key
 
 
-async def authenticate(request: Request) -> KeyRecord:
-    """FastAPI dependency: the caller's key record, or 401."""
-    key = request.headers.get("x-api-key")
+def key_of(headers: Mapping[str, str]) -> str | None:
+    """The API key a request shows: ``X-API-Key``, else ``Authorization: Bearer``
+    (``headers`` with lower-case names, or Starlette's, which match any case)."""
+    key = headers.get("x-api-key")
     if key is None:
-        auth = request.headers.get("authorization", "")
+        auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             key = auth[7:].strip()
+    return key or None
+
+
+def caller_of(registry: Registry, headers: Mapping[str, str]) -> KeyRecord | None:
+    """The key record of the key a request shows; None without one, or for an unknown one."""
+    key = key_of(headers)
+    return registry.key_by_hash(hash_key(key)) if key else None
+
+
+async def authenticate(request: Request) -> KeyRecord:
+    """FastAPI dependency: the caller's key record, or 401."""
+    key = key_of(request.headers)
     if not key:
         raise ApiError(
             "unauthenticated",

@@ -4,12 +4,11 @@ decision made): the Connect RPC services by their paths, and E2B's HTTP routes."
 from __future__ import annotations
 
 from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from firebox.server.e2b import access, interpreter
 from firebox.server.e2b.envd import files_http
-from firebox.server.e2b.envd.errors import envd_error_body, http_error_handler
+from firebox.server.e2b.envd.errors import http_error_handler
 from firebox.server.e2b.envd.filesystem import FilesystemService
 from firebox.server.e2b.envd.process import ProcessService
 from firebox.server.e2b.envd.proto.filesystem.filesystem_connect import (
@@ -82,8 +81,8 @@ def _envd_http_app() -> FastAPI:
 
 class SandboxApp:
     """By port first, as E2B's proxy routes: the in-sandbox daemon's (Connect services by
-    path prefix, then its HTTP routes), or the code interpreter's; any other port is not
-    open (ports reach a sandbox with the ports issue)."""
+    path prefix, then its HTTP routes), or the code interpreter's. Any other port never
+    comes here: the port proxy takes it first (server/ports/routing.py)."""
 
     def __init__(self) -> None:
         self.process = ProcessASGIApplication(ProcessService(), read_max_bytes=RPC_READ_MAX)
@@ -99,17 +98,8 @@ class SandboxApp:
         app: ASGIApp = self.http
         if port == access.INTERPRETER_PORT:
             app = self.interpreter
-        elif port != access.ENVD_PORT:
-            app = _port_not_open
         elif path.startswith("/process.Process/"):
             app = self.process
         elif path.startswith("/filesystem.Filesystem/"):
             app = self.filesystem
         await app(scope, receive, send)
-
-
-async def _port_not_open(scope: Scope, receive: Receive, send: Send) -> None:
-    # E2B's proxy's words ("port is not open"), which its SDKs recognise
-    port = access.current_port()
-    err = ApiError("sandbox_error", f"the sandbox's port {port} is not open")
-    await JSONResponse(envd_error_body(err), status_code=502)(scope, receive, send)

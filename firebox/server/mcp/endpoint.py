@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from firebox.server.auth import hash_key
+from firebox.server.auth import caller_of
 from firebox.server.errors import body
 from firebox.server.mcp import tools
 from firebox.server.mcp.sessions import HEADER, Sessions
@@ -38,12 +38,8 @@ class _KeyRequired:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        key = headers.get("x-api-key")
-        auth = headers.get("authorization", "")
-        if not key and auth.lower().startswith("bearer "):
-            key = auth[7:].strip()
         registry = getattr(self.state, "registry", None)
-        if not key or registry is None or registry.key_by_hash(hash_key(key)) is None:
+        if registry is None or caller_of(registry, headers) is None:
             answer = JSONResponse(
                 body("unauthenticated", "MCP needs an API key: send it in the X-API-Key header"),
                 status_code=401,

@@ -9,7 +9,6 @@ from typing import Any
 from mcp.types import ContentBlock, ImageContent, TextContent
 
 TEXT_CAP = 20_000  # characters of output a model is shown per stream; the rest is cut, marked
-IMAGE_TYPES = {"image/png": "image/png", "image/jpeg": "image/jpeg", "image/svg+xml": None}
 
 
 def capped(text: str, what: str) -> str:

@@ -9,6 +9,7 @@ that key's sandboxes only. A firebox error comes back as a tool error with fireb
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -20,7 +21,7 @@ from firebox import protocol
 from firebox.agent_client import AgentError, AgentGone
 from firebox.server import activity
 from firebox.server.agent_calls import agent_call, agent_error, ensure_capacity
-from firebox.server.auth import hash_key
+from firebox.server.auth import caller_of
 from firebox.server.code import start_cell
 from firebox.server.commands import classify_exit
 from firebox.server.errors import ApiError
@@ -29,8 +30,7 @@ from firebox.server.live import LiveSandbox
 from firebox.server.manager import SandboxManager
 from firebox.server.mcp.output import capped, cell_blocks
 from firebox.server.mcp.sessions import Sessions
-from firebox.server.ports import gate, hosts
-from firebox.server.ports.routes import link_scheme
+from firebox.server.ports.routes import preview_link
 from firebox.server.registry import KeyRecord
 from firebox.settings import Network, SandboxSettings
 
@@ -91,20 +91,16 @@ def build(sessions: Sessions) -> MCPServer:
         out: dict[str, list[str]] = {"stdout": [], "stderr": []}
         results: list[Any] = []
         error = None
-        try:
-            first = await cell.first
-            events = [first] if first is not None else []
-            async for event in _rest(cell.stream, first is not None):
-                events.append(event)
-            for kind, value in events:
-                if kind in out:
-                    out[kind].append(value)
-                elif kind == "result":
-                    results.append(value)
-                elif kind == "error":
-                    error = value
-        except (AgentError, AgentGone) as e:
-            raise ToolError(agent_error(e, live).message) from None
+        with _agent_errors(live):
+            first = await cell.first  # None: over already, having shown nothing
+            events = [] if first is None else [first, *[e async for e in cell.stream]]
+        for kind, value in events:
+            if kind in out:
+                out[kind].append(value)
+            elif kind == "result":
+                results.append(value)
+            elif kind == "error":
+                error = value
         ended = protocol.as_dict(cell.stream.done or protocol.CodeDone())
         blocks, structured = cell_blocks(
             "".join(out["stdout"]), "".join(out["stderr"]), results, error, ended
@@ -135,11 +131,9 @@ def build(sessions: Sessions) -> MCPServer:
         )
         proc = await _api(agent_call(live, activity.start_process(live, req)))
         out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-        try:
+        with _agent_errors(live):
             async for fd, data in proc:
                 out.setdefault(fd, []).append(data)
-        except (AgentError, AgentGone) as e:
-            raise ToolError(agent_error(e, live).message) from None
         assert proc.exit is not None
         stdout = b"".join(out["stdout"]).decode("utf-8", "replace")
         stderr = b"".join(out["stderr"]).decode("utf-8", "replace")
@@ -162,13 +156,11 @@ def build(sessions: Sessions) -> MCPServer:
         """Read a text file in the sandbox (up to 1 MB shown; more is cut, marked)."""
         live, _ = await _sandbox(ctx, sessions, sandbox_id)
         data = bytearray()
-        try:
+        with _agent_errors(live):
             async for chunk in live.agent.read_file(check_path(path), "user"):
                 data += chunk
                 if len(data) > MAX_FILE:
                     break
-        except (AgentError, AgentGone) as e:
-            raise ToolError(agent_error(e, live).message) from None
         text = bytes(data[:MAX_FILE]).decode("utf-8", "replace")
         if len(data) > MAX_FILE:
             text += f"\n[firebox: the file goes on past {MAX_FILE} bytes; read it in parts]"
@@ -184,10 +176,8 @@ def build(sessions: Sessions) -> MCPServer:
         async def body() -> Any:
             yield content.encode()
 
-        try:
+        with _agent_errors(live):
             info = await live.agent.write_file(check_path(path), "user", body())
-        except (AgentError, AgentGone) as e:
-            raise ToolError(agent_error(e, live).message) from None
         return (note + "\n" if note else "") + f"wrote {info.get('size')} bytes to {path}"
 
     @mcp.tool(structured_output=False)
@@ -243,13 +233,8 @@ def build(sessions: Sessions) -> MCPServer:
         if not 0 < port < 65536:
             raise ToolError(f"port {port} must be 1..65535")
         state = ctx.request_context.request.app.state  # type: ignore[union-attr]
-        code, _ = state.preview_links.mint(live.id, port)
-        host = hosts.host_for(state.preview_domain, live.id, port)
-        scheme = link_scheme(state.preview_domain)
-        return (
-            f"open {scheme}://{host}{gate.OPEN_PATH}?code={code} (once, within 5 minutes); "
-            f"the host is {host}"
-        )
+        link = preview_link(state, live.id, port)
+        return f"open {link.url} (once, within 5 minutes); the host is {link.host}"
 
     @mcp.tool(structured_output=False)
     async def pause_sandbox(ctx: Context, sandbox_id: str) -> str:
@@ -280,10 +265,13 @@ def build(sessions: Sessions) -> MCPServer:
     return mcp
 
 
-async def _rest(stream: Any, started: bool) -> Any:
-    if started:
-        async for event in stream:
-            yield event
+@contextlib.contextmanager
+def _agent_errors(live: LiveSandbox) -> Iterator[None]:
+    """The agent failing mid-call: a tool error with the message the REST API would give."""
+    try:
+        yield
+    except (AgentError, AgentGone) as e:
+        raise ToolError(agent_error(e, live).message) from None
 
 
 def _caller(ctx: Context) -> tuple[SandboxManager, KeyRecord]:
@@ -292,12 +280,7 @@ def _caller(ctx: Context) -> tuple[SandboxManager, KeyRecord]:
     if request is None:
         raise ToolError("this MCP server runs in the firebox daemon, over HTTP")
     state = request.app.state
-    headers = ctx.headers or {}
-    key = headers.get("x-api-key")
-    auth = headers.get("authorization", "")
-    if not key and auth.lower().startswith("bearer "):
-        key = auth[7:].strip()
-    record = state.registry.key_by_hash(hash_key(key)) if key else None
+    record = caller_of(state.registry, ctx.headers or {})
     if record is None:
         raise ToolError("no valid API key: send it in the X-API-Key header of the MCP requests")
     return state.manager, record

@@ -18,7 +18,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-TOKEN_HEADERS = ("firebox-traffic-token", "e2b-traffic-access-token")
+from firebox.server.e2b.access import TRAFFIC_HEADER
+
+TOKEN_HEADERS = ("firebox-traffic-token", TRAFFIC_HEADER)  # firebox's own, E2B's
 COOKIE = "firebox_traffic"
 OPEN_PATH = "/.firebox/open"  # a one-time link's path on the preview host
 LINK_TTL = 300.0  # seconds a one-time link may wait to be opened

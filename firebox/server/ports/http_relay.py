@@ -35,7 +35,7 @@ HOP = {
     b"proxy-authenticate",
 }
 
-REFRAMED = (b"transfer-encoding", b"date")
+REFRAMED = (b"transfer-encoding", b"date")  # of an answer: uvicorn frames and dates it
 
 
 async def relay(
@@ -43,10 +43,11 @@ async def relay(
     receive: Receive,
     send: Send,
     conn: NetConnection,
+    target: bytes,
     headers: Iterable[tuple[bytes, bytes]],
 ) -> None:
-    """Relay the request of ``scope`` (its ``headers`` already cleaned of credentials) to
-    ``conn`` and the answer back; closes ``conn``."""
+    """Relay the request of ``scope`` for ``target`` (its ``headers`` already cleaned of
+    credentials) to ``conn`` and the answer back; closes ``conn``."""
     h = h11.Connection(h11.CLIENT)
     out = [(k, v) for k, v in headers if k.lower() not in HOP]
     if any(k.lower() == b"transfer-encoding" for k, _ in out):
@@ -54,9 +55,6 @@ async def relay(
         out = [(k, v) for k, v in out if k.lower() not in (b"content-length", b"transfer-encoding")]
         out.append((b"transfer-encoding", b"chunked"))
     out.append((b"connection", b"close"))
-    target = scope.get("raw_path") or scope["path"].encode()
-    if scope.get("query_string"):
-        target += b"?" + scope["query_string"]
     request = h11.Request(method=scope["method"], target=target, headers=out)
     responded = False
     try:
@@ -113,9 +111,7 @@ async def _answer(h: h11.Connection, send: Send, conn: NetConnection) -> bool:
         if isinstance(event, h11.Response):
             headers = [(k, v) for k, v in event.headers if k.lower() not in HOP]
             # uvicorn frames the answer itself (chunked unless a length is given) and dates it
-            headers = [
-                (k, v) for k, v in headers if k.lower() not in (b"transfer-encoding", b"date")
-            ]
+            headers = [(k, v) for k, v in headers if k.lower() not in REFRAMED]
             await send(
                 {"type": "http.response.start", "status": event.status_code, "headers": headers}
             )

@@ -85,14 +85,17 @@ class PortTraffic:
             return
         telemetry.PORT_CONNECTIONS.labels(kind=kind, outcome="relayed").inc()
         passed = _passed_headers(scope, headers)
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
         if http:
-            await http_relay.relay(scope, receive, send, conn, passed)
+            await http_relay.relay(scope, receive, send, conn, target, passed)
             return
         first = await receive()  # websocket.connect
         if first["type"] != "websocket.connect":
             conn.close()
             return
-        await ws_relay.relay(scope, receive, send, conn, passed)
+        await ws_relay.relay(scope, receive, send, conn, target, passed)
 
     async def _open_link(self, scope: Scope, send: Send, sandbox_id: str, port: int) -> None:
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))

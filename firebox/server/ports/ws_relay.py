@@ -34,7 +34,6 @@ from firebox.server.ports import answers
 WRITE_DEADLINE = 60.0
 MAX_MESSAGE = 16 << 20  # bytes of one message from the sandbox, assembled from its frames
 GOING_AWAY = 1001
-INTERNAL = 1011
 
 
 async def relay(
@@ -42,16 +41,15 @@ async def relay(
     receive: Receive,
     send: Send,
     conn: NetConnection,
+    target: bytes,
     headers: Iterable[tuple[bytes, bytes]],
 ) -> None:
     """The client's ``websocket.connect`` has been received by the caller; opens the socket
-    to the sandbox's server, accepts the client's with its answer, and relays; closes ``conn``."""
+    to the sandbox's server at ``target``, accepts the client's with its answer, and relays;
+    closes ``conn``."""
     ws = WSConnection(ConnectionType.CLIENT)
     accepted_once = False
     host = dict(headers).get(b"host", b"localhost").decode("latin-1")
-    target = scope.get("raw_path") or scope["path"].encode()
-    if scope.get("query_string"):
-        target += b"?" + scope["query_string"]
     passed = [
         (k, v)
         for k, v in headers
