@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from firebox import cli_cluster
 from firebox.images import DEFAULT_TEMPLATE
 from firebox.server.auth import e2b_shaped
 from firebox.server.config import DEFAULT_PORT, ServerConfig, default_home
@@ -82,6 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_paused_mb_per_key=args.max_paused_mb_per_key,
         keep_sandboxes_on_stop=args.on_stop == "keep",
     )
+    cli_cluster.node_config(args, config)
     from firebox.server.egress import parse_resolve
     from firebox.server.egress_policy import PolicyError, parse_networks
 
@@ -507,7 +509,9 @@ def parser() -> argparse.ArgumentParser:
         default=1200.0,
         help="seconds one step of a template build may take (default 1200)",
     )
+    cli_cluster.add_node_flags(serve)
     serve.set_defaults(func=cmd_serve)
+    cli_cluster.add_commands(sub)
 
     image = sub.add_parser("image", help="guest images")
     image_sub = image.add_subparsers(dest="action", required=True)

@@ -40,8 +40,20 @@ def new_key(registry: Registry, name: str, admin: bool = False) -> str:
     return key
 
 
-def ensure_admin_key(registry: Registry, path: Path) -> str:
-    """Reuse the admin key stored at ``path`` if the registry knows it, else make a new one."""
+def ensure_admin_key(registry: Registry, path: Path, given: bool = False) -> str:
+    """Reuse the admin key stored at ``path`` if the registry knows it, else make a new one.
+    A ``given`` key (a cluster's, from its secret) is never replaced: it is added if the
+    registry does not know it yet, by whichever of the cluster's processes starts first."""
+    if given:
+        try:
+            key = path.read_text().strip()
+        except OSError as e:
+            raise OSError(f"cannot read the admin key file {path}: {e.strerror}") from None
+        if len(key) < 20:
+            raise OSError(f"the admin key file {path} holds no key of 20 characters or more")
+        key_hash = hash_key(key)
+        registry.add_given_key("key_" + key_hash[:16], "admin", key_hash, admin=True)
+        return key
     if path.exists():
         key = path.read_text().strip()
         record = registry.key_by_hash(hash_key(key))

@@ -72,6 +72,18 @@ class ServerConfig:
     max_build_memory_mb: int = 8192  # the most a build may ask for
     build_timeout: float = 3600.0  # seconds for a whole build
     build_step_timeout: float = 1200.0  # seconds for one of its steps
+    # cluster mode (server/cluster): the shared PostgreSQL ("" : one host, SQLite in the
+    # home), this node's name among the others and the URL gateways reach it at
+    cluster_db: str = ""
+    node_name: str = ""
+    advertise_url: str = ""
+    lease_seconds: float = 10.0  # past its lease unrenewed, a node is lost
+    # where built templates are pushed and pulled from by the nodes, as an OCI reference
+    # prefix (host[:port]/path); "" keeps them on this host. ``insecure``: plain HTTP
+    template_registry: str = ""
+    template_registry_insecure: bool = False
+    # the admin key, given (a cluster's secret) instead of made in the home
+    admin_key_file: str = ""
 
     def ceilings(self) -> dict[str, Bound]:
         """The most a create may ask for of each limit this daemon bounds."""
@@ -90,7 +102,7 @@ class ServerConfig:
 
     @property
     def admin_key_path(self) -> Path:
-        return self.home / "admin.key"
+        return Path(self.admin_key_file) if self.admin_key_file else self.home / "admin.key"
 
     @property
     def preview_domain(self) -> str:

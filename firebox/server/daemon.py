@@ -15,6 +15,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -29,6 +30,7 @@ from firebox.server import telemetry
 from firebox.server.app import create_app
 from firebox.server.auth import ensure_admin_key
 from firebox.server.boot import spec_for
+from firebox.server.cluster.store import open_registry
 from firebox.server.config import ServerConfig
 from firebox.server.head_limit import BoundedHead
 from firebox.server.home import HomeLock, HomeTaken
@@ -38,6 +40,9 @@ from firebox.server.ports.gate import Links
 from firebox.server.registry import Registry
 from firebox.server.snapshots import Snapshots
 from firebox.server.templates.service import BuildSettings, TemplateService
+
+if TYPE_CHECKING:
+    from firebox.server.cluster.membership import Membership
 
 log = logging.getLogger("firebox.server")
 
@@ -55,9 +60,12 @@ class Running:
     manager: SandboxManager
     templates: TemplateService
     snapshots: Snapshots
+    membership: Membership | None = None  # in a cluster: this node's lease
 
     async def stop(self) -> None:
         try:
+            if self.membership is not None:
+                await self.membership.leave()  # no more placement here while it stops
             await self.templates.close()
             await self.manager.shutdown()
             builds = self.templates.build_backend
@@ -150,8 +158,8 @@ async def start(config: ServerConfig, home: HomeLock) -> Running:
     the pool. What it made is let go of again if it fails (the home too)."""
     registry = None
     try:
-        registry = Registry(config.db_path)
-        ensure_admin_key(registry, config.admin_key_path)
+        registry = open_registry(config)
+        ensure_admin_key(registry, config.admin_key_path, given=bool(config.admin_key_file))
         if config.build_image_on_start and images.image_path(images.DEFAULT_TEMPLATE) is None:
             log.warning("the guest image is missing; building it now (a few minutes, once)")
             await asyncio.to_thread(
@@ -187,7 +195,22 @@ async def start(config: ServerConfig, home: HomeLock) -> Running:
             log.warning("reclaimed %d template build leftovers", freed)
     snapshots = Snapshots(manager)
     await snapshots.sweep()
-    return Running(home, registry, manager, templates, snapshots)
+    running = Running(home, registry, manager, templates, snapshots)
+    if config.cluster_db:  # last: placement may choose this node from now on
+        from firebox.server.cluster.membership import Membership
+        from firebox.server.cluster.postgres import PostgresRegistry
+
+        assert isinstance(registry, PostgresRegistry)
+        running.membership = Membership(
+            manager, registry, config.advertise_url, config.lease_seconds
+        )
+        try:
+            await running.membership.join()
+        except BaseException:
+            running.membership = None
+            await running.stop()
+            raise
+    return running
 
 
 def _templates(config: ServerConfig, manager: SandboxManager) -> TemplateService:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -351,11 +352,10 @@ class SandboxManager:
         """How many running sandboxes and snapshots were made from the build ``build_id``
         (a snapshot starts sandboxes on its template's tree)."""
         live = sum(1 for s in self._live.values() if s.template_build == build_id)
-        saved = self.registry.query(
-            "SELECT COUNT(*) FROM snapshots WHERE json_extract(record, '$.template_build') = ?",
-            (build_id,),
-        )
-        return live + int(saved[0][0])
+        # the record is JSON text: read here, not by SQL (SQLite and PostgreSQL read JSON
+        # each their own way); snapshots are few
+        saved = self.registry.query("SELECT record FROM snapshots", ())
+        return live + sum(1 for (r,) in saved if json.loads(r).get("template_build") == build_id)
 
     async def forget_template(self, build_id: str) -> None:
         """A built template is going: its pool too."""

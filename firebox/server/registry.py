@@ -1,7 +1,13 @@
-"""The SQLite registry: API keys (hashed) and every sandbox's record.
+"""The registry: API keys (hashed), every sandbox's record, templates and snapshots.
 
 Live state (processes, channels) is in memory in ``manager.py``; the registry is what survives
-a daemon restart, so that the next daemon can tell which sandboxes it must reclaim.
+a daemon restart, so that the next daemon can tell which sandboxes it must reclaim. One host
+keeps it in SQLite in its home (this module); a cluster's nodes and gateways share one in
+PostgreSQL (server/cluster/postgres.py), the same class with another connection under it:
+every statement here is written in the SQL both speak, with ``?`` for parameters.
+
+A node sees the rows of every node (keys, templates and snapshots are shared) but adopts and
+reclaims only its own sandboxes: those rows carry its name (``node``; "" on one host).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ CREATE TABLE IF NOT EXISTS keys (
     name TEXT NOT NULL,
     hash TEXT NOT NULL UNIQUE,
     admin INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    revoked_at REAL
 );
 CREATE TABLE IF NOT EXISTS sandboxes (
     id TEXT PRIMARY KEY,
@@ -34,7 +41,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     ended_at REAL,
     end_reason TEXT,
     paused_at REAL,
-    record TEXT
+    record TEXT,
+    node TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sandboxes_owner_state ON sandboxes(owner, state);
 -- one row per name and tag of a built template (server/templates/catalog.py); the tags of one
@@ -59,7 +67,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     sandbox_id TEXT NOT NULL,
     hidden INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    node TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS snapshots_owner ON snapshots(owner);
 CREATE UNIQUE INDEX IF NOT EXISTS snapshots_name ON snapshots(owner, name)
@@ -74,13 +83,25 @@ class KeyRecord:
     admin: bool
 
 
+class Conflict(Exception):
+    """A row that would break a uniqueness rule (a snapshot's name taken meanwhile)."""
+
+
 class Registry:
-    def __init__(self, path: Path) -> None:
+    # how long a key once found is believed without asking again: forever on one host, where
+    # a revoke goes through this process; a cluster's other processes revoke too (postgres.py)
+    KEY_CACHE_SECONDS = float("inf")
+
+    def __init__(self, path: Path, node: str = "") -> None:
+        self.node = node
+        self._lock = threading.Lock()
+        self._known_keys: dict[str, tuple[KeyRecord, float]] = {}
+        self._open(path)
+
+    def _open(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         path.chmod(0o600)
-        self._lock = threading.Lock()
-        self._known_keys: dict[str, KeyRecord] = {}
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             # The registry is a record, not the source of truth for live sandboxes: losing the
@@ -96,6 +117,8 @@ class Registry:
             ("sandboxes", "paused_at", "REAL"),
             ("sandboxes", "record", "TEXT"),
             ("keys", "revoked_at", "REAL"),
+            ("sandboxes", "node", "TEXT NOT NULL DEFAULT ''"),
+            ("snapshots", "node", "TEXT NOT NULL DEFAULT ''"),
         ):
             have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
@@ -103,7 +126,10 @@ class Registry:
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.IntegrityError as e:
+                raise Conflict(str(e)) from None
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """One statement, for the modules that own a table of their own (templates)."""
@@ -120,17 +146,28 @@ class Registry:
     def key_by_hash(self, key_hash: str) -> KeyRecord | None:
         # Every request looks its key up: known keys are kept in memory (a revoke drops its
         # key from there), unknown ones are asked for each time.
-        record = self._known_keys.get(key_hash)
-        if record is None:
-            rows = self._exec(
-                "SELECT id, name, admin FROM keys WHERE hash = ? AND revoked_at IS NULL",
-                (key_hash,),
-            )
-            if not rows:
-                return None
-            record = KeyRecord(rows[0][0], rows[0][1], bool(rows[0][2]))
-            self._known_keys[key_hash] = record
+        known = self._known_keys.get(key_hash)
+        now = time.monotonic()
+        if known is not None and now - known[1] < self.KEY_CACHE_SECONDS:
+            return known[0]
+        rows = self._exec(
+            "SELECT id, name, admin FROM keys WHERE hash = ? AND revoked_at IS NULL", (key_hash,)
+        )
+        if not rows:
+            self._known_keys.pop(key_hash, None)
+            return None
+        record = KeyRecord(rows[0][0], rows[0][1], bool(rows[0][2]))
+        self._known_keys[key_hash] = (record, now)
         return record
+
+    def add_given_key(self, key_id: str, name: str, key_hash: str, admin: bool) -> None:
+        """Add a key that was given (a cluster's admin key, from its secret): every process
+        of the cluster adds it at start, the first one wins."""
+        self._exec(
+            "INSERT INTO keys (id, name, hash, admin, created_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (key_id, name, key_hash, int(admin), time.time()),
+        )
 
     def all_keys(self) -> list[dict[str, Any]]:
         """Every key, revoked ones too (never their secret: only a hash of it is kept)."""
@@ -149,7 +186,7 @@ class Registry:
             "RETURNING id",
             (time.time(), key_id),
         )
-        self._known_keys = {h: r for h, r in self._known_keys.items() if r.id != key_id}
+        self._known_keys = {h: r for h, r in self._known_keys.items() if r[0].id != key_id}
         return bool(rows)
 
     # sandboxes
@@ -166,8 +203,17 @@ class Registry:
     ) -> None:
         self._exec(
             "INSERT INTO sandboxes (id, owner, template, backend, metadata, started_at, end_at,"
-            " state) VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
-            (sandbox_id, owner, template, backend, json.dumps(metadata), started_at, end_at),
+            " state, node) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+            (
+                sandbox_id,
+                owner,
+                template,
+                backend,
+                json.dumps(metadata),
+                started_at,
+                end_at,
+                self.node,
+            ),
         )
 
     def set_record(self, sandbox_id: str, record: dict[str, Any]) -> None:
@@ -178,8 +224,12 @@ class Registry:
         )
 
     def live_records(self) -> list[tuple[str, str, dict[str, Any] | None]]:
-        """(id, owner, record) of every sandbox not ended: what a starting daemon adopts."""
-        rows = self._exec("SELECT id, owner, record FROM sandboxes WHERE state != 'ended'")
+        """(id, owner, record) of this node's sandboxes not ended: what a starting daemon
+        adopts."""
+        rows = self._exec(
+            "SELECT id, owner, record FROM sandboxes WHERE state != 'ended' AND node = ?",
+            (self.node,),
+        )
         return [(r[0], r[1], json.loads(r[2]) if r[2] else None) for r in rows]
 
     def set_end_at(self, sandbox_id: str, end_at: float) -> None:
@@ -208,8 +258,11 @@ class Registry:
         return str(rows[0][0]) if rows and rows[0][0] else None
 
     def running_ids(self) -> list[str]:
-        """Sandboxes not ended (running or paused)."""
-        return [r[0] for r in self._exec("SELECT id FROM sandboxes WHERE state != 'ended'")]
+        """This node's sandboxes not ended (running or paused)."""
+        rows = self._exec(
+            "SELECT id FROM sandboxes WHERE state != 'ended' AND node = ?", (self.node,)
+        )
+        return [r[0] for r in rows]
 
     def close(self) -> None:
         with self._lock:

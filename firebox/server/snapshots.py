@@ -21,7 +21,6 @@ import logging
 import re
 import secrets
 import shutil
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from firebox.server.errors import ApiError
 from firebox.server.live import LiveSandbox, spec_of
 from firebox.server.manager import Origin, SandboxManager
 from firebox.server.models import iso
+from firebox.server.registry import Conflict
 from firebox.server.templates.catalog import Resolved
 from firebox.settings import SandboxSettings
 
@@ -131,12 +131,12 @@ class Snapshots:
         )
         try:
             self.registry.query(
-                "INSERT INTO snapshots (id, owner, name, sandbox_id, hidden, created_at, record) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO snapshots (id, owner, name, sandbox_id, hidden, created_at, record,"
+                " node) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (snap.id, owner, name, live.id, int(hidden), snap.created_at,
-                 json.dumps(snap.record)),
+                 json.dumps(snap.record), self.registry.node),
             )  # fmt: skip
-        except sqlite3.IntegrityError:  # the same name, taken meanwhile
+        except Conflict:  # the same name, taken meanwhile
             await backend.forget_snapshot(into)
             raise ApiError(
                 "conflict", f"a snapshot named {name!r} exists; delete it first"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from typing import Protocol
 
 from starlette.types import Receive, Scope, Send
 from wsproto import ConnectionType, WSConnection
@@ -27,7 +28,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from firebox.agent_client import AgentError, AgentGone, NetConnection
+from firebox.agent_client import AgentError, AgentGone
 from firebox.server import telemetry
 from firebox.server.ports import answers
 
@@ -36,11 +37,20 @@ MAX_MESSAGE = 16 << 20  # bytes of one message from the sandbox, assembled from 
 GOING_AWAY = 1001
 
 
+class ByteStream(Protocol):
+    """What the relay speaks WebSocket over: an agent's connection to a port in a sandbox,
+    or (the gateway's) a TCP connection to the node holding the sandbox."""
+
+    async def read(self) -> bytes: ...
+    async def write(self, data: bytes, timeout: float) -> None: ...
+    def close(self) -> None: ...
+
+
 async def relay(
     scope: Scope,
     receive: Receive,
     send: Send,
-    conn: NetConnection,
+    conn: ByteStream,
     target: bytes,
     headers: Iterable[tuple[bytes, bytes]],
 ) -> None:
@@ -79,7 +89,14 @@ async def relay(
         await send(reply)
         accepted_once = True
         await _both_ways(ws, receive, send, conn)
-    except (AgentGone, AgentError, TimeoutError, RemoteProtocolError, LocalProtocolError) as e:
+    except (
+        AgentGone,
+        AgentError,
+        OSError,
+        TimeoutError,
+        RemoteProtocolError,
+        LocalProtocolError,
+    ) as e:
         with contextlib.suppress(Exception):
             if not accepted_once:
                 broke = f"the sandbox's server broke the WebSocket handshake: {e}"
@@ -90,7 +107,7 @@ async def relay(
         conn.close()
 
 
-async def _handshake(ws: WSConnection, conn: NetConnection) -> AcceptConnection | None:
+async def _handshake(ws: WSConnection, conn: ByteStream) -> AcceptConnection | None:
     while True:
         data = await conn.read()
         ws.receive_data(data or None)
@@ -103,7 +120,7 @@ async def _handshake(ws: WSConnection, conn: NetConnection) -> AcceptConnection 
             return None
 
 
-async def _both_ways(ws: WSConnection, receive: Receive, send: Send, conn: NetConnection) -> None:
+async def _both_ways(ws: WSConnection, receive: Receive, send: Send, conn: ByteStream) -> None:
     """Until either side is done: the client left (its close is passed on), or the sandbox's
     server closed (its close is passed on) or went away."""
     tasks = [
@@ -122,7 +139,7 @@ async def _both_ways(ws: WSConnection, receive: Receive, send: Send, conn: NetCo
                 await task
 
 
-async def _client_to_sandbox(ws: WSConnection, receive: Receive, conn: NetConnection) -> None:
+async def _client_to_sandbox(ws: WSConnection, receive: Receive, conn: ByteStream) -> None:
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
@@ -140,7 +157,7 @@ async def _client_to_sandbox(ws: WSConnection, receive: Receive, conn: NetConnec
         await conn.write(out, WRITE_DEADLINE)
 
 
-async def _sandbox_to_client(ws: WSConnection, send: Send, conn: NetConnection) -> None:
+async def _sandbox_to_client(ws: WSConnection, send: Send, conn: ByteStream) -> None:
     parts: list[bytes | bytearray | str] = []
     size = 0
     while True:

@@ -1,0 +1,1 @@
+"""Cluster mode: the shared registry in PostgreSQL, node membership, and placement."""

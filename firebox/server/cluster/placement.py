@@ -1,0 +1,37 @@
+"""Where a create goes: a node chosen by score among a few sampled at random.
+
+Sampling a few (the "power of d choices") spreads creates from several gateways without each
+chasing the same best node; scoring picks the better of those by what each node said at its
+last renewal: free places, free memory, CPU load, and whether the template is warm there.
+The score only orders the candidates: the place itself is taken in a transaction
+(``Nodes.reserve``), so a node that a stale score calls free but is full is skipped, never
+overfilled.
+"""
+
+from __future__ import annotations
+
+import random
+
+from firebox.server.cluster.nodes import Node
+
+SAMPLE = 3
+MEMORY_SCALE_MB = 8192  # free memory past this counts no more
+
+
+def score(node: Node, template: str) -> float:
+    c = node.capacity
+    places = max(0, node.slots - int(c.get("running", 0))) / max(1, node.slots)
+    memory = min(1.0, float(c.get("memory_free_mb", 0)) / MEMORY_SCALE_MB)
+    load = float(c.get("load", 0.0)) / max(1, int(c.get("cpus", 1)))
+    warm = 0.5 if template in c.get("warm", ()) else 0.0
+    return places + memory - min(load, 2.0) / 2 + warm
+
+
+def candidates(nodes: list[Node], template: str, rng: random.Random | None = None) -> list[Node]:
+    """Active nodes in the order to try: the sampled ones by score, then the others (tried
+    only when every sampled one is full)."""
+    active = [n for n in nodes if n.state == "active" and n.lease_left > 0]
+    sampled = (rng or random).sample(active, min(SAMPLE, len(active)))
+    rest = [n for n in active if n not in sampled]
+    by_score = sorted(sampled, key=lambda n: score(n, template), reverse=True)
+    return by_score + sorted(rest, key=lambda n: score(n, template), reverse=True)

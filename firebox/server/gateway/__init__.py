@@ -1,0 +1,1 @@
+"""The gateway: a cluster's public API in front of its nodes (``firebox gateway``)."""
