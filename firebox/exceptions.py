@@ -128,6 +128,11 @@ class SandboxNotFoundException(NotFoundException):
     opposed to a missing path or process inside a running one."""
 
 
+class SandboxLostException(SandboxNotFoundException):
+    """In a cluster: the sandbox's node stopped answering (it died, or is cut off). The
+    sandbox answers again if its node comes back with it running; otherwise create another."""
+
+
 class PermissionDeniedException(SandboxException):
     """Not allowed: the key may not do this (e.g. create keys without admin), or the sandbox
     user may not touch this path (use ``user="root"`` if that is intended)."""

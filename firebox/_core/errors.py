@@ -21,6 +21,7 @@ from firebox.exceptions import (
     PermissionDeniedException,
     RateLimitException,
     SandboxException,
+    SandboxLostException,
     SandboxNotFoundException,
     TimeoutException,
     TooLargeException,
@@ -33,6 +34,7 @@ ERROR_CODES: dict[str, type[FireboxException]] = {
     "forbidden": PermissionDeniedException,
     "not_found": NotFoundException,
     "sandbox_not_found": SandboxNotFoundException,
+    "sandbox_lost": SandboxLostException,  # a cluster's gateway: the node holding it is lost
     "conflict": ConflictException,
     "too_large": TooLargeException,
     "rate_limited": RateLimitException,
@@ -50,6 +52,7 @@ STATUS_CODES: dict[int, str] = {
     403: "forbidden",
     404: "not_found",
     409: "conflict",
+    410: "sandbox_lost",
     413: "too_large",
     429: "rate_limited",
     500: "internal",

@@ -18,6 +18,7 @@ STATUS = {
     "not_found": 404,
     "sandbox_not_found": 404,
     "conflict": 409,
+    "sandbox_lost": 410,  # only a cluster's gateway says it (server/gateway/app.py)
     "too_large": 413,
     "rate_limited": 429,
     "internal": 500,

@@ -124,6 +124,18 @@ class Nodes:
         )
         return int(rows[0][0])
 
+    def running_counts(self) -> dict[str, int]:
+        """Running sandboxes per node, and places taken on it: what placement scores by."""
+        rows = self.registry.query(
+            "SELECT node, COUNT(*) FROM sandboxes WHERE state = 'running' GROUP BY node"
+            f" UNION ALL SELECT node, COUNT(*) FROM placements WHERE expires_at > {NOW}"
+            " GROUP BY node"
+        )
+        counts: dict[str, int] = {}
+        for node, n in rows:
+            counts[node] = counts.get(node, 0) + int(n)
+        return counts
+
     def forget(self, name: str) -> int:
         """Remove a node for good (its host is gone): its sandboxes end as lost; how many."""
         with self.registry.transaction() as exec_:

@@ -11,6 +11,7 @@ overfilled.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 from firebox.server.cluster.nodes import Node
 
@@ -18,20 +19,31 @@ SAMPLE = 3
 MEMORY_SCALE_MB = 8192  # free memory past this counts no more
 
 
-def score(node: Node, template: str) -> float:
+def score(node: Node, template: str, running: int | None = None) -> float:
+    """Higher is better. ``running``: the node's sandboxes now, if known (its renewal's
+    count is up to a third of a lease old: creates in between would all see the same)."""
     c = node.capacity
-    places = max(0, node.slots - int(c.get("running", 0))) / max(1, node.slots)
+    held = int(c.get("running", 0)) if running is None else running
+    places = max(0, node.slots - held) / max(1, node.slots)
     memory = min(1.0, float(c.get("memory_free_mb", 0)) / MEMORY_SCALE_MB)
     load = float(c.get("load", 0.0)) / max(1, int(c.get("cpus", 1)))
     warm = 0.5 if template in c.get("warm", ()) else 0.0
     return places + memory - min(load, 2.0) / 2 + warm
 
 
-def candidates(nodes: list[Node], template: str, rng: random.Random | None = None) -> list[Node]:
+def candidates(
+    nodes: list[Node],
+    template: str,
+    running: Mapping[str, int] | None = None,
+    rng: random.Random | None = None,
+) -> list[Node]:
     """Active nodes in the order to try: the sampled ones by score, then the others (tried
-    only when every sampled one is full)."""
+    only when every sampled one is full). ``running``: sandboxes per node, counted now."""
     active = [n for n in nodes if n.state == "active" and n.lease_left > 0]
     sampled = (rng or random).sample(active, min(SAMPLE, len(active)))
     rest = [n for n in active if n not in sampled]
-    by_score = sorted(sampled, key=lambda n: score(n, template), reverse=True)
-    return by_score + sorted(rest, key=lambda n: score(n, template), reverse=True)
+
+    def key(n: Node) -> float:
+        return score(n, template, None if running is None else running.get(n.name, 0))
+
+    return sorted(sampled, key=key, reverse=True) + sorted(rest, key=key, reverse=True)

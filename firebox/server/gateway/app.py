@@ -141,7 +141,8 @@ class Gateway:
                 return
         nodes = self.directory.nodes_table
         refused: _Kept | None = None
-        for node in candidates(list(self.directory.nodes.values()), template):
+        running = await asyncio.to_thread(nodes.running_counts)
+        for node in candidates(list(self.directory.nodes.values()), template, running):
             place = await asyncio.to_thread(nodes.reserve, node.name, PLACE_SECONDS)
             if place is None:
                 continue  # full, or no longer active: the next
