@@ -1,6 +1,6 @@
 """Where a create goes: a node chosen by score among a few sampled at random.
 
-Sampling a few (the "power of d choices") spreads creates from several gateways without each
+Sampling two (the "power of two choices") spreads creates from several gateways without each
 chasing the same best node; scoring picks the better of those by what each node said at its
 last renewal: free places, free memory, CPU load, and whether the template is warm there.
 The score only orders the candidates: the place itself is taken in a transaction
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from firebox.server.cluster.nodes import Node
 
-SAMPLE = 3
+SAMPLE = 2  # two random choices: the classic spread without a herd
 MEMORY_SCALE_MB = 8192  # free memory past this counts no more
 
 
@@ -26,9 +26,11 @@ def score(node: Node, template: str, running: int | None = None) -> float:
     held = int(c.get("running", 0)) if running is None else running
     places = max(0, node.slots - held) / max(1, node.slots)
     memory = min(1.0, float(c.get("memory_free_mb", 0)) / MEMORY_SCALE_MB)
-    load = float(c.get("load", 0.0)) / max(1, int(c.get("cpus", 1)))
+    # only a host busier than its cores counts against it: below that, load is noise (each
+    # node reads it at its own moment) that would outweigh a difference of a few sandboxes
+    busy = max(0.0, float(c.get("load", 0.0)) / max(1, int(c.get("cpus", 1))) - 1.0)
     warm = 0.5 if template in c.get("warm", ()) else 0.0
-    return places + memory - min(load, 2.0) / 2 + warm
+    return places + memory - min(busy, 1.0) + warm
 
 
 def candidates(
