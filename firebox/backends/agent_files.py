@@ -13,6 +13,7 @@ import hashlib
 import os
 import py_compile
 import shutil
+import tempfile
 from pathlib import Path
 
 GUEST_LIB = "/opt/firebox/lib"
@@ -70,8 +71,10 @@ def stage(
     target = root / name / digest.hexdigest()[:16]
     if (target / ".complete").exists():
         return target
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # a directory of this call's own: two threads of one daemon may stage at once (a fresh
+    # node's first creates), and must not write into (or remove) each other's
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
     for src, rel in sources:
         dest = tmp / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
