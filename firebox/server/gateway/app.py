@@ -17,12 +17,12 @@ import json
 import logging
 from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from firebox.server.auth import hash_key, key_of
 from firebox.server.cluster.nodes import Node
 from firebox.server.cluster.placement import candidates
-from firebox.server.gateway import forward
+from firebox.server.gateway import forward, gathered
 from firebox.server.gateway.directory import Directory
 from firebox.server.gateway.routing import Route, route
 from firebox.server.ports import ws_relay
@@ -53,7 +53,7 @@ class Gateway:
                 await self._sandbox(scope, receive, send, r)
             elif r.kind == "create":
                 await self._create(scope, receive, send, r)
-            elif r.kind in ("list", "warm"):
+            elif r.kind in ("list", "warm", "overview", "events"):
                 await self._everywhere(scope, receive, send, r)
             elif r.kind == "snapshot":
                 await self._snapshot(scope, receive, send, r)
@@ -140,17 +140,16 @@ class Gateway:
                 await self._to(self.directory.nodes.get(name), scope, receive, send, r, body)
                 return
         nodes = self.directory.nodes_table
-        refused: _Kept | None = None
+        refused: gathered.Kept | None = None
         running = await asyncio.to_thread(nodes.running_counts)
         for node in candidates(list(self.directory.nodes.values()), template, running):
             place = await asyncio.to_thread(nodes.reserve, node.name, PLACE_SECONDS)
             if place is None:
                 continue  # full, or no longer active: the next
-            kept = _Kept()
+            kept = gathered.Kept()
+            pool_ = self.directory.pool(node)
             try:
-                status = await forward.forward(
-                    scope, _unheard, kept.send, self.directory.pool(node), body
-                )
+                status = await forward.forward(scope, gathered.unheard, kept.send, pool_, body)
             except forward.NodeUnreachable as e:
                 log.warning("create: node %s did not answer (%s); trying another", node.name, e)
                 continue
@@ -169,38 +168,21 @@ class Gateway:
     # every node
 
     async def _everywhere(self, scope: Scope, receive: Receive, send: Send, r: Route) -> None:
-        """A list of sandboxes (their answers joined), or a warm (every node's answer)."""
+        """A list of sandboxes (every node's joined), a template warmed on every node, the
+        dashboard's overview and live list."""
         body = await forward.read_body(receive, MAX_CREATE_BODY)
-        nodes = [n for n in self.directory.live() if r.kind == "list" or n.state == "active"]
+        nodes = [n for n in self.directory.live() if r.kind != "warm" or n.state == "active"]
         if not nodes:
             await _error(send, r, "unavailable", _no_node(self.directory), 503)
-            return
-        kept = [_Kept() for _ in nodes]
-        results = await asyncio.gather(
-            *(
-                forward.forward(scope, _unheard, k.send, self.directory.pool(n), body)
-                for n, k in zip(nodes, kept, strict=True)
-            ),
-            return_exceptions=True,
-        )
-        answered = [
-            (n, k) for n, k, s in zip(nodes, kept, results, strict=True) if isinstance(s, int)
-        ]
-        failing = [k for _, k in answered if k.status >= 400]
-        if failing or not answered:
-            if failing:
-                await failing[0].replay(send)  # a bad key or query: every node says the same
-            else:
-                await _error(send, r, "unavailable", "no node answered; try again", 502)
-            return
-        if r.kind == "list":
-            joined: list[Any] = []
-            for _, k in answered:
-                joined.extend(json.loads(k.body or b"[]"))
-            out = json.dumps(joined).encode()
+        elif r.kind == "events":
+            await gathered.events(self.directory, nodes, scope, receive, send)
         else:
-            out = json.dumps({n.name: json.loads(k.body or b"null") for n, k in answered}).encode()
-        await forward.answer(send, 200, out, JSON)
+            join = {
+                "list": gathered.join_lists,
+                "warm": gathered.join_by_node,
+                "overview": gathered.join_overviews,
+            }[r.kind]
+            await gathered.gather(self.directory, nodes, scope, send, body, join)
 
     # the gateway's own
 
@@ -255,41 +237,6 @@ class _Socket:
 
     def close(self) -> None:
         self.up.close()
-
-
-class _Kept:
-    """An answer kept whole instead of sent (a create's, to try another node if refused; a
-    list's, to join it with the others)."""
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.parts: list[bytes] = []
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.headers = list(message.get("headers", []))
-        elif message["type"] == "http.response.body":
-            self.parts.append(message.get("body", b""))
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.parts)
-
-    async def replay(self, send: Send) -> None:
-        body = self.body
-        headers = [(k, v) for k, v in self.headers if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-async def _unheard() -> Message:
-    """The client's side, for an answer the gateway keeps whole before sending it: the body
-    was read already, and the client's leaving matters only once the answer is sent."""
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")
 
 
 def _text_headers(scope: Scope) -> dict[str, str]:

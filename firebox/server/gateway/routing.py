@@ -7,6 +7,7 @@
 - a list of sandboxes: every node, the answers joined;
 - ``DELETE /snapshots/{ref}``: the snapshot's node (its files are there);
 - ``POST /templates/{name}/warm``: every node;
+- the dashboard's overview and live list: every node, the answers joined;
 - ``/mcp``: one node per API key (an MCP session lives in one node's memory);
 - ``/health``: the gateway's own;
 - anything else (keys, templates, snapshots' list, the dashboard, the OpenAPI document):
@@ -25,12 +26,13 @@ _SANDBOX = re.compile(rf"^(?:/e2b(?:/v2)?)?/sandboxes/({_ID})(?:/.*)?$")
 _CREATE = {"/sandboxes": "firebox", "/e2b/sandboxes": "e2b"}
 _LISTS = {"/sandboxes", "/e2b/sandboxes", "/e2b/v2/sandboxes"}
 _SNAPSHOT = re.compile(r"^(?:/e2b)?/snapshots/([^/]+)$")
+_DASHBOARD = {"/dashboard/api/overview": "overview", "/dashboard/api/events": "events"}
 _WARM = re.compile(r"^/templates/[^/]+/warm$")
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    kind: str  # sandbox | create | list | snapshot | warm | mcp | health | any
+    kind: str  # sandbox | create | list | snapshot | warm | overview | events | mcp | health | any
     edge: str = "firebox"  # firebox | e2b | port: whose error shape an answer of ours takes
     sandbox_id: str = ""
     ref: str = ""  # a snapshot's id or name
@@ -57,6 +59,8 @@ def route(method: str, path: str, headers: dict[bytes, bytes], domain: str) -> R
         return Route("snapshot", edge, ref=m[1])
     if method == "POST" and _WARM.match(path):
         return Route("warm")
+    if method == "GET" and path in _DASHBOARD:
+        return Route(_DASHBOARD[path])
     if path == "/mcp" or path.startswith("/mcp/"):
         return Route("mcp")
     if path == "/health":
