@@ -81,7 +81,7 @@ class PostgresRegistry(Registry):
     def _rows(db: psycopg.Connection[Any], sql: str, args: tuple[Any, ...]) -> list[Any]:
         try:
             cursor = db.execute(_dialect(sql), args)
-        except pg_errors.UniqueViolation as e:
+        except pg_errors.IntegrityError as e:  # unique and foreign keys, as SQLite raises
             raise Conflict(str(e)) from None
         return cursor.fetchall() if cursor.description else []
 
