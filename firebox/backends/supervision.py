@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -20,8 +21,11 @@ from pathlib import Path
 
 from firebox.backends.agent_files import stage_host
 from firebox.backends.base import BackendError
+from firebox.confine import cgroups
 from firebox.images.cache import image_root
 from firebox.protocol import STREAM_LIMIT
+
+log = logging.getLogger("firebox.supervision")
 
 HANDOVER_DEADLINE = 10.0  # for a supervisor to start (a loaded host) and take a sandbox
 CONNECT_DEADLINE = 5.0
@@ -88,8 +92,10 @@ class _Ready:
 
 
 class Supervisors:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, cgroup_parent: str | None = None) -> None:
         self.run_dir = run_dir
+        self.cgroup_parent = cgroup_parent  # where they are held (cgroups.hold_supervisor)
+        self._unheld = ""  # why they could not be, said once
         self._ready: _Ready | None = None
         self._starting: asyncio.Task[_Ready] | None = None
         self._lib: Path | None = None
@@ -163,6 +169,13 @@ class Supervisors:
         finally:
             theirs.close()
         ours.setblocking(False)
+        if self.cgroup_parent is not None:
+            try:
+                await asyncio.to_thread(cgroups.hold_supervisor, proc.pid, self.cgroup_parent)
+            except (OSError, ValueError) as e:  # it runs on, in the daemon's cgroup
+                if not self._unheld:
+                    self._unheld = str(e)
+                    log.warning("supervisors stay in the daemon's cgroup: %s", e)
         return _Ready(proc, ours)
 
     async def _hand_over(

@@ -16,6 +16,7 @@ import pytest
 
 from firebox import FireboxException, Sandbox, SandboxNotFoundException
 from firebox.backends.owner import Owner
+from firebox.confine import cgroups
 from firebox.testing import LocalDaemon
 from tests.conftest import Daemon
 
@@ -179,3 +180,30 @@ def test_a_daemon_killed_right_after_a_pause_loses_nothing(first: LocalDaemon) -
     with _again(first) as second:
         again = Sandbox.connect(sbx.sandbox_id, api_key=second.key, api_url=second.url)
         assert again.run_code("kept").text == "through a cut-short pause"
+
+
+def test_the_daemons_own_cgroup_killed_leaves_its_sandboxes_to_the_next(
+    first: LocalDaemon,
+) -> None:
+    """As a container runtime stopping a node's pod: every process in the daemon's cgroup is
+    killed. The sandboxes' supervisors were moved out of it (to ``.supervisors`` under the
+    sandboxes' parent), so the sandboxes run on and the next daemon adopts them."""
+    assert first.proc is not None
+    pod = f"fbx-pod-{os.getpid()}"  # the "container's" cgroup, made for this test
+    cgroups.hold_supervisor(first.proc.pid, pod)  # any unlimited group will do
+    try:
+        sbx = Sandbox.create(timeout=1800, api_key=first.key, api_url=first.url)
+        sbx.files.write("/tmp/x", "kept")
+        members = _procs(pod, cgroups.SUPERVISORS)
+        assert members == {first.proc.pid}, "only the daemon is in its own cgroup"
+        for pid in members:
+            os.kill(pid, signal.SIGKILL)
+        first.proc.wait(30)
+        with _again(first) as second:
+            again = Sandbox.connect(sbx.sandbox_id, api_key=second.key, api_url=second.url)
+            assert again.files.read("/tmp/x") == "kept"
+    finally:
+        held = _cgroup_dirs(pod, cgroups.SUPERVISORS)
+        for d in [*held, *{d.parent for d in held}]:  # emptied: the daemon in it is dead
+            with contextlib.suppress(OSError):
+                d.rmdir()

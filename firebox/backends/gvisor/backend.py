@@ -174,7 +174,7 @@ class GVisorBackend(Backend):
         self._slots = UidSlots(uid_base)
         self._agent_lib: Path | None = None
         self._availability: Availability | None = None
-        self._supervisors = Supervisors(owner.run_dir)
+        self._supervisors = Supervisors(owner.run_dir, owner.cgroup_parent)
         self._prepare_lock = asyncio.Lock()
         self._broken: set[Path] = set()  # checkpoints that failed to restore: started cold
 

@@ -129,7 +129,7 @@ class JailBackend(Backend):
         self._zygotes: dict[Path, Zygote] = {}
         self._zygote_lock = asyncio.Lock()
         self._use_zygote = os.environ.get("FIREBOX_JAIL_ZYGOTE", "1") != "0"
-        self._supervisors = Supervisors(owner.run_dir)
+        self._supervisors = Supervisors(owner.run_dir, owner.cgroup_parent)
 
     # -- probing -------------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ class MicroVMBackend(Backend):
         self._prepare_lock = asyncio.Lock()
         self._qemu: str | None = None
         self._pieces: vmboot.BootPieces | None = None
-        self._supervisors = Supervisors(owner.run_dir)
+        self._supervisors = Supervisors(owner.run_dir, owner.cgroup_parent)
         self._launch = Launch(self._spawn, self._supervisors, owner.cgroup_parent)
         # running sandboxes' snapshots loaded to start sandboxes from (saved.py), by directory
         self._saved: dict[Path, tuple[RestorePoint, qemu.VmConfig]] = {}

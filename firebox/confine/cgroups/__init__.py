@@ -56,6 +56,7 @@ __all__ = [
     "create",
     "detect",
     "remove_parent",
+    "hold_supervisor",
     "set_weight",
     "weight_files",
 ]
@@ -126,6 +127,21 @@ def attach(
     return cg
 
 
+# where a daemon's supervisors are held: inside its parent, named so that no sandbox's name
+# can be it (cleanup_stale() passes it by as "not ours")
+SUPERVISORS = ".supervisors"
+
+
+def hold_supervisor(pid: int, parent: str | None = None, host: CgroupHost | None = None) -> None:
+    """Move a sandbox's supervisor into ``<parent>/.supervisors`` (no limits): out of the
+    daemon's own cgroup, so that whatever ends that cgroup's processes with the daemon (a
+    container runtime stopping the node's pod, a systemd unit stopping) leaves the
+    supervisors, and with them the sandboxes, for the next daemon to adopt."""
+    parent = fs.parent_name(parent)
+    host = _usable(host)
+    _module(host).open_set(SUPERVISORS, parent, host).add(pid)
+
+
 def cleanup_stale(
     parent: str | None = None, host: CgroupHost | None = None, keep: Collection[str] = ()
 ) -> int:
@@ -168,6 +184,8 @@ def remove_parent(parent: str | None = None, host: CgroupHost | None = None) -> 
         return
     for c in CONTROLLERS + ACCOUNTING:
         if c in host.mounts:
+            with contextlib.suppress(OSError):  # empty once its supervisors have ended
+                fs.rmdir(host.mounts[c] / parent / SUPERVISORS)
             # innermost first, for a nested parent like "a/b"
             parts = parent.split("/")
             for depth in range(len(parts), 0, -1):

@@ -79,6 +79,13 @@ def at(name: str, parent: str, host: CgroupHost) -> V1Set:
     return V1Set(name, {c: host.mounts[c] / parent / name for c in _joined(host)})
 
 
+def open_set(name: str, parent: str, host: CgroupHost) -> V1Set:
+    """``<parent>/<name>`` without limits, made if missing (shared: never a sandbox's)."""
+    for mount in dict.fromkeys(host.mounts[c] for c in _joined(host)):
+        fs.make(fs.ensure_parents(mount, parent) / name, exist_ok=True)
+    return at(name, parent, host)
+
+
 def create(name: str, limits: Limits, parent: str, host: CgroupHost, made: list[Path]) -> V1Set:
     cg = at(name, parent, host)
     for mount in dict.fromkeys(host.mounts[c] for c in _joined(host)):  # co-mounted: once

@@ -75,6 +75,12 @@ def _enable_controllers(directory: Path) -> None:
         raise CgroupError(e.errno, f"cannot enable {' '.join(CONTROLLERS)}: {e}{hint}") from e
 
 
+def open_set(name: str, parent: str, host: CgroupHost) -> V2Set:
+    """``<parent>/<name>`` without limits, made if missing (shared: never a sandbox's)."""
+    fs.make(fs.ensure_parents(host.mounts["memory"], parent, _enable_controllers) / name, True)
+    return at(name, parent, host)
+
+
 def create(name: str, limits: Limits, parent: str, host: CgroupHost, made: list[Path]) -> V2Set:
     # A cgroup can only use controllers its parent lists in cgroup.subtree_control, so they are
     # switched on at every level from the root down to the parent.
