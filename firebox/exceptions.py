@@ -13,7 +13,8 @@ most errors about a sandbox are a ``SandboxException``, as they are in E2B::
         ├── TimeoutException           an operation or a command ran out of time (504)
         ├── NotFoundException          no such sandbox (for this key), process or path (404)
         │   └── SandboxNotFoundException   the sandbox itself is gone (ended, timed out, or
-        │                                  another key's)
+        │       │                          another key's)
+        │       └── SandboxLostException   its cluster node stopped answering (410)
         ├── PermissionDeniedException  the key, or the sandbox user, may not do this (403)
         ├── InvalidArgumentException   a malformed request or a value out of range (400)
         │   └── TooLargeException      a request body exceeds a limit (413)
@@ -46,6 +47,7 @@ __all__ = [
     "MemoryLimitExceeded",
     "NotEnoughSpaceException",
     "NotFoundException",
+    "SandboxLostException",
     "SandboxNotFoundException",
     "PermissionDeniedException",
     "RateLimitException",

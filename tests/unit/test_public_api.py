@@ -44,6 +44,7 @@ PUBLIC = [
     "Sandbox",
     "SandboxException",
     "SandboxInfo",
+    "SandboxLostException",
     "SandboxMetrics",
     "SandboxNotFoundException",
     "SandboxQuery",

@@ -30,6 +30,7 @@ from firebox import (
     PermissionDeniedException,
     RateLimitException,
     SandboxException,
+    SandboxLostException,
     SandboxNotFoundException,
     TimeoutException,
     TooLargeException,
@@ -121,6 +122,7 @@ API_ERRORS = [
     (404, "not_found", NotFoundException),
     (404, "sandbox_not_found", SandboxNotFoundException),
     (409, "conflict", ConflictException),
+    (410, "sandbox_lost", SandboxLostException),
     (413, "too_large", TooLargeException),
     (429, "rate_limited", RateLimitException),
     (500, "internal", SandboxException),  # sent by the daemon, not (yet) in docs/API.md
