@@ -49,7 +49,7 @@ def _quiet(message: str) -> None:
     pass
 
 
-def _tool(name: str) -> str:
+def tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:
         raise ImageBuildError(
@@ -66,6 +66,35 @@ def _private_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def skopeo_command(arch: str, workdir: Path, timeout: float) -> list[str]:
+    """skopeo with its options for a copy of this host's platform (``copy`` and what it
+    copies follow): its temporary files in ``workdir``, and the policy file it needs written
+    there where the host has none. Shared with server/templates/distribute.py."""
+    skopeo = [tool("skopeo"), "--override-os=linux", f"--override-arch={arch}"]
+    skopeo += [f"--command-timeout={timeout:.0f}s", f"--tmpdir={workdir}"]
+    if not Path("/etc/containers/policy.json").exists():
+        (workdir / "policy.json").write_text(json.dumps(_ACCEPT_ANY))
+        skopeo.append(f"--policy={workdir / 'policy.json'}")
+    return skopeo
+
+
+def unpack(layout: Path, target: Path, log: Path, what: str) -> None:
+    """The layers of the image ``LAYOUT_TAG`` of ``layout`` applied into ``target``, owners
+    and modes as they record them (run as root); its output appended to ``log``."""
+    cmd = [tool("umoci"), "raw", "unpack", "--image", f"{layout}:{LAYOUT_TAG}", str(target)]
+    result = run_logged(cmd, log, lambda line: None, UNPACK_TIMEOUT, append=True)
+    if result.returncode != 0:
+        raise ImageBuildError(
+            f"unpacking {what} failed"
+            + (" (killed at its deadline)" if result.returncode is None else "")
+            + ":\n  "
+            + "\n  ".join(result.tail)
+            + f"\nFull log: {log}; the image may be damaged: try pulling it again",
+            log_path=log,
+            tail=result.tail,
+        )
 
 
 def _access(
@@ -91,7 +120,7 @@ def _access(
 
 def _inspect(ref: OciRef, access: list[str], arch: str) -> dict[str, Any]:
     target = ref.pinned(ref.digest) if ref.digest else f"docker://{ref}"
-    cmd = [_tool("skopeo"), "--override-os=linux", f"--override-arch={arch}"]
+    cmd = [tool("skopeo"), "--override-os=linux", f"--override-arch={arch}"]
     cmd += ["inspect", "--no-tags", *access, target]
     try:
         out = subprocess.run(
@@ -118,7 +147,7 @@ def _inspect(ref: OciRef, access: list[str], arch: str) -> dict[str, Any]:
     return info
 
 
-def _defuse(tree: Path) -> list[str]:
+def defuse(tree: Path) -> list[str]:
     """Take from an image tree what would be a door on the host, where the tree lies readable
     under the image directory: device nodes (to the host's devices wherever the tree is seen
     without nodev), and set-id bits and file capabilities (any local user could run such a
@@ -154,11 +183,7 @@ def _pull(
 ) -> None:
     """The builder of an entry: copy the image into an OCI layout, unpack, adapt."""
     work = target.parent / "layout"  # removed before the entry is complete
-    skopeo = [_tool("skopeo"), "--override-os=linux", f"--override-arch={arch}"]
-    skopeo += [f"--command-timeout={PULL_TIMEOUT:.0f}s", f"--tmpdir={target.parent}"]
-    if not Path("/etc/containers/policy.json").exists():
-        (target.parent / "policy.json").write_text(json.dumps(_ACCEPT_ANY))
-        skopeo.append(f"--policy={target.parent / 'policy.json'}")
+    skopeo = skopeo_command(arch, target.parent, PULL_TIMEOUT)
     copy = [*skopeo, "copy", "--retry-times=2", *(f"--src-{opt[2:]}" for opt in access)]
     copy += [ref.pinned(digest), f"oci:{work}:{LAYOUT_TAG}"]
     report(f"pulling {ref.registry}/{ref.repository}@{digest}")
@@ -179,22 +204,11 @@ def _pull(
     manifest, config = read_layout(work)
     check_platform(ref, config, arch)
     report("unpacking the image's layers")
-    unpack = [_tool("umoci"), "raw", "unpack", "--image", f"{work}:{LAYOUT_TAG}", str(target)]
-    result = run_logged(unpack, log, lambda line: None, UNPACK_TIMEOUT, append=True)
-    if result.returncode != 0:
-        raise ImageBuildError(
-            f"unpacking {ref} failed"
-            + (" (killed at its deadline)" if result.returncode is None else "")
-            + ":\n  "
-            + "\n  ".join(result.tail)
-            + f"\nFull log: {log}; the image may be damaged: try pulling it again",
-            log_path=log,
-            tail=result.tail,
-        )
+    unpack(work, target, log, str(ref))
     remove_tree(work)
     source = {"ref": str(ref), "digest": digest, "manifest": manifest, "config": config}
     (target.parent / "oci.json").write_text(json.dumps(source, indent=2) + "\n")
-    taken = _defuse(target)
+    taken = defuse(target)
     with open(log, "a") as fh:
         fh.writelines(f"removed {what}\n" for what in taken)
     report("adapting the tree for firebox")
@@ -225,8 +239,8 @@ def oci_base(
     if parsed.digest and (ready := ready_rootfs(oci_key(parsed.digest, arch), root)):
         report(f"{parsed} is cached")
         return ready
-    for tool in ("skopeo", "umoci"):
-        _tool(tool)  # both there, before anything is fetched
+    for name in ("skopeo", "umoci"):
+        tool(name)  # both there, before anything is fetched
     with _private_dir() as private:
         access = _access(parsed, private, username, password, insecure_loopback)
         report(f"resolving {parsed}")

@@ -10,6 +10,7 @@ daemon then stops as soon as it has started, freeing what it made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
@@ -177,7 +178,9 @@ async def start(config: ServerConfig, home: HomeLock) -> Running:
         raise
     # what templates are built on is kept: a build on one of them starts from its base
     for record in manager.catalog.all_records():
-        image_bases.hold_base(Path(record.base_tree))
+        # in a cluster, a template another node built may have no base here
+        with contextlib.suppress(OSError):
+            image_bases.hold_base(Path(record.base_tree))
     try:  # best effort: a cache that cannot be pruned now is pruned by a later start
         removed = await asyncio.to_thread(images.prune_images)
         if removed:

@@ -72,7 +72,11 @@ class SandboxManager:
         self.config = config
         self.registry = registry
         self.backend = backend
-        self.catalog = Catalog(registry)  # what a template name means (server/templates)
+        # what a template name means (server/templates); a template another node built is
+        # pulled from the template registry (server/templates/distribute.py)
+        self.catalog = Catalog(
+            registry, config.template_registry, config.template_registry_insecure
+        )
         self._live: dict[str, LiveSandbox] = {}
         # a sandbox with these comes from the pool
         self.default_limits = resolve(None, config.limits, config.ceilings())
@@ -231,7 +235,7 @@ class SandboxManager:
         if origin is not None:
             template, limits = origin.template, origin.limits
         else:
-            template = self.catalog.resolve(owner, settings.template)
+            template = await self.catalog.ready(owner, settings.template)
         spec = spec_for(template.name, limits, template.rootfs, template.start)
         if origin is not None:
             spec = dataclasses.replace(spec, snapshot=origin.directory)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,6 +25,7 @@ from firebox import (
     Sandbox,
     SandboxLostException,
     SandboxNotFoundException,
+    Template,
 )
 from firebox.tools import Tools
 from tests.cluster.harness import Cluster
@@ -143,6 +145,37 @@ def test_a_preview_port_and_e2b_sdk_through_the_gateways(cluster: Cluster) -> No
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_a_template_built_once_runs_on_every_node(cluster: Cluster) -> None:
+    """Built through a gateway on one node, pushed to the registry; warmed on every node
+    (the others pull it); a sandbox of it on each node has the build's files."""
+    c = cluster
+    token = uuid.uuid4().hex
+    template = Template().from_template("base").run_cmd(f"echo {token} > /opt/marker", user="root")
+    Template.build(template, "fbx-everywhere", build_timeout=600, **c.sdk(0))
+    try:
+        with c.client(1) as client:
+            warmed = client.post("/templates/fbx-everywhere/warm", timeout=300)
+            assert warmed.status_code == 200, warmed.text
+            assert set(warmed.json()) == {n.name for n in c.nodes}
+            assert sum(1 for w in warmed.json().values() if w["pulled"]) == len(c.nodes) - 1
+        made: dict[str, Sandbox] = {}
+        deadline = time.monotonic() + 120
+        while len(made) < len(c.nodes):
+            sbx = Sandbox.create(template="fbx-everywhere", timeout=120, **c.sdk(len(made) % 2))
+            node = _node_of(c, sbx.sandbox_id)
+            if node in made:
+                sbx.kill()
+            else:
+                made[node] = sbx
+            assert time.monotonic() < deadline, f"no sandbox on every node: {set(made)}"
+        for node, sbx in made.items():
+            assert sbx.commands.run("cat /opt/marker").stdout == f"{token}\n", node
+            sbx.kill()
+    finally:
+        with c.client(0) as client:
+            client.delete("/templates/fbx-everywhere", timeout=300)
 
 
 def test_a_key_never_reaches_another_keys_sandbox(cluster: Cluster) -> None:

@@ -59,7 +59,7 @@ class Gateway:
                 await self._snapshot(scope, receive, send, r)
             elif r.kind == "health":
                 await self._health(send)
-            elif r.kind == "mcp":
+            elif r.kind == "keyed":
                 node = self.directory.sticky(key_of(_text_headers(scope)) or "")
                 await self._to(node, scope, receive, send, r)
             else:

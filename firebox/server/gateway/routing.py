@@ -8,7 +8,9 @@
 - ``DELETE /snapshots/{ref}``: the snapshot's node (its files are there);
 - ``POST /templates/{name}/warm``: every node;
 - the dashboard's overview and live list: every node, the answers joined;
-- ``/mcp``: one node per API key (an MCP session lives in one node's memory);
+- ``/mcp`` and template builds: one node per API key (an MCP session, and a build and its
+  logs, live in one node's memory; a built template reaches the others through the
+  template registry);
 - ``/health``: the gateway's own;
 - anything else (keys, templates, snapshots' list, the dashboard, the OpenAPI document):
   any node, since what they read is the shared database.
@@ -28,11 +30,14 @@ _LISTS = {"/sandboxes", "/e2b/sandboxes", "/e2b/v2/sandboxes"}
 _SNAPSHOT = re.compile(r"^(?:/e2b)?/snapshots/([^/]+)$")
 _DASHBOARD = {"/dashboard/api/overview": "overview", "/dashboard/api/events": "events"}
 _WARM = re.compile(r"^/templates/[^/]+/warm$")
+_TEMPLATES = re.compile(r"^(?:/e2b(?:/v[23])?)?/templates(?:/.*)?$")
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    kind: str  # sandbox | create | list | snapshot | warm | overview | events | mcp | health | any
+    kind: (
+        str  # sandbox | create | list | snapshot | warm | overview | events | keyed | health | any
+    )
     edge: str = "firebox"  # firebox | e2b | port: whose error shape an answer of ours takes
     sandbox_id: str = ""
     ref: str = ""  # a snapshot's id or name
@@ -61,8 +66,8 @@ def route(method: str, path: str, headers: dict[bytes, bytes], domain: str) -> R
         return Route("warm")
     if method == "GET" and path in _DASHBOARD:
         return Route(_DASHBOARD[path])
-    if path == "/mcp" or path.startswith("/mcp/"):
-        return Route("mcp")
+    if path == "/mcp" or path.startswith("/mcp/") or _TEMPLATES.match(path):
+        return Route("keyed", edge)
     if path == "/health":
         return Route("health")
     return Route("any", edge)

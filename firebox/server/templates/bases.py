@@ -137,14 +137,14 @@ async def _template(ref: str, owner: str, catalog: Catalog) -> Base:
             f"fromTemplate {ref!r}: no such template for this key; build it first, or name "
             f"one of firebox's own ({', '.join(images.known_templates())})",
         )
+    start = record.start
+    state = State(from_envs(start.envs), start.workdir or State.workdir, start.user)
     keys = record.layers
     missing = [k for k in keys if layers.find(k) is None]
     if missing or not Path(record.base_tree).is_dir():
-        raise ApiError(
-            "unavailable",
-            f"template {ref!r} lost its layers on this host (pruned?); build it again",
-        )
-    start = record.start
-    state = State(from_envs(start.envs), start.workdir or State.workdir, start.user)
+        # built on another node (or its layers pruned here): its flattened tree is the base,
+        # pulled from the template registry if need be; no step of it is then shared
+        tree, _ = await catalog.distribution.ensure(record, ref)
+        return Base(f"template {ref}", tree, _image_key(tree), (), state, start)
     parent = keys[-1] if keys else "template:" + record.build_id
     return Base(f"template {ref}", Path(record.base_tree), parent, keys, state, start)

@@ -26,9 +26,10 @@ from typing import Any
 
 from firebox.images import layers
 from firebox.images._fs import remove_tree, tree_size
-from firebox.images.cache import content_key, image_root
+from firebox.images.cache import LOCK_TIMEOUT, content_key, locked
 from firebox.server.errors import ApiError
 from firebox.server.templates.catalog import StartConfig, TemplateRecord
+from firebox.server.templates.distribute import trees_root
 
 TERMINAL = ("ready", "error", "cancelled")
 
@@ -120,10 +121,6 @@ class BuildFailed(Exception):
         self.reason = reason
 
 
-def trees_root() -> Path:
-    return image_root() / "templates"
-
-
 def tree_key(base_key: str, layer_keys: list[str]) -> str:
     """A flattened tree is named by what it is made of: builds that end in the same layers
     (a rebuild with every step cached, two names for one recipe) share it."""
@@ -137,10 +134,19 @@ def write_tree(
     rootfs and size. An image.json beside it, as image entries have, lets a microVM's root
     disk be made there too."""
     final = trees_root() / key
-    if (final / "image.json").is_file():
-        progress("the template's tree is already made (every step was cached)")
-        return final / "rootfs", int(json.loads((final / "image.json").read_text())["size_bytes"])
     final.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # a pull of the same tree from the template registry (distribute.py) takes this lock too
+    with locked(final.parent / f"{key}.lock", LOCK_TIMEOUT, progress):
+        if (final / "image.json").is_file():
+            progress("the template's tree is already made (every step was cached)")
+            size = int(json.loads((final / "image.json").read_text())["size_bytes"])
+            return final / "rootfs", size
+        return final / "rootfs", _flatten_into(final, base, diffs, key, record, progress)
+
+
+def _flatten_into(
+    final: Path, base: Path, diffs: list[Path], key: str, record: dict[str, Any], progress: Any
+) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=final.parent))
     try:
         tmp.chmod(0o755)
@@ -159,7 +165,7 @@ def write_tree(
         with contextlib.suppress(Exception):
             remove_tree(tmp)
         raise
-    return final / "rootfs", size
+    return size
 
 
 def remove_entry(entry: Path) -> None:

@@ -7,6 +7,8 @@ Two kinds of template:
 - built ones (server/templates/builds.py), one row per name and tag in the registry's
   ``templates`` table, owned by the key that built them. Another key neither sees nor uses
   one (the same answer as a name nobody built: no oracle), unless an admin made it public.
+  In a cluster the table is shared, and a template built on one node is pulled by the others
+  from the template registry it was pushed to (distribute.py).
 
 A name is ``name`` or ``name:tag``; the tag defaults to ``latest``.
 """
@@ -14,7 +16,7 @@ A name is ``name`` or ``name:tag``; the tag defaults to ``latest``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from firebox.images import layers
 from firebox.server.boot import rootfs_for
 from firebox.server.errors import ApiError
 from firebox.server.registry import Registry
+from firebox.server.templates.distribute import Distribution, local_rootfs, not_here, present
 from firebox.settings import StartConfig
 
 DEFAULT_TAG = "latest"
@@ -47,6 +50,10 @@ class TemplateRecord:
     built_at: float
     pool_size: int | None = None  # sandboxes kept warm of it (None: the daemon's --pool-size)
     public: bool = False
+    # where it was pushed for the other nodes (distribute.py): a reference, and the digest of
+    # its manifest, which they pull by; None when the node that built it had no registry
+    image_ref: str | None = None
+    image_digest: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +77,8 @@ class TemplateRecord:
             "workdir": self.start.workdir,
             "user": self.start.user,
             "pool_size": self.pool_size,
+            "image_ref": self.image_ref,
+            "image_digest": self.image_digest,
         }
 
 
@@ -99,8 +108,13 @@ def builtin(name: str) -> str | None:
     return name if name in images.known_templates() else None
 
 
+_FIELDS = {f.name for f in fields(TemplateRecord)}
+
+
 def _record(row: tuple[Any, ...]) -> TemplateRecord:
-    data = json.loads(row[0])
+    # a field a newer node wrote is ignored (readers ignore what they do not know); one an
+    # older node did not write takes its default
+    data = {k: v for k, v in json.loads(row[0]).items() if k in _FIELDS}
     data["start"] = StartConfig(**data["start"])
     data["tags"] = tuple(data["tags"])
     data["layers"] = tuple(data["layers"])
@@ -108,8 +122,13 @@ def _record(row: tuple[Any, ...]) -> TemplateRecord:
 
 
 class Catalog:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self, registry: Registry, template_registry: str = "", insecure: bool = False
+    ) -> None:
+        """``template_registry`` and ``insecure``: the daemon's ``--template-registry`` and
+        ``--template-registry-insecure`` (distribute.py)."""
         self.registry = registry
+        self.distribution = Distribution(template_registry, insecure)
 
     def add(self, record: TemplateRecord) -> None:
         """Point each of ``record``'s tags at it (a tag moves from an older build)."""
@@ -150,8 +169,8 @@ class Catalog:
     def visible(self, owner: str, admin: bool = False) -> list[TemplateRecord]:
         """The templates ``owner`` may use (every one, for an admin), one per build."""
         rows = self.registry.query(
-            "SELECT record, MAX(public) FROM templates WHERE owner = ? OR public = 1 OR ?"
-            " GROUP BY build_id ORDER BY built_at DESC",
+            "SELECT MAX(record), MAX(public) FROM templates WHERE owner = ? OR public = 1"
+            " OR ? = 1 GROUP BY build_id ORDER BY MAX(built_at) DESC",
             (owner, int(admin)),
         )
         return [self._with_tags(_record(r)) for r in rows]
@@ -167,7 +186,7 @@ class Catalog:
             )
         else:
             rows = self.registry.query(
-                "SELECT record, MAX(public) FROM templates WHERE owner = ? AND name = ?"
+                "SELECT MAX(record), MAX(public) FROM templates WHERE owner = ? AND name = ?"
                 " GROUP BY build_id",
                 (owner, name),
             )
@@ -195,17 +214,25 @@ class Catalog:
         )
         return bool(before)
 
+    def named(self, ref: str) -> list[TemplateRecord]:
+        """Every key's build that ``ref`` names (for the admin)."""
+        name, tag = split(ref)
+        rows = self.registry.query(
+            "SELECT record, public FROM templates WHERE name = ? AND tag = ? ORDER BY owner",
+            (name, tag),
+        )
+        return [self._with_tags(_record(r)) for r in rows]
+
     def builds_in_use(self) -> set[str]:
         return {r[0] for r in self.registry.query("SELECT DISTINCT build_id FROM templates")}
 
     def all_records(self) -> list[TemplateRecord]:
-        rows = self.registry.query("SELECT record, MAX(public) FROM templates GROUP BY build_id")
+        rows = self.registry.query(
+            "SELECT MAX(record), MAX(public) FROM templates GROUP BY build_id"
+        )
         return [_record(r) for r in rows]
 
-    def resolve(self, owner: str, ref: str) -> Resolved:
-        """What a create of template ``ref`` starts, for ``owner``; ApiError if nothing."""
-        if (name := builtin(ref)) is not None:
-            return Resolved(name, rootfs_for(name))
+    def _found(self, owner: str, ref: str) -> TemplateRecord:
         record = self.find(owner, ref)
         if record is None:
             known = ", ".join(images.known_templates())
@@ -214,12 +241,34 @@ class Catalog:
                 f"unknown template {ref!r}: not firebox's own ({known}) nor one this key "
                 "built (firebox template list shows them); build it first",
             )
-        if not Path(record.rootfs).is_dir():
-            raise ApiError(
-                "unavailable",
-                f"template {ref!r} lost its files on this host (pruned by hand?); build it again",
-            )
+        return record
+
+    def _resolved(self, ref: str, record: TemplateRecord, rootfs: Path) -> Resolved:
         name, tag = split(ref)
-        return Resolved(
-            f"{name}:{tag}", Path(record.rootfs), record.start, record.build_id, record.pool_size
-        )
+        return Resolved(f"{name}:{tag}", rootfs, record.start, record.build_id, record.pool_size)
+
+    def resolve(self, owner: str, ref: str) -> Resolved:
+        """What a create of template ``ref`` starts, for ``owner``, if its tree is on this
+        node; ApiError if nothing (``ready`` pulls a tree that another node built)."""
+        if (name := builtin(ref)) is not None:
+            return Resolved(name, rootfs_for(name))
+        record = self._found(owner, ref)
+        rootfs = local_rootfs(record)
+        if not present(rootfs):
+            if record.image_ref:
+                raise ApiError(
+                    "unavailable",
+                    f"template {ref!r} was built on another node and is not pulled to this "
+                    f"one yet: POST /templates/{ref}/warm pulls it",
+                )
+            raise not_here(ref)
+        return self._resolved(ref, record, rootfs)
+
+    async def ready(self, owner: str, ref: str) -> Resolved:
+        """``resolve``, the template's tree pulled to this node first if another node built
+        it (and pushed it to the template registry); concurrent creates wait for one pull."""
+        if (name := builtin(ref)) is not None:
+            return Resolved(name, rootfs_for(name))
+        record = self._found(owner, ref)
+        rootfs, _ = await self.distribution.ensure(record, ref)
+        return self._resolved(ref, record, rootfs)

@@ -1,5 +1,5 @@
 """Templates over REST: upload a COPY's files, start a build and follow its log, cancel it,
-list, show, delete and prune templates. docs/TEMPLATES.md describes each call."""
+list, show, warm, delete and prune templates. docs/TEMPLATES.md describes each call."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from firebox.server.agent_calls import NDJSON, NDJSON_TYPE, ndjson_line
 from firebox.server.deps import Caller
 from firebox.server.errors import ApiError
 from firebox.server.templates.catalog import split
+from firebox.server.templates.distribute import warm
 from firebox.server.templates.service import BuildRequest, TemplateService
 
 router = APIRouter(tags=["templates"])
@@ -155,6 +156,20 @@ async def show_template(name: str, caller: Caller, request: Request) -> dict[str
     if record is None:
         raise ApiError("not_found", f"no template {name!r} for this key")
     return record.as_json()
+
+
+@router.post("/templates/{name}/warm")
+async def warm_template(
+    name: str,
+    caller: Caller,
+    request: Request,
+    owner: str | None = Query(
+        default=None, description="admin only: the owning key's id, where several keys have one"
+    ),
+) -> dict[str, Any]:
+    """Have the template on this node before its first create: pulled from the template
+    registry if another node built it. ``pulled`` says whether it had to be."""
+    return await warm(_service(request).catalog, caller.id, name, caller.admin, owner)
 
 
 @router.delete("/templates/{name}", status_code=204)

@@ -1,7 +1,8 @@
 """One template build's steps, from its base to a recorded template: each step found in the
 layer cache or made in a build sandbox (runner.py), the ENV expanded, the layers flattened into
-the template's tree, the template started once (a microVM's snapshot is taken then), and its
-names recorded. The service (service.py) runs it under the build's slot and deadline."""
+the template's tree, the template started once (a microVM's snapshot is taken then), pushed to
+the template registry if the daemon has one (distribute.py), and its names recorded. The
+service (service.py) runs it under the build's slot and deadline."""
 
 from __future__ import annotations
 
@@ -115,6 +116,8 @@ class BuildRunner:
             )
             self.svc._holdings.hold(record)  # from now on: no prune removes its tree
             await self._check_start(build, record)
+            # before it is recorded: once a create may find it, every node can start it
+            record = await self.svc.catalog.distribution.push(record, build.log)
             self.svc.catalog.add(record)
             recorded = True
             build.log(f"template {build.name}:{','.join(build.tags)} is ready ({size >> 20} MB)")

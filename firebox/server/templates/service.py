@@ -26,6 +26,7 @@ from firebox.server.egress import EgressSettings
 from firebox.server.errors import ApiError
 from firebox.server.templates import builds
 from firebox.server.templates.catalog import Catalog, TemplateRecord, builtin
+from firebox.server.templates.distribute import local_rootfs, remove_stale_pushes
 from firebox.server.templates.run import BuildRunner
 from firebox.settings import Limits
 
@@ -64,25 +65,29 @@ class BuildRequest:
 
 
 class Holdings:
-    """This daemon's leases (images/leases.py) on the trees and layers of its templates, so
-    that a prune, of this daemon or another on the host, removes none of them."""
+    """This daemon's leases (images/leases.py) on the trees and layers of its templates that
+    are on this node, so that a prune, of this daemon or another on the host, removes none of
+    them. (In a cluster, a template built on another node has no layers here, and its tree
+    only once pulled: distribute.py, which takes the lease then.)"""
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
 
     def hold(self, record: TemplateRecord) -> None:
-        tree = Path(record.rootfs).parent
-        if str(tree) not in self._fds:
+        tree = local_rootfs(record).parent
+        if str(tree) not in self._fds and tree.is_dir():
             fd = leases.hold(tree, lambda entry: (entry / "image.json").is_file())
             if fd is not None:
                 self._fds[str(tree)] = fd
         for key in record.layers:
-            if key not in self._fds and (fd := layers.hold(key)) is not None:
+            if key in self._fds or layers.find(key) is None:
+                continue  # held already, or not on this node
+            if (fd := layers.hold(key)) is not None:
                 self._fds[key] = fd
 
     def keep_only(self, records: list[TemplateRecord]) -> None:
         """Let go of what none of ``records`` is made of."""
-        wanted = {str(Path(r.rootfs).parent) for r in records}
+        wanted = {str(local_rootfs(r).parent) for r in records}
         wanted |= {k for r in records for k in r.layers}
         for name in [n for n in self._fds if n not in wanted]:
             os.close(self._fds.pop(name))
@@ -119,6 +124,7 @@ class TemplateService:
         self._holdings = Holdings()
         for record in catalog.all_records():
             self._holdings.hold(record)
+        catalog.distribution.hold = self._holdings.hold  # a tree pulled from another node
         self._runner = BuildRunner(self)
 
     # -- uploads -------------------------------------------------------------------------
@@ -172,6 +178,7 @@ class TemplateService:
         for record in records:
             if record.build_id not in {r.build_id for r in left}:
                 await self.forget(record.build_id)  # its pool
+                await self.catalog.distribution.forget(record)  # the registry's copy
         self._holdings.keep_only(left)
         await self._collect_and_forget()
 
@@ -194,6 +201,7 @@ class TemplateService:
             if not entry.name.startswith(".") and entry.is_dir() and entry.name not in mine
         ]
         removed = leases.prune(trees, builds.remove_entry)
+        remove_stale_pushes(root)
         return {"trees": removed, "layers": layers.prune({k for r in kept for k in r.layers})}
 
     async def prune(self) -> dict[str, Any]:
