@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from firebox import images
 from tests.cluster.harness import Cluster, Unavailable, unavailable
 
 
@@ -37,6 +38,9 @@ def cluster_host() -> None:
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest, cluster_host: None) -> Iterator[Cluster]:
+    # every node starts with the host's built images: "base" too, which templates build on
+    # (built once and cached; the template tests would build it anyway)
+    images.build_image("base")
     c = Cluster(**getattr(request.module, "CLUSTER_OPTIONS", {}))
     try:
         c.start()
