@@ -577,3 +577,14 @@ def test_the_gateway_migrates_before_it_starts() -> None:
     (init,) = gateway["spec"]["template"]["spec"]["initContainers"]
     assert init["command"] + init["args"] == ["firebox", "db", "migrate"]
     assert gateway["spec"]["replicas"] >= 2
+
+
+def test_nodes_and_gateways_name_previews_with_the_same_domain() -> None:
+    """A node names its sandboxes' preview hosts with its --domain and recognises them in the
+    Host header of what a gateway forwards: both roles take the ConfigMap's one domain."""
+    for kind, name in (("DaemonSet", "firebox-node"), ("Deployment", "firebox-gateway")):
+        (main,) = containers(one(kind, name), init=False)
+        assert "--domain=$(FIREBOX_DOMAIN)" in main["args"], name
+        env = {e["name"]: e for e in main["env"]}
+        ref = env["FIREBOX_DOMAIN"]["valueFrom"]["configMapKeyRef"]
+        assert (ref["name"], ref["key"]) == ("firebox", "domain"), name
