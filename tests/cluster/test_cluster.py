@@ -216,6 +216,12 @@ def test_the_dashboard_and_mcp_through_a_gateway(cluster: Cluster) -> None:
                         seen = {row["sandbox_id"] for row in json.loads(line[6:])}
                         break
             assert {s.sandbox_id for s in made} <= seen
+            metrics = client.get("/metrics")  # the gateway's own
+            assert metrics.status_code == 200
+            assert 'firebox_gateway_nodes{state="active"} 3.0' in metrics.text
+            assert "firebox_gateway_placements_total" in metrics.text
+        with c.client(1, key="not-a-key") as stranger:
+            assert stranger.get("/metrics").status_code == 403
         with Tools(**c.sdk(1)) as tools:
             reply = tools.call("run_command", {"command": "echo through the gateway"})
             assert "through the gateway" in reply.text, reply

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from firebox.server.auth import hash_key, key_of
 from firebox.server.cluster.nodes import Node
 from firebox.server.cluster.placement import candidates
-from firebox.server.gateway import forward, gathered
+from firebox.server.gateway import forward, gathered, telemetry
 from firebox.server.gateway.directory import Directory
 from firebox.server.gateway.routing import Route, route
 from firebox.server.ports import ws_relay
@@ -46,6 +46,7 @@ class Gateway:
             return
         headers = dict(scope["headers"])
         r = route(scope.get("method", "GET"), scope["path"], headers, self.domain)
+        telemetry.REQUESTS.labels(route=r.kind).inc()
         try:
             if scope["type"] == "websocket":
                 await self._websocket(scope, receive, send, r)
@@ -59,6 +60,8 @@ class Gateway:
                 await self._snapshot(scope, receive, send, r)
             elif r.kind == "health":
                 await self._health(send)
+            elif r.kind == "metrics":
+                await self._metrics(scope, send, r)
             elif r.kind == "keyed":
                 node = self.directory.sticky(key_of(_text_headers(scope)) or "")
                 await self._to(node, scope, receive, send, r)
@@ -158,11 +161,14 @@ class Gateway:
             if status in REFUSALS:
                 refused = kept
                 continue
+            telemetry.PLACEMENTS.labels(outcome="placed").inc()
             await kept.replay(send)
             return
         if refused is not None:
+            telemetry.PLACEMENTS.labels(outcome="refused").inc()
             await refused.replay(send)
             return
+        telemetry.PLACEMENTS.labels(outcome="no_place").inc()
         await _error(send, r, "unavailable", _no_place(self.directory), 503)
 
     # every node
@@ -196,6 +202,17 @@ class Gateway:
             "nodes": {n.name: n.state for n in d.nodes.values()},
         }
         await forward.answer(send, 200 if ok else 503, json.dumps(body).encode(), JSON)
+
+    async def _metrics(self, scope: Scope, send: Send, r: Route) -> None:
+        key = key_of(_text_headers(scope))
+        record = None
+        if key:
+            record = await asyncio.to_thread(self.directory.registry.key_by_hash, hash_key(key))
+        if record is None or not record.admin:
+            await _error(send, r, "forbidden", "the gateway's metrics need the admin key", 403)
+            return
+        body = telemetry.scrape()
+        await forward.answer(send, 200, body, telemetry.CONTENT_TYPE.encode())
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send, r: Route) -> None:
         """A WebSocket (to a port of a sandbox, or E2B's): spoken anew to the node."""

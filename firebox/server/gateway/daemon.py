@@ -18,6 +18,7 @@ import uvicorn
 
 from firebox.server.auth import ensure_admin_key
 from firebox.server.cluster.postgres import PostgresRegistry
+from firebox.server.gateway import telemetry
 from firebox.server.gateway.app import Gateway
 from firebox.server.gateway.directory import Directory
 from firebox.server.head_limit import BoundedHead
@@ -49,6 +50,7 @@ def run(config: GatewayConfig) -> int:
         print(f"firebox gateway: {e}", file=sys.stderr, flush=True)
         return 1
     directory = Directory(registry, config.lease_seconds)
+    telemetry.attach(directory)
     server = uvicorn.Server(
         uvicorn.Config(
             Gateway(directory, config.preview_domain),

@@ -11,7 +11,7 @@
 - ``/mcp`` and template builds: one node per API key (an MCP session, and a build and its
   logs, live in one node's memory; a built template reaches the others through the
   template registry);
-- ``/health``: the gateway's own;
+- ``/health`` and ``/metrics``: the gateway's own (each node serves its own metrics);
 - anything else (keys, templates, snapshots' list, the dashboard, the OpenAPI document):
   any node, since what they read is the shared database.
 """
@@ -35,9 +35,9 @@ _TEMPLATES = re.compile(r"^(?:/e2b(?:/v[23])?)?/templates(?:/.*)?$")
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    kind: (
-        str  # sandbox | create | list | snapshot | warm | overview | events | keyed | health | any
-    )
+    # sandbox | create | list | snapshot | warm | overview | events | keyed | health |
+    # metrics | any
+    kind: str
     edge: str = "firebox"  # firebox | e2b | port: whose error shape an answer of ours takes
     sandbox_id: str = ""
     ref: str = ""  # a snapshot's id or name
@@ -70,4 +70,6 @@ def route(method: str, path: str, headers: dict[bytes, bytes], domain: str) -> R
         return Route("keyed", edge)
     if path == "/health":
         return Route("health")
+    if path == "/metrics":
+        return Route("metrics")
     return Route("any", edge)
