@@ -8,7 +8,6 @@ The tests share one cluster and run in order: the last ones restart and kill nod
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -96,7 +95,9 @@ def test_sixty_sandboxes_spread_and_every_call_reaches_its_own(cluster: Cluster)
             list(pool.map(lambda s: s.kill(), made))
 
 
-def test_a_preview_port_and_e2b_sdk_through_the_gateways(cluster: Cluster) -> None:
+def test_a_preview_port_and_e2b_sdk_through_the_gateways(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     c = cluster
     sbx = Sandbox.create(timeout=300, **c.sdk(0))
     try:
@@ -120,31 +121,19 @@ def test_a_preview_port_and_e2b_sdk_through_the_gateways(cluster: Cluster) -> No
         sbx.kill()
 
     e2b = pytest.importorskip("e2b")
-    env = {
-        "E2B_API_URL": f"{c.gateways[1].url}/e2b",
-        "E2B_SANDBOX_URL": c.gateways[1].url,
-        "E2B_API_KEY": c.key,
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    monkeypatch.setenv("E2B_API_URL", f"{c.gateways[1].url}/e2b")
+    monkeypatch.setenv("E2B_SANDBOX_URL", c.gateways[1].url)
+    monkeypatch.setenv("E2B_API_KEY", c.key)
+    e = e2b.Sandbox.create(timeout=120)
     try:
-        e = e2b.Sandbox.create(timeout=120)
-        try:
-            assert e.commands.run("echo from e2b").stdout == "from e2b\n"
-            e.files.write("/tmp/e2b.txt", "written by e2b's sdk")
-            node = _node_of(c, e.sandbox_id)
-            # the same sandbox, reached through the other gateway by firebox's own SDK
-            mine = Sandbox.connect(e.sandbox_id, **c.sdk(0))
-            assert mine.files.read("/tmp/e2b.txt") == "written by e2b's sdk"
-            assert node in {n.name for n in c.nodes}
-        finally:
-            e.kill()
+        assert e.commands.run("echo from e2b").stdout == "from e2b\n"
+        e.files.write("/tmp/e2b.txt", "written by e2b's sdk")
+        assert _node_of(c, e.sandbox_id) in {n.name for n in c.nodes}
+        # the same sandbox, reached through the other gateway by firebox's own SDK
+        mine = Sandbox.connect(e.sandbox_id, **c.sdk(0))
+        assert mine.files.read("/tmp/e2b.txt") == "written by e2b's sdk"
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        e.kill()
 
 
 def test_a_template_built_once_runs_on_every_node(cluster: Cluster) -> None:

@@ -23,21 +23,15 @@ from collections.abc import Iterable
 import h11
 from starlette.types import Receive, Scope, Send
 
+from firebox.server.ports import http_relay
+
 CONNECT_SECONDS = 5.0
 WRITE_SECONDS = 60.0  # a node may leave a request's body unread this long
 IDLE_SECONDS = 3.0  # a kept connection idle longer is not reused (uvicorn closes at 5 s)
 KEPT = 32  # connections kept per node
 REPLAYABLE = 64 << 10  # bodies up to this are read whole first (and can be sent again)
-# hop-by-hop headers (RFC 9110 §7.6.1): never passed on
-HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-}
+# hop-by-hop headers, as the port proxy drops them; and the framing, which h11 writes anew
+HOP = http_relay.HOP | {b"transfer-encoding"}
 
 
 class NodeUnreachable(Exception):
