@@ -28,6 +28,7 @@ from firebox import (
 )
 from firebox.tools import Tools
 from tests.cluster.harness import Cluster
+from tests.ports.helpers import WebSocket, start_server
 
 SMALL = 3  # node-3 holds at most this many sandboxes (its --max-sandboxes, no pool)
 SPREAD = 60
@@ -117,6 +118,16 @@ def test_a_preview_port_and_e2b_sdk_through_the_gateways(
         # without the token: refused, as on one host
         r = httpx.get(f"{c.gateways[1].url}/", headers={"Host": host}, timeout=10)
         assert r.status_code == 403
+        # a WebSocket, through the other gateway: spoken anew to the node, and by it to the
+        # sandbox's server
+        start_server(sbx, 8001)
+        ws = WebSocket(c.gateways[0], sbx.get_host(8001), "/ws", token)
+        try:
+            for message in ("hello", b"\x00\xffbytes", "x" * 60_000):  # (its server: < 64 KiB)
+                ws.send(message)
+                assert ws.receive() == message
+        finally:
+            ws.close()
     finally:
         sbx.kill()
 
