@@ -7,7 +7,9 @@ The tests share one cluster and run in order: the last ones restart and kill nod
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -176,6 +178,29 @@ def test_a_template_built_once_runs_on_every_node(cluster: Cluster) -> None:
     finally:
         with c.client(0) as client:
             client.delete("/templates/fbx-everywhere", timeout=300)
+
+
+def test_large_files_and_long_output_stream_through_a_gateway(cluster: Cluster) -> None:
+    """An upload and a download of 64 MB, and a command's output as it comes: streamed
+    through the gateway both ways, never held whole."""
+    c = cluster
+    sbx = Sandbox.create(timeout=300, **c.sdk(0))
+    try:
+        blob = os.urandom(64 << 20)
+        sbx.files.write("/tmp/blob", blob)
+        again = Sandbox.connect(sbx.sandbox_id, **c.sdk(1))
+        assert again.commands.run("sha256sum /tmp/blob").stdout.split()[0] == (
+            hashlib.sha256(blob).hexdigest()
+        )
+        assert again.files.read("/tmp/blob", format="bytes") == blob
+        seen: list[float] = []
+        again.commands.run(
+            "for i in 1 2 3; do echo $i; sleep 0.5; done",
+            on_stdout=lambda _: seen.append(time.monotonic()),
+        )
+        assert len(seen) == 3 and seen[-1] - seen[0] > 0.8, "the lines came as they were made"
+    finally:
+        sbx.kill()
 
 
 def test_a_key_never_reaches_another_keys_sandbox(cluster: Cluster) -> None:
