@@ -241,6 +241,8 @@ def test_the_dashboard_and_mcp_through_a_gateway(cluster: Cluster) -> None:
                         seen = {row["sandbox_id"] for row in json.loads(line[6:])}
                         break
             assert {s.sandbox_id for s in made} <= seen
+            with c.client(1, key="not-a-key") as stranger:  # no names, only counts
+                assert stranger.get("/health").json()["nodes"] == {"active": 3}
             metrics = client.get("/metrics")  # the gateway's own
             assert metrics.status_code == 200
             assert 'firebox_gateway_nodes{state="active"} 3.0' in metrics.text
@@ -299,7 +301,11 @@ def _wait_states(c: Cluster, want: dict[str, str], deadline: float = 30) -> None
     """Until every gateway has read the nodes' states ``want`` (they read every second)."""
     end = time.monotonic() + deadline
     while True:
-        seen = [httpx.get(g.url + "/health", timeout=5).json()["nodes"] for g in c.gateways]
+        admin = {"X-API-Key": c.key}  # the nodes by name: for the admin
+        seen = [
+            httpx.get(g.url + "/health", headers=admin, timeout=5).json()["nodes"]
+            for g in c.gateways
+        ]
         if all(all(s.get(k) == v for k, v in want.items()) for s in seen):
             return
         assert time.monotonic() < end, f"states {seen}, waiting for {want}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -59,7 +60,7 @@ class Gateway:
             elif r.kind == "snapshot":
                 await self._snapshot(scope, receive, send, r)
             elif r.kind == "health":
-                await self._health(send)
+                await self._health(scope, send)
             elif r.kind == "metrics":
                 await self._metrics(scope, send, r)
             elif r.kind == "keyed":
@@ -192,23 +193,30 @@ class Gateway:
 
     # the gateway's own
 
-    async def _health(self, send: Send) -> None:
+    async def _health(self, scope: Scope, send: Send) -> None:
+        """Up while the database answers; the nodes by state, and by name for the admin key
+        (a node's name is the host's: not for anyone who can reach the gateway)."""
         d = self.directory
         ok = d.reachable
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if ok else "unavailable",
             "version": __version__,
             "role": "gateway",
-            "nodes": {n.name: n.state for n in d.nodes.values()},
+            "nodes": dict(Counter(n.state for n in d.nodes.values())),
         }
+        if await self._admin(scope):
+            body["nodes"] = {n.name: n.state for n in d.nodes.values()}
         await forward.answer(send, 200 if ok else 503, json.dumps(body).encode(), JSON)
 
-    async def _metrics(self, scope: Scope, send: Send, r: Route) -> None:
+    async def _admin(self, scope: Scope) -> bool:
         key = key_of(_text_headers(scope))
-        record = None
-        if key:
-            record = await asyncio.to_thread(self.directory.registry.key_by_hash, hash_key(key))
-        if record is None or not record.admin:
+        if not key:
+            return False
+        record = await asyncio.to_thread(self.directory.registry.key_by_hash, hash_key(key))
+        return record is not None and record.admin
+
+    async def _metrics(self, scope: Scope, send: Send, r: Route) -> None:
+        if not await self._admin(scope):
             await _error(send, r, "forbidden", "the gateway's metrics need the admin key", 403)
             return
         body = telemetry.scrape()
