@@ -336,7 +336,7 @@ def test_a_drain_with_pause_pauses_and_new_creates_avoid_the_node(cluster: Clust
             s.kill()
 
 
-def test_a_restarted_gateway_and_a_restarted_node_lose_nothing(cluster: Cluster) -> None:
+def test_a_restarted_gateway_and_a_lost_node_that_returns_lose_nothing(cluster: Cluster) -> None:
     c = cluster
     made = [Sandbox.create(timeout=600, **c.sdk(0)) for _ in range(6)]
     try:
@@ -345,10 +345,22 @@ def test_a_restarted_gateway_and_a_restarted_node_lose_nothing(cluster: Cluster)
         c.gateways[0].restart()
         for s in made:
             assert Sandbox.connect(s.sandbox_id, **c.sdk(0)).files.read("/tmp/kept") == s.sandbox_id
-        # a node restarted in place (its sandboxes kept running): it re-adopts them
+        # a node whose daemon crashed (its sandboxes kept running) is lost once its lease
+        # runs out; restarted, it re-adopts them and they answer again
         node = c.node(_node_of(c, made[0].sandbox_id))
-        node.kill_process()  # SIGKILL of the daemon alone, as a crash
+        node.kill_process()  # SIGKILL of the daemon alone
+        deadline = time.monotonic() + c.lease_seconds + 10
+        while True:
+            try:
+                Sandbox.connect(made[0].sandbox_id, **c.sdk(0)).files.read("/tmp/kept")
+            except SandboxLostException:
+                break
+            except Exception:
+                pass  # its lease not run out yet: the node does not answer
+            assert time.monotonic() < deadline, "the crashed node was never reported lost"
+            time.sleep(0.2)
         node.start()
+        _wait_states(c, {node.name: "active"})  # as the gateways read it, once a second
         for s in made:
             again = Sandbox.connect(s.sandbox_id, **c.sdk(1))
             assert again.files.read("/tmp/kept") == s.sandbox_id
