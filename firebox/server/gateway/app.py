@@ -27,6 +27,7 @@ from firebox.server.gateway import forward, gathered, telemetry
 from firebox.server.gateway.directory import Directory
 from firebox.server.gateway.routing import Route, route
 from firebox.server.ports import ws_relay
+from firebox.server.registry import KeyRecord
 from firebox.version import __version__
 
 log = logging.getLogger("firebox.gateway")
@@ -103,25 +104,23 @@ class Gateway:
             return
         await self._to(node, scope, receive, send, r)
 
-    async def _owner(self, scope: Scope, owner: str) -> bool:
-        key = key_of(_text_headers(scope))
-        if not key:
-            return False
-        record = await asyncio.to_thread(self.directory.registry.key_by_hash, hash_key(key))
-        return record is not None and record.id == owner
-
-    async def _snapshot(self, scope: Scope, receive: Receive, send: Send, r: Route) -> None:
-        record = await self._caller(scope)
-        name = await self.directory.snapshot_node(record or "", r.ref) if record else None
-        node = self.directory.nodes.get(name) if name else None
-        await self._to(node or self.directory.any_node(), scope, receive, send, r)
-
-    async def _caller(self, scope: Scope) -> str | None:
+    async def _key(self, scope: Scope) -> KeyRecord | None:
+        """The key the request shows, if the cluster knows it (the gateway asks only to word
+        its own answers; the node decides what the key may do)."""
         key = key_of(_text_headers(scope))
         if not key:
             return None
-        record = await asyncio.to_thread(self.directory.registry.key_by_hash, hash_key(key))
-        return record.id if record else None
+        return await asyncio.to_thread(self.directory.registry.key_by_hash, hash_key(key))
+
+    async def _owner(self, scope: Scope, owner: str) -> bool:
+        record = await self._key(scope)
+        return record is not None and record.id == owner
+
+    async def _snapshot(self, scope: Scope, receive: Receive, send: Send, r: Route) -> None:
+        record = await self._key(scope)
+        name = await self.directory.snapshot_node(record.id, r.ref) if record else None
+        node = self.directory.nodes.get(name) if name else None
+        await self._to(node or self.directory.any_node(), scope, receive, send, r)
 
     # a create
 
@@ -138,8 +137,8 @@ class Gateway:
         template = str(asked.get("template") or asked.get("templateID") or "")
         snapshot = asked.get("snapshot") if r.edge == "firebox" else asked.get("templateID")
         if snapshot:  # a snapshot starts on the node that keeps it
-            caller = await self._caller(scope)
-            name = await self.directory.snapshot_node(caller, str(snapshot)) if caller else None
+            caller = await self._key(scope)
+            name = await self.directory.snapshot_node(caller.id, str(snapshot)) if caller else None
             if name is not None:
                 await self._to(self.directory.nodes.get(name), scope, receive, send, r, body)
                 return
@@ -209,10 +208,7 @@ class Gateway:
         await forward.answer(send, 200 if ok else 503, json.dumps(body).encode(), JSON)
 
     async def _admin(self, scope: Scope) -> bool:
-        key = key_of(_text_headers(scope))
-        if not key:
-            return False
-        record = await asyncio.to_thread(self.directory.registry.key_by_hash, hash_key(key))
+        record = await self._key(scope)
         return record is not None and record.admin
 
     async def _metrics(self, scope: Scope, send: Send, r: Route) -> None:
