@@ -98,7 +98,8 @@ class Gateway:
                     "answering (its lease ran out); it comes back if the node does, else "
                     "create another"
                 )
-                await _error(send, r, "sandbox_lost", why, 410)
+                # E2B's SDKs know 404 as "not found" (a 410 would be an unknown error)
+                await _error(send, r, "sandbox_lost", why, 404 if r.edge == "e2b" else 410)
             else:
                 await self._to(self.directory.any_node(), scope, receive, send, r)
             return
