@@ -395,6 +395,12 @@ def test_a_killed_node_is_lost_within_its_lease_and_the_rest_keep_working(
             time.sleep(0.2)
     took = time.monotonic() - began
     assert took < c.lease_seconds + 10
+    with c.client(1) as client:  # E2B's edge says it in E2B's words: a 404
+        r = client.get(f"/e2b/sandboxes/{lost[0].sandbox_id}")
+        assert r.status_code == 404 and "lost" in r.json()["message"], r.text
+    with c.client(1, key="e2b_" + "0" * 64) as stranger:  # no oracle for other keys
+        r = stranger.get(f"/sandboxes/{lost[0].sandbox_id}")
+        assert r.status_code == 401 and "lost" not in r.text
     for s in kept:  # the rest work on, through either gateway
         assert s.commands.run("echo alive").stdout == "alive\n"
     later = [Sandbox.create(timeout=120, **c.sdk(1)) for _ in range(4)]
