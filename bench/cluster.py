@@ -13,7 +13,8 @@ stopped by PID and removed after) and measures, one run:
   median of the pairwise differences;
 - placement throughput: ``--creates`` sandboxes created by ``--clients`` threads spread over
   both gateways (pool off: each create boots a sandbox), creates per second, and how they
-  spread over the nodes.
+  spread over the nodes; the baseline, the same creates straight to one node. All three
+  nodes share this host's two cores: the figure is the cluster machinery's, not scale-out.
 
 Writes bench/results/cluster-<date>.json and .md, and prints the table.
 """
@@ -76,6 +77,27 @@ def round_trips(c: Cluster, calls: int) -> dict[str, Any]:
         via.kill()
 
 
+def direct_creates(c: Cluster, creates: int, clients: int) -> dict[str, Any]:
+    """The baseline: the same creates straight to one node, no gateway, no placement."""
+    opts = {"api_key": c.key, "api_url": c.nodes[0].url}
+
+    def make(_: int) -> tuple[Sandbox, float]:
+        t = time.perf_counter()
+        sbx = Sandbox.create(timeout=600, **opts)
+        return sbx, (time.perf_counter() - t) * 1000
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        made = list(pool.map(make, range(creates)))
+    took = time.perf_counter() - began
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda m: m[0].kill(), made))
+    return {
+        "creates_per_second": round(creates / took, 2),
+        "create_ms": _ms([ms for _, ms in made]),
+    }
+
+
 def placement(c: Cluster, creates: int, clients: int) -> dict[str, Any]:
     with c.db() as db:
         states = dict(db.execute("SELECT name, state FROM nodes").fetchall())
@@ -119,6 +141,7 @@ def main() -> int:
             "cluster_up_seconds": round(c.timings["up"], 1),
             "round_trip": round_trips(c, args.calls),
             "placement": placement(c, args.creates, args.clients),
+            "one_node_direct": direct_creates(c, args.creates, args.clients),
         }
     stamp = time.strftime("%Y-%m-%d-%H%M%S")
     (RESULTS / f"cluster-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -135,6 +158,9 @@ def main() -> int:
             f"{rt['overhead_ms_of_medians']}; {rt['overhead_ms_pairwise_median']} ms |",
             f"| placement: {pl['creates']} creates, {pl['clients']} clients, 2 gateways | "
             f"{pl['creates_per_second']} creates/s (create p50 {pl['create_ms']['p50']} ms) |",
+            f"| same creates straight to one node (baseline) | "
+            f"{result['one_node_direct']['creates_per_second']} creates/s (create p50 "
+            f"{result['one_node_direct']['create_ms']['p50']} ms) |",
             f"| spread over nodes | {pl['spread']} |",
         ]
     )
