@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,9 +65,9 @@ def htpasswd_line(username: str, password: str) -> str | None:
     return None
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -75,6 +76,7 @@ class Registry:
     workdir: Path
     credentials: tuple[str, str] | None = None
     host: str = "127.0.0.1"  # a loopback address of the host (a daemon's tests: the permitted one)
+    deletes: bool = False  # allowed (distribution's default: off), as a deleted template needs
     addr: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -88,13 +90,14 @@ class Registry:
             (self.workdir / "htpasswd").write_text(line + "\n")
             auth = f"auth:\n  htpasswd: {{realm: firebox-test, path: {self.workdir}/htpasswd}}\n"
         for _ in range(3):  # the free port may be taken between our probe and its bind
-            self.addr = f"{self.host}:{_free_port()}"
+            self.addr = f"{self.host}:{_free_port(self.host)}"
             config = self.workdir / "config.yml"
             config.write_text(
                 "version: 0.1\n"
                 "log: {level: warn, accesslog: {disabled: true}}\n"
                 f"storage:\n  filesystem: {{rootdirectory: {self.workdir}/storage}}\n"
-                "  maintenance: {uploadpurging: {enabled: false}}\n"
+                + ("  delete: {enabled: true}\n" if self.deletes else "")
+                + "  maintenance: {uploadpurging: {enabled: false}}\n"
                 f"http: {{addr: '{self.addr}', secret: firebox-test}}\n" + auth
             )
             with open(self.workdir / "registry.log", "ab") as log:
@@ -110,6 +113,10 @@ class Registry:
             self.stop()
         log_text = (self.workdir / "registry.log").read_text()[-2000:]
         raise RuntimeError(f"the test registry did not start: {log_text}")
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "registry.log"
 
     def _wait_ready(self) -> bool:
         assert self.proc is not None
@@ -210,3 +217,13 @@ def push_tree(tree: Path, registry: str, name: str, tag: str, *, arch: str = "am
         layout = Layout(Path(tmp) / "layout")
         layout.insert(layout.new("empty", arch), tree, "image")
         return layout.push("image", registry, name, tag)
+
+
+@contextlib.contextmanager
+def running(workdir: Path, **options: object) -> Iterator[Registry]:
+    """A registry (``Registry``'s fields as ``options``), stopped by its PID at the end."""
+    reg = Registry(workdir, **options).start()  # type: ignore[arg-type]
+    try:
+        yield reg
+    finally:
+        reg.stop()

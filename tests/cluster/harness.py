@@ -8,7 +8,7 @@ What it starts, each stopped by its PID:
 
 - PostgreSQL (``Postgres``): Debian's server in a temporary data directory, run as the
   ``postgres`` user (it refuses root), trusting connections from loopback and the bridge;
-- an OCI registry (``OciRegistry``): Debian's ``docker-registry``, where nodes push and pull
+- an OCI registry (tests/registry.py): Debian's ``docker-registry``, where nodes push and pull
   built templates;
 - a Linux bridge (``Bridge``) and per node a network namespace (``Namespace``) with a veth on
   the bridge: each node has an address of its own, as on separate hosts, and everything it
@@ -51,6 +51,7 @@ import httpx
 
 from firebox.confine.cgroups import PARENT_ENV
 from firebox.testing import descendants
+from tests.registry import Registry
 
 REGISTRY_BIN = Path("/usr/bin/docker-registry")
 NODE_PORT = 7070
@@ -441,65 +442,7 @@ def migrate(url: str) -> str:
     return run([sys.executable, "-m", "firebox.cli", "db", "migrate", "--cluster-db", url])
 
 
-# -- the OCI registry -------------------------------------------------------------------------
-
-
-class OciRegistry:
-    """Debian's docker-registry (distribution 2.8) on ``host``, storage in a temporary
-    directory, no auth, deletes allowed (a template deleted is deleted there too)."""
-
-    def __init__(self, host: str, parent: Path | None = None) -> None:
-        self.host = host
-        self.dir = Path(tempfile.mkdtemp(prefix="firebox-oci-", dir=parent))
-        self._own_dir = parent is None
-        self.address = ""  # HOST:PORT
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / "registry.log"
-
-    def start(self) -> OciRegistry:
-        for _ in range(3):  # the port may be taken between our probe and its bind
-            self.address = f"{self.host}:{free_port(self.host)}"
-            config = self.dir / "config.yml"
-            config.write_text(
-                "version: 0.1\n"
-                "log: {level: warn, accesslog: {disabled: true}}\n"
-                "storage:\n"
-                f"  filesystem: {{rootdirectory: {self.dir}/storage}}\n"
-                "  delete: {enabled: true}\n"
-                "  maintenance: {uploadpurging: {enabled: false}}\n"
-                f"http: {{addr: '{self.address}', secret: firebox-test}}\n"
-            )
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [str(REGISTRY_BIN), "serve", str(config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            try:
-                wait_http(
-                    f"http://{self.address}/v2/",
-                    self.proc,
-                    SERVICE_DEADLINE,
-                    "docker-registry",
-                    self.log_path,
-                )
-                return self
-            except RuntimeError:
-                self.stop()
-        raise RuntimeError(f"the OCI registry did not start:\n{tail(self.log_path)}")
-
-    def stop(self) -> None:
-        stop_process(self.proc, signal.SIGTERM, 10)
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+# -- the OCI registry: the tests' own (tests/registry.py), on the bridge, deletes allowed ----
 
 
 # -- the network: a bridge, a namespace per node ----------------------------------------------
@@ -1068,10 +1011,13 @@ class Cluster:
             migrate(self.postgres.url)
             self._lap("postgres")
 
-            self.registry: OciRegistry | None = None
+            self.registry: Registry | None = None
             if self.use_template_registry:
-                self.registry = OciRegistry(self.bridge.address, parent=self.workdir)
-                stack.callback(self.registry.close)
+                # deletes allowed: a template deleted is deleted there too
+                self.registry = Registry(
+                    self.workdir / "registry", host=self.bridge.address, deletes=True
+                )
+                stack.callback(self.registry.stop)
                 self.registry.start()
                 self._lap("registry")
 
@@ -1090,7 +1036,7 @@ class Cluster:
                     domain=self.domain,
                     key_file=self.key_file,
                     template_registry=(
-                        f"{self.registry.address}/firebox-templates" if self.registry else ""
+                        f"{self.registry.addr}/firebox-templates" if self.registry else ""
                     ),
                     lease_seconds=self.lease_seconds,
                     on_stop=self.on_stop,

@@ -41,7 +41,7 @@ def test_a_cluster_comes_up_answers_and_goes_leaving_nothing(cluster_host: None)
             assert _netns_inode(node.proc.pid) == os.stat(ns.path).st_ino
         # and the nodes reach each other and the registry across the bridge
         assert c.registry is not None
-        for url in (f"{c.nodes[1].url}/health", f"http://{c.registry.address}/v2/"):
+        for url in (f"{c.nodes[1].url}/health", f"http://{c.registry.addr}/v2/"):
             probe = f"import urllib.request as u; print(u.urlopen('{url}').status)"
             out = subprocess.run(
                 c.namespaces[0].enter([sys.executable, "-c", probe]),

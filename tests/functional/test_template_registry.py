@@ -30,7 +30,7 @@ from firebox import Sandbox, Template, images
 from firebox.exceptions import FireboxException
 from firebox.images.cache import image_root
 from tests.conftest import Daemon
-from tests.registry import Registry, missing_tools
+from tests.registry import Registry, missing_tools, running
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,13 +44,9 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with pytest.MonkeyPatch.context() as env:  # deletes allowed (distribution's default: off)
-        env.setenv("REGISTRY_STORAGE_DELETE_ENABLED", "true")
-        reg = Registry(tmp_path_factory.mktemp("template-registry")).start()
-    try:
+    # deletes allowed (distribution's default: off): a deleted template is deleted there
+    with running(tmp_path_factory.mktemp("template-registry"), deletes=True) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 def _registry_args(registry: Registry) -> list[str]:

@@ -24,7 +24,7 @@ from firebox.images import bases, cache, post
 from firebox.images.adapt import MIN_PYTHON, adapt, host_arch
 from firebox.images.apt_sources import AptSourceError, host_codename
 from firebox.images.errors import ImageBuildError
-from tests.registry import Layout, Registry, htpasswd_line, missing_tools, push_tree
+from tests.registry import Layout, Registry, htpasswd_line, missing_tools, push_tree, running
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (unpacked files keep their owners)"),
@@ -101,11 +101,8 @@ def oci_cache(oci_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    reg = Registry(tmp_path_factory.mktemp("registry")).start()
-    try:
+    with running(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 @pytest.fixture(scope="module")

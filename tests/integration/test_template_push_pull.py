@@ -22,7 +22,7 @@ from firebox.images.errors import ImageBuildError
 from firebox.server.templates import distribute
 from firebox.server.templates.catalog import TemplateRecord
 from firebox.settings import StartConfig
-from tests.registry import Registry, missing_tools
+from tests.registry import Registry, missing_tools, running
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (unpacked files keep their owners)"),
@@ -35,23 +35,15 @@ PREFIX_PATH = "firebox-templates"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    reg = Registry(tmp_path_factory.mktemp("registry")).start()
-    try:
+    with running(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 @pytest.fixture(scope="module")
 def deleting_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """One that allows deletes (off by default in distribution), as its environment says."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("REGISTRY_STORAGE_DELETE_ENABLED", "true")
-        reg = Registry(tmp_path_factory.mktemp("deleting-registry")).start()
-    try:
+    """One that allows deletes (off by default in distribution)."""
+    with running(tmp_path_factory.mktemp("deleting-registry"), deletes=True) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 def _built(images: Path) -> TemplateRecord:
