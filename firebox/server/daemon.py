@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import uvicorn
-
 from firebox import images
 from firebox.backends.base import BackendError
 from firebox.backends.jail.backend import JailBackend
@@ -27,13 +25,12 @@ from firebox.backends.owner import Owner
 from firebox.backends.select import build_backend, consequence, select
 from firebox.images import ImageBuildError
 from firebox.images import bases as image_bases
-from firebox.server import telemetry
+from firebox.server import head_limit, telemetry
 from firebox.server.app import create_app
 from firebox.server.auth import ensure_admin_key
 from firebox.server.boot import spec_for
 from firebox.server.cluster.store import open_registry
 from firebox.server.config import ServerConfig
-from firebox.server.head_limit import BoundedHead
 from firebox.server.home import HomeLock, HomeTaken
 from firebox.server.manager import SandboxManager
 from firebox.server.mcp import endpoint as mcp_endpoint
@@ -80,19 +77,7 @@ class Running:
 def run(config: ServerConfig) -> int:
     """``firebox serve``: serve until SIGINT or SIGTERM; 1 if the daemon cannot start."""
     app = create_app()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            # No X-Forwarded-* handling: nothing in the daemon uses the client's address or
-            # scheme, and the middleware would cost every call its time.
-            proxy_headers=False,
-            access_log=False,
-            lifespan="off",  # start and stop are ours, below
-            http=BoundedHead,  # no request head past 64 KiB is held (head_limit.py)
-            server_header=False,  # a sandbox port's answer keeps its own Server header
-        )
-    )
+    server = head_limit.server(app)
 
     async def main() -> None:
         with server.capture_signals():

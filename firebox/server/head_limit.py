@@ -10,6 +10,9 @@ app (or a sandbox).
 
 from __future__ import annotations
 
+from typing import Any
+
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD = 64 * 1024  # bytes; browsers send a few KB, proxies commonly allow 8-32 KB
@@ -89,3 +92,21 @@ class BoundedHead(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_head = True  # the next request on the connection, if any, starts its head
         super().on_message_complete()
+
+
+def server(app: Any, **more: Any) -> uvicorn.Server:
+    """uvicorn as the daemon and the gateway run it (``more``: their own settings)."""
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            # No X-Forwarded-* handling: nothing uses the client's address or scheme, and the
+            # middleware would cost every call its time.
+            proxy_headers=False,
+            access_log=False,
+            lifespan="off",  # start and stop are the caller's
+            http=BoundedHead,  # no request head past 64 KiB is held
+            server_header=False,  # a sandbox port's or a node's answer keeps its own
+            **more,
+        )
+    )

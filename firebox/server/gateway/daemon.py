@@ -14,14 +14,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
-
+from firebox.server import head_limit
 from firebox.server.auth import ensure_admin_key
 from firebox.server.cluster.postgres import PostgresRegistry
 from firebox.server.gateway import telemetry
 from firebox.server.gateway.app import Gateway
 from firebox.server.gateway.directory import Directory
-from firebox.server.head_limit import BoundedHead
 
 log = logging.getLogger("firebox.gateway")
 
@@ -51,20 +49,11 @@ def run(config: GatewayConfig) -> int:
         return 1
     directory = Directory(registry, config.lease_seconds)
     telemetry.attach(directory)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            Gateway(directory, config.preview_domain),
-            host=config.host,
-            port=config.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            proxy_headers=False,
-            http=BoundedHead,  # no request head past 64 KiB is held (head_limit.py)
-            # the node's answer keeps its own Date; the gateway adds nothing of its own
-            date_header=False,
-            server_header=False,
-        )
+    server = head_limit.server(
+        Gateway(directory, config.preview_domain),
+        host=config.host,
+        port=config.port,
+        date_header=False,  # the node's answer keeps its own Date
     )
 
     async def main() -> None:
