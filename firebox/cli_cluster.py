@@ -14,8 +14,12 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from firebox.server.config import ServerConfig
+
+if TYPE_CHECKING:  # imported when run: psycopg is needed only by these commands
+    from firebox.server.cluster.nodes import Nodes
 
 DB_ENV = "FIREBOX_DB_URL"
 GATEWAY_PORT = 7080
@@ -164,7 +168,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nodes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _nodes(args: argparse.Namespace) -> Nodes:
     from firebox.server.cluster.nodes import Nodes
     from firebox.server.cluster.postgres import PostgresRegistry
 

@@ -118,7 +118,7 @@ class Nodes:
         return bool(rows)
 
     def running_on(self, name: str) -> int:
-        """Sandboxes held by ``name`` (running or paused)."""
+        """Sandboxes running on ``name`` (paused ones stay on it, and take no place)."""
         rows = self.registry.query(
             "SELECT COUNT(*) FROM sandboxes WHERE node = ? AND state = 'running'", (name,)
         )

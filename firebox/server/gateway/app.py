@@ -151,9 +151,9 @@ class Gateway:
             if place is None:
                 continue  # full, or no longer active: the next
             kept = gathered.Kept()
-            pool_ = self.directory.pool(node)
+            pool = self.directory.pool(node)
             try:
-                status = await forward.forward(scope, gathered.unheard, kept.send, pool_, body)
+                status = await forward.forward(scope, gathered.unheard, kept.send, pool, body)
             except forward.NodeUnreachable as e:
                 log.warning("create: node %s did not answer (%s); trying another", node.name, e)
                 continue
@@ -241,24 +241,7 @@ class Gateway:
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        await ws_relay.relay(scope, receive, send, _Socket(up), target, scope["headers"])
-
-
-class _Socket:
-    """A node's connection as the WebSocket relay reads and writes it."""
-
-    def __init__(self, up: forward.Upstream) -> None:
-        self.up = up
-
-    async def read(self) -> bytes:
-        return await self.up.reader.read(65536)
-
-    async def write(self, data: bytes, timeout: float) -> None:
-        self.up.writer.write(data)
-        await asyncio.wait_for(self.up.writer.drain(), timeout)
-
-    def close(self) -> None:
-        self.up.close()
+        await ws_relay.relay(scope, receive, send, up, target, scope["headers"])
 
 
 def _text_headers(scope: Scope) -> dict[str, str]:

@@ -39,7 +39,8 @@ class NodeUnreachable(Exception):
 
 
 class Upstream:
-    """One connection to a node."""
+    """One connection to a node; also what the WebSocket relay speaks over (its
+    ``ByteStream``: ``read``, ``write``, ``close``)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -48,16 +49,19 @@ class Upstream:
         self.idle_since = time.monotonic()
         self.reused = False
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, timeout: float = WRITE_SECONDS) -> None:
         self.writer.write(data)
-        await asyncio.wait_for(self.writer.drain(), WRITE_SECONDS)
+        await asyncio.wait_for(self.writer.drain(), timeout)
+
+    async def read(self) -> bytes:
+        return await self.reader.read(65536)
 
     async def next_event(self) -> object:
         while True:
             event = self.h.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            self.h.receive_data(await self.reader.read(65536))
+            self.h.receive_data(await self.read())
 
     def close(self) -> None:
         self.writer.close()

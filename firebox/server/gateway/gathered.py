@@ -67,7 +67,8 @@ Join = Callable[[list[tuple[Node, Any]]], Any]
 async def gather(
     d: Directory, nodes: list[Node], scope: Scope, send: Send, body: bytes | None, join: Join
 ) -> None:
-    """Ask every one of ``nodes`` the same; answer with ``join`` of their JSON answers."""
+    """Ask every one of ``nodes`` the same; answer with ``join`` of their JSON answers.
+    NodeUnreachable when none answered (the gateway answers that in the edge's words)."""
     kept = [Kept() for _ in nodes]
     results = await asyncio.gather(
         *(
@@ -82,9 +83,7 @@ async def gather(
         await failing[0].replay(send)  # a bad key or query: every node says the same
         return
     if not answered:
-        body_ = json.dumps({"error": {"code": "unavailable", "message": "no node answered"}})
-        await forward.answer(send, 502, body_.encode(), JSON)
-        return
+        raise forward.NodeUnreachable("no node answered")
     out = join([(n, json.loads(k.body or b"null")) for n, k in answered])
     await forward.answer(send, 200, json.dumps(out).encode(), JSON)
 
