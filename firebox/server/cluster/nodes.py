@@ -93,10 +93,6 @@ class Nodes:
             _node(r) for r in self.registry.query(f"SELECT {_COLUMNS} FROM nodes ORDER BY name")
         ]
 
-    def get(self, name: str) -> Node | None:
-        rows = self.registry.query(f"SELECT {_COLUMNS} FROM nodes WHERE name = ?", (name,))
-        return _node(rows[0]) if rows else None
-
     def mark_lost(self) -> list[str]:
         """Nodes whose lease ran out, now lost; their names."""
         rows = self.registry.query(
